@@ -1,0 +1,256 @@
+"""The GLIDE text-conditional UNet: base, upsampler, inpainting and upsampling-inpainting.
+
+The four variants differ only by configuration (extra input channels), never
+by subclass. Parameter names match glide-text2im so released checkpoints load
+as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..text.transformer import LayerNorm, Transformer
+from .blocks import AttentionBlock, Downsample, GroupNorm32, ResBlock, Upsample, timestep_embedding
+from .config import UNetConfig
+
+
+@dataclass(frozen=True)
+class TextCondition:
+    """The caption, encoded once per sampling run.
+
+    xf_proj: (B, 4*model_channels), added to the timestep embedding.
+    xf_out: (B, width, L), all token features.
+    kv: per attention block (by ``kv_index``), (B, heads, L, 2*ch) text keys/values.
+    """
+
+    xf_proj: torch.Tensor
+    xf_out: torch.Tensor
+    kv: tuple[torch.Tensor, ...]
+
+    def repeat(self, n: int) -> "TextCondition":
+        """Each row repeated n times consecutively (row i -> rows i*n .. i*n+n-1)."""
+        rep = lambda t: t.repeat_interleave(n, dim=0)  # noqa: E731
+        return TextCondition(rep(self.xf_proj), rep(self.xf_out), tuple(rep(k) for k in self.kv))
+
+    @staticmethod
+    def cat(conds: "list[TextCondition]") -> "TextCondition":
+        return TextCondition(
+            torch.cat([c.xf_proj for c in conds]),
+            torch.cat([c.xf_out for c in conds]),
+            tuple(torch.cat(ks) for ks in zip(*(c.kv for c in conds))),
+        )
+
+
+class Stage(nn.Sequential):
+    """A UNet stage: ResBlocks, attention and resampling, dispatched on their inputs."""
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, text: TextCondition | None):  # type: ignore[override]
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                h = layer(h, emb)
+            elif isinstance(layer, AttentionBlock):
+                h = layer(h, text.kv[layer.kv_index] if text is not None else None)
+            else:
+                h = layer(h)
+        return h
+
+
+class GlideUNet(nn.Module):
+    """ADM UNet whose class embedding is replaced by a caption transformer (GLIDE §4.1).
+
+    ``forward(x, t, *, text=..., low_res=..., inpaint_image=..., inpaint_mask=...)``
+    returns (B, 2C, H, W): eps and the learned-range variance interpolation v.
+    """
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = config
+        tc = config.text
+        ch = config.model_channels
+        self._n_attention = 0
+
+        self.time_embed = nn.Sequential(
+            nn.Linear(ch, config.time_embed_dim), nn.SiLU(), nn.Linear(config.time_embed_dim, config.time_embed_dim)
+        )
+        self.input_blocks, skip_channels, ch = self._build_input_blocks()
+        self.middle_block = Stage(
+            self._res(ch, ch), self._attention(ch), self._res(ch, ch)
+        )
+        self.output_blocks, ch = self._build_output_blocks(ch, skip_channels)
+        self.out = nn.Sequential(
+            GroupNorm32(ch),
+            nn.SiLU(),
+            nn.Conv2d(ch, config.out_channels, 3, padding=1),
+        )
+
+        self.transformer = Transformer(tc.width, tc.layers, tc.heads)
+        self.final_ln = LayerNorm(tc.width) if tc.final_ln else None
+        self.token_embedding = nn.Embedding(tc.n_vocab, tc.width)
+        self.positional_embedding = nn.Parameter(torch.empty(tc.context_length, tc.width))
+        self.padding_embedding = (
+            nn.Parameter(torch.empty(tc.context_length, tc.width)) if tc.padding else None
+        )
+        self.transformer_proj = nn.Linear(tc.width, config.time_embed_dim)
+        # A plain list (not registered twice): attention blocks in kv_index order.
+        self._attention_blocks = sorted(
+            (m for m in self.modules() if isinstance(m, AttentionBlock)), key=lambda m: m.kv_index
+        )
+        self.reset_parameters()
+
+    # -- construction -------------------------------------------------------
+
+    def _res(self, cin: int, cout: int, **kw) -> ResBlock:
+        c = self.config
+        return ResBlock(cin, c.time_embed_dim, c.dropout, cout, c.use_scale_shift_norm, **kw)
+
+    def _attention(self, ch: int, upsample: bool = False) -> AttentionBlock:
+        block = AttentionBlock(
+            ch, self.config.heads_for(ch, upsample), self.config.text.width, self._n_attention
+        )
+        self._n_attention += 1
+        return block
+
+    def _resample(self, ch: int, down: bool) -> nn.Module:
+        if self.config.resblock_updown:
+            return self._res(ch, ch, down=down, up=not down)
+        return Downsample(ch, use_conv=True) if down else Upsample(ch, use_conv=True)
+
+    def _build_input_blocks(self) -> tuple[nn.ModuleList, list[int], int]:
+        c = self.config
+        ch = c.channel_mult[0] * c.model_channels
+        blocks = nn.ModuleList([Stage(nn.Conv2d(c.input_channels, ch, 3, padding=1))])
+        skip_channels, ds = [ch], 1
+        for level, mult in enumerate(c.channel_mult):
+            for _ in range(c.num_res_blocks):
+                layers: list[nn.Module] = [self._res(ch, mult * c.model_channels)]
+                ch = mult * c.model_channels
+                if ds in c.attention_resolutions:
+                    layers.append(self._attention(ch))
+                blocks.append(Stage(*layers))
+                skip_channels.append(ch)
+            if level != len(c.channel_mult) - 1:
+                blocks.append(Stage(self._resample(ch, down=True)))
+                skip_channels.append(ch)
+                ds *= 2
+        self._bottom_ds = ds
+        return blocks, skip_channels, ch
+
+    def _build_output_blocks(self, ch: int, skip_channels: list[int]) -> tuple[nn.ModuleList, int]:
+        c = self.config
+        blocks, ds = nn.ModuleList(), self._bottom_ds
+        for level, mult in reversed(list(enumerate(c.channel_mult))):
+            for i in range(c.num_res_blocks + 1):
+                layers: list[nn.Module] = [self._res(ch + skip_channels.pop(), mult * c.model_channels)]
+                ch = mult * c.model_channels
+                if ds in c.attention_resolutions:
+                    layers.append(self._attention(ch, upsample=True))
+                if level and i == c.num_res_blocks:
+                    layers.append(self._resample(ch, down=False))
+                    ds //= 2
+                blocks.append(Stage(*layers))
+        return blocks, ch
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """GLIDE's initialisation: zeroed output convs and attention projections.
+
+        The official constructor leaves the text embeddings uninitialised
+        (``torch.empty``); we draw them N(0, 0.01²) as GPT-2 style embeddings.
+        """
+        for m in self.modules():
+            if isinstance(m, ResBlock):
+                nn.init.zeros_(m.out_layers[-1].weight)
+                nn.init.zeros_(m.out_layers[-1].bias)
+            elif isinstance(m, AttentionBlock):
+                nn.init.zeros_(m.proj_out.weight)
+                nn.init.zeros_(m.proj_out.bias)
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        if self.padding_embedding is not None:
+            nn.init.normal_(self.padding_embedding, std=0.01)
+
+    # -- text -----------------------------------------------------------------
+
+    def encode_text(self, tokens: torch.Tensor, mask: torch.Tensor) -> TextCondition:
+        """(B, L) token ids and boolean mask -> the caption's :class:`TextCondition`.
+
+        Padded slots get ``padding_embedding`` only (no positional term); the
+        transformer has no attention mask; the pooled feature is the LAST
+        position (a padding slot for short captions), as in glide-text2im.
+        """
+        tc = self.config.text
+        if tokens.shape[-1] != tc.context_length:
+            raise ValueError(
+                f"tokens have length {tokens.shape[-1]}, the model's context is {tc.context_length}"
+            )
+        xf_in = self.token_embedding(tokens.long()) + self.positional_embedding[None]
+        if self.padding_embedding is not None:
+            xf_in = torch.where(mask[..., None].bool(), xf_in, self.padding_embedding[None].to(xf_in.dtype))
+        xf_out = self.transformer(xf_in)
+        if self.final_ln is not None:
+            xf_out = self.final_ln(xf_out)
+        xf_proj = self.transformer_proj(xf_out[:, -1])
+        xf_out = xf_out.transpose(1, 2)  # (B, W, L)
+        kv = tuple(block.project_text(xf_out) for block in self._attention_blocks)
+        return TextCondition(xf_proj, xf_out, kv)
+
+    # -- forward --------------------------------------------------------------
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        *,
+        text: TextCondition | None = None,
+        tokens: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        low_res: torch.Tensor | None = None,
+        inpaint_image: torch.Tensor | None = None,
+        inpaint_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, C, H, W), t (B,) original timesteps -> (B, 2C, H, W) [eps, v].
+
+        The caption is given either encoded (``text``, from :meth:`encode_text`)
+        or as ``tokens`` and ``mask``. Upsamplers need ``low_res`` (B, C, h, w),
+        bilinearly resized to H x W. Inpainting models take ``inpaint_image``
+        and ``inpaint_mask`` (1 = known pixel); missing, they default to zeros.
+        """
+        if text is None:
+            if tokens is None or mask is None:
+                raise ValueError("give the caption as text=model.encode_text(...) or tokens= and mask=")
+            text = self.encode_text(tokens, mask)
+        x_in = self._model_input(x, low_res, inpaint_image, inpaint_mask)
+        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x_in.dtype))
+        emb = emb + text.xf_proj.to(emb.dtype)
+        hs, h = [], x_in
+        for stage in self.input_blocks:
+            h = stage(h, emb, text)
+            hs.append(h)
+        h = self.middle_block(h, emb, text)
+        for stage in self.output_blocks:
+            h = stage(torch.cat([h, hs.pop()], dim=1), emb, text)
+        return self.out(h)
+
+    def _model_input(self, x, low_res, inpaint_image, inpaint_mask) -> torch.Tensor:
+        c = self.config
+        if x.ndim != 4 or x.shape[1] != c.in_channels:
+            raise ValueError(f"x must be (B, {c.in_channels}, H, W), got {tuple(x.shape)}")
+        parts = [x]
+        if c.inpaint:
+            if inpaint_image is None:
+                inpaint_image = torch.zeros_like(x)
+            if inpaint_mask is None:
+                inpaint_mask = torch.zeros_like(x[:, :1])
+            parts += [inpaint_image * inpaint_mask, inpaint_mask]
+        if c.super_res:
+            if low_res is None:
+                raise ValueError("the upsampler needs low_res, the (B, C, h, w) image to upsample")
+            parts.append(
+                F.interpolate(low_res.to(x.dtype), x.shape[-2:], mode="bilinear", align_corners=False)
+            )
+        return torch.cat(parts, dim=1) if len(parts) > 1 else x

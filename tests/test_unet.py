@@ -1,0 +1,125 @@
+"""The UNet and text encoder against the official implementation's outputs."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from glide_diffusion.presets import PRESETS, RELEASED_PRESETS, get_preset
+from glide_diffusion.unet.blocks import timestep_embedding
+from glide_diffusion.unet.config import UNetConfig
+from glide_diffusion.unet.model import GlideUNet
+
+from golden import UNET_VARIANTS, golden_unet, manifest, model_kwargs
+
+# Official float32 outputs are O(1); switching conv backends moves them by <= 3e-6.
+ATOL = 1e-4
+
+
+@pytest.mark.parametrize("variant", UNET_VARIANTS)
+def test_unet_matches_official_outputs(variant):
+    model, io, _ = golden_unet(variant)
+    with torch.no_grad():
+        out = model(io["x"], io["timesteps"], tokens=io["tokens"], mask=io["mask"], **model_kwargs(model.config, io))
+    assert out.shape == io["out"].shape
+    torch.testing.assert_close(out, io["out"], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("variant", UNET_VARIANTS)
+def test_text_encoder_matches_official_intermediates(variant):
+    model, io, _ = golden_unet(variant)
+    with torch.no_grad():
+        text = model.encode_text(io["tokens"], io["mask"])
+        temb = model.time_embed(timestep_embedding(io["timesteps"], model.config.model_channels))
+    torch.testing.assert_close(text.xf_out, io["xf_out"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(text.xf_proj, io["xf_proj"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        timestep_embedding(io["timesteps"], model.config.model_channels), io["timestep_embedding"], atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(temb, io["time_embed"], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["inpaint", "upsample_inpaint"])
+def test_inpaint_kwargs_default_to_zeros(variant):
+    model, io, _ = golden_unet(variant)
+    kw = model_kwargs(model.config, io)
+    kw.pop("inpaint_image"), kw.pop("inpaint_mask")
+    with torch.no_grad():
+        out = model(io["x"], io["timesteps"], tokens=io["tokens"], mask=io["mask"], **kw)
+    torch.testing.assert_close(out, io["out_without_inpaint_kwargs"], atol=ATOL, rtol=0)
+
+
+def test_precomputed_text_equals_tokens_path():
+    model, io, _ = golden_unet("base")
+    with torch.no_grad():
+        text = model.encode_text(io["tokens"], io["mask"])
+        a = model(io["x"], io["timesteps"], text=text)
+        b = model(io["x"], io["timesteps"], tokens=io["tokens"], mask=io["mask"])
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_rows_are_independent_of_the_batch():
+    model, io, _ = golden_unet("base")
+    with torch.no_grad():
+        full = model(io["x"], io["timesteps"], tokens=io["tokens"], mask=io["mask"])
+        one = model(io["x"][1:2], io["timesteps"][1:2], tokens=io["tokens"][1:2], mask=io["mask"][1:2])
+    torch.testing.assert_close(one, full[1:2], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("released, preset", sorted(RELEASED_PRESETS.items()))
+def test_released_presets_build_the_released_state_dict(released, preset):
+    info = manifest(released)
+    with torch.device("meta"):
+        model = GlideUNet(get_preset(preset).unet)
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    theirs = {e["key"]: e["shape"] for e in info["state_dict"]}
+    assert ours == theirs
+    assert sum(p.numel() for p in model.parameters()) == info["parameter_count"]
+    assert get_preset(preset).diffusion.noise_schedule == info["options"]["noise_schedule"]
+    assert UNetConfig.from_glide_options(info["options"]) == get_preset(preset).unet
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_round_trip_through_json(name):
+    config = PRESETS[name]
+    assert type(config).from_json(config.to_json()) == config
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-upsample", "tiny-inpaint", "tiny-upsample-inpaint"])
+def test_tiny_presets_forward_and_backward(name):
+    config = get_preset(name).unet
+    torch.manual_seed(0)
+    model = GlideUNet(config)
+    b, s = 2, config.image_size
+    x = torch.randn(b, 3, s, s)
+    tokens = torch.randint(0, config.text.n_vocab, (b, config.text.context_length))
+    mask = torch.arange(config.text.context_length)[None] < torch.tensor([[5], [0]])
+    kw = {}
+    if config.super_res:
+        kw["low_res"] = torch.randn(b, 3, s // 4, s // 4)
+    out = model(x, torch.tensor([3, 999]), tokens=tokens, mask=mask, **kw)
+    assert out.shape == (b, 6, s, s)
+    out.square().mean().backward()
+    assert model.time_embed[0].weight.grad is not None
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = GlideUNet(get_preset("tiny").unet)
+    ctx = model.config.text.context_length
+    tokens, mask = torch.zeros(1, ctx, dtype=torch.long), torch.ones(1, ctx, dtype=torch.bool)
+    with pytest.raises(ValueError, match="x must be"):
+        model(torch.randn(1, 4, 16, 16), torch.tensor([1]), tokens=tokens, mask=mask)
+    with pytest.raises(ValueError, match="context"):
+        model(torch.randn(1, 3, 16, 16), torch.tensor([1]), tokens=tokens[:, :5], mask=mask[:, :5])
+    with pytest.raises(ValueError, match="caption"):
+        model(torch.randn(1, 3, 16, 16), torch.tensor([1]))
+    up = GlideUNet(get_preset("tiny-upsample").unet)
+    with pytest.raises(ValueError, match="low_res"):
+        up(torch.randn(1, 3, 64, 64), torch.tensor([1]), tokens=tokens, mask=mask)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="divisible"):
+        dataclasses.replace(get_preset("tiny").unet, image_size=15)
+    with pytest.raises(ValueError, match="positive"):
+        dataclasses.replace(get_preset("tiny").unet, model_channels=0)
