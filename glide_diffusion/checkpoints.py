@@ -1,0 +1,179 @@
+"""Saving and loading model weights, safely.
+
+Two formats:
+
+- the project's own: one ``.safetensors`` file whose metadata holds the
+  :class:`ModelConfig` as JSON (``glide_config``), so loading rebuilds the model;
+- the released GLIDE ``.pt`` files (pickled state dicts), read with
+  ``torch.load(weights_only=True)``: a pickle that would run code is refused.
+
+A checkpoint is checked against the model (missing keys, unexpected keys,
+shapes) before any weight is copied, so a bad file never leaves a half-loaded
+model. Files are written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .presets import RELEASED_PRESETS, ModelConfig, get_preset
+from .unet.model import GlideUNet
+
+FORMAT = "glide-diffusion/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read, or does not fit the model."""
+
+
+def save_model(path: str | os.PathLike, model: GlideUNet, config: ModelConfig | None = None,
+               metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``model``'s weights and config to ``path`` (.safetensors), atomically."""
+    path = Path(path)
+    config = config or ModelConfig(unet=model.config)
+    meta = {"format": FORMAT, "glide_config": config.to_json(), **(metadata or {})}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return path
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``; no partial file is ever left at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ModelConfig | None]:
+    """Read a state dict (and our config, when the file has one) without running any code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    return _read_pickle(path), None
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig | None]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from e
+    config = ModelConfig.from_json(meta["glide_config"]) if "glide_config" in meta else None
+    return tensors, config
+
+
+def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused to load: the file is not a plain weights file (its pickle asks to "
+            f"run code or build objects weights_only loading forbids), or it is corrupt. "
+            f"Details: {str(e).splitlines()[0]}"
+        ) from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt?): {e}") from e
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a state dict of tensors, found {type(obj).__name__}")
+    return obj
+
+
+def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` naming missing/unexpected keys and shape mismatches."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        lines = [f"{source} does not fit the model:"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+            if items:
+                shown = ", ".join(items[:10]) + (f", ... ({len(items)} in all)" if len(items) > 10 else "")
+                lines.append(f"  {title}: {shown}")
+        raise CheckpointError("\n".join(lines))
+
+
+def load_weights(model: GlideUNet, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> GlideUNet:
+    check_state_dict(model, state, source)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def build_model(config: ModelConfig | str, *, device: torch.device | str = "cpu") -> GlideUNet:
+    """A randomly initialised model for a config or preset name."""
+    if isinstance(config, str):
+        config = get_preset(config)
+    with torch.device(device):
+        return GlideUNet(config.unet)
+
+
+def load_model(
+    source: str | os.PathLike,
+    *,
+    config: ModelConfig | str | None = None,
+    device: torch.device | str = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[GlideUNet, ModelConfig]:
+    """Build a model and load its weights, in eval mode.
+
+    ``source`` is a released checkpoint's name (``"base"``, ``"upsample"``,
+    ``"base-inpaint"``, ``"upsample-inpaint"``: read from the download cache,
+    see ``glide download``), a ``.safetensors`` file written by :func:`save_model`,
+    or a ``.pt`` state dict (then ``config``, a :class:`ModelConfig` or preset
+    name, says what to build; a released file name such as ``base.pt`` implies it).
+    """
+    path, implied = _resolve(source, cache_dir)
+    state, saved = read_state_dict(path)
+    if isinstance(config, str):
+        config = get_preset(config)
+    config = config or saved or implied
+    if config is None:
+        raise CheckpointError(
+            f"{path}: the file does not record its configuration; pass config= (a preset name such as "
+            f"{', '.join(sorted(RELEASED_PRESETS.values()))}, or a ModelConfig)"
+        )
+    with torch.device("meta"):
+        model = GlideUNet(config.unet)
+    check_state_dict(model, state, str(path))
+    model.load_state_dict(state, strict=True, assign=True)
+    model = model.to(device=device, dtype=torch.float32).eval()
+    return model, config
+
+
+def _resolve(source: str | os.PathLike, cache_dir) -> tuple[Path, ModelConfig | None]:
+    name = str(source)
+    if name in RELEASED_PRESETS:
+        from .hub.cache import find_released
+
+        return find_released(name, cache_dir), get_preset(name)
+    path = Path(source)
+    stem = path.name.removesuffix(".pt").replace("_", "-")
+    implied = get_preset(stem) if path.suffix == ".pt" and stem in RELEASED_PRESETS else None
+    return path, implied
