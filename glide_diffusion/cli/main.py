@@ -1,0 +1,37 @@
+"""The ``glide`` command: one entry point, a subcommand per task."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from . import sample
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {
+        "sample": ("Generate images from text (base model, then upsampler).", sample.main),
+        "download": ("Fetch the released GLIDE (filtered) files into the cache.", _download),
+    }
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        parser = argparse.ArgumentParser(prog="glide", description="GLIDE text-guided diffusion.")
+        sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+        for name, (help_text, _) in commands.items():
+            sub.add_parser(name, help=help_text)
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.error(f"unknown command {argv[0]!r}; choose from {', '.join(commands)}")
+        parser.print_help()
+        return 0 if argv else 2
+    return commands[argv[0]][1](argv[1:])
+
+
+def _download(argv: Sequence[str]) -> int:
+    from ..hub.download import cli_download
+
+    return cli_download(list(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
