@@ -30,11 +30,12 @@ tables on the host, so the step loop never synchronises with the device.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Union
+from typing import Callable, NamedTuple
 
 import torch
 
 from ..diffusion.gaussian import (
+    Coef,
     TimeIndex,
     coef,
     f32,
@@ -62,7 +63,6 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 CondFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 X0Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
-Coef = Union[float, torch.Tensor]
 
 
 class StepResult(NamedTuple):
@@ -212,7 +212,12 @@ def _run(
     progress: bool,
     callback: Callback | None,
 ) -> torch.Tensor:
-    """Walk i = N-1 .. 0: model call, one noise draw, one step."""
+    """Walk i = N-1 .. 0: model call, one noise draw, one step.
+
+    The noise is drawn right after the model call, as in the official
+    ``p_sample`` (its DDIM draws after ``cond_fn``; only matters if a cond_fn
+    consumes the same global RNG as the default ``torch.randn_like``).
+    """
     noise_fn = noise_fn if noise_fn is not None else torch.randn_like
     indices = range(s.num_steps - 1, -1, -1)
     if progress:
