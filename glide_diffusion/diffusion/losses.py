@@ -1,0 +1,125 @@
+"""Training losses: the hybrid objective of Improved DDPM (Nichol & Dhariwal
+2021, eq. 16), L_hybrid = L_simple + L_vlb, as guided-diffusion computes it
+for an [eps, v] model (EPSILON mean, LEARNED_RANGE variance, MSE loss type).
+
+Every loss term is per sample, shape (B,).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from .gaussian import p_mean_variance, posterior_mean_variance, split_model_output
+from .schedule import Schedule
+
+__all__ = [
+    "LossTerms",
+    "approx_standard_normal_cdf",
+    "discretized_gaussian_log_likelihood",
+    "hybrid_loss",
+    "mean_flat",
+    "normal_kl",
+    "sample_timesteps",
+]
+
+_LOG2 = math.log(2.0)
+
+
+def mean_flat(x: torch.Tensor) -> torch.Tensor:
+    """Mean over all non-batch dims: (B, ...) -> (B,)."""
+    return x.mean(dim=list(range(1, x.ndim)))
+
+
+def normal_kl(
+    mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
+) -> torch.Tensor:
+    """Elementwise KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) in nats (broadcasting)."""
+    return 0.5 * (
+        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + ((mean1 - mean2) ** 2) * torch.exp(-logvar2)
+    )
+
+
+def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    """Tanh approximation of the standard normal CDF (as used by DDPM's decoder)."""
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
+
+
+def discretized_gaussian_log_likelihood(
+    x: torch.Tensor, *, means: torch.Tensor, log_scales: torch.Tensor
+) -> torch.Tensor:
+    """Log-likelihood (nats, elementwise) of 8-bit data x in [-1, 1] under a
+    Gaussian discretised into bins of width 2/255 (DDPM eq. 13); the edge bins
+    extend to -inf / +inf. ``log_scales`` is log(std)."""
+    centered = x - means
+    inv_std = torch.exp(-log_scales)
+    cdf_plus = approx_standard_normal_cdf(inv_std * (centered + 1.0 / 255.0))
+    cdf_min = approx_standard_normal_cdf(inv_std * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_cdf_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(
+        x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta)
+    )
+
+
+class LossTerms(NamedTuple):
+    """Per-sample (B,) loss terms."""
+
+    mse: torch.Tensor
+    vb: torch.Tensor
+    loss: torch.Tensor
+
+
+def _vb_bits_per_dim(
+    s: Schedule, model_out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """L_{t-1} (KL, t > 0) or L_0 (decoder NLL, t == 0) in bits/dim, (B,)."""
+    true_mean, _, true_log_var = posterior_mean_variance(s, x0, x_t, t)
+    p = p_mean_variance(s, model_out, x_t, t, clip_denoised=False)
+    kl = mean_flat(normal_kl(true_mean, true_log_var, p.mean, p.log_variance)) / _LOG2
+    nll = -discretized_gaussian_log_likelihood(x0, means=p.mean, log_scales=0.5 * p.log_variance)
+    nll = mean_flat(nll) / _LOG2
+    return torch.where(t == 0, nll, kl)
+
+
+def hybrid_loss(
+    s: Schedule,
+    model_out: torch.Tensor,
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+) -> LossTerms:
+    """Improved DDPM hybrid loss for an [eps, v] model output.
+
+    mse = mean over C, H, W of (noise - eps)^2 (L_simple); vb = L_vlb term
+    in bits/dim computed from ``cat([eps.detach(), v])`` with no clipping, so
+    the mean is trained only by mse and the variance only by vb (Improved DDPM
+    sec. 3.1); loss = mse + vb.
+
+    model_out: (B, 2C, H, W); x0, x_t, noise: (B, C, H, W) with
+    x_t = q_sample(s, x0, t, noise); t: (B,) int64 indices into ``s``.
+    """
+    eps, v = split_model_output(model_out, x_t.shape[1])
+    frozen = torch.cat([eps.detach(), v], dim=1)
+    vb = _vb_bits_per_dim(s, frozen, x0, x_t, t)
+    mse = mean_flat((noise - eps) ** 2)
+    return LossTerms(mse, vb, mse + vb)
+
+
+def sample_timesteps(
+    batch: int,
+    num_steps: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Uniform training timesteps: (batch,) int64 in [0, num_steps), drawn on
+    the generator's device and moved to ``device``."""
+    draw_device = generator.device if generator is not None else device
+    t = torch.randint(0, num_steps, (batch,), generator=generator, device=draw_device)
+    return t.to(device) if device is not None else t
+
+

@@ -1,0 +1,48 @@
+"""Classifier-free guidance (Ho & Salimans 2021; GLIDE sec. 2.3) as a denoiser wrapper.
+
+Convention (stated once): on the eps channels,
+``eps = eps_uncond + s * (eps_cond - eps_uncond)``; the variance channels v
+are taken from the conditional branch, unguided. The channel split comes
+from the image (``C = x.shape[1]``), never a literal. s = 1 gives the
+conditional output, s = 0 the unconditional one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..sampling.samplers import Denoiser
+
+__all__ = ["classifier_free_guidance"]
+
+
+def classifier_free_guidance(denoiser: Denoiser, guidance_scale: float) -> Denoiser:
+    """Wrap a doubled-batch denoiser into a guided one.
+
+    ``denoiser(x2, t2)`` takes 2B rows: the first B are conditioned on the
+    caption, the last B on the empty caption (the caller binds the text that
+    way). The returned denoiser takes the B conditional rows x (B, C, H, W),
+    t (B,), calls ``denoiser(cat([x, x]), cat([t, t]))`` once and returns
+    ``cat([eps_u + s (eps_c - eps_u), v_c])`` of shape (B, 2C, H, W).
+    """
+    scale = float(guidance_scale)
+    if not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"guidance_scale must be finite and >= 0, got {guidance_scale!r}")
+
+    def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        batch, channels = x.shape[0], x.shape[1]
+        out = denoiser(torch.cat([x, x]), torch.cat([t, t]))  # (2B, 2C, H, W)
+        if out.shape[0] != 2 * batch or out.shape[1] != 2 * channels:
+            raise ValueError(
+                f"denoiser returned {tuple(out.shape)} for a doubled batch of {2 * batch} "
+                f"rows with {channels} channels; expected ({2 * batch}, {2 * channels}, ...)"
+            )
+        cond, uncond = out[:batch], out[batch:]
+        eps_c, v_c = cond[:, :channels], cond[:, channels:]
+        eps_u = uncond[:, :channels]
+        eps = eps_u + scale * (eps_c - eps_u)
+        return torch.cat([eps, v_c], dim=1)
+
+    return guided
