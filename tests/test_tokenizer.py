@@ -203,3 +203,24 @@ def test_tokenize_batch_gpt2_long_prompt(gpt2):
         tokens, mask = tokenize_batch(gpt2, [long["prompt"], ""], 128)
     assert tokens[0].tolist() == long["padded_128"] and mask[0].tolist() == long["mask_128"]
     assert tokens[1].eq(50256).all() and not mask[1].any()
+
+
+@needs_vocab
+def test_downloaded_vocab_is_found_in_cache(tmp_path, monkeypatch):
+    """`glide download vocab` (against a local mirror) fills <cache>/vocab for get_tokenizer."""
+    from glide_diffusion.hub import download_released
+    from tests.http_server import LocalServer
+
+    files = {}
+    for name in ("encoder.json", "vocab.bpe"):
+        src = VOCAB_DIR / name
+        files[f"/gpt2/{name}"] = src.read_bytes() if src.is_file() else gzip.decompress(
+            (VOCAB_DIR / f"{name}.gz").read_bytes())
+    monkeypatch.setenv("GLIDE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("GLIDE_VOCAB_DIR", raising=False)
+    with LocalServer(files) as srv:
+        paths = download_released(["gpt2-encoder", "gpt2-vocab"], base_url=srv.url("/gpt2"), progress=False)
+    assert paths == [tmp_path / "vocab" / "encoder.json", tmp_path / "vocab" / "vocab.bpe"]
+    assert tk.find_vocab_dir() == tmp_path / "vocab"
+    tok = get_tokenizer("gpt2")
+    assert tok.encode(PROMPTS[0]["prompt"]) == PROMPTS[0]["tokens"]
