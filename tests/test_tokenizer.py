@@ -1,0 +1,226 @@
+"""Tokenizer tests: GLIDE's GPT-2 BPE against reference vectors, ByteTokenizer, batching."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from glide_diffusion.text import tokenizer as tk
+from glide_diffusion.text.tokenizer import (
+    ByteTokenizer,
+    GPT2Tokenizer,
+    Tokenizer,
+    VocabNotFoundError,
+    get_tokenizer,
+    tokenize_batch,
+)
+
+REFERENCE = json.loads((Path(__file__).parent / "data" / "tokenizer" / "glide_bpe.json").read_text())
+PROMPTS = REFERENCE["prompts"]
+
+
+def _reference_vocab_dir() -> Path | None:
+    env = os.environ.get("GLIDE_VOCAB_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).parents[1] / ".." / "shared" / "reference" / "vocab")
+    for c in candidates:
+        if all((c / n).is_file() or (c / f"{n}.gz").is_file() for n in ("encoder.json", "vocab.bpe")):
+            return c.resolve()
+    return None
+
+
+VOCAB_DIR = _reference_vocab_dir()
+needs_vocab = pytest.mark.skipif(
+    VOCAB_DIR is None,
+    reason="GPT-2 vocab files not found in $GLIDE_VOCAB_DIR or ../shared/reference/vocab "
+    "(put encoder.json[.gz] and vocab.bpe[.gz] there, or run `glide download vocab`)",
+)
+
+
+@pytest.fixture(scope="module")
+def gpt2() -> GPT2Tokenizer:
+    if VOCAB_DIR is None:
+        pytest.skip("GPT-2 vocab files not available")
+    return get_tokenizer("gpt2", vocab_dir=VOCAB_DIR)
+
+
+# --- GPT-2 BPE against glide_text2im's own encoder -----------------------------------------------
+
+
+@needs_vocab
+def test_reference_metadata(gpt2):
+    assert (gpt2.n_vocab, gpt2.pad_token) == (REFERENCE["n_vocab"], REFERENCE["end_token"]) == (50257, 50256)
+    assert len(PROMPTS) == 63
+    assert isinstance(gpt2, Tokenizer)
+
+
+@needs_vocab
+@pytest.mark.parametrize("case", PROMPTS, ids=[str(p["id"]) for p in PROMPTS])
+def test_matches_glide_bpe(gpt2, case):
+    tokens = gpt2.encode(case["prompt"])
+    assert tokens == case["tokens"]
+    assert len(tokens) == case["n_tokens"]
+    assert gpt2.decode(tokens) == case["decoded"]
+    padded, mask = gpt2.padded_tokens_and_mask(tokens, REFERENCE["text_ctx"])
+    assert padded == case["padded_128"]
+    assert mask == case["mask_128"]
+
+
+@needs_vocab
+def test_endoftext_is_ordinary_text(gpt2):
+    tokens = gpt2.encode("a <|endoftext|> b")
+    assert 50256 not in tokens and len(tokens) > 3
+
+
+@needs_vocab
+def test_gzip_and_plain_files_give_same_encoding(gpt2, tmp_path):
+    for name in ("encoder.json", "vocab.bpe"):
+        src = VOCAB_DIR / name
+        data = src.read_bytes() if src.is_file() else gzip.decompress((VOCAB_DIR / f"{name}.gz").read_bytes())
+        (tmp_path / name).write_bytes(data)
+    plain = get_tokenizer("gpt2", vocab_dir=tmp_path)
+    prompt = PROMPTS[0]["prompt"]
+    assert plain.encode(prompt) == gpt2.encode(prompt)
+
+
+def _fill(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("encoder.json.gz", "vocab.bpe.gz"):
+        src = VOCAB_DIR / name
+        if src.is_file():
+            shutil.copy(src, directory / name)
+        else:
+            (directory / name).write_bytes(gzip.compress((VOCAB_DIR / name[:-3]).read_bytes()))
+    return directory
+
+
+@needs_vocab
+def test_vocab_dir_search_order(tmp_path, monkeypatch):
+    arg, env, cache = tmp_path / "arg", tmp_path / "env", tmp_path / "cache"
+    monkeypatch.setenv("GLIDE_CACHE_DIR", str(cache))
+    monkeypatch.delenv("GLIDE_VOCAB_DIR", raising=False)
+    assert tk.find_vocab_dir() is None
+    _fill(cache / "vocab")
+    assert tk.find_vocab_dir() == cache / "vocab"
+    _fill(env)
+    monkeypatch.setenv("GLIDE_VOCAB_DIR", str(env))
+    assert tk.find_vocab_dir() == env
+    _fill(arg)
+    assert tk.find_vocab_dir(arg) == arg
+
+
+def test_named_vocab_dir_without_files_is_an_error(tmp_path, monkeypatch):
+    with pytest.raises(VocabNotFoundError, match="glide download vocab") as ei:
+        tk.find_vocab_dir(tmp_path)
+    assert str(tmp_path) in str(ei.value)
+    monkeypatch.setenv("GLIDE_VOCAB_DIR", str(tmp_path / "missing"))
+    with pytest.raises(VocabNotFoundError, match="missing"):
+        get_tokenizer("gpt2")
+
+
+@needs_vocab
+def test_wrong_vocab_file_is_rejected(tmp_path):
+    _fill(tmp_path)
+    (tmp_path / "vocab.bpe.gz").unlink()
+    (tmp_path / "vocab.bpe").write_text("#version: 0.2\na b\n")
+    with pytest.raises(ValueError, match="sha256"):
+        get_tokenizer("gpt2", vocab_dir=tmp_path)
+
+
+def test_offline_without_files_explains_where_to_put_them(tmp_path, monkeypatch):
+    import requests
+
+    def offline(name):
+        raise requests.ConnectionError("network is unreachable")
+
+    monkeypatch.setenv("GLIDE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("GLIDE_VOCAB_DIR", raising=False)
+    monkeypatch.setattr(tk.tiktoken, "get_encoding", offline)
+    tk._encoding_from_tiktoken.cache_clear()
+    try:
+        with pytest.raises(VocabNotFoundError) as ei:
+            get_tokenizer("gpt2")
+    finally:
+        tk._encoding_from_tiktoken.cache_clear()
+    msg = str(ei.value)
+    assert str(tmp_path / "vocab") in msg
+    assert "encoder.json" in msg and "vocab.bpe" in msg
+    assert "GLIDE_VOCAB_DIR" in msg and "glide download vocab" in msg
+    assert "ConnectionError" in msg
+
+
+# --- ByteTokenizer, registry, batching -------------------------------------------------------
+
+
+def test_byte_tokenizer():
+    tok = get_tokenizer("bytes")
+    assert isinstance(tok, ByteTokenizer) and isinstance(tok, Tokenizer)
+    assert (tok.n_vocab, tok.pad_token) == (257, 256)
+    assert tok.encode("Hé!") == [0x68, 0xC3, 0xA9, 0x21]
+    assert tok.decode(tok.encode("Hé!") + [256, 256]) == "hé!"
+    padded, mask = tok.padded_tokens_and_mask([1, 2, 3], 5)
+    assert padded == [1, 2, 3, 256, 256] and mask == [True] * 3 + [False] * 2
+    padded, mask = tok.padded_tokens_and_mask(list(range(10)), 4)
+    assert padded == [0, 1, 2, 3] and mask == [True] * 4
+
+
+def test_unknown_tokenizer_lists_names():
+    with pytest.raises(ValueError, match="gpt2.*bytes"):
+        get_tokenizer("clip")
+
+
+def test_tokenize_batch_pads_and_masks():
+    tok = ByteTokenizer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tokens, mask = tokenize_batch(tok, ["ab", ""], 4)
+    assert tokens.dtype == torch.long and mask.dtype == torch.bool
+    assert tokens.tolist() == [[97, 98, 256, 256], [256] * 4]
+    assert mask.tolist() == [[True, True, False, False], [False] * 4]
+    tokens, mask = tokenize_batch(tok, [], 4)
+    assert tokens.shape == mask.shape == (0, 4)
+    with pytest.raises(TypeError):
+        tokenize_batch(tok, "ab", 4)
+
+
+def test_tokenize_batch_warns_on_truncation():
+    with pytest.warns(UserWarning, match=r"has 10 tokens; truncated to the context length 4"):
+        tokens, mask = tokenize_batch(ByteTokenizer(), ["abcdefghij"], 4)
+    assert tokens.tolist() == [[97, 98, 99, 100]] and mask.all()
+
+
+@needs_vocab
+def test_tokenize_batch_gpt2_long_prompt(gpt2):
+    long = next(p for p in PROMPTS if p["n_tokens"] > 128)
+    with pytest.warns(UserWarning, match=f"has {long['n_tokens']} tokens; truncated to the context length 128"):
+        tokens, mask = tokenize_batch(gpt2, [long["prompt"], ""], 128)
+    assert tokens[0].tolist() == long["padded_128"] and mask[0].tolist() == long["mask_128"]
+    assert tokens[1].eq(50256).all() and not mask[1].any()
+
+
+@needs_vocab
+def test_downloaded_vocab_is_found_in_cache(tmp_path, monkeypatch):
+    """`glide download vocab` (against a local mirror) fills <cache>/vocab for get_tokenizer."""
+    from glide_diffusion.hub import download_released
+    from tests.http_server import LocalServer
+
+    files = {}
+    for name in ("encoder.json", "vocab.bpe"):
+        src = VOCAB_DIR / name
+        files[f"/gpt2/{name}"] = src.read_bytes() if src.is_file() else gzip.decompress(
+            (VOCAB_DIR / f"{name}.gz").read_bytes())
+    monkeypatch.setenv("GLIDE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("GLIDE_VOCAB_DIR", raising=False)
+    with LocalServer(files) as srv:
+        paths = download_released(["gpt2-encoder", "gpt2-vocab"], base_url=srv.url("/gpt2"), progress=False)
+    assert paths == [tmp_path / "vocab" / "encoder.json", tmp_path / "vocab" / "vocab.bpe"]
+    assert tk.find_vocab_dir() == tmp_path / "vocab"
+    tok = get_tokenizer("gpt2")
+    assert tok.encode(PROMPTS[0]["prompt"]) == PROMPTS[0]["tokens"]
