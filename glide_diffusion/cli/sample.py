@@ -8,7 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from ..pipelines.text2im import BASE_DEFAULTS, DTYPES, UPSAMPLE_DEFAULTS, StageSettings
+from ..pipelines.text2im import BASE_DEFAULTS, UPSAMPLE_DEFAULTS, StageSettings
+from ..precision import DTYPES
 
 
 def build_parser() -> argparse.ArgumentParser:

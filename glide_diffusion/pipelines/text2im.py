@@ -8,7 +8,7 @@ ancestral steps at guidance scale 3, upsampler "fast27" DDIM at temperature 0.99
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
@@ -19,13 +19,14 @@ from PIL import Image
 
 from ..diffusion.schedule import Schedule, make_schedule, space_timesteps
 from ..guidance.cfg import classifier_free_guidance
+from ..precision import autocast as precision_autocast
+from ..precision import check_dtype
 from ..presets import ModelConfig
 from ..sampling.noise import PerSampleNoise, seeds_for
 from ..sampling.samplers import SAMPLERS
 from ..text.tokenizer import get_tokenizer, tokenize_batch
 from ..unet.model import GlideUNet, TextCondition
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MAX_SEED = 2**63 - 1
 
 
@@ -146,7 +147,7 @@ class Text2ImPipeline:
         rows = [p for p in prompts for _ in range(num_images)]
         seeds = seeds_for(seed, len(rows))
         noise = PerSampleNoise(seeds, self.base.device)
-        autocast = _autocast(self.base.device, DTYPES[dtype])
+        autocast = functools.partial(precision_autocast, self.base.device, dtype)
 
         low = self._sample_stage(self.base, rows, noise, base, autocast, progress, callback)
         final = low
@@ -170,7 +171,7 @@ class Text2ImPipeline:
         """Encode the captions once, then sample; guided when the scale is not 1."""
         cfg = stage.config.unet
         guided = settings.guidance_scale != 1.0
-        with autocast:
+        with autocast():
             text = stage.encode(rows)
             if guided:  # rows [cond; uncond], the empty caption encoded once
                 text = TextCondition.cat([text, stage.encode([""]).repeat(len(rows))])
@@ -178,7 +179,7 @@ class Text2ImPipeline:
             cond = {k: torch.cat([v, v]) for k, v in cond.items()}
 
         def denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with autocast:
+            with autocast():
                 return stage.model(x, t, text=text, **cond).float()
 
         if guided:
@@ -224,10 +225,7 @@ def validate_request(
     batch = len(prompts) * num_images
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - batch:
         raise ValueError(f"seed must be an integer in [0, 2**63 - 1 - number of images], got {seed!r}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if dtype == "fp16" and torch.device(device).type != "cuda":
-        raise ValueError("fp16 needs a CUDA device; on a CPU use bf16 or fp32")
+    check_dtype(dtype, device)
     base.validate("base", base_steps)
     if upsample_steps is not None:
         upsample.validate("upsample", upsample_steps)
@@ -245,12 +243,6 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def to_pil(x: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in to_uint8(x)]
-
-
-def _autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def _ensure_downloaded(source: str, cache_dir) -> None:

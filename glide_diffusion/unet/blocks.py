@@ -155,15 +155,16 @@ class AttentionBlock(nn.Module):
     def project_text(self, xf_out: torch.Tensor) -> torch.Tensor:
         """(B, W, L) text features -> (B, heads, L, 2ch) keys and values for this block."""
         assert self.encoder_kv is not None
-        kv = self.encoder_kv(xf_out)  # (B, 2C, L)
-        b, _, n = kv.shape
-        return kv.view(b, self.heads, -1, n).transpose(-1, -2)
+        kv = F.linear(xf_out.transpose(1, 2), self.encoder_kv.weight[..., 0], self.encoder_kv.bias)
+        b, n, _ = kv.shape  # (B, L, 2C)
+        return kv.view(b, n, self.heads, -1).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, text_kv: torch.Tensor | None) -> torch.Tensor:
         b, c, *spatial = x.shape
-        qkv = self.qkv(self.norm(x).view(b, c, -1))  # (B, 3C, HW)
-        qkv = qkv.view(b, self.heads, 3 * c // self.heads, -1).transpose(-1, -2)
-        q, k, v = qkv.chunk(3, dim=-1)  # (B, heads, HW, ch)
+        h = self.norm(x).view(b, c, -1).transpose(1, 2)  # (B, HW, C)
+        qkv = F.linear(h, self.qkv.weight[..., 0], self.qkv.bias)  # the 1x1 conv, token-major
+        qkv = qkv.view(b, -1, self.heads, 3 * c // self.heads).transpose(1, 2)  # (B, heads, HW, 3ch)
+        q, k, v = qkv.chunk(3, dim=-1)  # (B, heads, HW, ch), each contiguous in ch
         if text_kv is not None:
             ek, ev = text_kv.to(q.dtype).chunk(2, dim=-1)
             k = torch.cat([ek, k], dim=2)
@@ -171,5 +172,6 @@ class AttentionBlock(nn.Module):
         # Official: q and k each scaled by ch^(-1/4), softmax in float32; SDPA's
         # default 1/sqrt(ch) is the same product.
         h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, ch)
-        h = h.transpose(-1, -2).reshape(b, c, -1)
-        return x + self.proj_out(h).view(b, c, *spatial)
+        h = h.transpose(1, 2).reshape(b, -1, c)  # (B, HW, C)
+        h = F.linear(h, self.proj_out.weight[..., 0], self.proj_out.bias)
+        return x + h.transpose(1, 2).reshape(b, c, *spatial)

@@ -1,0 +1,150 @@
+"""Text -> image end to end on tiny random models, through the API and the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from glide_diffusion.checkpoints import build_model, save_model
+from glide_diffusion.cli.main import main
+from glide_diffusion.pipelines.text2im import StageSettings, Text2ImPipeline
+from glide_diffusion.presets import get_preset
+
+FAST_BASE = StageSettings("ddpm", "4", 3.0)
+FAST_UP = StageSettings("ddim", "3", 1.0, 0.997)
+
+
+def _random_model(name, seed):
+    torch.manual_seed(seed)
+    model = build_model(name)
+    with torch.no_grad():  # non-zero outputs: perturb the zero-initialised layers too
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    base = save_model(d / "tiny.safetensors", _random_model("tiny", 0), get_preset("tiny"))
+    up = save_model(d / "tiny-up.safetensors", _random_model("tiny-upsample", 1), get_preset("tiny-upsample"))
+    return str(base), str(up)
+
+
+@pytest.fixture(scope="module")
+def pipe(checkpoints):
+    return Text2ImPipeline.from_pretrained(*checkpoints, download=False)
+
+
+def _arrays(images):
+    return [np.asarray(im) for im in images]
+
+
+def test_sizes_and_rerun_determinism(pipe):
+    a = pipe(["a red circle", "a blue square"], num_images=2, seed=7, base=FAST_BASE, upsample=FAST_UP)
+    assert [im.size for im in a.images] == [(64, 64)] * 4
+    assert [im.size for im in a.low_res] == [(16, 16)] * 4
+    assert a.prompts == ["a red circle", "a red circle", "a blue square", "a blue square"]
+    assert a.seeds == [7, 8, 9, 10]
+    b = pipe(["a red circle", "a blue square"], num_images=2, seed=7, base=FAST_BASE, upsample=FAST_UP)
+    for x, y in zip(_arrays(a.images), _arrays(b.images)):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(np.asarray(a.images[0]), np.asarray(a.images[1]))
+
+
+def test_an_image_does_not_change_with_the_batch(pipe):
+    batch = pipe("a green star", num_images=3, seed=100, base=FAST_BASE, upsample=FAST_UP)
+    single = pipe("a green star", num_images=1, seed=101, base=FAST_BASE, upsample=FAST_UP)
+    # Same seed, same computation up to batched-kernel rounding: equal 8-bit images
+    # except for rare off-by-one rounding.
+    diff = np.abs(_arrays(batch.images)[1].astype(int) - _arrays(single.images)[0].astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"base": StageSettings("ddpm", "4", -1.0)}, "guidance scale"),
+        ({"base": StageSettings("ddpm", "abc", 3.0)}, "bad steps"),
+        ({"base": StageSettings("euler", "4", 3.0)}, "unknown sampler"),
+        ({"seed": -1}, "seed"),
+        ({"num_images": 0}, "num_images"),
+        ({"dtype": "fp16"}, "fp16 needs a CUDA"),
+        ({"dtype": "fp64"}, "dtype must be"),
+    ],
+)
+def test_bad_requests_fail_before_work(pipe, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pipe("a red circle", **{"base": FAST_BASE, "upsample": FAST_UP, **kwargs})
+
+
+def test_long_prompt_is_truncated_with_a_warning(pipe):
+    with pytest.warns(UserWarning, match="truncat"):
+        pipe("a " * 40 + "red circle", base=FAST_BASE, upsample=FAST_UP)
+
+
+def test_base_only_pipeline(checkpoints):
+    pipe = Text2ImPipeline.from_pretrained(checkpoints[0], None, download=False)
+    out = pipe("a red circle", base=FAST_BASE)
+    assert out.images[0].size == (16, 16)
+
+
+def test_stage_kinds_are_checked(checkpoints):
+    with pytest.raises(ValueError, match="upsampler"):
+        Text2ImPipeline.from_pretrained(checkpoints[0], checkpoints[0], download=False)
+
+
+def test_cli_sample_writes_pngs_with_metadata(checkpoints, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main([
+        "sample", "a red circle", "-n", "2", "--seed", "3", "--base", checkpoints[0], "--upsampler", checkpoints[1],
+        "--base-steps", "4", "--up-steps", "3", "-o", str(out), "--npz", "--no-progress",
+    ])
+    assert rc == 0
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == ["a-red-circle-3.png", "a-red-circle-4.png"]
+    im = Image.open(pngs[0])
+    assert im.size == (64, 64)
+    assert im.text["prompt"] == "a red circle" and im.text["seed"] == "3"
+    settings = json.loads(im.text["settings"])
+    assert settings["base"]["steps"] == "4" and settings["upsample"]["sampler"] == "ddim"
+    npz = np.load(out / "samples.npz")
+    assert npz["images"].shape == (2, 64, 64, 3)
+    np.testing.assert_array_equal(npz["images"][0], np.asarray(im.convert("RGB")))
+    assert str(pngs[0]) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["-g", "-2"], "guidance scale"),
+        (["--base-steps", "0"], "bad steps"),
+        (["--seed", "-5"], "seed"),
+        (["--dtype", "fp16"], "fp16"),
+        (["--device", "cuda"], "CUDA is not available"),
+    ],
+)
+def test_cli_bad_input_is_a_clear_error_and_writes_nothing(checkpoints, tmp_path, capsys, args, match):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    out = tmp_path / "out"
+    rc = main(["sample", "x", "--base", checkpoints[0], "--upsampler", "none", "-o", str(out), "--no-progress", *args])
+    assert rc == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cli_missing_weights_says_how_to_get_them(tmp_path, capsys):
+    rc = main(["sample", "x", "--cache-dir", str(tmp_path), "--no-download", "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "glide download base" in err and str(tmp_path) in err
+
+
+def test_cli_help_and_unknown_command(capsys):
+    assert main([]) == 2
+    assert main(["--help"]) == 0
+    with pytest.raises(SystemExit):
+        main(["paint"])
