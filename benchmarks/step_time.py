@@ -5,7 +5,8 @@ Three paths, measured in the same run on the same model and inputs:
 - plain: what glide-text2im does: fp32, eager, the caption re-encoded by the
   text transformer at every step, attention as explicit einsum/softmax;
 - fp32:  this project: caption encoded once per run (text keys/values of every
-  attention layer precomputed), fused scaled-dot-product attention, inference mode;
+  attention layer precomputed), fused scaled-dot-product attention, channels-last
+  convolutions, inference mode;
 - bf16:  the same under bfloat16 autocast (CPU) / fp16 (CUDA), normalisation in fp32.
 
 The base models run batch 2 (classifier-free guidance: conditional and
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from glide_diffusion.checkpoints import build_model
+from glide_diffusion.precision import native_bf16_cpu
 from glide_diffusion.presets import RELEASED_PRESETS, get_preset
 from glide_diffusion.text import transformer as xf
 from glide_diffusion.unet import blocks
@@ -128,6 +130,25 @@ def timed(fn, repeats, device):
     return min(times), out
 
 
+def matmul_gflops(device, dtype, n=2048, repeats=3):
+    """Measured dense matrix-product throughput: the ceiling a step can approach."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    if device.type == "cpu" and dtype == torch.bfloat16 and not native_bf16_cpu():
+        n, a, b = 256, a[:256, :256], b[:256, :256]  # emulated: keep it short
+    seconds, _ = timed(lambda: a @ b, repeats, device)
+    return 2 * n**3 / seconds / 1e9
+
+
+def step_gflop(model, x, t, text, kw):
+    """Floating-point operations of one step, counted by PyTorch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(x, t, text=text, **kw)
+    return counter.get_total_flops() / 1e9
+
+
 def bench(name, repeats, device, low_dtype):
     config = get_preset(RELEASED_PRESETS[name])
     model = build_model(config, device="cpu")
@@ -139,15 +160,20 @@ def bench(name, repeats, device, low_dtype):
 
     with plain_path(model), torch.no_grad():
         row["plain_s"], ref = timed(lambda: model(x, t, tokens=tokens, mask=mask, **kw), repeats, device)
+    model = model.to(memory_format=torch.channels_last)
     with torch.inference_mode():
         text = model.encode_text(tokens, mask)  # once per sampling run, not timed per step
         row["fp32_s"], out32 = timed(lambda: model(x, t, text=text, **kw), repeats, device)
-        with torch.autocast(device.type, dtype=low_dtype):
-            text_low = model.encode_text(tokens, mask)
-            row["low_s"], out_low = timed(lambda: model(x, t, text=text_low, **kw).float(), repeats, device)
-    eps = slice(0, 3)
+        row["low_s"] = row["low_eps_rel_err"] = float("nan")
+        if low_dtype is not None:
+            with torch.autocast(device.type, dtype=low_dtype):
+                text_low = model.encode_text(tokens, mask)
+                row["low_s"], out_low = timed(lambda: model(x, t, text=text_low, **kw).float(), repeats, device)
+            eps = slice(0, 3)
+            row["low_eps_rel_err"] = ((out_low[:, eps] - out32[:, eps]).norm() / out32[:, eps].norm()).item()
     row["fp32_vs_plain_max_abs"] = (out32 - ref).abs().max().item()
-    row["low_eps_rel_err"] = ((out_low[:, eps] - out32[:, eps]).norm() / out32[:, eps].norm()).item()
+    row["gflop"] = step_gflop(model, x, t, text, kw)
+    row["fp32_gflops"] = row["gflop"] / row["fp32_s"]
     del model
     return row
 
@@ -164,20 +190,29 @@ def main():
     low = "fp16" if device.type == "cuda" else "bf16"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, {device.type} ({name}), {torch.get_num_threads()} threads")
-    header = f"{'model':<17} {'batch':>5} {'plain s/step':>12} {'fp32 s/step':>11} {low + ' s/step':>11} {'plain/fp32':>10} {'plain/' + low:>10} {low + ' eps rel err':>16}"
+    peak = {"fp32": matmul_gflops(device, torch.float32), low: matmul_gflops(device, low_dtype)}
+    print(f"measured matmul throughput: fp32 {peak['fp32']:.0f} GFLOP/s, {low} {peak[low]:.1f} GFLOP/s")
+    if device.type == "cpu" and not native_bf16_cpu():
+        print("this CPU has no native bf16 (AVX-512 BF16 / AMX): bf16 is emulated, the bf16 path is skipped")
+        low_dtype = None
+    header = (
+        f"{'model':<17} {'batch':>5} {'GFLOP':>6} {'plain s/step':>12} {'fp32 s/step':>11} {low + ' s/step':>11} "
+        f"{'plain/fp32':>10} {'plain/' + low:>10} {'fp32 % peak':>11} {low + ' eps rel err':>16}"
+    )
     print(header)
     rows = []
     for m in args.models:
         r = bench(m, args.repeats, device, low_dtype)
         rows.append(r)
         print(
-            f"{m:<17} {r['batch']:>5} {r['plain_s']:>12.3f} {r['fp32_s']:>11.3f} {r['low_s']:>11.3f} "
-            f"{r['plain_s'] / r['fp32_s']:>9.2f}x {r['plain_s'] / r['low_s']:>9.2f}x {r['low_eps_rel_err']:>16.2e}",
+            f"{m:<17} {r['batch']:>5} {r['gflop']:>6.0f} {r['plain_s']:>12.3f} {r['fp32_s']:>11.3f} {r['low_s']:>11.3f} "
+            f"{r['plain_s'] / r['fp32_s']:>9.2f}x {r['plain_s'] / r['low_s']:>9.2f}x "
+            f"{100 * r['fp32_gflops'] / peak['fp32']:>10.0f}% {r['low_eps_rel_err']:>16.2e}",
             flush=True,
         )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": name, "torch": torch.__version__, "rows": rows}, f, indent=1)
+            json.dump({"device": name, "torch": torch.__version__, "matmul_gflops": peak, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

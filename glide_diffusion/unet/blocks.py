@@ -161,7 +161,7 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, text_kv: torch.Tensor | None) -> torch.Tensor:
         b, c, *spatial = x.shape
-        h = self.norm(x).view(b, c, -1).transpose(1, 2)  # (B, HW, C)
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C); no copy when channels-last
         qkv = F.linear(h, self.qkv.weight[..., 0], self.qkv.bias)  # the 1x1 conv, token-major
         qkv = qkv.view(b, -1, self.heads, 3 * c // self.heads).transpose(1, 2)  # (B, heads, HW, 3ch)
         q, k, v = qkv.chunk(3, dim=-1)  # (B, heads, HW, ch), each contiguous in ch
@@ -174,4 +174,4 @@ class AttentionBlock(nn.Module):
         h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, ch)
         h = h.transpose(1, 2).reshape(b, -1, c)  # (B, HW, C)
         h = F.linear(h, self.proj_out.weight[..., 0], self.proj_out.bias)
-        return x + h.transpose(1, 2).reshape(b, c, *spatial)
+        return x + h.transpose(1, 2).reshape(b, c, *spatial)  # channels-last layout, no copy
