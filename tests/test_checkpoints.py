@@ -41,7 +41,7 @@ def test_official_pt_state_dict_loads_and_matches(tmp_path):
 def test_pickle_that_runs_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
-        pickle.dump({"w": _RunsCode()}, f)
+        pickle.dump({"w": _RunsCode()}, f, protocol=2)
     with pytest.raises(CheckpointError, match="refused"):
         read_state_dict(path)
     # Also when wrapped in torch's zip format.

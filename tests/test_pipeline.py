@@ -57,10 +57,14 @@ def test_sizes_and_rerun_determinism(pipe):
 def test_an_image_does_not_change_with_the_batch(pipe):
     batch = pipe("a green star", num_images=3, seed=100, base=FAST_BASE, upsample=FAST_UP)
     single = pipe("a green star", num_images=1, seed=101, base=FAST_BASE, upsample=FAST_UP)
-    # Same seed, same computation up to batched-kernel rounding: equal 8-bit images
-    # except for rare off-by-one rounding.
-    diff = np.abs(_arrays(batch.images)[1].astype(int) - _arrays(single.images)[0].astype(int))
-    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    assert _nearly_equal(_arrays(batch.images)[1], _arrays(single.images)[0])
+
+
+def _nearly_equal(a, b):
+    """Same noise, same computation up to batched-kernel float rounding, which can
+    flip an 8-bit level of the low-res image and so move a few upsampled pixels."""
+    diff = np.abs(a.astype(int) - b.astype(int))
+    return (diff > 2).mean() < 0.01 and diff.mean() < 0.5
 
 
 @pytest.mark.parametrize(
@@ -148,3 +152,13 @@ def test_cli_help_and_unknown_command(capsys):
     assert main(["--help"]) == 0
     with pytest.raises(SystemExit):
         main(["paint"])
+
+
+def test_batch_size_does_not_change_images(pipe):
+    a = pipe(["a red circle", "a blue square"], num_images=2, seed=5, base=FAST_BASE, upsample=FAST_UP)
+    b = pipe(["a red circle", "a blue square"], num_images=2, seed=5, base=FAST_BASE, upsample=FAST_UP, batch_size=3)
+    assert b.settings["batch_size"] == 3
+    for x, y in zip(_arrays(a.images), _arrays(b.images)):
+        assert _nearly_equal(x, y)
+    with pytest.raises(ValueError, match="batch_size"):
+        pipe("x", base=FAST_BASE, upsample=FAST_UP, batch_size=0)

@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default="base", help="base model: a released name or a checkpoint path (default: base)")
     p.add_argument("--upsampler", default="upsample", help="upsampler: a released name, a path, or 'none' (default: upsample)")
     p.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt (default: 1)")
+    p.add_argument("--batch-size", type=int, default=None, help="images sampled at once (default: all); results do not depend on it")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image k uses seed+k (default: 0)")
     p.add_argument("-g", "--guidance-scale", type=float, default=BASE_DEFAULTS.guidance_scale,
                    help=f"classifier-free guidance scale of the base stage (default: {BASE_DEFAULTS.guidance_scale})")
@@ -56,6 +57,8 @@ def main(argv: Sequence[str]) -> int:
             raise ValueError(f"bad device {args.device!r}: {e}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {args.device} asked for, but CUDA is not available")
+        if args.batch_size is not None and args.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
         validate_request(args.prompts, args.num_images, args.seed, base, up, args.dtype, device,
                          upsample_steps=1000 if upsampler else None)
         pipe = Text2ImPipeline.from_pretrained(
@@ -65,7 +68,7 @@ def main(argv: Sequence[str]) -> int:
             warnings.simplefilter("always")
             result = pipe(
                 args.prompts, num_images=args.num_images, seed=args.seed, base=base, upsample=up,
-                dtype=args.dtype, progress=not args.no_progress,
+                dtype=args.dtype, batch_size=args.batch_size, progress=not args.no_progress,
             )
         paths = save_samples(result.images, result.prompts, result.seeds, result.settings, args.output)
         if args.npz:

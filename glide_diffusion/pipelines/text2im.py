@@ -131,10 +131,11 @@ class Text2ImPipeline:
         base: StageSettings = BASE_DEFAULTS,
         upsample: StageSettings = UPSAMPLE_DEFAULTS,
         dtype: str = "fp32",
+        batch_size: int | None = None,
         progress: bool = False,
         callback: Callable[[str, int, torch.Tensor], None] | None = None,
     ) -> Text2ImResult:
-        """Sample ``num_images`` images for each prompt.
+        """Sample ``num_images`` images for each prompt, ``batch_size`` at a time (default: all).
 
         Image k (counting over prompts, then samples) uses seed ``seed + k``: its
         noise comes from its own generator, so it does not change with the batch.
@@ -145,18 +146,25 @@ class Text2ImPipeline:
             self.base.config.diffusion.steps,
             self.upsampler.config.diffusion.steps if self.upsampler else None,
         )
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         rows = [p for p in prompts for _ in range(num_images)]
         seeds = seeds_for(seed, len(rows))
-        noise = PerSampleNoise(seeds, self.base.device)
         autocast = functools.partial(precision_autocast, self.base.device, dtype)
-
-        low = self._sample_stage(self.base, rows, noise, base, autocast, progress, callback)
-        final = low
-        if self.upsampler is not None:
-            # The upsampler was trained on 8-bit images.
-            final = self._sample_stage(
-                self.upsampler, rows, noise, upsample, autocast, progress, callback, low_res=quantize(low)
-            )
+        step = batch_size or len(rows)
+        lows, finals = [], []
+        for i in range(0, len(rows), step):
+            chunk, noise = rows[i : i + step], PerSampleNoise(seeds[i : i + step], self.base.device)
+            low = self._sample_stage(self.base, chunk, noise, base, autocast, progress, callback)
+            final = low
+            if self.upsampler is not None:
+                # The upsampler was trained on 8-bit images.
+                final = self._sample_stage(
+                    self.upsampler, chunk, noise, upsample, autocast, progress, callback, low_res=quantize(low)
+                )
+            lows.append(low)
+            finals.append(final)
+        low, final = torch.cat(lows), torch.cat(finals)
         settings = {
             "base_model": self.base.name,
             "upsample_model": self.upsampler.name if self.upsampler else None,
@@ -165,6 +173,7 @@ class Text2ImPipeline:
             "dtype": dtype,
             "seed": seed,
             "num_images": num_images,
+            "batch_size": step,
         }
         return Text2ImResult(to_pil(final), to_pil(low), rows, seeds, settings)
 
@@ -186,7 +195,8 @@ class Text2ImPipeline:
         if guided:
             denoiser = classifier_free_guidance(denoiser, settings.guidance_scale)
         x_T = noise.initial((cfg.in_channels, cfg.image_size, cfg.image_size)) * settings.temperature
-        return self._run(stage, settings, denoiser, x_T, noise, progress, callback)
+        label = f"{stage.config.kind} {cfg.image_size}px {settings.sampler} {settings.steps}" if progress else False
+        return self._run(stage, settings, denoiser, x_T, noise, label, callback)
 
     @staticmethod
     def _run(stage, settings, denoiser, x_T, noise, progress, callback) -> torch.Tensor:

@@ -30,8 +30,10 @@ def seeds_for(seed: int, n: int) -> list[int]:
 class PerSampleNoise:
     """A :data:`NoiseFn` with one CPU generator per batch row.
 
-    Draws are made in float32 on the CPU (identical on every machine and
-    accelerator), then cast and moved to the requested device/dtype.
+    Draws are made in float32 by CPU generators, then cast and moved to the
+    requested device/dtype -- except on CUDA, where each row gets a CUDA
+    generator so the step loop never copies from the host (same seed and
+    device kind => same image).
 
     >>> noise = PerSampleNoise(seeds_for(0, 4))
     >>> x_T = noise.initial((3, 64, 64), device="cpu")   # (4, 3, 64, 64)
@@ -43,13 +45,17 @@ class PerSampleNoise:
             raise ValueError("PerSampleNoise needs at least one seed")
         self.seeds = [int(s) for s in seeds]
         self.device = torch.device(device) if device is not None else None
-        self.generators = [torch.Generator(device="cpu").manual_seed(s) for s in self.seeds]
+        gen_device = self.device if self.device is not None and self.device.type == "cuda" else torch.device("cpu")
+        self.generators = [torch.Generator(device=gen_device).manual_seed(s) for s in self.seeds]
 
     def __len__(self) -> int:
         return len(self.seeds)
 
     def _draw(self, shape_per_row: Sequence[int], device: torch.device | str | None, dtype: torch.dtype) -> torch.Tensor:
-        rows = [torch.randn(tuple(shape_per_row), generator=g, dtype=torch.float32) for g in self.generators]
+        rows = [
+            torch.randn(tuple(shape_per_row), generator=g, dtype=torch.float32, device=g.device)
+            for g in self.generators
+        ]
         out = torch.stack(rows)  # (B, *shape_per_row)
         target = device if device is not None else self.device
         return out.to(device=target, dtype=dtype)

@@ -209,7 +209,7 @@ def _run(
     x_T: torch.Tensor,
     noise_fn: NoiseFn | None,
     use_grad: bool,
-    progress: bool,
+    progress: bool | str,
     callback: Callback | None,
 ) -> torch.Tensor:
     """Walk i = N-1 .. 0: model call, one noise draw, one step.
@@ -223,7 +223,7 @@ def _run(
     if progress:
         from tqdm.auto import tqdm
 
-        indices = tqdm(indices, total=s.num_steps)
+        indices = tqdm(indices, total=s.num_steps, desc=progress if isinstance(progress, str) else None)
     # cond_fn needs autograd (enabled at its call site only), which inference
     # tensors cannot take part in, so guided runs use no_grad instead.
     mode = torch.no_grad() if use_grad else torch.inference_mode()
@@ -250,7 +250,7 @@ def sample_ddpm(
     clip_denoised: bool = True,
     x0_fn: X0Fn | None = None,
     cond_fn: CondFn | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Ancestral sampling (official ``p_sample_loop``) from x_T (B, C, H, W).
@@ -276,7 +276,7 @@ def sample_ddim(
     clip_denoised: bool = True,
     x0_fn: X0Fn | None = None,
     cond_fn: CondFn | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """DDIM sampling (official ``ddim_sample_loop``); eta = 0 is deterministic
