@@ -182,6 +182,7 @@ class WebDatasetShards(IterableDataset):
         except Exception as exn:  # noqa: BLE001 - a missing shard must not stop training
             self.stats.note("unreadable_shard", f"{url}: {exn!r}")
             return
+        bad_before = self.stats["bad_shard"]
         try:
             files = tar_file_expander([{"url": url, "stream": stream}], handler=self._handler("bad_shard", url))
             yield from group_by_keys(files, handler=self._handler("bad_tar_member", url))
@@ -189,7 +190,8 @@ class WebDatasetShards(IterableDataset):
             try:
                 stream.close()
             except Exception as exn:  # noqa: BLE001 - e.g. a pipe command's exit status
-                self.stats.note("bad_shard", f"{url}: {exn!r}")
+                if self.stats["bad_shard"] == bad_before:  # count each shard once
+                    self.stats.note("bad_shard", f"{url}: {exn!r}")
 
     def _shard_items(self, slot: int, url: str, skip: int) -> Iterator[dict]:
         """Decoded items of one shard, after skipping ``skip`` records."""
