@@ -11,6 +11,12 @@ from glide_diffusion.train.masks import ERASED_RANGE, KINDS, erased_fraction, ra
 SIZES = (16, 64, 256)
 
 
+@pytest.fixture(autouse=True)
+def _no_mkldnn(monkeypatch):
+    """oneDNN spends ~1 s building kernels for each new conv shape; the native kernels are instant at these sizes."""
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+
+
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
