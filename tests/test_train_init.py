@@ -103,7 +103,7 @@ def test_same_kind_init_is_an_exact_copy(tmp_path):
 
 def test_random_init_is_build_model():
     torch.manual_seed(4)
-    a = init_model(get_preset("tiny"))
+    a = init_model("tiny")
     torch.manual_seed(4)
     b = build_model("tiny")
     assert a.training

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 
 from ..checkpoints import CheckpointError, _resolve, build_model, load_weights, read_state_dict
-from ..presets import ModelConfig
+from ..presets import ModelConfig, get_preset
 from ..unet.config import UNetConfig
 from ..unet.model import GlideUNet
 
@@ -27,7 +27,7 @@ _FREE_FIELDS = ("inpaint", "dropout")
 
 
 def init_model(
-    config: ModelConfig,
+    config: ModelConfig | str,
     init_from: str | os.PathLike | None = None,
     *,
     cache_dir: str | os.PathLike | None = None,
@@ -48,8 +48,11 @@ def init_model(
     naming the fields; missing/unexpected keys and shape mismatches raise it
     naming the keys. Nothing is loaded partially.
 
-    The model is returned on the CPU, in float32 and in training mode.
+    ``config`` is a :class:`ModelConfig` or a preset name. The model is
+    returned on the CPU, in float32 and in training mode.
     """
+    if isinstance(config, str):
+        config = get_preset(config)
     if init_from is None:
         return build_model(config)
     path, implied = _resolve(init_from, cache_dir)
