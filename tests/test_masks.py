@@ -12,9 +12,14 @@ SIZES = (16, 64, 256)
 
 
 @pytest.fixture(autouse=True)
-def _no_mkldnn(monkeypatch):
-    """oneDNN spends ~1 s building kernels for each new conv shape; the native kernels are instant at these sizes."""
+def _small_cpu_work(monkeypatch):
+    """Settings for tiny tensors on a shared CPU: oneDNN spends ~1 s building kernels for each new
+    conv shape, and a second thread mostly waits for a busy core; restored after each test."""
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _gen(seed: int) -> torch.Generator:

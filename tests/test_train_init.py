@@ -12,9 +12,14 @@ from glide_diffusion.train.init import INPUT_CONV, init_model
 
 
 @pytest.fixture(autouse=True)
-def _no_mkldnn(monkeypatch):
-    """oneDNN spends ~1 s building kernels for each new conv shape; the native kernels are instant at these sizes."""
+def _small_cpu_work(monkeypatch):
+    """Settings for tiny tensors on a shared CPU: oneDNN spends ~1 s building kernels for each new
+    conv shape, and a second thread mostly waits for a busy core; restored after each test."""
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -35,7 +40,7 @@ def _perturbed(preset: str, seed: int = 0):
 def _inputs(config: ModelConfig, seed: int = 1, batch: int = 2) -> dict:
     """x, t, caption and every conditioning input the config's kinds might take."""
     u, g = config.unet, _gen(seed)
-    s = u.image_size
+    s = min(u.image_size, 16)  # a fully convolutional UNet runs at any multiple of its downsampling; 16 px is cheap
     return {
         "x": torch.randn(batch, 3, s, s, generator=g),
         "t": torch.tensor([10, 700][:batch]),
