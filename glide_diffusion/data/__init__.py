@@ -1,0 +1,1 @@
+"""Training data: the procedural Shapes text-image dataset (``shapes``) and loaders."""
