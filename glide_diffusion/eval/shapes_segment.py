@@ -57,10 +57,13 @@ def colour_alpha(img: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, n
     """
     v = COLOUR_RGB - background  # (6, 3)
     d = img - background  # (H, W, 3)
-    alpha = np.einsum("hwc,kc->khw", d, v) / np.sum(v * v, axis=1)[:, None, None]
-    nearest = np.clip(alpha, 0.0, 1.0)[..., None] * v[:, None, None, :]  # (6, H, W, 3)
-    residual = np.linalg.norm(d[None] - nearest, axis=3)
-    return alpha, residual
+    dot = np.einsum("hwc,kc->khw", d, v)  # (6, H, W)
+    v2 = np.sum(v * v, axis=1)[:, None, None]
+    alpha = dot / v2
+    clipped = np.clip(alpha, 0.0, 1.0)
+    # |d - a v|^2 expanded, so no (6, H, W, 3) array is built
+    res2 = np.sum(d * d, axis=2)[None] - 2 * clipped * dot + clipped * clipped * v2
+    return alpha, np.sqrt(np.maximum(res2, 0.0))
 
 
 def _shifted(a: np.ndarray, dy: int, dx: int, fill) -> np.ndarray:
