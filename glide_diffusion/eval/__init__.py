@@ -1,0 +1,1 @@
+"""Evaluation: analytic scorers for generated images (``shapes_eval`` for the Shapes dataset)."""
