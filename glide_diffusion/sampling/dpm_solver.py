@@ -55,7 +55,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..diffusion.gaussian import predict_x0_from_eps, split_model_output
+from ..diffusion.gaussian import original_timesteps, predict_x0_from_eps, split_model_output
 from ..diffusion.schedule import Schedule
 from .noise import NoiseFn
 from .samplers import Callback, CondFn, Denoiser, StepResult, X0Fn, _cond_grad, _run, _validate
@@ -137,8 +137,7 @@ def sample_dpmpp_2m(
             eps = eps - sqrt_1m_abar[i] * _cond_grad(cond_fn, s, x, i)
         x0 = predict_x0_from_eps(s, x, i, eps)
         if x0_fn is not None:
-            t = torch.full((x.shape[0],), int(s.timestep_map[i]), dtype=torch.int64, device=x.device)
-            x0 = x0_fn(x0, t)
+            x0 = x0_fn(x0, original_timesteps(s, i, x.shape[0], x.device))
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
         c = coefs[i]
