@@ -28,6 +28,7 @@ from glide_diffusion.sampling import (
     ddpm_step,
     sample_ddim,
     sample_ddpm,
+    sample_dpmpp_2m,
     seeds_for,
 )
 
@@ -261,7 +262,7 @@ def test_argument_validation() -> None:
 
 
 def test_progress_and_samplers_registry(capsys: pytest.CaptureFixture) -> None:
-    assert SAMPLERS == {"ddpm": sample_ddpm, "ddim": sample_ddim}
+    assert SAMPLERS == {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpm++2m": sample_dpmpp_2m}
     s = make_schedule("linear", 1000, "5")
     x_T = torch.zeros(1, 3, 2, 2)
     out = SAMPLERS["ddim"](toy_model, s, x_T, progress=True)

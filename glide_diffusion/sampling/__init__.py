@@ -13,6 +13,9 @@ from .samplers import (
     sample_ddpm,
 )
 
+# After .samplers, which registers the solver in SAMPLERS (dpm_solver imports its helpers).
+from .dpm_solver import dpmpp_2m_coefficients, sample_dpmpp_2m  # noqa: E402, I001
+
 __all__ = [
     "CondFn",
     "Denoiser",
@@ -23,7 +26,9 @@ __all__ = [
     "X0Fn",
     "ddim_step",
     "ddpm_step",
+    "dpmpp_2m_coefficients",
     "sample_ddim",
     "sample_ddpm",
+    "sample_dpmpp_2m",
     "seeds_for",
 ]

@@ -295,3 +295,8 @@ def sample_ddim(
 
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddpm": sample_ddpm, "ddim": sample_ddim}
+
+# Imported last: dpm_solver builds on this module's helpers (_run, _validate).
+from .dpm_solver import sample_dpmpp_2m  # noqa: E402
+
+SAMPLERS["dpm++2m"] = sample_dpmpp_2m
