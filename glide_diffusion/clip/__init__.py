@@ -1,0 +1,1 @@
+"""GLIDE noised CLIP."""
