@@ -47,6 +47,15 @@ IMAGE_CHANNEL_MEANS = (122.77093945, 116.74601272, 104.09373519)
 IMAGE_CHANNEL_STDS = (68.50053285, 66.63215831, 70.32316309)
 
 
+def _normal(*shape: int, std: float) -> nn.Parameter:
+    """N(0, std^2) parameter on the current default device (left empty on "meta", where
+    drawing would only cost time: the first meta normal_ loads torch's Python decompositions)."""
+    w = torch.empty(*shape)
+    if not w.is_meta:
+        w.normal_(std=std)
+    return nn.Parameter(w)
+
+
 class Affine(nn.Module):
     """``x @ w.T + b`` with ``w`` stored ``[out, in]`` (the official ``Affine``)."""
 
@@ -55,7 +64,7 @@ class Affine(nn.Module):
         # The official code leaves w uninitialised (it is always loaded); we draw
         # N(0, init_scale * 2 / (n_in + n_out)), the official Affine's default std.
         std = math.sqrt(2.0 / (n_in + n_out) * init_scale)
-        self.w = nn.Parameter(torch.empty(n_out, n_in).normal_(std=std))
+        self.w = _normal(n_out, n_in, std=std)
         self.b = nn.Parameter(torch.zeros(n_out)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,7 +72,7 @@ class Affine(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with parameters ``g``/``b``, eps 1e-5, computed in float32."""
+    """LayerNorm with parameters ``g``/``b``, eps 1e-5, computed in (at least) float32."""
 
     def __init__(self, n_state: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -72,7 +81,8 @@ class LayerNorm(nn.Module):
         self.b = nn.Parameter(torch.zeros(n_state))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.layer_norm(x.float(), self.g.shape, self.g.float(), self.b.float(), self.eps)
+        dtype = torch.promote_types(x.dtype, torch.float32)  # fp16/bf16 -> fp32; fp64 stays
+        out = F.layer_norm(x.to(dtype), self.g.shape, self.g.to(dtype), self.b.to(dtype), self.eps)
         return out.to(x.dtype)
 
 
@@ -131,8 +141,8 @@ class TextEmbedding(nn.Module):
 
     def __init__(self, n_vocab: int, n_context: int, n_state: int) -> None:
         super().__init__()
-        self.w_voc = nn.Parameter(torch.empty(n_vocab, n_state).normal_(std=0.02))
-        self.w_pos = nn.Parameter(torch.empty(n_context, n_state).normal_(std=0.01))
+        self.w_voc = _normal(n_vocab, n_state, std=0.02)
+        self.w_pos = _normal(n_context, n_state, std=0.01)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.embedding(tokens, self.w_voc) + self.w_pos[None, : tokens.shape[1]]
@@ -148,11 +158,9 @@ class ImageEmbedding(nn.Module):
         super().__init__()
         self.image_size, self.patch_size = image_size, patch_size
         n_patch = image_size // patch_size
-        self.w_t = nn.Parameter(torch.empty(n_timesteps, n_state).normal_(std=n_state ** -0.5))
-        self.patch_proj = nn.Parameter(
-            torch.empty(n_state, 3, patch_size, patch_size).normal_(std=math.sqrt(2 / (n_state * patch_size**2)))
-        )
-        self.w_pos = nn.Parameter(torch.empty(1 + n_patch**2, n_state).normal_(std=n_state ** -0.5))
+        self.w_t = _normal(n_timesteps, n_state, std=n_state ** -0.5)
+        self.patch_proj = _normal(n_state, 3, patch_size, patch_size, std=math.sqrt(2 / (n_state * patch_size**2)))
+        self.w_pos = _normal(1 + n_patch**2, n_state, std=n_state ** -0.5)
         self.ln = LayerNorm(n_state)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
