@@ -323,3 +323,30 @@ def test_rerank_picks_the_best_matching_image(golden):
     assert clip_rerank(clip, big, prompt, k=2).tolist() == order[:2].tolist()
     with pytest.raises(ValueError, match="k must be"):
         clip_rerank(clip, images, prompt, k=4)
+
+
+def test_cond_fn_in_a_respaced_sampler_sees_original_timesteps():
+    from glide_diffusion.diffusion.schedule import make_schedule
+    from glide_diffusion.sampling.samplers import sample_ddpm
+
+    torch.manual_seed(0)
+    clip = build_clip("tiny").eval()
+    s = make_schedule(clip.config.beta_schedule, clip.config.n_timesteps, respacing="4")
+    clip_fn = clip_cond_fn(clip, (torch.tensor([[1, 5, 2] + [0] * 13]), torch.tensor([3])), grad_scale=50.0)
+    seen = []
+
+    def cond_fn(x_t, t):
+        seen.append(t.tolist())
+        return clip_fn(x_t, t)
+
+    def denoiser(x_t, t):  # eps = 0, variance channels 0: guidance is the only difference
+        return torch.zeros(x_t.shape[0], 6, *x_t.shape[2:])
+
+    def run(fn):
+        gen = torch.Generator().manual_seed(0)
+        return sample_ddpm(denoiser, s, torch.randn(2, 3, 16, 16, generator=gen), cond_fn=fn,
+                           noise_fn=lambda x: torch.randn(x.shape, generator=gen))
+
+    guided, plain = run(cond_fn), run(None)
+    assert seen == [[t, t] for t in reversed(s.timestep_map)] and max(s.timestep_map) == 999
+    assert (guided - plain).abs().max() > 1e-4
