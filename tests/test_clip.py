@@ -11,7 +11,6 @@ outputs by > 1e-3, see test_golden_tolerance_detects_convention_errors.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 

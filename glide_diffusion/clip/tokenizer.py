@@ -198,10 +198,16 @@ def load_clip_tokenizer(vocab_dir: str | os.PathLike[str] | None = None) -> Clip
 def clip_tokenize_batch(
     tokenizer: ClipTokenizer, prompts: Sequence[str], text_ctx: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts -> (tokens (B, text_ctx) int64, lens (B,) int64), as the official ``encode_prompts``."""
+    """Prompts -> (tokens (B, text_ctx) int64, lens (B,) int64), as the official ``encode_prompts``.
+
+    Prompts longer than ``text_ctx - 2`` tokens are truncated silently, as in the official code.
+    """
     if isinstance(prompts, str):
         raise TypeError("prompts must be a sequence of strings, not a single string")
-    rows, lens = zip(*(tokenizer.padded_tokens_and_len(tokenizer.encode(p), text_ctx) for p in prompts)) \
-        if prompts else ((), ())
+    rows, lens = [], []
+    for prompt in prompts:
+        row, n = tokenizer.padded_tokens_and_len(tokenizer.encode(prompt), text_ctx)
+        rows.append(row)
+        lens.append(n)
     return (torch.tensor(rows, dtype=torch.long).reshape(len(rows), text_ctx),
             torch.tensor(lens, dtype=torch.long))
