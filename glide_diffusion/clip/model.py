@@ -61,8 +61,9 @@ class Affine(nn.Module):
 
     def __init__(self, n_in: int, n_out: int, *, bias: bool = True, init_scale: float = 1.0) -> None:
         super().__init__()
-        # The official code leaves w uninitialised (it is always loaded); we draw
-        # N(0, init_scale * 2 / (n_in + n_out)), the official Affine's default std.
+        # The official code leaves w uninitialised (it is always loaded). Our choice for
+        # fresh models: Glorot-style N(0, init_scale * 2 / (n_in + n_out)), output
+        # projections (f_c, f_2) scaled down by the number of residual blocks.
         std = math.sqrt(2.0 / (n_in + n_out) * init_scale)
         self.w = _normal(n_out, n_in, std=std)
         self.b = nn.Parameter(torch.zeros(n_out)) if bias else None
