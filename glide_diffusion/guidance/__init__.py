@@ -1,7 +1,16 @@
-"""Guidance as wrappers: classifier-free guidance (denoiser -> denoiser) and
-gradient guidance (``cond_fn`` builders)."""
+"""Guidance as wrappers: classifier-free guidance (denoiser -> denoiser),
+gradient guidance (``cond_fn`` builders, incl. noised-CLIP guidance), and CLIP re-ranking."""
 
 from .cfg import classifier_free_guidance
+from .clip import clip_cond_fn, clip_rerank, clip_scores
 from .gradient import LogProbFn, combine_cond_fns, scaled_cond_fn
 
-__all__ = ["LogProbFn", "classifier_free_guidance", "combine_cond_fns", "scaled_cond_fn"]
+__all__ = [
+    "LogProbFn",
+    "classifier_free_guidance",
+    "clip_cond_fn",
+    "clip_rerank",
+    "clip_scores",
+    "combine_cond_fns",
+    "scaled_cond_fn",
+]

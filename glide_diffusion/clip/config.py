@@ -1,0 +1,98 @@
+"""Configuration of GLIDE's noised CLIP (image and text encoders).
+
+Field names are those of glide-text2im's ``clip/config.yaml``, so a config
+from there (or from the reference data) maps onto :class:`ClipConfig` with
+``ClipConfig(**values)``. Defaults are the released model's values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ClipConfig", "CLIP_PRESETS", "get_clip_preset"]
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """Noised CLIP: a ViT on noisy 64x64 images (timestep token) and a causal text transformer."""
+
+    logit_scale: float = 100.0  # config.yaml; stored as log(100) in a float32 parameter
+    beta_schedule: str = "squaredcos_cap_v2"  # config.yaml: the noise the image encoder was trained on
+    n_timesteps: int = 1000  # config.yaml: rows of the timestep embedding w_t
+    image_size: int = 64  # config.yaml
+    patch_size: int = 4  # config.yaml: 16x16 patches + 1 timestep token = 257 tokens
+    n_vocab: int = 65536  # config.yaml (the tokenizer only produces ids < 49408)
+    max_text_len: int = 77  # config.yaml: text context
+    n_embd: int = 512  # config.yaml: shared embedding width
+    n_head_state_text: int = 64  # config.yaml: text head width
+    n_head_text: int = 8  # config.yaml: text width 8 x 64 = 512
+    n_xf_blocks_text: int = 12  # config.yaml
+    n_head_state_image: int = 64  # config.yaml: image head width
+    n_head_image: int = 12  # config.yaml: image width 12 x 64 = 768
+    n_xf_blocks_image: int = 12  # config.yaml
+
+    def __post_init__(self) -> None:
+        for name in ("n_timesteps", "image_size", "patch_size", "n_vocab", "max_text_len", "n_embd",
+                     "n_head_state_text", "n_head_text", "n_xf_blocks_text",
+                     "n_head_state_image", "n_head_image", "n_xf_blocks_image"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ClipConfig.{name} must be a positive integer, got {value!r}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
+        if self.max_text_len < 2:
+            raise ValueError("max_text_len must leave room for the start and end tokens (>= 2)")
+        if not self.logit_scale > 0:
+            raise ValueError(f"logit_scale must be positive, got {self.logit_scale!r}")
+
+    @property
+    def text_width(self) -> int:
+        return self.n_head_text * self.n_head_state_text
+
+    @property
+    def image_width(self) -> int:
+        return self.n_head_image * self.n_head_state_image
+
+    @property
+    def n_image_context(self) -> int:
+        """Timestep token + patches."""
+        return 1 + (self.image_size // self.patch_size) ** 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ClipConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ClipConfig fields: {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, s: str) -> "ClipConfig":
+        return cls.from_dict(json.loads(s))
+
+
+CLIP_PRESETS: dict[str, ClipConfig] = {
+    # glide-text2im clip/config.yaml: the released clip_image_enc.pt / clip_text_enc.pt.
+    "released": ClipConfig(),
+    # For tests: ~50k parameters, 16 px images (17 image tokens), 16-token text.
+    "tiny": ClipConfig(
+        image_size=16, patch_size=4, n_vocab=1000, max_text_len=16, n_embd=16,
+        n_head_state_text=8, n_head_text=2, n_xf_blocks_text=2,
+        n_head_state_image=8, n_head_image=2, n_xf_blocks_image=2,
+    ),
+}
+
+
+def get_clip_preset(name: str) -> ClipConfig:
+    if name not in CLIP_PRESETS:
+        raise ValueError(f"unknown CLIP preset {name!r}; known: {', '.join(sorted(CLIP_PRESETS))}")
+    return CLIP_PRESETS[name]

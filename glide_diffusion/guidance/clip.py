@@ -1,0 +1,108 @@
+"""Noised-CLIP guidance (GLIDE sec. 2.4) and CLIP re-ranking.
+
+:func:`clip_cond_fn` is exactly glide-text2im's ``CLIPModel.cond_fn``:
+``grad_scale * d/dx_t [exp(logit_scale) * sum_b z_t[b] . z_i(x_t[b], t[b])]``
+with unit text and image embeddings, at ORIGINAL timesteps t (what the
+samplers hand a ``cond_fn``; see :mod:`glide_diffusion.sampling.samplers`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+
+from ..clip.model import NoisedClip
+from ..clip.tokenizer import ClipTokenizer, clip_tokenize_batch, load_clip_tokenizer
+from ..sampling.samplers import CondFn
+from .gradient import scaled_cond_fn
+
+__all__ = ["Prompts", "clip_text_embeddings", "clip_cond_fn", "clip_scores", "clip_rerank"]
+
+Prompts = Union[str, Sequence[str], tuple[torch.Tensor, torch.Tensor]]
+"""A prompt, a list of prompts, or already padded CLIP ``(tokens (B, L), lens (B,))``."""
+
+
+def clip_text_embeddings(clip: NoisedClip, prompts: Prompts, tokenizer: ClipTokenizer | None = None) -> torch.Tensor:
+    """Unit text embeddings (B, n_embd), without autograd.
+
+    Strings are tokenized with ``tokenizer`` (default: :func:`load_clip_tokenizer`);
+    a ``(tokens, lens)`` pair is used as is.
+    """
+    if isinstance(prompts, tuple) and len(prompts) == 2 and isinstance(prompts[0], torch.Tensor):
+        tokens, lens = prompts
+    else:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        tokenizer = tokenizer or load_clip_tokenizer()
+        tokens, lens = clip_tokenize_batch(tokenizer, list(prompts), clip.config.max_text_len)
+    device = clip.logit_scale.device
+    with torch.no_grad():
+        return clip.text_embeddings(tokens.to(device), lens.to(device))
+
+
+def clip_cond_fn(
+    clip: NoisedClip, prompts_or_tokens: Prompts, grad_scale: float, *, tokenizer: ClipTokenizer | None = None
+) -> CondFn:
+    """``cond_fn(x_t, t) -> grad_scale * d/dx_t exp(logit_scale) * sum(z_t * z_i)``, shape of x_t.
+
+    The text embeddings are computed once. Their rows pair with the rows of
+    x_t (B of them), or a single row is used for every image. x_t is in the
+    model's [-1, 1] space at the CLIP's image size; t holds ORIGINAL timesteps.
+    """
+    z_t = clip_text_embeddings(clip, prompts_or_tokens, tokenizer)  # (P, D)
+
+    def log_prob(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if z_t.shape[0] not in (1, x_t.shape[0]):
+            raise ValueError(f"{z_t.shape[0]} prompts for a batch of {x_t.shape[0]} images (need 1 or {x_t.shape[0]})")
+        z_i = clip.image_embeddings(x_t, t)  # (B, D)
+        return torch.exp(clip.logit_scale) * (z_t.to(z_i.dtype) * z_i).sum(dim=-1)  # (B,)
+
+    return scaled_cond_fn(log_prob, grad_scale)
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Area averaging when shrinking, bilinear when enlarging."""
+    if images.shape[-2:] == (size, size):
+        return images
+    mode = "area" if images.shape[-1] >= size and images.shape[-2] >= size else "bilinear"
+    kwargs = {} if mode == "area" else {"align_corners": False}
+    return F.interpolate(images, size=(size, size), mode=mode, **kwargs)
+
+
+def clip_scores(
+    clip: NoisedClip, images: torch.Tensor, prompt: Prompts, *,
+    tokenizer: ClipTokenizer | None = None, batch_size: int = 32,
+) -> torch.Tensor:
+    """CLIP logits ``exp(logit_scale) * z_i . z_t`` (N,) of clean images (N, 3, H, W) in [-1, 1] at t = 0.
+
+    ``prompt`` is one prompt (a string or a single-row ``(tokens, lens)``).
+    Images are resized to the CLIP's image size when they differ.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images (N, 3, H, W), got {tuple(images.shape)}")
+    z_t = clip_text_embeddings(clip, prompt, tokenizer)
+    if z_t.shape[0] != 1:
+        raise ValueError(f"clip_scores takes one prompt, got {z_t.shape[0]}")
+    device, dtype = clip.logit_scale.device, clip.logit_scale.dtype
+    scores = []
+    with torch.no_grad():
+        for chunk in images.split(batch_size):
+            x = _resize(chunk.to(device=device, dtype=dtype), clip.config.image_size)
+            t = torch.zeros(x.shape[0], dtype=torch.long, device=device)
+            scores.append(clip.logits(clip.image_embeddings(x, t), z_t)[:, 0])
+    return torch.cat(scores)
+
+
+def clip_rerank(
+    clip: NoisedClip, images: torch.Tensor, prompt: Prompts, k: int, *,
+    tokenizer: ClipTokenizer | None = None, batch_size: int = 32,
+) -> torch.Tensor:
+    """Indices (k,) int64 of the k images best matching ``prompt`` by :func:`clip_scores`, best first
+    (ties keep the earlier image first)."""
+    if not 1 <= k <= images.shape[0]:
+        raise ValueError(f"k must be in 1..{images.shape[0]}, got {k}")
+    scores = clip_scores(clip, images, prompt, tokenizer=tokenizer, batch_size=batch_size)
+    return torch.argsort(scores, descending=True, stable=True)[:k].cpu()
