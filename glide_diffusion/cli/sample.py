@@ -22,9 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image k uses seed+k (default: 0)")
     p.add_argument("-g", "--guidance-scale", type=float, default=BASE_DEFAULTS.guidance_scale,
                    help=f"classifier-free guidance scale of the base stage (default: {BASE_DEFAULTS.guidance_scale})")
-    p.add_argument("--base-sampler", default=BASE_DEFAULTS.sampler, help=f"ddpm or ddim (default: {BASE_DEFAULTS.sampler})")
+    p.add_argument("--base-sampler", default=BASE_DEFAULTS.sampler, help=f"ddpm, ddim or dpm++2m (default: {BASE_DEFAULTS.sampler})")
     p.add_argument("--base-steps", default=BASE_DEFAULTS.steps, help=f"respacing, e.g. 100, 50, ddim25 (default: {BASE_DEFAULTS.steps})")
-    p.add_argument("--up-sampler", default=UPSAMPLE_DEFAULTS.sampler, help=f"(default: {UPSAMPLE_DEFAULTS.sampler})")
+    p.add_argument("--up-sampler", default=UPSAMPLE_DEFAULTS.sampler, help=f"ddpm, ddim or dpm++2m (default: {UPSAMPLE_DEFAULTS.sampler})")
     p.add_argument("--up-steps", default=UPSAMPLE_DEFAULTS.steps, help=f"(default: {UPSAMPLE_DEFAULTS.steps})")
     p.add_argument("--up-temperature", type=float, default=UPSAMPLE_DEFAULTS.temperature,
                    help=f"scale of the upsampler's initial noise (default: {UPSAMPLE_DEFAULTS.temperature})")
