@@ -168,7 +168,7 @@ class CheckpointSection:
 class DebugConfig:
     """Fault injection for tests."""
 
-    nan_at_step: int = -1  # make the loss NaN at this step (-1 = never)
+    nan_at_step: int = -1  # make the loss of step N (1-based) NaN (-1 = never)
     step_sleep: float = 0.0  # seconds slept per step (kill tests)
 
 

@@ -93,15 +93,17 @@ def _loader(dataset: IterableDataset, batch_size: int, num_workers: int):
 class _Batches:
     """Endless batches of this process's data share, restartable at a global position."""
 
-    def __init__(self, make: Callable[[int], IterableDataset], batch_size: int, num_workers: int, start: int):
+    def __init__(self, make: Callable[[int], IterableDataset], batch_size: int, num_workers: int):
         self.make, self.batch_size, self.num_workers = make, batch_size, num_workers
-        self.position = start  # global position of the next batch (kept by the trainer)
         self._it: Iterator | None = None
 
     def next(self, position: int) -> dict:
         for _ in range(2):
             if self._it is None:
-                self._it = iter(_loader(self.make(position), self.batch_size, self.num_workers))
+                # A DataLoader iterator draws its base seed from torch's global RNG; keep
+                # that stream (model dropout) independent of when the loader starts.
+                with torch.random.fork_rng(devices=[]):
+                    self._it = iter(_loader(self.make(position), self.batch_size, self.num_workers))
             try:
                 return next(self._it)
             except StopIteration:  # a finite stream: start again from here
@@ -217,7 +219,7 @@ class Trainer:
             sync = model.no_sync() if (isinstance(model, DDP) and not last) else contextlib.nullcontext()
             with sync:
                 loss, terms = self._forward_loss(model, inputs)
-                if self.step == c.debug.nan_at_step:
+                if self.step + 1 == c.debug.nan_at_step:
                     loss = loss * float("nan")
                     terms = terms * float("nan")
                 self.scaler.scale(loss / c.grad_accum).backward()
@@ -299,7 +301,7 @@ class Trainer:
             if info.distributed else self.model
         low = c.low_res_size if c.model.unet.super_res else None
         batches = _Batches(lambda pos: self.factory(c, info.rank, info.world_size, pos, low),
-                           c.batch_size, c.data.num_workers, self.samples_seen)
+                           c.batch_size, c.data.num_workers)
         if info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.json").write_text(c.to_json(), encoding="utf-8")
