@@ -32,6 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny-test.toml"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is faster than two on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def cfg(tmp_path, *overrides):
     return load_config(TINY, [f'out_dir="{tmp_path}"', *overrides])
 
@@ -85,6 +94,9 @@ def test_cli_reports_bad_config_without_traceback(tmp_path, capsys):
     bad.write_text("max_steps = [")
     assert glide_main(["train", str(bad)]) == 2
     assert "not valid TOML" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert glide_main(["train", str(TINY), "--out-dir", str(tmp_path), "--set", "precision=fp16"]) == 2
+        assert "fp16 needs a CUDA device" in capsys.readouterr().err
 
 
 def test_shipped_configs_parse():
@@ -151,10 +163,10 @@ def _fixed_eval_loss(trainer, batch):
 
 
 def test_loss_decreases_when_overfitting_a_fixed_batch(tmp_path):
-    c = cfg(tmp_path, "data.size=4", "batch_size=4", "max_steps=25", "ckpt.every=1000", "cond.cfg_dropout=0.0",
+    c = cfg(tmp_path, "data.size=2", "batch_size=2", "max_steps=20", "ckpt.every=1000", "cond.cfg_dropout=0.0",
             "optim.lr=3e-3")
     trainer = Trainer(c)
-    batch = _Batches(lambda pos: SyntheticDataset(8, size=4, start=pos), 4, 0).next(0)
+    batch = _Batches(lambda pos: SyntheticDataset(8, size=2, start=pos), 2, 0).next(0)
     before = _fixed_eval_loss(trainer, batch)
     trainer.run()
     after = _fixed_eval_loss(trainer, batch)

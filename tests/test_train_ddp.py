@@ -46,7 +46,12 @@ def test_two_processes_then_resume_on_one(tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
     # Resume with one process (in this one): it continues from the stored global data position.
-    result = train(load_config(TINY, [f'out_dir="{tmp_path}"', "ckpt.every=2", "max_steps=6"]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = train(load_config(TINY, [f'out_dir="{tmp_path}"', "ckpt.every=2", "max_steps=6"]))
+    finally:
+        torch.set_num_threads(threads)
     assert result.resumed_from == path and result.step == 6 and result.samples_seen == 16 + 2 * 2
     records = read_metrics(tmp_path)
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]

@@ -114,9 +114,12 @@ class _Batches:
 class Trainer:
     def __init__(self, config: TrainConfig, dataset_factory: DatasetFactory | None = None):
         self.config = config
-        self.info = tdist.setup(config.device)
-        self.device = self.info.device
-        check_dtype(config.precision, self.device)
+        try:
+            self.info = tdist.setup(config.device)
+            self.device = self.info.device
+            check_dtype(config.precision, self.device)
+        except ValueError as e:  # a device or precision this machine cannot run
+            raise ConfigError(str(e)) from None
         self.out_dir = Path(config.out_dir)
         self.factory = dataset_factory or build_train_dataset
         mc = config.model
@@ -133,9 +136,11 @@ class Trainer:
     def _build_model(self) -> None:
         c = self.config
         torch.manual_seed(c.seed)  # the same initial weights on every process
-        if c.init_from:
-            from .init import init_model
-
+        if c.init_from and not list_checkpoints(self.out_dir):  # a resumed run loads its checkpoint
+            try:
+                from .init import init_model
+            except ImportError as e:
+                raise ConfigError(f"init_from needs glide_diffusion.train.init, which is missing ({e})") from None
             model = init_model(c.model, c.init_from)
         else:
             model = build_model(c.model)
