@@ -14,6 +14,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {
         "sample": ("Generate images from text (base model, then upsampler).", sample.main),
         "download": ("Fetch the released GLIDE (filtered) files into the cache.", _download),
+        "train": ("Train or fine-tune a model from a TOML config (torchrun for several processes).", _train),
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         parser = argparse.ArgumentParser(prog="glide", description="GLIDE text-guided diffusion.")
@@ -31,6 +32,12 @@ def _download(argv: Sequence[str]) -> int:
     from ..hub.download import cli_download
 
     return cli_download(list(argv))
+
+
+def _train(argv: Sequence[str]) -> int:
+    from . import train
+
+    return train.main(list(argv))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,65 @@
+"""``glide train CONFIG``: train or fine-tune a GLIDE model (also under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="glide train",
+        description="Train a GLIDE model from a TOML config; resumes from the newest checkpoint in out_dir. "
+        "Several processes: torchrun --nproc_per_node N -m glide_diffusion.cli.main train CONFIG",
+    )
+    p.add_argument("config", help="TOML config file (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field by its dotted path, e.g. --set optim.lr=1e-4 (repeatable)")
+    p.add_argument("--out-dir", help="same as --set out_dir=DIR")
+    p.add_argument("--max-steps", type=int, help="same as --set max_steps=N")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from ..checkpoints import CheckpointError
+    from ..train.config import ConfigError, apply_overrides, load_config
+
+    try:
+        config = load_config(args.config, args.overrides)
+        extra = []
+        if args.out_dir is not None:
+            extra.append(f"out_dir={_quote(args.out_dir)}")
+        if args.max_steps is not None:
+            extra.append(f"max_steps={args.max_steps}")
+        if args.no_progress:
+            extra.append("log.progress=false")
+        config = apply_overrides(config, extra)
+        if args.print_config:
+            print(config.to_json())
+            return 0
+        from ..train.loop import TrainingDivergedError, train
+
+        result = train(config)
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        print(f"glide train: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDivergedError as e:
+        print(f"glide train: error: {e}", file=sys.stderr)
+        return 1
+    if result.checkpoint is not None and _is_main():
+        print(f"step {result.step}, {result.samples_seen} samples; checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"

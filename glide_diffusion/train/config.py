@@ -1,0 +1,377 @@
+"""Training configuration: frozen dataclasses, loaded from TOML with dotted overrides.
+
+A config file is a TOML table whose keys are :class:`TrainConfig`'s fields;
+sections (``[optim]``, ``[data]``, ...) are the nested dataclasses. The model is
+a preset name (``model = "tiny"``) or a table (``[model]`` with an optional
+``preset`` to start from, then ``[model.unet]``, ``[model.unet.text]``,
+``[model.diffusion]`` overriding :class:`~glide_diffusion.presets.ModelConfig`
+fields). Command-line overrides use the same dotted paths::
+
+    --set optim.lr=1e-4 --set data.size=100 --set model.unet.dropout=0.1
+
+Every value is checked against the field's type; an unknown key names the valid
+ones. The resolved config is plain JSON (:meth:`TrainConfig.to_dict`), saved in
+the run folder and in every checkpoint, and :func:`config_from_dict` reads it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..presets import ModelConfig, get_preset
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "CheckpointSection",
+    "CondConfig",
+    "ConfigError",
+    "DataSection",
+    "DebugConfig",
+    "LogConfig",
+    "OptimConfig",
+    "SampleConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "load_config",
+    "parse_override",
+]
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+LR_SCHEDULES = ("constant", "cosine")
+DATA_KINDS = ("shapes", "folder", "manifest", "webdataset", "synthetic")
+MASK_KINDS = ("rectangle", "strokes", "border", "mixed")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit :class:`TrainConfig`."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up, then constant (or cosine) learning rate."""
+
+    lr: float = 1e-4  # guided-diffusion TrainLoop default (GLIDE's training code builds on it)
+    weight_decay: float = 0.0  # guided-diffusion default
+    betas: tuple[float, float] = (0.9, 0.999)  # torch/guided-diffusion AdamW default
+    eps: float = 1e-8  # torch AdamW default
+    warmup_steps: int = 0  # guided-diffusion has none; a few hundred helps from scratch
+    schedule: str = "constant"  # guided-diffusion keeps lr constant; "cosine" decays to min_lr_ratio*lr
+    min_lr_ratio: float = 0.1  # cosine floor; common choice (nanoGPT)
+    grad_clip: float = 1.0  # global-norm clipping; 0 = off (guided-diffusion has none; 1.0 as DiT/nanoGPT)
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "optim.lr must be > 0")
+        _check(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
+        _check(all(0 <= b < 1 for b in self.betas), "optim.betas must lie in [0, 1)")
+        _check(self.eps > 0, "optim.eps must be > 0")
+        _check(self.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
+        _check(self.schedule in LR_SCHEDULES, f"optim.schedule must be one of {LR_SCHEDULES}")
+        _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio must lie in [0, 1]")
+        _check(self.grad_clip >= 0, "optim.grad_clip must be >= 0 (0 = off)")
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """Mirrors ``glide_diffusion.data.factory.DataConfig`` (fields passed through
+    by name), plus ``kind = "synthetic"``: random index-seeded images, no files,
+    for tests and benchmarks."""
+
+    kind: str = "shapes"  # the bundled procedural Shapes dataset
+    path: str | None = None  # folder / manifest file
+    urls: str | None = None  # webdataset shard pattern
+    split: str = "train"
+    size: int | None = None  # limit the number of distinct samples (None: all)
+    shuffle: bool = True
+    random_flip: bool = False  # off: captions such as "on the left" would lie
+    image_column: str | None = None  # manifest/webdataset field names (None: the factory's default)
+    caption_column: str | None = None
+    num_workers: int = 0  # DataLoader workers per process (0 = in the training process)
+    seed: int = 0  # the dataset's own shuffling/generation seed
+
+    def __post_init__(self) -> None:
+        _check(self.kind in DATA_KINDS, f"data.kind must be one of {DATA_KINDS}, got {self.kind!r}")
+        _check(self.size is None or self.size > 0, "data.size must be > 0")
+        _check(self.num_workers >= 0, "data.num_workers must be >= 0")
+
+
+@dataclass(frozen=True)
+class CondConfig:
+    """How the conditioning inputs are made for each task."""
+
+    cfg_dropout: float = 0.2  # GLIDE §4.2: 20% of captions replaced by the empty one
+    low_res_size: int = 0  # upsamplers: 0 = image_size // 4 (GLIDE: 64 -> 256)
+    corrupt_low_res: bool = False  # GLIDE describes no corruption; CDM-style blur/noise when on
+    low_res_blur: tuple[float, float] = (0.4, 0.6)  # blur sigma range (train.augment default)
+    low_res_noise_std: float = 0.0  # Gaussian noise added to the low-res input
+    mask_kinds: tuple[str, ...] = ("mixed",)  # inpainting: GLIDE §4.3 erases random regions
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.cfg_dropout <= 1, "cond.cfg_dropout must lie in [0, 1]")
+        _check(self.low_res_size >= 0, "cond.low_res_size must be >= 0")
+        _check(self.low_res_noise_std >= 0, "cond.low_res_noise_std must be >= 0")
+        bad = [k for k in self.mask_kinds if k not in MASK_KINDS]
+        _check(not bad and self.mask_kinds, f"cond.mask_kinds must be a non-empty list of {MASK_KINDS}")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Periodic sample grids from the EMA model (rows: seeds, columns: prompts)."""
+
+    every: int = 0  # steps between grids; 0 = never
+    prompts: tuple[str, ...] = ("a red circle", "a blue square", "a green triangle", "")
+    seeds: tuple[int, ...] = (0, 1)
+    steps: str = "50"  # respacing; the pipeline samples with "100"
+    sampler: str = "ddpm"
+    guidance_scale: float = 3.0  # the pipeline's default
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 0, "sample.every must be >= 0")
+        _check(len(self.prompts) > 0 and len(self.seeds) > 0, "sample.prompts and sample.seeds must be non-empty")
+        _check(self.sampler in ("ddpm", "ddim"), "sample.sampler must be ddpm or ddim")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    every: int = 10  # steps between metrics lines
+    metrics: tuple[str, ...] = ("jsonl", "tensorboard")  # tensorboard only if it imports
+    progress: bool = True  # tqdm bar on rank 0
+
+    def __post_init__(self) -> None:
+        _check(self.every > 0, "log.every must be > 0")
+        _check(all(m in ("jsonl", "tensorboard") for m in self.metrics), "log.metrics: jsonl, tensorboard")
+
+
+@dataclass(frozen=True)
+class CheckpointSection:
+    every: int = 1000  # steps between checkpoints (and one at the end)
+    keep_last: int = 3  # newest N kept; 0 = keep all
+
+    def __post_init__(self) -> None:
+        _check(self.every > 0, "ckpt.every must be > 0")
+        _check(self.keep_last >= 0, "ckpt.keep_last must be >= 0")
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    """Fault injection for tests."""
+
+    nan_at_step: int = -1  # make the loss of step N (1-based) NaN (-1 = never)
+    step_sleep: float = 0.0  # seconds slept per step (kill tests)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs; saved (resolved) with every checkpoint."""
+
+    model: ModelConfig = field(default_factory=lambda: get_preset("tiny"))  # preset name or table
+    init_from: str | None = None  # None: random init; a checkpoint path or released name ("base", ...)
+    out_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"  # auto: cuda:LOCAL_RANK when CUDA is available, else cpu
+    max_steps: int = 1000  # optimizer steps
+    batch_size: int = 8  # per process and micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler, CUDA)
+    activation_checkpointing: bool = False  # recompute UNet stages in backward
+    ema_decay: float = 0.9999  # guided-diffusion/GLIDE ema_rate; sampling uses the EMA weights
+    ema_warmup: bool = False  # decay min(ema_decay, (1+n)/(10+n)): useful for short runs
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataSection = field(default_factory=DataSection)
+    cond: CondConfig = field(default_factory=CondConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    ckpt: CheckpointSection = field(default_factory=CheckpointSection)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps >= 0, "max_steps must be >= 0")
+        _check(self.batch_size > 0, "batch_size must be > 0")
+        _check(self.grad_accum > 0, "grad_accum must be > 0")
+        _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _check(0 <= self.ema_decay <= 1, "ema_decay must lie in [0, 1]")
+        _check(bool(self.out_dir), "out_dir must be set")
+
+    @property
+    def task(self) -> str:
+        """base | upsample | inpaint | upsample-inpaint, from the model's config."""
+        return self.model.kind
+
+    @property
+    def low_res_size(self) -> int:
+        return self.cond.low_res_size or self.model.unet.image_size // 4
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+# --- building from dicts, with type checking ---------------------------------------------
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, hint: Any, current: Any, path: str) -> Any:
+    """``value`` checked (and converted: lists -> tuples, ints -> floats) against ``hint``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, current, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} fits none of {hint}")
+    if hint is ModelConfig:
+        return _model_config(value, current, path)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a table of {hint.__name__} fields, got {value!r}")
+        return _apply(current if isinstance(current, hint) else hint(), value, f"{path}.")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], None, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{path}: expected a list of {len(args)} values, got {list(value)!r}")
+        return tuple(_coerce(v, a, None, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint is Any:
+        return value
+    else:  # pragma: no cover - a field type this parser does not know
+        raise ConfigError(f"{path}: unsupported field type {hint}")
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{path}: expected {name}, got {type(value).__name__} {value!r}")
+
+
+def _apply(obj: Any, values: Mapping[str, Any], prefix: str = "") -> Any:
+    """A copy of dataclass ``obj`` with ``values`` (a nested dict) applied, type-checked."""
+    cls = type(obj)
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    changes = {}
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            where = f"in [{prefix.rstrip('.')}]" if prefix else "at the top level"
+            raise ConfigError(f"unknown key {path!r} {where}; valid keys: {', '.join(names)}")
+        changes[key] = _coerce(value, hints[key], getattr(obj, key), path)
+    try:
+        return dataclasses.replace(obj, **changes)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
+
+
+def _model_config(value: Any, current: Any, path: str) -> ModelConfig:
+    """A preset name, or a table with an optional ``preset`` and ModelConfig fields."""
+    try:
+        if isinstance(value, str):
+            return get_preset(value)
+        if isinstance(value, ModelConfig):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a preset name or a table, got {value!r}")
+        value = dict(value)
+        preset = value.pop("preset", None)
+        base = get_preset(preset) if preset is not None else (current if isinstance(current, ModelConfig) else ModelConfig())
+        return _apply(base, value, f"{path}.")
+    except ConfigError:
+        raise
+    except ValueError as e:  # get_preset's unknown-name error, or a UNetConfig check
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """A :class:`TrainConfig` from a nested dict (a TOML file, or a saved ``config.json``)."""
+    return _apply(base or TrainConfig(), values)
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """``"optim.lr=1e-4"`` -> ``{"optim": {"lr": 1e-4}}``.
+
+    The value is read as a TOML value (numbers, booleans, ``[lists]``, quoted
+    strings); anything that is not valid TOML is taken as a plain string.
+    """
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. optim.lr=1e-4)")
+    key, raw = item.split("=", 1)
+    key, raw = key.strip(), raw.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r}: bad key {key!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
+    """Apply ``--set`` items in order (a later one wins)."""
+    for item in overrides:
+        update = parse_override(item)
+        # Overriding a model field keeps the current model (not the library defaults).
+        config = _apply(config, update)
+    return config
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a TOML file (or start from the defaults for ``None``), then apply overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    try:
+        return apply_overrides(config_from_dict(values), overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None

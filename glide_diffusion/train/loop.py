@@ -1,0 +1,365 @@
+"""The training loop: ``train(config) -> TrainResult``.
+
+One optimizer step: ``grad_accum`` micro-batches of ``batch_size`` images per
+process, each x_t = q_sample(x0, t, noise) with uniform t, model output
+[eps, v], loss = hybrid_loss (eps-MSE + VB with learned-range variance, as
+GLIDE) averaged over the batch; gradients averaged over processes by DDP,
+clipped by global norm, AdamW, then the EMA update. A run resumes from the
+newest complete checkpoint in ``out_dir`` and then continues exactly as if it
+had never stopped (same data positions, same random draws, same weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, IterableDataset
+
+from ..checkpoints import CheckpointError, build_model
+from ..diffusion import hybrid_loss, make_schedule
+from ..pipelines.text2im import StageSettings
+from ..precision import check_dtype
+from ..precision import autocast as precision_autocast
+from ..text.tokenizer import get_tokenizer
+from . import dist as tdist
+from .batch import ema_update, enable_activation_checkpointing, lr_factor, make_inputs, step_generator
+from .config import ConfigError, TrainConfig, config_from_dict
+from .metrics import MetricsWriter, truncate_metrics
+from .state import (clean_stray, get_rng_state, list_checkpoints, prune, read_checkpoint,
+                    save_checkpoint, set_rng_state)
+from .synthetic import SyntheticDataset, collate
+
+__all__ = ["DatasetFactory", "TrainResult", "TrainingDivergedError", "build_train_dataset", "train"]
+
+# (config, rank, world_size, start, low_res) -> an index-stream IterableDataset
+DatasetFactory = Callable[[TrainConfig, int, int, int, "int | None"], IterableDataset]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss (or the gradient norm) became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    step: int  # optimizer steps done, in all (resumed runs included)
+    samples_seen: int  # global data position: samples consumed by all processes
+    out_dir: Path
+    checkpoint: Path | None  # the last checkpoint written (None if none)
+    resumed_from: Path | None
+    last_loss: float | None
+    images_per_s: float  # over this call's steps, all processes
+
+
+def build_train_dataset(config: TrainConfig, rank: int, world_size: int, start: int,
+                        low_res: int | None) -> IterableDataset:
+    """This process's share of the data stream, from global position ``start``."""
+    d = config.data
+    res = config.model.unet.image_size
+    if d.kind == "synthetic":
+        return SyntheticDataset(res, size=d.size, seed=d.seed, rank=rank, world_size=world_size,
+                                start=start, low_res=low_res)
+    try:
+        from ..data.factory import DataConfig, build_dataset
+    except ImportError as e:
+        raise ConfigError(f"data.kind={d.kind!r} needs glide_diffusion.data.factory, which is missing ({e})") from None
+    names = {f.name for f in dataclasses.fields(DataConfig)}
+    data_config = DataConfig(**{k: v for k, v in dataclasses.asdict(d).items() if k in names})
+    return build_dataset(data_config, res, rank=rank, world_size=world_size, start=start, low_res=low_res)
+
+
+def _loader(dataset: IterableDataset, batch_size: int, num_workers: int):
+    if not isinstance(dataset, SyntheticDataset):
+        try:
+            from ..data.factory import make_loader
+
+            return make_loader(dataset, batch_size, num_workers)
+        except ImportError:
+            pass
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+
+
+class _Batches:
+    """Endless batches of this process's data share, restartable at a global position."""
+
+    def __init__(self, make: Callable[[int], IterableDataset], batch_size: int, num_workers: int):
+        self.make, self.batch_size, self.num_workers = make, batch_size, num_workers
+        self._it: Iterator | None = None
+
+    def next(self, position: int) -> dict:
+        for _ in range(2):
+            if self._it is None:
+                # A DataLoader iterator draws its base seed from torch's global RNG; keep
+                # that stream (model dropout) independent of when the loader starts.
+                with torch.random.fork_rng(devices=[]):
+                    self._it = iter(_loader(self.make(position), self.batch_size, self.num_workers))
+            try:
+                return next(self._it)
+            except StopIteration:  # a finite stream: start again from here
+                self._it = None
+        raise RuntimeError(f"the dataset yields no data at global position {position}")
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, dataset_factory: DatasetFactory | None = None):
+        self.config = config
+        try:
+            self.info = tdist.setup(config.device)
+            self.device = self.info.device
+            check_dtype(config.precision, self.device)
+        except ValueError as e:  # a device or precision this machine cannot run
+            raise ConfigError(str(e)) from None
+        self.out_dir = Path(config.out_dir)
+        self.factory = dataset_factory or build_train_dataset
+        mc = config.model
+        self.schedule = make_schedule(mc.diffusion.noise_schedule, mc.diffusion.steps)
+        self.tokenizer = get_tokenizer(mc.unet.text.tokenizer)
+        self.global_batch = config.batch_size * config.grad_accum * self.info.world_size
+        self.step, self.samples_seen = 0, 0
+        self.resumed_from: Path | None = None
+        self.last_checkpoint: Path | None = None
+        self._build_model()
+
+    # -- construction ---------------------------------------------------------
+
+    def _build_model(self) -> None:
+        c = self.config
+        torch.manual_seed(c.seed)  # the same initial weights on every process
+        if c.init_from and not list_checkpoints(self.out_dir):  # a resumed run loads its checkpoint
+            try:
+                from .init import init_model
+            except ImportError as e:
+                raise ConfigError(f"init_from needs glide_diffusion.train.init, which is missing ({e})") from None
+            model = init_model(c.model, c.init_from)
+        else:
+            model = build_model(c.model)
+        self.model = model.to(self.device).train()
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if c.activation_checkpointing:
+            enable_activation_checkpointing(self.model)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=c.optim.lr, betas=c.optim.betas, eps=c.optim.eps,
+            weight_decay=c.optim.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, c.optim, c.max_steps)
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.precision == "fp16")
+        # Per-process global RNGs (dropout inside the model uses torch's).
+        self._seed_globals(self.step)
+
+    def _seed_globals(self, step: int) -> None:
+        import random
+
+        import numpy as np
+
+        g = step_generator(self.config.seed, self.info.rank, step, stream=1)
+        seed = int(torch.randint(0, 2**62, (1,), generator=g))
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+
+    def resume(self) -> None:
+        """Load the newest complete checkpoint of out_dir, if any."""
+        if self.info.is_main:
+            for stray in clean_stray(self.out_dir):
+                warnings.warn(f"removed an incomplete checkpoint left by a killed run: {stray}")
+        tdist.barrier()
+        for step, path in reversed(list_checkpoints(self.out_dir)):
+            try:
+                ck = read_checkpoint(path)
+            except CheckpointError as e:
+                warnings.warn(f"skipping unreadable checkpoint {path}: {e}")
+                continue
+            self._restore(ck, path)
+            return
+
+    def _restore(self, ck: dict, path: Path) -> None:
+        saved = config_from_dict(json.loads(ck["config_json"]))
+        if saved.model != self.config.model:
+            raise ConfigError(f"{path} holds a different model config than this run's; use another out_dir")
+        self.model.load_state_dict(ck["model"])
+        self.ema.load_state_dict(ck["ema"])
+        st = ck["state"]
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        if st.get("scaler"):
+            self.scaler.load_state_dict(st["scaler"])
+        self.step, self.samples_seen = int(st["step"]), int(st["samples_seen"])
+        rngs = st["rng"]
+        if int(st["world_size"]) == self.info.world_size:
+            set_rng_state(rngs[self.info.rank])
+        else:  # a different number of processes: fresh per-process streams
+            self._seed_globals(self.step)
+        self.resumed_from = path
+
+    # -- one step -------------------------------------------------------------
+
+    def _forward_loss(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        with precision_autocast(self.device, self.config.precision):
+            out = model(inputs.x_t, inputs.t_model, tokens=inputs.tokens, mask=inputs.mask, **inputs.cond)
+        terms = hybrid_loss(self.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise)
+        return terms.loss.mean(), torch.stack([terms.loss.mean(), terms.mse.mean(), terms.vb.mean()]).detach()
+
+    def train_step(self, model, batches: _Batches) -> dict:
+        c = self.config
+        gen = step_generator(c.seed, self.info.rank, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = torch.zeros(3, device=self.device)
+        for micro in range(c.grad_accum):
+            position = self.samples_seen + micro * c.batch_size * self.info.world_size
+            inputs = make_inputs(batches.next(position), c, self.schedule, self.tokenizer, gen, self.device)
+            last = micro == c.grad_accum - 1
+            sync = model.no_sync() if (isinstance(model, DDP) and not last) else contextlib.nullcontext()
+            with sync:
+                loss, terms = self._forward_loss(model, inputs)
+                if self.step + 1 == c.debug.nan_at_step:
+                    loss = loss * float("nan")
+                    terms = terms * float("nan")
+                self.scaler.scale(loss / c.grad_accum).backward()
+            sums += terms
+        loss, mse, vb = (tdist.reduce_mean(sums / c.grad_accum)).tolist()
+        if not math.isfinite(loss):
+            raise TrainingDivergedError(self._diverged_message(f"loss is {loss}"))
+        self.scaler.unscale_(self.optimizer)
+        clip = c.optim.grad_clip if c.optim.grad_clip > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+            raise TrainingDivergedError(self._diverged_message(f"gradient norm is {grad_norm}"))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        self.samples_seen += self.global_batch
+        decay = c.ema_decay
+        if c.ema_warmup:
+            decay = min(decay, (1 + self.step) / (10 + self.step))
+        ema_update(self.ema, self.model, decay)
+        return {"loss": loss, "mse": mse, "vb": vb, "lr": lr, "grad_norm": grad_norm}
+
+    def _diverged_message(self, what: str) -> str:
+        last = list_checkpoints(self.out_dir)
+        where = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written"
+        return (f"training diverged at step {self.step + 1}: {what}; stopped without saving; {where}. "
+                f"Lower optim.lr, raise optim.warmup_steps or keep optim.grad_clip on.")
+
+    # -- checkpoints and samples ----------------------------------------------
+
+    def save(self) -> Path | None:
+        rngs = tdist.all_gather_objects(get_rng_state())  # every process's streams; also a barrier
+        path = None
+        if self.info.is_main:
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "step": self.step,
+                "samples_seen": self.samples_seen,
+                "world_size": self.info.world_size,
+                "rng": rngs,
+            }
+            path = save_checkpoint(self.out_dir, self.step, self.model, self.ema, self.config.model,
+                                   self.config.to_json(), state)
+            prune(self.out_dir, self.config.ckpt.keep_last)
+            self.last_checkpoint = path
+        tdist.barrier()
+        return path
+
+    def write_samples(self) -> Path:
+        from .samples import condition_row, sample_images, write_grid
+
+        s, mc = self.config.sample, self.config.model
+        settings = StageSettings(s.sampler, s.steps, s.guidance_scale, 1.0)
+        prompts, cond, rows = list(s.prompts), None, []
+        if mc.kind != "base":  # fixed conditioning: the first items of the data stream
+            n = len(prompts)
+            low = self.config.low_res_size if mc.unet.super_res else None
+            batch = collate([it for _, it in zip(range(n), self.factory(self.config, 0, 1, 0, low))])
+            prompts = batch["caption"]
+            inputs = make_inputs(batch, dataclasses.replace(self.config, cond=dataclasses.replace(
+                self.config.cond, cfg_dropout=0.0, corrupt_low_res=False)), self.schedule, self.tokenizer,
+                torch.Generator().manual_seed(0), torch.device("cpu"))
+            cond = inputs.cond
+            rows.append(condition_row(cond, mc.unet.image_size))
+        for seed in s.seeds:
+            rows.append(sample_images(self.ema, mc, prompts, seed, settings, cond))
+        return write_grid(self.out_dir / "samples" / f"step_{self.step:08d}.png", rows)
+
+    # -- the run --------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        c, info = self.config, self.info
+        self.resume()
+        model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
+            if info.distributed else self.model
+        low = c.low_res_size if c.model.unet.super_res else None
+        batches = _Batches(lambda pos: self.factory(c, info.rank, info.world_size, pos, low),
+                           c.batch_size, c.data.num_workers)
+        if info.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.json").write_text(c.to_json(), encoding="utf-8")
+            truncate_metrics(self.out_dir, self.step)
+        metrics = MetricsWriter(self.out_dir, c.log.metrics, enabled=info.is_main)
+        print(f"[rank {info.rank}/{info.world_size}] device={self.device} task={c.task} "
+              f"step={self.step} data_position={self.samples_seen} max_steps={c.max_steps}",
+              file=sys.stderr, flush=True)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=c.max_steps, initial=self.step, disable=not (info.is_main and c.log.progress),
+                   dynamic_ncols=True)
+        first_step, t_start = self.step, time.perf_counter()
+        t_log, step_log, last = t_start, self.step, None
+        try:
+            while self.step < c.max_steps:
+                if c.debug.step_sleep:
+                    time.sleep(c.debug.step_sleep)
+                last = self.train_step(model, batches)
+                bar.update(1)
+                if self.step % c.log.every == 0 or self.step == c.max_steps:
+                    now = time.perf_counter()
+                    ips = (self.step - step_log) * self.global_batch / max(now - t_log, 1e-9)
+                    t_log, step_log = now, self.step
+                    record = {"step": self.step, **last, "images_per_s": ips,
+                              "samples_seen": self.samples_seen, "world_size": info.world_size}
+                    metrics.write(record)
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{ips:.1f}")
+                if self.step % c.ckpt.every == 0 or self.step == c.max_steps:
+                    self.save()
+                if c.sample.every and self.step % c.sample.every == 0 and info.is_main:
+                    self.write_samples()
+        finally:
+            bar.close()
+            metrics.close()
+        elapsed = time.perf_counter() - t_start
+        ips = (self.step - first_step) * self.global_batch / elapsed if self.step > first_step else 0.0
+        return TrainResult(self.step, self.samples_seen, self.out_dir, self.last_checkpoint or
+                           (list_checkpoints(self.out_dir)[-1][1] if list_checkpoints(self.out_dir) else None),
+                           self.resumed_from, last["loss"] if last else None, ips)
+
+
+def train(config: TrainConfig, *, dataset_factory: DatasetFactory | None = None) -> TrainResult:
+    """Train (or resume) per ``config``; under torchrun, one call per process.
+
+    ``dataset_factory(config, rank, world_size, start, low_res)`` replaces the
+    data factory (tests). The process group, if this call created one, is
+    destroyed before returning, also on errors.
+    """
+    try:
+        result = Trainer(config, dataset_factory).run()
+    except BaseException:
+        tdist.cleanup(wait=False)  # the other processes may be anywhere: no barrier
+        raise
+    tdist.cleanup()
+    return result

@@ -1,0 +1,344 @@
+"""Training: config parsing, the loss and its pieces, checkpoints, exact resume, failures.
+
+Runs use ``configs/tiny-test.toml`` (an 8x8 micro model on synthetic data) so
+each takes a second or two on a 2-core CPU.
+"""
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from glide_diffusion.checkpoints import load_model
+from glide_diffusion.cli.main import main as glide_main
+from glide_diffusion.train import ConfigError, TrainingDivergedError, apply_overrides, load_config, train
+from glide_diffusion.train.batch import apply_cfg_dropout, ema_update, lr_factor, make_inputs, step_generator
+from glide_diffusion.train.config import OptimConfig, TrainConfig, config_from_dict, parse_override
+from glide_diffusion.train.loop import Trainer, _Batches
+from glide_diffusion.train.metrics import read_metrics
+from glide_diffusion.train.state import list_checkpoints, load_state, read_checkpoint
+from glide_diffusion.train.synthetic import SyntheticDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny-test.toml"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is faster than two on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def cfg(tmp_path, *overrides):
+    return load_config(TINY, [f'out_dir="{tmp_path}"', *overrides])
+
+
+def subprocess_env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+# --- config ---------------------------------------------------------------------------
+
+
+def test_config_file_overrides_and_round_trip(tmp_path):
+    c = cfg(tmp_path, "optim.lr=3e-4", "data.size=100", "sample.prompts=['a', 'b']", "init_from=none",
+            "optim.betas=[0.9, 0.99]")
+    assert c.optim.lr == 3e-4 and c.data.size == 100 and c.sample.prompts == ("a", "b")
+    assert c.init_from is None and c.optim.betas == (0.9, 0.99)
+    assert c.model.unet.image_size == 8 and c.model.unet.text.width == 32 and c.task == "base"
+    assert config_from_dict(json.loads(c.to_json())) == c
+    assert apply_overrides(c, ["model=tiny-inpaint"]).task == "inpaint"
+    assert apply_overrides(c, ["model=tiny-upsample"]).low_res_size == 16
+    assert parse_override("a.b=plain words") == {"a": {"b": "plain words"}}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lrr=1", "valid keys: lr, weight_decay"),
+    ("nope=1", "valid keys: model, init_from"),
+    ("optim.lr=abc", "optim.lr: expected float, got str"),
+    ("batch_size=1.5", "batch_size: expected int"),
+    ("data.shuffle=1", "data.shuffle: expected bool"),
+    ("model=huge", "unknown preset 'huge'"),
+    ("model.unet.text.foo=1", "[model.unet.text]"),
+    ("model.unet.image_size=9", "not divisible"),
+    ("precision=fp8", "precision must be one of"),
+    ("cond.mask_kinds=['circle']", "cond.mask_kinds"),
+    ("lr", "KEY=VALUE"),
+])
+def test_config_errors_are_clear(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=None) as e:
+        cfg(tmp_path, override)
+    assert message in str(e.value)
+
+
+def test_cli_reports_bad_config_without_traceback(tmp_path, capsys):
+    assert glide_main(["train", str(TINY), "--set", "optim.lrr=1"]) == 2
+    err = capsys.readouterr().err
+    assert "glide train: error:" in err and "valid keys" in err and "Traceback" not in err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("max_steps = [")
+    assert glide_main(["train", str(bad)]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert glide_main(["train", str(TINY), "--out-dir", str(tmp_path), "--set", "precision=fp16"]) == 2
+        assert "fp16 needs a CUDA device" in capsys.readouterr().err
+
+
+def test_shipped_configs_parse():
+    for path in sorted((ROOT / "configs").glob("*.toml")):
+        c = load_config(path)
+        assert c.task in ("base", "upsample", "inpaint", "upsample-inpaint"), path
+
+
+# --- pieces of a step ------------------------------------------------------------------
+
+
+def test_cfg_dropout_rate_is_point_two():
+    captions = ["a caption"] * 20000
+    out = apply_cfg_dropout(captions, 0.2, torch.Generator().manual_seed(0))
+    rate = sum(c == "" for c in out) / len(out)
+    assert abs(rate - 0.2) < 0.01  # binomial std 0.0028
+    assert apply_cfg_dropout(captions[:100], 0.0, torch.Generator()) == captions[:100]
+
+
+def test_ema_update_math():
+    torch.manual_seed(0)
+    model, ema = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    before = [p.clone() for p in ema.parameters()]
+    ema_update(ema, model, 0.9)
+    for e, b, p in zip(ema.parameters(), before, model.parameters()):
+        torch.testing.assert_close(e, 0.9 * b + 0.1 * p, rtol=0, atol=1e-7)
+    ema_update(ema, model, 0.0)  # decay 0: a copy
+    for e, p in zip(ema.parameters(), model.parameters()):
+        torch.testing.assert_close(e, p, rtol=0, atol=0)
+
+
+def test_lr_warmup_then_constant_or_cosine():
+    o = OptimConfig(warmup_steps=10)
+    assert [lr_factor(s, o, 100) for s in (0, 4, 9, 10, 99)] == [0.1, 0.5, 1.0, 1.0, 1.0]
+    o = OptimConfig(warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+    assert lr_factor(10, o, 110) == pytest.approx(1.0)
+    assert lr_factor(60, o, 110) == pytest.approx(0.55)
+    assert lr_factor(110, o, 110) == pytest.approx(0.1)
+
+
+def test_step_inputs_are_a_function_of_seed_rank_step(tmp_path):
+    c = cfg(tmp_path)
+    t = Trainer(c)
+    batch = {"image": torch.rand(3, 3, 8, 8) * 2 - 1, "caption": ["a", "b", "c"]}
+    a = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 0, 5), torch.device("cpu"))
+    b = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 0, 5), torch.device("cpu"))
+    other = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 1, 5), torch.device("cpu"))
+    assert torch.equal(a.x_t, b.x_t) and torch.equal(a.t, b.t)
+    assert not torch.equal(a.noise, other.noise)
+    assert a.tokens.shape == (3, 16) and a.t_model.dtype == torch.int64
+
+
+# --- learning --------------------------------------------------------------------------
+
+
+def _fixed_eval_loss(trainer, batch):
+    gen = torch.Generator().manual_seed(123)
+    losses = []
+    with torch.no_grad():
+        for _ in range(4):
+            inputs = make_inputs(batch, trainer.config, trainer.schedule, trainer.tokenizer, gen, trainer.device)
+            losses.append(trainer._forward_loss(trainer.model, inputs)[0].item())
+    return sum(losses) / len(losses)
+
+
+def test_loss_decreases_when_overfitting_a_fixed_batch(tmp_path):
+    c = cfg(tmp_path, "data.size=2", "batch_size=2", "max_steps=20", "ckpt.every=1000", "cond.cfg_dropout=0.0",
+            "optim.lr=3e-3")
+    trainer = Trainer(c)
+    batch = _Batches(lambda pos: SyntheticDataset(8, size=2, start=pos), 2, 0).next(0)
+    before = _fixed_eval_loss(trainer, batch)
+    trainer.run()
+    after = _fixed_eval_loss(trainer, batch)
+    assert after < 0.6 * before, (before, after)
+
+
+def _labelled_factory(config, rank, world_size, start, low_res):
+    """Synthetic items whose caption ends with their global index."""
+    class Labelled(SyntheticDataset):
+        def item(self, index):
+            it = super().item(index)
+            return {**it, "caption": f"c {index}"}
+    return Labelled(config.model.unet.image_size, rank=rank, world_size=world_size, start=start, low_res=low_res)
+
+
+def _per_sample_inputs(batch, config, schedule, tokenizer, generator, device):
+    """make_inputs row by row, each row's draws seeded by its data index: independent of batching."""
+    rows = []
+    for i, caption in enumerate(batch["caption"]):
+        g = torch.Generator().manual_seed(int(caption.split()[-1]))
+        rows.append(make_inputs({"image": batch["image"][i:i + 1], "caption": [caption]}, config, schedule,
+                                tokenizer, g, device))
+    cat = lambda name: torch.cat([getattr(r, name) for r in rows])  # noqa: E731
+    out = rows[0]
+    for name in ("x0", "x_t", "noise", "t", "t_model", "tokens", "mask"):
+        setattr(out, name, cat(name))
+    return out
+
+
+def test_grad_accumulation_matches_the_big_batch(tmp_path, monkeypatch):
+    import glide_diffusion.train.loop as loop
+
+    monkeypatch.setattr(loop, "make_inputs", _per_sample_inputs)
+    grads = []
+    for batch_size, accum in ((4, 1), (2, 2)):
+        c = cfg(tmp_path / f"{accum}", f"batch_size={batch_size}", f"grad_accum={accum}", "optim.grad_clip=0.0",
+                "cond.cfg_dropout=0.0")
+        t = Trainer(c, _labelled_factory)
+        t.train_step(t.model, _Batches(lambda pos: _labelled_factory(c, 0, 1, pos, None), batch_size, 0))
+        grads.append(torch.cat([p.grad.flatten() for p in t.model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_activation_checkpointing_gives_the_same_gradients(tmp_path):
+    grads = []
+    for flag in ("false", "true"):
+        c = cfg(tmp_path / flag, f"activation_checkpointing={flag}", "optim.grad_clip=0.0")
+        t = Trainer(c)
+        t.train_step(t.model, _Batches(lambda pos: SyntheticDataset(8, start=pos), 2, 0))
+        grads.append(torch.cat([p.grad.flatten() for p in t.model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+# --- checkpoints, resume, failures -----------------------------------------------------------
+
+
+def test_checkpoints_atomic_pruned_and_loadable(tmp_path, monkeypatch):
+    r = train(cfg(tmp_path, "max_steps=6", "ckpt.every=2", "ckpt.keep_last=2"))
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 6] and r.checkpoint.name == "step_00000006"
+    state = torch.load(r.checkpoint / "state.pt", weights_only=True)
+    assert state["step"] == 6 and state["samples_seen"] == 12 and state["world_size"] == 1
+    model, config = load_model(r.checkpoint / "ema.safetensors")
+    assert config.unet.image_size == 8
+    assert json.loads((r.checkpoint / "config.json").read_text())["max_steps"] == 6
+    # A failure while writing leaves no step directory and no temporary one.
+    real_save = torch.save
+
+    def failing_save(obj, f, *a, **k):
+        if str(f).endswith("state.pt"):
+            raise OSError("disk full")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        train(cfg(tmp_path, "max_steps=8", "ckpt.every=2", "ckpt.keep_last=2"))
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 6]
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
+    # A stray temporary directory (as a SIGKILL leaves) is removed on start.
+    monkeypatch.setattr(torch, "save", real_save)
+    (tmp_path / "checkpoints" / ".tmp-step_00000008-999").mkdir()
+    with pytest.warns(UserWarning, match="incomplete checkpoint"):
+        r = train(cfg(tmp_path, "max_steps=7", "ckpt.every=100"))
+    assert r.resumed_from.name == "step_00000006" and r.step == 7
+
+
+def test_exact_resume_matches_an_uninterrupted_run(tmp_path):
+    common = ["model.unet.dropout=0.1", "ckpt.every=3", "ckpt.keep_last=0"]  # dropout: the model's RNG too
+    full = train(cfg(tmp_path / "full", "max_steps=6", *common))
+    train(cfg(tmp_path / "split", "max_steps=3", *common))
+    resumed = train(cfg(tmp_path / "split", "max_steps=6", *common))
+    assert resumed.resumed_from.name == "step_00000003"
+    for name in ("ema.safetensors", "model.safetensors"):
+        a, b = load_file(full.checkpoint / name), load_file(resumed.checkpoint / name)
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    la = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "full")]
+    lb = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "split")]
+    assert la == lb and len(la) == 6
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(TrainingDivergedError, match=r"at step 3: loss is nan.*step_00000002"):
+        train(cfg(tmp_path, "max_steps=6", "ckpt.every=2", "debug.nan_at_step=3"))
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2]
+    ck = read_checkpoint(list_checkpoints(tmp_path)[0][1])
+    assert all(torch.isfinite(v).all() for v in ck["ema"].values())
+    assert glide_main(["train", str(TINY), "--out-dir", str(tmp_path / "cli"), "--set", "debug.nan_at_step=1"]) == 1
+
+
+def test_sigkill_then_resume_from_the_newest_complete_checkpoint(tmp_path):
+    cmd = [sys.executable, "-m", "glide_diffusion.cli.main", "train", str(TINY), "--out-dir", str(tmp_path),
+           "--set", "ckpt.every=2", "--set", "ckpt.keep_last=3", "--set", "debug.step_sleep=0.02"]
+    proc = subprocess.Popen(cmd + ["--max-steps", "100000"], env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not list_checkpoints(tmp_path) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert list_checkpoints(tmp_path), "no checkpoint written"
+        time.sleep(random.uniform(0.0, 0.6))  # anywhere, mid-write included
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    found = list_checkpoints(tmp_path)
+    for _, path in found:  # every complete-looking checkpoint loads
+        read_checkpoint(path)
+        assert load_state(path)["step"] == int(path.name[5:])
+    newest = found[-1][0]
+    out = subprocess.run(cmd + ["--max-steps", str(newest + 2)], env=subprocess_env(), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"step={newest} data_position={2 * newest}" in out.stderr
+    steps = [r["step"] for r in read_metrics(tmp_path)]
+    assert steps == list(range(1, newest + 3))  # redone steps are not logged twice
+    assert list_checkpoints(tmp_path)[-1][0] == newest + 2
+
+
+# --- tasks and samples --------------------------------------------------------------------
+
+
+def test_upsample_task_gets_low_res_inputs(tmp_path):
+    c = cfg(tmp_path, "model=tiny-upsample", "model.unet.image_size=16", "batch_size=2", "max_steps=1")
+    assert c.task == "upsample" and c.low_res_size == 4
+    t = Trainer(c)
+    batch = _Batches(lambda pos: t.factory(c, 0, 1, pos, c.low_res_size), 2, 0).next(0)
+    inputs = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 0, 0), t.device)
+    assert inputs.cond["low_res"].shape == (2, 3, 4, 4) and set(inputs.cond) == {"low_res"}
+    assert train(c).step == 1
+
+
+def test_upsample_corruption_uses_degrade_low_res(tmp_path):
+    pytest.importorskip("glide_diffusion.train.augment")
+    c = cfg(tmp_path, "model=tiny-upsample", "model.unet.image_size=16", "cond.corrupt_low_res=true",
+            "max_steps=1")
+    assert train(c).step == 1
+
+
+def test_inpaint_task_gets_image_and_mask(tmp_path):
+    pytest.importorskip("glide_diffusion.train.masks")
+    c = cfg(tmp_path, "model=tiny-inpaint", "model.unet.image_size=16", "max_steps=1")
+    t = Trainer(c)
+    batch = {"image": torch.rand(2, 3, 16, 16) * 2 - 1, "caption": ["a", "b"]}
+    inputs = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 0, 0), t.device)
+    assert inputs.cond["inpaint_mask"].shape == (2, 1, 16, 16)
+    assert torch.equal(inputs.cond["inpaint_image"], inputs.x0)
+    assert train(c).step == 1
+
+
+def test_sample_grid_is_written(tmp_path):
+    from PIL import Image
+
+    train(cfg(tmp_path, "max_steps=2", "sample.every=2", "sample.steps='2'", "sample.seeds=[0, 1]"))
+    grid = Image.open(tmp_path / "samples" / "step_00000002.png")
+    assert grid.size == (2 * 8, 2 * 8)  # columns: prompts, rows: seeds
