@@ -26,7 +26,7 @@ from glide_diffusion.train.config import OptimConfig, TrainConfig, config_from_d
 from glide_diffusion.train.loop import Trainer, _Batches
 from glide_diffusion.train.metrics import read_metrics
 from glide_diffusion.train.state import list_checkpoints, load_state, read_checkpoint
-from glide_diffusion.train.synthetic import SyntheticDataset
+from glide_diffusion.data.synthetic import SyntheticDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny-test.toml"

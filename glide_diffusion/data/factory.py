@@ -12,14 +12,14 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-KINDS = ("folder", "manifest", "webdataset", "shapes")
+KINDS = ("folder", "manifest", "webdataset", "shapes", "synthetic")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Which training data to read and how."""
 
-    kind: str = "shapes"  # one of KINDS; "shapes" needs no files (procedural)
+    kind: str = "shapes"  # one of KINDS; "shapes" and "synthetic" need no files (procedural)
     path: str | None = None  # folder root, manifest file, or a shard pattern for "webdataset"
     urls: list[str] | None = None  # shard URLs/patterns for "webdataset" (used before path)
     split: str = "train"  # "shapes" split; file-backed kinds: point path at the split
@@ -56,9 +56,13 @@ def build_dataset(
     """
     common = dict(seed=cfg.seed, rank=rank, world_size=world_size, start=start, size=cfg.size, low_res=low_res)
     if cfg.kind == "shapes":
-        from .shapes import ShapesDataset  # written alongside; imported lazily
+        from .shapes import ShapesDataset
 
         return ShapesDataset(split=cfg.split, resolution=resolution, **common)
+    if cfg.kind == "synthetic":
+        from .synthetic import SyntheticDataset
+
+        return SyntheticDataset(resolution, **common)
     files = dict(common, shuffle=cfg.shuffle, epochs=cfg.epochs, random_flip=cfg.random_flip)
     if cfg.kind == "folder":
         from .folder import ImageFolderDataset

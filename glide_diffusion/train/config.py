@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..data.factory import KINDS as DATA_KINDS
+from ..data.factory import DataConfig
 from ..presets import ModelConfig, get_preset
 
 if sys.version_info >= (3, 11):
@@ -37,7 +39,6 @@ __all__ = [
     "CheckpointSection",
     "CondConfig",
     "ConfigError",
-    "DataSection",
     "DebugConfig",
     "LogConfig",
     "OptimConfig",
@@ -51,7 +52,6 @@ __all__ = [
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
-DATA_KINDS = ("shapes", "folder", "manifest", "webdataset", "synthetic")
 MASK_KINDS = ("rectangle", "strokes", "border", "mixed")
 
 
@@ -81,30 +81,6 @@ class OptimConfig:
         _check(self.schedule in LR_SCHEDULES, f"optim.schedule must be one of {LR_SCHEDULES}")
         _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio must lie in [0, 1]")
         _check(self.grad_clip >= 0, "optim.grad_clip must be >= 0 (0 = off)")
-
-
-@dataclass(frozen=True)
-class DataSection:
-    """Mirrors ``glide_diffusion.data.factory.DataConfig`` (fields passed through
-    by name), plus ``kind = "synthetic"``: random index-seeded images, no files,
-    for tests and benchmarks."""
-
-    kind: str = "shapes"  # the bundled procedural Shapes dataset
-    path: str | None = None  # folder / manifest file
-    urls: str | None = None  # webdataset shard pattern
-    split: str = "train"
-    size: int | None = None  # limit the number of distinct samples (None: all)
-    shuffle: bool = True
-    random_flip: bool = False  # off: captions such as "on the left" would lie
-    image_column: str | None = None  # manifest/webdataset field names (None: the factory's default)
-    caption_column: str | None = None
-    num_workers: int = 0  # DataLoader workers per process (0 = in the training process)
-    seed: int = 0  # the dataset's own shuffling/generation seed
-
-    def __post_init__(self) -> None:
-        _check(self.kind in DATA_KINDS, f"data.kind must be one of {DATA_KINDS}, got {self.kind!r}")
-        _check(self.size is None or self.size > 0, "data.size must be > 0")
-        _check(self.num_workers >= 0, "data.num_workers must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -189,7 +165,7 @@ class TrainConfig:
     ema_decay: float = 0.9999  # guided-diffusion/GLIDE ema_rate; sampling uses the EMA weights
     ema_warmup: bool = False  # decay min(ema_decay, (1+n)/(10+n)): useful for short runs
     optim: OptimConfig = field(default_factory=OptimConfig)
-    data: DataSection = field(default_factory=DataSection)
+    data: DataConfig = field(default_factory=DataConfig)
     cond: CondConfig = field(default_factory=CondConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -203,6 +179,10 @@ class TrainConfig:
         _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         _check(0 <= self.ema_decay <= 1, "ema_decay must lie in [0, 1]")
         _check(bool(self.out_dir), "out_dir must be set")
+        d = self.data
+        _check(d.kind in DATA_KINDS, f"data.kind must be one of {DATA_KINDS}, got {d.kind!r}")
+        _check(d.size is None or d.size > 0, "data.size must be > 0")
+        _check(d.num_workers >= 0, "data.num_workers must be >= 0")
 
     @property
     def task(self) -> str:
@@ -254,6 +234,10 @@ def _coerce(value: Any, hint: Any, current: Any, path: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a table of {hint.__name__} fields, got {value!r}")
         return _apply(current if isinstance(current, hint) else hint(), value, f"{path}.")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, args[0], None, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")

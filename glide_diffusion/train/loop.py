@@ -25,9 +25,10 @@ from typing import Callable, Iterator
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import IterableDataset
 
 from ..checkpoints import CheckpointError, build_model
+from ..data.factory import build_dataset, make_loader
 from ..diffusion import hybrid_loss, make_schedule
 from ..pipelines.text2im import StageSettings
 from ..precision import check_dtype
@@ -39,7 +40,6 @@ from .config import ConfigError, TrainConfig, config_from_dict
 from .metrics import MetricsWriter, truncate_metrics
 from .state import (clean_stray, get_rng_state, list_checkpoints, prune, read_checkpoint,
                     save_checkpoint, set_rng_state)
-from .synthetic import SyntheticDataset, collate
 
 __all__ = ["DatasetFactory", "TrainResult", "TrainingDivergedError", "build_train_dataset", "train"]
 
@@ -65,29 +65,11 @@ class TrainResult:
 def build_train_dataset(config: TrainConfig, rank: int, world_size: int, start: int,
                         low_res: int | None) -> IterableDataset:
     """This process's share of the data stream, from global position ``start``."""
-    d = config.data
-    res = config.model.unet.image_size
-    if d.kind == "synthetic":
-        return SyntheticDataset(res, size=d.size, seed=d.seed, rank=rank, world_size=world_size,
-                                start=start, low_res=low_res)
     try:
-        from ..data.factory import DataConfig, build_dataset
-    except ImportError as e:
-        raise ConfigError(f"data.kind={d.kind!r} needs glide_diffusion.data.factory, which is missing ({e})") from None
-    names = {f.name for f in dataclasses.fields(DataConfig)}
-    data_config = DataConfig(**{k: v for k, v in dataclasses.asdict(d).items() if k in names})
-    return build_dataset(data_config, res, rank=rank, world_size=world_size, start=start, low_res=low_res)
-
-
-def _loader(dataset: IterableDataset, batch_size: int, num_workers: int):
-    if not isinstance(dataset, SyntheticDataset):
-        try:
-            from ..data.factory import make_loader
-
-            return make_loader(dataset, batch_size, num_workers)
-        except ImportError:
-            pass
-    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+        return build_dataset(config.data, config.model.unet.image_size, rank=rank, world_size=world_size,
+                             start=start, low_res=low_res)
+    except (ValueError, FileNotFoundError) as e:  # a source that cannot be used: a config error
+        raise ConfigError(f"data: {e}") from None
 
 
 class _Batches:
@@ -103,7 +85,7 @@ class _Batches:
                 # A DataLoader iterator draws its base seed from torch's global RNG; keep
                 # that stream (model dropout) independent of when the loader starts.
                 with torch.random.fork_rng(devices=[]):
-                    self._it = iter(_loader(self.make(position), self.batch_size, self.num_workers))
+                    self._it = iter(make_loader(self.make(position), self.batch_size, self.num_workers))
             try:
                 return next(self._it)
             except StopIteration:  # a finite stream: start again from here

@@ -1,4 +1,4 @@
-"""A file-free synthetic dataset (``data.kind = "synthetic"``) for tests and benchmarks.
+"""A file-free synthetic dataset (``kind = "synthetic"``) for tests and benchmarks.
 
 Same contract as ``glide_diffusion.data.factory.build_dataset``: an index
 stream where process ``rank`` of ``world_size`` yields global indices
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import IterableDataset
 
-__all__ = ["SyntheticDataset", "collate"]
+__all__ = ["SyntheticDataset"]
 
 COLOURS = {
     "red": (1.0, -0.8, -0.8),
@@ -52,10 +52,3 @@ class SyntheticDataset(IterableDataset):
             yield self.item(index)
             index += self.world_size
 
-
-def collate(items: list[dict]) -> dict:
-    """Stack tensors, keep captions as a list."""
-    out = {"caption": [it["caption"] for it in items], "image": torch.stack([it["image"] for it in items])}
-    if "low_res" in items[0]:
-        out["low_res"] = torch.stack([it["low_res"] for it in items])
-    return out
