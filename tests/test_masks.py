@@ -11,15 +11,7 @@ from glide_diffusion.train.masks import ERASED_RANGE, KINDS, erased_fraction, ra
 SIZES = (16, 64, 256)
 
 
-@pytest.fixture(autouse=True)
-def _small_cpu_work(monkeypatch):
-    """Settings for tiny tensors on a shared CPU: oneDNN spends ~1 s building kernels for each new
-    conv shape, and a second thread mostly waits for a busy core; restored after each test."""
-    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("small_cpu_work")
 
 
 def _gen(seed: int) -> torch.Generator:
