@@ -26,7 +26,6 @@ import platform
 import time
 
 import torch
-import torch.nn.functional as F
 
 from glide_diffusion.checkpoints import build_model
 from glide_diffusion.precision import native_bf16_cpu
@@ -174,7 +173,6 @@ def bench(name, repeats, device, low_dtype):
     row["fp32_vs_plain_max_abs"] = (out32 - ref).abs().max().item()
     row["gflop"] = step_gflop(model, x, t, text, kw)
     row["fp32_gflops"] = row["gflop"] / row["fp32_s"]
-    del model
     return row
 
 

@@ -5,7 +5,6 @@ each takes a second or two on a 2-core CPU.
 """
 
 import json
-import math
 import os
 import random
 import signal
@@ -22,7 +21,7 @@ from glide_diffusion.checkpoints import load_model
 from glide_diffusion.cli.main import main as glide_main
 from glide_diffusion.train import ConfigError, TrainingDivergedError, apply_overrides, load_config, train
 from glide_diffusion.train.batch import apply_cfg_dropout, ema_update, lr_factor, make_inputs, step_generator
-from glide_diffusion.train.config import OptimConfig, TrainConfig, config_from_dict, parse_override
+from glide_diffusion.train.config import OptimConfig, config_from_dict, parse_override
 from glide_diffusion.train.loop import Trainer, _Batches
 from glide_diffusion.train.metrics import read_metrics
 from glide_diffusion.train.state import list_checkpoints, load_state, read_checkpoint
@@ -342,3 +341,14 @@ def test_sample_grid_is_written(tmp_path):
     train(cfg(tmp_path, "max_steps=2", "sample.every=2", "sample.steps='2'", "sample.seeds=[0, 1]"))
     grid = Image.open(tmp_path / "samples" / "step_00000002.png")
     assert grid.size == (2 * 8, 2 * 8)  # columns: prompts, rows: seeds
+
+
+@pytest.mark.parametrize("model", ["tiny-upsample", "tiny-inpaint"])
+def test_sample_grid_for_conditioned_models(tmp_path, model):
+    """Upsamplers and inpainting models sample from fixed conditions taken from the data stream."""
+    from PIL import Image
+
+    size = "32" if model == "tiny-upsample" else "16"
+    train(cfg(tmp_path, f"model={model}", f"model.unet.image_size={size}", "max_steps=1", "sample.every=1",
+              "sample.steps='2'", "sample.seeds=[0]"))
+    assert Image.open(tmp_path / "samples" / "step_00000001.png").size[0] > 0

@@ -8,52 +8,20 @@ ancestral steps at guidance scale 3, upsampler "fast27" DDIM at temperature 0.99
 
 from __future__ import annotations
 
-import functools
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 
-from ..diffusion.schedule import Schedule, make_schedule, space_timesteps
-from ..guidance.cfg import classifier_free_guidance
-from ..precision import autocast as precision_autocast
 from ..precision import check_dtype
-from ..presets import ModelConfig
 from ..sampling.noise import PerSampleNoise, seeds_for
-from ..sampling.samplers import SAMPLERS
-from ..text.tokenizer import get_tokenizer, tokenize_batch
-from ..unet.model import GlideUNet, TextCondition
+from .stage import Stage, StageSettings, quantize, sample_stage, to_pil
+
+__all__ = ["BASE_DEFAULTS", "UPSAMPLE_DEFAULTS", "Stage", "StageSettings", "Text2ImPipeline", "Text2ImResult",
+           "validate_request"]
 
 MAX_SEED = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class StageSettings:
-    """How one stage samples."""
-
-    sampler: str = "ddpm"  # a key of SAMPLERS
-    steps: str = "100"  # a respacing string: "100", "fast27", "ddim50", "10,20,30"
-    guidance_scale: float = 3.0  # classifier-free guidance; 1 = conditional only (one pass)
-    temperature: float = 1.0  # scale of the initial noise (the notebook's upsampler: 0.997)
-    eta: float = 0.0  # DDIM only
-    clip_denoised: bool = True
-
-    def validate(self, stage: str, num_steps: int) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"{stage}: unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
-        try:
-            space_timesteps(num_steps, self.steps)
-        except ValueError as e:
-            raise ValueError(f"{stage}: bad steps {self.steps!r}: {e}") from None
-        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
-            raise ValueError(f"{stage}: guidance scale must be a finite number >= 0, got {self.guidance_scale}")
-        if not 0 < self.temperature <= 10 or not math.isfinite(self.temperature):
-            raise ValueError(f"{stage}: temperature must be in (0, 10], got {self.temperature}")
-        if not 0 <= self.eta <= 1:
-            raise ValueError(f"{stage}: eta must be in [0, 1], got {self.eta}")
 
 
 BASE_DEFAULTS = StageSettings("ddpm", "100", 3.0, 1.0)
@@ -67,28 +35,6 @@ class Text2ImResult:
     prompts: list[str]  # the prompt of each image
     seeds: list[int]  # the seed of each image
     settings: dict = field(default_factory=dict)  # everything needed to reproduce them
-
-
-class Stage:
-    """A loaded model with its diffusion process and tokenizer."""
-
-    def __init__(self, model: GlideUNet, config: ModelConfig, name: str, vocab_dir: str | None = None):
-        # Channels-last convolutions are faster with oneDNN on CPU and tensor cores on CUDA.
-        self.model = model.to(memory_format=torch.channels_last)
-        self.config, self.name = config, name
-        self.tokenizer = get_tokenizer(config.unet.text.tokenizer, vocab_dir)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def encode(self, prompts: Sequence[str]) -> TextCondition:
-        tokens, mask = tokenize_batch(self.tokenizer, prompts, self.config.unet.text.context_length)
-        return self.model.encode_text(tokens.to(self.device), mask.to(self.device))
-
-    def schedule(self, steps: str) -> Schedule:
-        d = self.config.diffusion
-        return make_schedule(d.noise_schedule, d.steps, steps)
 
 
 class Text2ImPipeline:
@@ -150,18 +96,15 @@ class Text2ImPipeline:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         rows = [p for p in prompts for _ in range(num_images)]
         seeds = seeds_for(seed, len(rows))
-        autocast = functools.partial(precision_autocast, self.base.device, dtype)
         step = batch_size or len(rows)
         lows, finals = [], []
         for i in range(0, len(rows), step):
             chunk, noise = rows[i : i + step], PerSampleNoise(seeds[i : i + step], self.base.device)
-            low = self._sample_stage(self.base, chunk, noise, base, autocast, progress, callback)
+            run = dict(dtype=dtype, progress=progress, callback=callback)
+            low = sample_stage(self.base, chunk, noise, base, **run)
             final = low
-            if self.upsampler is not None:
-                # The upsampler was trained on 8-bit images.
-                final = self._sample_stage(
-                    self.upsampler, chunk, noise, upsample, autocast, progress, callback, low_res=quantize(low)
-                )
+            if self.upsampler is not None:  # trained on 8-bit low-res images
+                final = sample_stage(self.upsampler, chunk, noise, upsample, low_res=quantize(low), **run)
             lows.append(low)
             finals.append(final)
         low, final = torch.cat(lows), torch.cat(finals)
@@ -176,43 +119,6 @@ class Text2ImPipeline:
             "batch_size": step,
         }
         return Text2ImResult(to_pil(final), to_pil(low), rows, seeds, settings)
-
-    def _sample_stage(self, stage, rows, noise, settings, autocast, progress, callback, **cond) -> torch.Tensor:
-        """Encode the captions once, then sample; guided when the scale is not 1."""
-        cfg = stage.config.unet
-        guided = settings.guidance_scale != 1.0
-        with autocast():
-            text = stage.encode(rows)
-            if guided:  # rows [cond; uncond], the empty caption encoded once
-                text = TextCondition.cat([text, stage.encode([""]).repeat(len(rows))])
-        if guided:
-            cond = {k: torch.cat([v, v]) for k, v in cond.items()}
-
-        def denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with autocast():
-                return stage.model(x, t, text=text, **cond).float()
-
-        if guided:
-            denoiser = classifier_free_guidance(denoiser, settings.guidance_scale)
-        x_T = noise.initial((cfg.in_channels, cfg.image_size, cfg.image_size)) * settings.temperature
-        label = f"{stage.config.kind} {cfg.image_size}px {settings.sampler} {settings.steps}" if progress else False
-        return self._run(stage, settings, denoiser, x_T, noise, label, callback)
-
-    @staticmethod
-    def _run(stage, settings, denoiser, x_T, noise, progress, callback) -> torch.Tensor:
-        sampler = SAMPLERS[settings.sampler]
-        kwargs = {"eta": settings.eta} if settings.sampler == "ddim" else {}
-        cb = (lambda i, x, x0: callback(stage.name, i, x0)) if callback else None
-        return sampler(
-            denoiser,
-            stage.schedule(settings.steps),
-            x_T,
-            noise_fn=noise,
-            clip_denoised=settings.clip_denoised,
-            progress=progress,
-            callback=cb,
-            **kwargs,
-        )
 
 
 def validate_request(
@@ -240,20 +146,6 @@ def validate_request(
     base.validate("base", base_steps)
     if upsample_steps is not None:
         upsample.validate("upsample", upsample_steps)
-
-
-def quantize(x: torch.Tensor) -> torch.Tensor:
-    """Round [-1, 1] images to 8-bit levels, as the notebooks do before upsampling."""
-    return ((x + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8."""
-    return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def to_pil(x: torch.Tensor) -> list[Image.Image]:
-    return [Image.fromarray(a) for a in to_uint8(x)]
 
 
 def _ensure_released(source: str, cache_dir, download: bool) -> str | None:

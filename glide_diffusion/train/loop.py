@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import IterableDataset
 
 from ..checkpoints import CheckpointError, build_model
-from ..data.factory import build_dataset, make_loader
+from ..data.factory import build_dataset, collate, make_loader
 from ..diffusion import hybrid_loss, make_schedule
 from ..pipelines.text2im import StageSettings
 from ..precision import check_dtype

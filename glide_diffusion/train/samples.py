@@ -20,7 +20,8 @@ from PIL import Image
 
 from ..checkpoints import atomic_write
 from ..guidance.cfg import classifier_free_guidance
-from ..pipelines.text2im import Stage, StageSettings, Text2ImPipeline, to_pil
+from ..pipelines.stage import Stage, StageSettings, to_pil
+from ..pipelines.text2im import Text2ImPipeline
 from ..presets import ModelConfig
 from ..sampling.noise import PerSampleNoise, seeds_for
 from ..sampling.samplers import SAMPLERS

@@ -1,0 +1,153 @@
+"""One sampling stage: a loaded model, how it samples, and the sampling call every pipeline shares.
+
+``sample_stage`` encodes the captions once, wraps the model into a denoiser
+(classifier-free guided when the scale is not 1), and runs the chosen sampler;
+pipelines only decide the conditioning (low-res image, inpainting image and
+mask), the starting point and the x0 projection.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..diffusion.schedule import Schedule, make_schedule, space_timesteps
+from ..guidance.cfg import classifier_free_guidance
+from ..precision import autocast
+from ..presets import ModelConfig
+from ..sampling.noise import PerSampleNoise
+from ..sampling.samplers import SAMPLERS
+from ..text.tokenizer import get_tokenizer, tokenize_batch
+from ..unet.model import GlideUNet, TextCondition
+
+X0Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """How one stage samples."""
+
+    sampler: str = "ddpm"  # a key of SAMPLERS
+    steps: str = "100"  # a respacing string: "100", "fast27", "ddim50", "10,20,30"
+    guidance_scale: float = 3.0  # classifier-free guidance; 1 = conditional only (one pass)
+    temperature: float = 1.0  # scale of the initial noise (the notebook's upsampler: 0.997)
+    eta: float = 0.0  # DDIM only
+    clip_denoised: bool = True
+
+    def validate(self, stage: str, num_steps: int) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"{stage}: unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
+        try:
+            space_timesteps(num_steps, self.steps)
+        except ValueError as e:
+            raise ValueError(f"{stage}: bad steps {self.steps!r}: {e}") from None
+        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            raise ValueError(f"{stage}: guidance scale must be a finite number >= 0, got {self.guidance_scale}")
+        if not 0 < self.temperature <= 10 or not math.isfinite(self.temperature):
+            raise ValueError(f"{stage}: temperature must be in (0, 10], got {self.temperature}")
+        if not 0 <= self.eta <= 1:
+            raise ValueError(f"{stage}: eta must be in [0, 1], got {self.eta}")
+
+
+class Stage:
+    """A loaded model with its diffusion process and tokenizer."""
+
+    def __init__(self, model: GlideUNet, config: ModelConfig, name: str, vocab_dir: str | None = None):
+        # Channels-last convolutions are faster with oneDNN on CPU and tensor cores on CUDA.
+        self.model = model.to(memory_format=torch.channels_last)
+        self.config, self.name = config, name
+        self.tokenizer = get_tokenizer(config.unet.text.tokenizer, vocab_dir)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def image_size(self) -> int:
+        return self.config.unet.image_size
+
+    def encode(self, prompts: Sequence[str]) -> TextCondition:
+        tokens, mask = tokenize_batch(self.tokenizer, prompts, self.config.unet.text.context_length)
+        return self.model.encode_text(tokens.to(self.device), mask.to(self.device))
+
+    def schedule(self, steps: str) -> Schedule:
+        d = self.config.diffusion
+        return make_schedule(d.noise_schedule, d.steps, steps)
+
+
+def sample_stage(
+    stage: Stage,
+    rows: Sequence[str],
+    noise: PerSampleNoise,
+    settings: StageSettings,
+    *,
+    dtype: str = "fp32",
+    progress: bool = False,
+    callback: Callable[[str, int, torch.Tensor], None] | None = None,
+    schedule: Schedule | None = None,
+    x_T: torch.Tensor | None = None,
+    x0_fn: X0Fn | None = None,
+    **cond: torch.Tensor,
+) -> torch.Tensor:
+    """Sample one image per caption in ``rows`` with ``stage``'s model -> (B, C, H, W) in [-1, 1].
+
+    ``cond`` holds the model's image conditions (``low_res``, ``inpaint_image``,
+    ``inpaint_mask``), one row per caption. ``schedule`` defaults to the
+    settings' respacing; ``x_T`` to ``temperature`` times fresh noise.
+    """
+    cfg = stage.config.unet
+    amp = lambda: autocast(stage.device, dtype)  # noqa: E731
+    guided = settings.guidance_scale != 1.0
+    with amp():
+        text = stage.encode(rows)
+        if guided:  # rows [cond; uncond], the empty caption encoded once
+            text = TextCondition.cat([text, stage.encode([""]).repeat(len(rows))])
+    if guided:
+        cond = {k: torch.cat([v, v]) for k, v in cond.items()}
+
+    def denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with amp():
+            return stage.model(x, t, text=text, **cond).float()
+
+    if guided:
+        denoiser = classifier_free_guidance(denoiser, settings.guidance_scale)
+    if x_T is None:
+        x_T = noise.initial((cfg.in_channels, cfg.image_size, cfg.image_size)) * settings.temperature
+    label = f"{stage.config.kind} {cfg.image_size}px {settings.sampler} {settings.steps}" if progress else False
+    kwargs = {"eta": settings.eta} if settings.sampler == "ddim" else {}
+    return SAMPLERS[settings.sampler](
+        denoiser,
+        schedule if schedule is not None else stage.schedule(settings.steps),
+        x_T,
+        noise_fn=noise,
+        clip_denoised=settings.clip_denoised,
+        x0_fn=x0_fn,
+        progress=label,
+        callback=(lambda i, x, x0: callback(stage.name, i, x0)) if callback else None,
+        **kwargs,
+    )
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """Round [-1, 1] images to 8-bit levels, as the notebooks do before upsampling."""
+    return ((x + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8."""
+    return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def to_pil(x: torch.Tensor) -> list[Image.Image]:
+    return [Image.fromarray(a) for a in to_uint8(x)]
+
+
+def from_pil(image: Image.Image) -> torch.Tensor:
+    """An RGB PIL image -> (1, 3, H, W) float in [-1, 1]."""
+    a = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32))
+    return (a / 127.5 - 1).permute(2, 0, 1)[None].contiguous()
