@@ -6,13 +6,15 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import sample
+from . import edit, sample
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {
         "sample": ("Generate images from text (base model, then upsampler).", sample.main),
+        "inpaint": ("Repaint a masked region of an image from a caption.", edit.inpaint_main),
+        "edit": ("Redraw an image toward a caption (image-to-image).", edit.edit_main),
         "download": ("Fetch the released GLIDE (filtered) files into the cache.", _download),
         "train": ("Train or fine-tune a model from a TOML config (torchrun for several processes).", _train),
     }

@@ -184,8 +184,9 @@ class Schedule:
         acp_next = np.append(acp[1:], 0.0)
         post_var = betas * (1.0 - acp_prev) / (1.0 - acp)
         # posterior_variance[0] is 0, so its log is replaced by the value at
-        # t = 1 (as the official code does); needs n >= 2 to be meaningful.
-        post_log_var = np.log(np.append(post_var[1], post_var[1:])) if n > 1 else np.log(post_var)
+        # t = 1 (as the official code does). A one-step schedule (an SDEdit
+        # prefix) has no t = 1: its upper bound log(beta_0) keeps the table finite.
+        post_log_var = np.log(np.append(post_var[1], post_var[1:])) if n > 1 else np.log(betas)
         tables = dict(
             betas=betas,
             alphas_cumprod=acp,

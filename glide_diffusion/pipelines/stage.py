@@ -80,6 +80,33 @@ class Stage:
         return make_schedule(d.noise_schedule, d.steps, steps)
 
 
+def load_stage(
+    source: str, *, device: str | torch.device = "cpu", cache_dir: str | None = None, download: bool = True
+) -> Stage:
+    """A released name (fetched into the cache when missing, unless ``download`` is False) or a checkpoint path."""
+    from ..checkpoints import load_model
+
+    vocab_dir = _ensure_released(source, cache_dir, download)
+    model, config = load_model(source, device=device, cache_dir=cache_dir)
+    return Stage(model, config, str(source), vocab_dir)
+
+
+def _ensure_released(source: str, cache_dir, download: bool) -> str | None:
+    """For a released name: fetch its weights and the GPT-2 vocab when missing; the vocab folder."""
+    from ..hub.cache import released_path
+    from ..hub.download import download_released
+    from ..presets import RELEASED_PRESETS
+
+    if source not in RELEASED_PRESETS:
+        return None
+    names = [source, "gpt2-encoder", "gpt2-vocab"]
+    missing = [n for n in names if not released_path(n, cache_dir).exists()]
+    if missing and download:
+        download_released(missing, cache_dir)
+    vocab = released_path("gpt2-vocab", cache_dir).parent
+    return str(vocab) if all(released_path(n, cache_dir).exists() for n in names[1:]) else None
+
+
 def sample_stage(
     stage: Stage,
     rows: Sequence[str],

@@ -8,6 +8,7 @@ ancestral steps at guidance scale 3, upsampler "fast27" DDIM at temperature 0.99
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
@@ -16,7 +17,7 @@ from PIL import Image
 
 from ..precision import check_dtype
 from ..sampling.noise import PerSampleNoise, seeds_for
-from .stage import Stage, StageSettings, quantize, sample_stage, to_pil
+from .stage import Stage, StageSettings, load_stage, quantize, sample_stage, to_pil
 
 __all__ = ["BASE_DEFAULTS", "UPSAMPLE_DEFAULTS", "Stage", "StageSettings", "Text2ImPipeline", "Text2ImResult",
            "validate_request"]
@@ -58,13 +59,7 @@ class Text2ImPipeline:
         download: bool = True,
     ) -> "Text2ImPipeline":
         """Load released names (``"base"``, ``"upsample"``) or checkpoint paths."""
-        from ..checkpoints import load_model
-
-        def load(source: str) -> Stage:
-            vocab_dir = _ensure_released(source, cache_dir, download)
-            model, config = load_model(source, device=device, cache_dir=cache_dir)
-            return Stage(model, config, str(source), vocab_dir)
-
+        load = functools.partial(load_stage, device=device, cache_dir=cache_dir, download=download)
         return cls(load(base), load(upsampler) if upsampler else None)
 
     @torch.inference_mode()
@@ -146,19 +141,3 @@ def validate_request(
     base.validate("base", base_steps)
     if upsample_steps is not None:
         upsample.validate("upsample", upsample_steps)
-
-
-def _ensure_released(source: str, cache_dir, download: bool) -> str | None:
-    """For a released name: fetch its weights and the GPT-2 vocab when missing; the vocab folder."""
-    from ..hub.cache import released_path
-    from ..hub.download import download_released
-    from ..presets import RELEASED_PRESETS
-
-    if source not in RELEASED_PRESETS:
-        return None
-    names = [source, "gpt2-encoder", "gpt2-vocab"]
-    missing = [n for n in names if not released_path(n, cache_dir).exists()]
-    if missing and download:
-        download_released(missing, cache_dir)
-    vocab = released_path("gpt2-vocab", cache_dir).parent
-    return str(vocab) if all(released_path(n, cache_dir).exists() for n in names[1:]) else None

@@ -1,0 +1,193 @@
+"""Text-driven inpainting (GLIDE §4.3): fill the masked region of an image from a caption.
+
+The inpainting base model samples at low resolution (classifier-free guided),
+then the upsampling-inpainting model at full resolution. At every step the
+predicted x0 is projected onto the known pixels, and the final image is
+composited so every unmasked pixel is exactly the input's.
+
+Mask convention at this API: ``fill`` is 1 (or a white PNG pixel) where the
+caption should paint and 0 where the input is kept. The models use the
+opposite, ``known = 1 - fill`` (glide-text2im's ``inpaint_mask``).
+
+Plain text-to-image models work too (``base`` / ``upsample`` kinds): they
+only get the x0 replacement, the "no fine-tuning" baseline the paper compares against.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..sampling.noise import PerSampleNoise, seeds_for
+from .stage import Stage, StageSettings, from_pil, load_stage, quantize, sample_stage, to_uint8
+from .text2im import BASE_DEFAULTS, validate_request
+
+# The inpainting notebook samples the upsampler with "fast27" ancestral steps.
+INPAINT_UPSAMPLE_DEFAULTS = StageSettings("ddpm", "fast27", 1.0, 0.997)
+
+
+@dataclass
+class InpaintResult:
+    images: list[Image.Image]  # composited final images
+    low_res: list[Image.Image]  # the base stage's images
+    prompts: list[str]
+    seeds: list[int]
+    settings: dict = field(default_factory=dict)
+
+
+def split_alpha(image: Image.Image) -> tuple[Image.Image, np.ndarray | None]:
+    """RGB image composited on white, and the transparency (True = transparent) if it has alpha."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        alpha = np.asarray(rgba)[..., 3]
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB"), alpha < 128
+    return image.convert("RGB"), None
+
+
+def mask_from_image(mask: Image.Image, size: tuple[int, int], invert: bool = False) -> np.ndarray:
+    """A mask picture -> bool (H, W), True = fill. White (>= 128) fills; grey levels are thresholded."""
+    if mask.size != size:
+        raise ValueError(f"the mask is {mask.size[0]}x{mask.size[1]} but the image is {size[0]}x{size[1]}")
+    if mask.mode in ("RGBA", "LA"):
+        mask = split_alpha(mask)[0]
+    m = np.asarray(mask.convert("L"))
+    if not np.isin(m, (0, 255)).all():
+        warnings.warn("the mask is not binary: pixels >= 128 count as 'fill', darker ones as 'keep'", stacklevel=2)
+    fill = m >= 128
+    return ~fill if invert else fill
+
+
+def mask_from_rects(rects: Sequence[tuple[int, int, int, int]], size: tuple[int, int]) -> np.ndarray:
+    """Rectangles (left, top, right, bottom) in pixels, right/bottom exclusive -> bool (H, W) fill mask."""
+    w, h = size
+    fill = np.zeros((h, w), dtype=bool)
+    for left, top, right, bottom in rects:
+        if not (0 <= left < right <= w and 0 <= top < bottom <= h):
+            raise ValueError(f"rectangle {(left, top, right, bottom)} is not inside the {w}x{h} image")
+        fill[top:bottom, left:right] = True
+    return fill
+
+
+def extend_canvas(image: Image.Image, fill: np.ndarray | None, left: int, top: int, right: int, bottom: int,
+                  ) -> tuple[Image.Image, np.ndarray]:
+    """Outpainting: grow the canvas by the given margins (grey), which become the region to fill."""
+    if min(left, top, right, bottom) < 0:
+        raise ValueError("canvas extensions must be >= 0 pixels")
+    w, h = image.size
+    canvas = Image.new("RGB", (w + left + right, h + top + bottom), (128, 128, 128))
+    canvas.paste(image, (left, top))
+    new_fill = np.ones((canvas.size[1], canvas.size[0]), dtype=bool)
+    new_fill[top:top + h, left:left + w] = fill if fill is not None else False
+    return canvas, new_fill
+
+
+def check_fill(fill: np.ndarray) -> None:
+    if not fill.any():
+        raise ValueError("the mask selects no pixels to fill: nothing would change (white = fill; see --invert-mask)")
+    if fill.all():
+        warnings.warn("the mask covers the whole image: this is plain text-to-image generation", stacklevel=2)
+
+
+def known_at(fill: np.ndarray, size: int) -> torch.Tensor:
+    """(1, 1, size, size) float known-mask; a pixel is known only if all of its source pixels are."""
+    f = torch.from_numpy(fill.astype(np.float32))[None, None]
+    if f.shape[-1] != size:
+        f = F.adaptive_max_pool2d(f, size) if f.shape[-1] > size else F.interpolate(f, size=size, mode="nearest")
+    return 1.0 - f
+
+
+def resized(image: Image.Image, size: int) -> torch.Tensor:
+    return from_pil(image if image.size == (size, size) else image.resize((size, size), Image.BICUBIC))
+
+
+def replace_known(source: torch.Tensor, known: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The x0 projection: known pixels taken from the source at every step."""
+
+    def x0_fn(x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x0 * (1 - known) + source * known
+
+    return x0_fn
+
+
+class InpaintPipeline:
+    """``pipeline(image, fill_mask, prompt) -> InpaintResult``."""
+
+    def __init__(self, base: Stage, upsampler: Stage | None = None):
+        if base.config.kind not in ("inpaint", "base"):
+            raise ValueError(f"the base stage needs an inpainting (or text-to-image) model, got {base.config.kind}")
+        if upsampler is not None and upsampler.config.kind not in ("upsample-inpaint", "upsample"):
+            raise ValueError(f"the upsampling stage needs an upsampler, got a {upsampler.config.kind} model")
+        self.base, self.upsampler = base, upsampler
+
+    @classmethod
+    def from_pretrained(cls, base: str = "base-inpaint", upsampler: str | None = "upsample-inpaint", *,
+                        device="cpu", cache_dir=None, download=True) -> "InpaintPipeline":
+        load = functools.partial(load_stage, device=device, cache_dir=cache_dir, download=download)
+        return cls(load(base), load(upsampler) if upsampler else None)
+
+    @property
+    def output_size(self) -> int:
+        return (self.upsampler or self.base).image_size
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        image: Image.Image,
+        fill: np.ndarray,
+        prompt: str,
+        *,
+        num_images: int = 1,
+        seed: int = 0,
+        base: StageSettings = BASE_DEFAULTS,
+        upsample: StageSettings = INPAINT_UPSAMPLE_DEFAULTS,
+        dtype: str = "fp32",
+        progress: bool = False,
+    ) -> InpaintResult:
+        """Paint ``prompt`` into ``image`` where ``fill`` (bool (H, W)) is True.
+
+        The image must be square; it is resized to the models' resolutions, and
+        the output has the final stage's resolution (its unmasked pixels are the
+        resized input's).
+        """
+        image, _ = split_alpha(image)
+        if image.size[0] != image.size[1]:
+            raise ValueError(f"the image must be square, got {image.size[0]}x{image.size[1]}: crop it, or "
+                             "extend the canvas to a square (outpainting)")
+        if fill.shape != (image.size[1], image.size[0]):
+            raise ValueError(f"the mask is {fill.shape[1]}x{fill.shape[0]} but the image is {image.size[0]}x{image.size[1]}")
+        check_fill(fill)
+        validate_request([prompt], num_images, seed, base, upsample, dtype, self.base.device,
+                         self.base.config.diffusion.steps,
+                         self.upsampler.config.diffusion.steps if self.upsampler else None)
+        rows, seeds = [prompt] * num_images, seeds_for(seed, num_images)
+        noise, run = PerSampleNoise(seeds, self.base.device), dict(dtype=dtype, progress=progress)
+
+        low = self._stage(self.base, image, fill, rows, noise, base, run)
+        final = low
+        if self.upsampler is not None:
+            final = self._stage(self.upsampler, image, fill, rows, noise, upsample, run, low_res=quantize(low))
+        size = self.output_size
+        source = to_uint8(resized(image, size))[0]
+        keep = known_at(fill, size)[0, 0].bool().numpy()[..., None]
+        composited = [Image.fromarray(np.where(keep, source, out)) for out in to_uint8(final)]
+        settings = {"base_model": self.base.name, "upsample_model": self.upsampler.name if self.upsampler else None,
+                    "base": asdict(base), "upsample": asdict(upsample) if self.upsampler else None,
+                    "dtype": dtype, "seed": seed, "num_images": num_images, "task": "inpaint"}
+        return InpaintResult(composited, [Image.fromarray(a) for a in to_uint8(low)], rows, seeds, settings)
+
+    @staticmethod
+    def _stage(stage: Stage, image, fill, rows, noise, settings, run, **cond) -> torch.Tensor:
+        size, n = stage.image_size, len(rows)
+        source = resized(image, size).to(stage.device).expand(n, -1, -1, -1)
+        known = known_at(fill, size).to(stage.device).expand(n, -1, -1, -1)
+        if stage.config.unet.inpaint:
+            cond.update(inpaint_image=source, inpaint_mask=known)
+        return sample_stage(stage, rows, noise, settings, x0_fn=replace_known(source, known), **cond, **run)
