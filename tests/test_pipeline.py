@@ -162,3 +162,43 @@ def test_batch_size_does_not_change_images(pipe):
         assert _nearly_equal(x, y)
     with pytest.raises(ValueError, match="batch_size"):
         pipe("x", base=FAST_BASE, upsample=FAST_UP, batch_size=0)
+
+
+def test_clip_guided_sampling(checkpoints, monkeypatch):
+    from pathlib import Path
+
+    from glide_diffusion.clip import build_clip
+
+    vocab = Path(__file__).parents[1] / ".." / "shared" / "reference" / "vocab"
+    if not (vocab / "bpe_simple_vocab_16e6.txt.gz").is_file():
+        pytest.skip("the CLIP vocab file is not in ../shared/reference/vocab")
+    monkeypatch.setenv("GLIDE_VOCAB_DIR", str(vocab))
+    torch.manual_seed(0)
+    clip = build_clip("tiny").eval()
+    pipe = Text2ImPipeline.from_pretrained(checkpoints[0], None, download=False)
+    plain = pipe("a red circle", seed=2, base=FAST_BASE)
+    with pytest.raises(ValueError, match="noised CLIP"):
+        pipe("a red circle", base=FAST_BASE, clip_guidance_scale=3.0)
+    pipe.clip = clip
+    guided = pipe("a red circle", seed=2, base=FAST_BASE, clip_guidance_scale=50.0)
+    assert guided.settings["clip_guidance_scale"] == 50.0
+    assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(guided.images[0]))
+
+
+def test_cli_clip_guidance(checkpoints, tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from glide_diffusion.clip import build_clip
+    from glide_diffusion.clip.loading import save_clip
+
+    vocab = Path(__file__).parents[1] / ".." / "shared" / "reference" / "vocab"
+    if not (vocab / "bpe_simple_vocab_16e6.txt.gz").is_file():
+        pytest.skip("the CLIP vocab file is not in ../shared/reference/vocab")
+    monkeypatch.setenv("GLIDE_VOCAB_DIR", str(vocab))
+    clip_path = save_clip(tmp_path / "clip.safetensors", build_clip("tiny"))
+    out = tmp_path / "out"
+    rc = main(["sample", "a red circle", "--base", checkpoints[0], "--upsampler", "none", "--base-steps", "3",
+               "--clip-guidance-scale", "3", "--clip", str(clip_path), "-g", "1", "-o", str(out), "--no-progress",
+               "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads(Image.open(out / "a-red-circle-0.png").text["settings"])["clip_guidance_scale"] == 3.0

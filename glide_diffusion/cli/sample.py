@@ -15,6 +15,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p, "base", "upsample")
     p.add_argument("--batch-size", type=int, default=None, help="images sampled at once (default: all); results do not depend on it")
     add_sampling_args(p, BASE_DEFAULTS, UPSAMPLE_DEFAULTS)
+    p.add_argument("--clip-guidance-scale", type=float, default=0.0,
+                   help="CLIP guidance of the base stage (GLIDE's notebook: 3 with -g 1); default 0 = off")
+    p.add_argument("--clip", default="released",
+                   help="the noised CLIP for --clip-guidance-scale: 'released' or a .safetensors path")
     return p
 
 
@@ -31,11 +35,35 @@ def main(argv: Sequence[str]) -> int:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
         validate_request(args.prompts, args.num_images, args.seed, base, up, args.dtype, device,
                          upsample_steps=1000 if upsampler else None)
+        if args.clip_guidance_scale < 0:
+            raise ValueError(f"--clip-guidance-scale must be >= 0, got {args.clip_guidance_scale}")
         pipe = Text2ImPipeline.from_pretrained(
             args.base, upsampler, device=device, cache_dir=args.cache_dir, download=not args.no_download
         )
+        if args.clip_guidance_scale:
+            pipe.clip, pipe.clip_tokenizer = _load_clip(args, device)
         result = pipe(args.prompts, num_images=args.num_images, seed=args.seed, base=base, upsample=up,
-                      dtype=args.dtype, batch_size=args.batch_size, progress=not args.no_progress)
+                      dtype=args.dtype, batch_size=args.batch_size, clip_guidance_scale=args.clip_guidance_scale,
+                      progress=not args.no_progress)
         return write_outputs(result, args)
 
     return run_command("sample", body)
+
+
+def _load_clip(args, device):
+    """The released noised CLIP (fetched into the cache when missing) or one of ours, and its tokenizer."""
+    from ..clip.loading import load_clip
+    from ..clip.tokenizer import load_clip_tokenizer
+    from ..hub.cache import released_path
+    from ..hub.download import download_released
+
+    names = ["clip-image-enc", "clip-text-enc", "clip-bpe"]
+    if args.clip == "released":
+        missing = [n for n in names if not released_path(n, args.cache_dir).exists()]
+        if missing and not args.no_download:
+            download_released(missing, args.cache_dir)
+        clip = load_clip(cache_dir=args.cache_dir, device=device)
+    else:
+        clip = load_clip(args.clip, device=device)
+    bpe = released_path("clip-bpe", args.cache_dir)
+    return clip, load_clip_tokenizer(bpe.parent if bpe.exists() else None)

@@ -83,9 +83,10 @@ class ClipConfig:
 CLIP_PRESETS: dict[str, ClipConfig] = {
     # glide-text2im clip/config.yaml: the released clip_image_enc.pt / clip_text_enc.pt.
     "released": ClipConfig(),
-    # For tests: ~50k parameters, 16 px images (17 image tokens), 16-token text.
+    # For tests and small experiments: 16 px images (17 image tokens), 16-token text, the
+    # full CLIP BPE vocabulary (49408 ids) so the real tokenizer can feed it.
     "tiny": ClipConfig(
-        image_size=16, patch_size=4, n_vocab=1000, max_text_len=16, n_embd=16,
+        image_size=16, patch_size=4, n_vocab=49408, max_text_len=16, n_embd=16,
         n_head_state_text=8, n_head_text=2, n_xf_blocks_text=2,
         n_head_state_image=8, n_head_image=2, n_xf_blocks_image=2,
     ),

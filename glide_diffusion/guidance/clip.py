@@ -50,15 +50,17 @@ def clip_cond_fn(
 
     The text embeddings are computed once. Their rows pair with the rows of
     x_t (B of them), or a single row is used for every image. x_t is in the
-    model's [-1, 1] space at the CLIP's image size; t holds ORIGINAL timesteps.
+    model's [-1, 1] space, resized (differentiably) to the CLIP's image size
+    when it differs; t holds ORIGINAL timesteps.
     """
     z_t = clip_text_embeddings(clip, prompts_or_tokens, tokenizer)  # (P, D)
 
     def log_prob(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if z_t.shape[0] not in (1, x_t.shape[0]):
             raise ValueError(f"{z_t.shape[0]} prompts for a batch of {x_t.shape[0]} images (need 1 or {x_t.shape[0]})")
-        z_i = clip.image_embeddings(x_t, t)  # (B, D)
-        return torch.exp(clip.logit_scale) * (z_t.to(z_i.dtype) * z_i).sum(dim=-1)  # (B,)
+        z_i = clip.image_embeddings(_resize(x_t, clip.config.image_size), t)  # (B, D)
+        z = z_t.clone() if z_t.is_inference() else z_t  # usable by autograd
+        return torch.exp(clip.logit_scale) * (z.to(z_i.dtype) * z_i).sum(dim=-1)  # (B,)
 
     return scaled_cond_fn(log_prob, grad_scale)
 

@@ -52,8 +52,9 @@ def scaled_cond_fn(log_prob_fn: LogProbFn, scale: float) -> CondFn:
 
     def cond_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(False), torch.enable_grad():
+            # Clones are normal tensors even when the sampler runs under inference mode.
             x_in = x_t.detach().clone().requires_grad_(True)
-            log_prob = log_prob_fn(x_in, t)
+            log_prob = log_prob_fn(x_in, t.clone())
             if log_prob.shape != (x_t.shape[0],):
                 raise ValueError(f"log_prob_fn must return shape ({x_t.shape[0]},), got {tuple(log_prob.shape)}")
             (grad,) = torch.autograd.grad(log_prob.sum(), x_in)

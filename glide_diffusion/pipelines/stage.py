@@ -119,6 +119,7 @@ def sample_stage(
     schedule: Schedule | None = None,
     x_T: torch.Tensor | None = None,
     x0_fn: X0Fn | None = None,
+    cond_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     **cond: torch.Tensor,
 ) -> torch.Tensor:
     """Sample one image per caption in ``rows`` with ``stage``'s model -> (B, C, H, W) in [-1, 1].
@@ -126,6 +127,8 @@ def sample_stage(
     ``cond`` holds the model's image conditions (``low_res``, ``inpaint_image``,
     ``inpaint_mask``), one row per caption. ``schedule`` defaults to the
     settings' respacing; ``x_T`` to ``temperature`` times fresh noise.
+    ``x0_fn`` projects the predicted x0 and ``cond_fn`` adds gradient guidance
+    (the samplers' hooks).
     """
     cfg = stage.config.unet
     amp = lambda: autocast(stage.device, dtype)  # noqa: E731
@@ -154,6 +157,7 @@ def sample_stage(
         noise_fn=noise,
         clip_denoised=settings.clip_denoised,
         x0_fn=x0_fn,
+        cond_fn=cond_fn,
         progress=label,
         callback=(lambda i, x, x0: callback(stage.name, i, x0)) if callback else None,
         **kwargs,

@@ -9,6 +9,7 @@ ancestral steps at guidance scale 3, upsampler "fast27" DDIM at temperature 0.99
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
@@ -41,12 +42,14 @@ class Text2ImResult:
 class Text2ImPipeline:
     """``pipeline(prompts) -> Text2ImResult``: GLIDE's text-to-image sampling."""
 
-    def __init__(self, base: Stage, upsampler: Stage | None = None):
+    def __init__(self, base: Stage, upsampler: Stage | None = None, clip=None, clip_tokenizer=None):
+        """``clip``: an optional noised CLIP (``glide_diffusion.clip``) for CLIP guidance of the base
+        stage, with its tokenizer (default: found in ``$GLIDE_VOCAB_DIR`` or the cache)."""
         if base.config.kind != "base":
             raise ValueError(f"the base stage needs a text-to-image model, got a {base.config.kind} model")
         if upsampler is not None and upsampler.config.kind != "upsample":
             raise ValueError(f"the upsampling stage needs an upsampler, got a {upsampler.config.kind} model")
-        self.base, self.upsampler = base, upsampler
+        self.base, self.upsampler, self.clip, self.clip_tokenizer = base, upsampler, clip, clip_tokenizer
 
     @classmethod
     def from_pretrained(
@@ -73,6 +76,7 @@ class Text2ImPipeline:
         upsample: StageSettings = UPSAMPLE_DEFAULTS,
         dtype: str = "fp32",
         batch_size: int | None = None,
+        clip_guidance_scale: float = 0.0,
         progress: bool = False,
         callback: Callable[[str, int, torch.Tensor], None] | None = None,
     ) -> Text2ImResult:
@@ -87,6 +91,10 @@ class Text2ImPipeline:
             self.base.config.diffusion.steps,
             self.upsampler.config.diffusion.steps if self.upsampler else None,
         )
+        if clip_guidance_scale and self.clip is None:
+            raise ValueError("CLIP guidance needs a noised CLIP: pass clip= (glide_diffusion.clip.load_clip())")
+        if not math.isfinite(clip_guidance_scale) or clip_guidance_scale < 0:
+            raise ValueError(f"clip_guidance_scale must be a finite number >= 0, got {clip_guidance_scale}")
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         rows = [p for p in prompts for _ in range(num_images)]
@@ -96,7 +104,8 @@ class Text2ImPipeline:
         for i in range(0, len(rows), step):
             chunk, noise = rows[i : i + step], PerSampleNoise(seeds[i : i + step], self.base.device)
             run = dict(dtype=dtype, progress=progress, callback=callback)
-            low = sample_stage(self.base, chunk, noise, base, **run)
+            cond_fn = self._clip_cond_fn(chunk, clip_guidance_scale) if clip_guidance_scale else None
+            low = sample_stage(self.base, chunk, noise, base, cond_fn=cond_fn, **run)
             final = low
             if self.upsampler is not None:  # trained on 8-bit low-res images
                 final = sample_stage(self.upsampler, chunk, noise, upsample, low_res=quantize(low), **run)
@@ -112,8 +121,15 @@ class Text2ImPipeline:
             "seed": seed,
             "num_images": num_images,
             "batch_size": step,
+            "clip_guidance_scale": clip_guidance_scale,
         }
         return Text2ImResult(to_pil(final), to_pil(low), rows, seeds, settings)
+
+    def _clip_cond_fn(self, rows: Sequence[str], scale: float):
+        """GLIDE's CLIP guidance for these captions: the mean moves along the similarity gradient."""
+        from ..guidance.clip import clip_cond_fn
+
+        return clip_cond_fn(self.clip, list(rows), scale, tokenizer=self.clip_tokenizer)
 
 
 def validate_request(
