@@ -145,7 +145,8 @@ def load_model(
 
     ``source`` is a released checkpoint's name (``"base"``, ``"upsample"``,
     ``"base-inpaint"``, ``"upsample-inpaint"``: read from the download cache,
-    see ``glide download``), a ``.safetensors`` file written by :func:`save_model`,
+    see ``glide download``), a bundled Shapes model's name (``"shapes-base"``, ...),
+    a ``.safetensors`` file written by :func:`save_model`,
     or a ``.pt`` state dict (then ``config``, a :class:`ModelConfig` or preset
     name, says what to build; a released file name such as ``base.pt`` implies it).
     """
@@ -168,7 +169,15 @@ def load_model(
 
 
 def _resolve(source: str | os.PathLike, cache_dir) -> tuple[Path, ModelConfig | None]:
+    from .bundled import NAMES as BUNDLED
+    from .bundled import bundled_path
+
     name = str(source)
+    if name in BUNDLED:
+        path = bundled_path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"the bundled model {name!r} is not part of this installation ({path})")
+        return path, None
     if name in RELEASED_PRESETS:
         from .hub.cache import find_released
 

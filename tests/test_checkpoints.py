@@ -88,3 +88,17 @@ def test_pt_without_config_asks_for_one(tmp_path):
 def test_missing_file():
     with pytest.raises(FileNotFoundError):
         load_model("/nonexistent/model.safetensors")
+
+
+def test_bundled_names_resolve_inside_the_package(tmp_path, monkeypatch):
+    import glide_diffusion.bundled as bundled
+
+    monkeypatch.setattr(bundled, "HERE", tmp_path)
+    with pytest.raises(FileNotFoundError, match="not part of this installation"):
+        load_model("shapes-base")
+    save_model(tmp_path / "shapes-base.safetensors", build_model("tiny").half(), get_preset("tiny"))
+    model, config = load_model("shapes-base")
+    assert config == get_preset("tiny") and next(model.parameters()).dtype == torch.float32
+    assert bundled.available() == ["shapes-base"]
+    with pytest.raises(ValueError, match="unknown bundled model"):
+        bundled.bundled_path("shapes-nothing")
