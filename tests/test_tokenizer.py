@@ -14,6 +14,7 @@ import torch
 
 from glide_diffusion.text import tokenizer as tk
 from glide_diffusion.text.tokenizer import (
+    SHAPES_WORDS,
     ByteTokenizer,
     GPT2Tokenizer,
     Tokenizer,
@@ -224,3 +225,36 @@ def test_downloaded_vocab_is_found_in_cache(tmp_path, monkeypatch):
     assert tk.find_vocab_dir() == tmp_path / "vocab"
     tok = get_tokenizer("gpt2")
     assert tok.encode(PROMPTS[0]["prompt"]) == PROMPTS[0]["tokens"]
+
+
+def test_shapes_tokenizer_gives_every_caption_word_one_id():
+    from glide_diffusion.data.shapes import ShapesDataset
+
+    tok = get_tokenizer("shapes")
+    assert tok.n_vocab == 256 + len(SHAPES_WORDS) + 1 and tok.pad_token == tok.n_vocab - 1
+    data = ShapesDataset("train", resolution=32, seed=3)
+    for n in range(300):
+        caption = data.item(n)["caption"]
+        ids = tok.encode(caption)
+        assert len(ids) == len(caption.split()) and all(i >= 256 for i in ids), caption
+        assert tok.decode(ids) == caption
+    assert max(len(tok.encode(data.item(n)["caption"])) for n in range(300)) <= 24
+
+
+def test_shapes_tokenizer_spells_other_words_in_bytes():
+    tok = get_tokenizer("shapes")
+    ids = tok.encode("A Zebra, in the CENTER")
+    assert ids[0] == 256 and ids[1:6] == list(b"zebra") and ids[6] == ord(",")
+    assert tok.decode(ids) == "a zebra, in the center"
+    assert tok.encode("") == []
+    tokens, mask = tokenize_batch(tok, ["a red star", ""], 8)
+    assert tokens[0, 3:].eq(tok.pad_token).all() and mask.sum().item() == 3
+
+
+def test_model_tokenizer_must_fit_the_embedding_table():
+    from glide_diffusion.text.tokenizer import tokenizer_for
+    from glide_diffusion.unet.config import TextConfig
+
+    assert tokenizer_for(TextConfig(n_vocab=294, tokenizer="shapes")).name == "shapes"
+    with pytest.raises(ValueError, match="n_vocab >= 294"):
+        tokenizer_for(TextConfig(n_vocab=257, tokenizer="shapes"))

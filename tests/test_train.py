@@ -317,6 +317,26 @@ def test_upsample_task_gets_low_res_inputs(tmp_path):
     assert train(c).step == 1
 
 
+def test_upsample_trains_on_matching_random_crops(tmp_path):
+    c = cfg(tmp_path, "model=tiny-upsample", "model.unet.image_size=16", "batch_size=3", "max_steps=1",
+            "cond.crop_size=8")
+    t = Trainer(c)
+    batch = _Batches(lambda pos: t.factory(c, 0, 1, pos, c.low_res_size), 3, 0).next(0)
+    inputs = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 0, 0), t.device)
+    assert inputs.x0.shape == inputs.noise.shape == (3, 3, 8, 8) and inputs.cond["low_res"].shape == (3, 3, 2, 2)
+    for i in range(3):  # each crop is the same region of the high- and low-res image
+        lo = batch["low_res"][i]
+        hits = [(y, x) for y in range(3) for x in range(3)
+                if torch.equal(lo[:, y:y + 2, x:x + 2], inputs.cond["low_res"][i])
+                and torch.equal(batch["image"][i, :, 4 * y:4 * y + 8, 4 * x:4 * x + 8], inputs.x0[i])]
+        assert hits, f"crop {i} is not an aligned region of its pair"
+    assert train(c).step == 1
+    with pytest.raises(ConfigError, match="crop_size"):
+        cfg(tmp_path, "model=tiny-upsample", "model.unet.image_size=16", "cond.crop_size=6")
+    with pytest.raises(ConfigError, match="crop_size"):
+        cfg(tmp_path, "cond.crop_size=8")
+
+
 def test_upsample_corruption_uses_degrade_low_res(tmp_path):
     pytest.importorskip("glide_diffusion.train.augment")
     c = cfg(tmp_path, "model=tiny-upsample", "model.unet.image_size=16", "cond.corrupt_low_res=true",

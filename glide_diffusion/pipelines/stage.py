@@ -22,7 +22,7 @@ from ..precision import autocast
 from ..presets import ModelConfig
 from ..sampling.noise import PerSampleNoise
 from ..sampling.samplers import SAMPLERS
-from ..text.tokenizer import get_tokenizer, tokenize_batch
+from ..text.tokenizer import tokenizer_for, tokenize_batch
 from ..unet.model import GlideUNet, TextCondition
 
 X0Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -61,7 +61,7 @@ class Stage:
         # Channels-last convolutions are faster with oneDNN on CPU and tensor cores on CUDA.
         self.model = model.to(memory_format=torch.channels_last)
         self.config, self.name = config, name
-        self.tokenizer = get_tokenizer(config.unet.text.tokenizer, vocab_dir)
+        self.tokenizer = tokenizer_for(config.unet.text, vocab_dir)
 
     @property
     def device(self) -> torch.device:

@@ -1,4 +1,9 @@
-"""Text tokenizers: GLIDE's GPT-2 BPE (via tiktoken) and a file-free byte tokenizer.
+"""Text tokenizers: GLIDE's GPT-2 BPE (via tiktoken) and two file-free ones.
+
+``"bytes"`` encodes UTF-8 bytes; ``"shapes"`` gives each word of the Shapes
+captions one id and spells any other word in bytes (the bundled Shapes models
+use it: short sequences of whole words are far easier for a small caption
+transformer to learn than 100-byte strings, and no vocabulary file is needed).
 
 GLIDE (glide_text2im/tokenizer/bpe.py) lower-cases the prompt with
 ``str.lower()`` and applies GPT-2's byte-level BPE; the string
@@ -23,6 +28,7 @@ import functools
 import gzip
 import hashlib
 import os
+import re
 import tempfile
 import threading
 import warnings
@@ -42,12 +48,15 @@ __all__ = [
     "Tokenizer",
     "GPT2Tokenizer",
     "ByteTokenizer",
+    "WordTokenizer",
+    "SHAPES_WORDS",
     "VocabNotFoundError",
     "VOCAB_ENV",
     "GPT2_PATTERN",
     "find_vocab_dir",
     "load_gpt2_encoding",
     "get_tokenizer",
+    "tokenizer_for",
     "tokenize_batch",
     "padded_tokens_and_mask",
 ]
@@ -152,6 +161,72 @@ class ByteTokenizer:
 
     def __repr__(self) -> str:
         return "ByteTokenizer()"
+
+
+# The "shapes" vocabulary: every word of the Shapes caption grammar
+# (../shared/specs/shapes.md). Part of the checkpoint contract of models trained
+# with it: append only, never reorder.
+SHAPES_WORDS: tuple[str, ...] = (
+    "a", "an", "the", "of", "that", "is", "photo", "image",
+    "small", "large",
+    "red", "green", "blue", "yellow", "purple", "orange",
+    "circle", "square", "triangle", "star", "cross",
+    "in", "at", "on", "to", "top", "bottom", "left", "right", "center", "corner",
+    "above", "below",
+    "white", "black", "gray", "background",
+)
+
+_WORD_PATTERN = re.compile(r"\w+|[^\w\s]")
+
+
+class WordTokenizer:
+    """A closed word vocabulary with byte fallback, file-free.
+
+    The lower-cased text is split into words and punctuation marks; a word in
+    the vocabulary is one id (256 + its index), anything else is spelled as its
+    UTF-8 bytes (ids 0..255), so every prompt encodes. The last id pads.
+    """
+
+    def __init__(self, words: Sequence[str], name: str) -> None:
+        if len(set(words)) != len(words):
+            raise ValueError("the vocabulary has repeated words")
+        self.name = name
+        self.words = tuple(words)
+        self._ids = {w: 256 + i for i, w in enumerate(self.words)}
+        self.pad_token = 256 + len(self.words)
+        self.n_vocab = self.pad_token + 1
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for piece in _WORD_PATTERN.findall(text.lower()):
+            word = self._ids.get(piece)
+            ids.extend([word] if word is not None else piece.encode("utf-8"))
+        return ids
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        """Words joined by spaces; a run of byte ids is one word (invalid UTF-8 becomes U+FFFD)."""
+        parts: list[str] = []
+        run = bytearray()
+        for t in tokens:
+            if 0 <= t < 256:
+                run.append(t)
+                continue
+            if run:
+                parts.append(run.decode("utf-8", errors="replace"))
+                run = bytearray()
+            if 256 <= t < self.pad_token:
+                parts.append(self.words[t - 256])
+        if run:
+            parts.append(run.decode("utf-8", errors="replace"))
+        return " ".join(parts)
+
+    def padded_tokens_and_mask(
+        self, tokens: Sequence[int], context_length: int
+    ) -> tuple[list[int], list[bool]]:
+        return padded_tokens_and_mask(tokens, context_length, self.pad_token)
+
+    def __repr__(self) -> str:
+        return f"WordTokenizer(name={self.name!r}, n_vocab={self.n_vocab})"
 
 
 # --- loading the GPT-2 BPE --------------------------------------------------------------------
@@ -286,11 +361,11 @@ def load_gpt2_encoding(vocab_dir: str | os.PathLike[str] | None = None) -> tikto
 # --- registry and batching ----------------------------------------------------------------
 
 
-_TOKENIZERS = ("gpt2", "bytes")
+_TOKENIZERS = ("gpt2", "bytes", "shapes")
 
 
 def get_tokenizer(name: str, vocab_dir: str | os.PathLike[str] | None = None) -> Tokenizer:
-    """A tokenizer by name: ``"gpt2"`` (GLIDE's) or ``"bytes"`` (file-free).
+    """A tokenizer by name: ``"gpt2"`` (GLIDE's), ``"bytes"`` or ``"shapes"`` (file-free).
 
     Raises:
         ValueError: for an unknown name (the message lists the known ones).
@@ -300,7 +375,24 @@ def get_tokenizer(name: str, vocab_dir: str | os.PathLike[str] | None = None) ->
         return GPT2Tokenizer(load_gpt2_encoding(vocab_dir))
     if name == "bytes":
         return ByteTokenizer()
+    if name == "shapes":
+        return WordTokenizer(SHAPES_WORDS, "shapes")
     raise ValueError(f"unknown tokenizer {name!r}; known tokenizers: {', '.join(_TOKENIZERS)}")
+
+
+def tokenizer_for(text_config, vocab_dir: str | os.PathLike[str] | None = None) -> Tokenizer:
+    """The tokenizer a model's text config names, checked against its embedding table.
+
+    Raises:
+        ValueError: if the tokenizer produces ids the model has no embedding for.
+    """
+    tokenizer = get_tokenizer(text_config.tokenizer, vocab_dir)
+    if tokenizer.n_vocab > text_config.n_vocab:
+        raise ValueError(
+            f"the {text_config.tokenizer!r} tokenizer has {tokenizer.n_vocab} ids but the model's "
+            f"text n_vocab is {text_config.n_vocab}; set n_vocab >= {tokenizer.n_vocab}"
+        )
+    return tokenizer
 
 
 def tokenize_batch(

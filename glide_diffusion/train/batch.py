@@ -1,8 +1,9 @@
 """From a data batch to the model's training inputs, and the small pieces of one step.
 
 Random draws of one micro-batch, in order, all from the step's generator:
-CFG dropout (B uniforms), timesteps (B ints), noise (B, C, H, W), then the
-inpainting masks and the low-res corruption when the task has them.
+CFG dropout (B uniforms), timesteps (B ints), then the inpainting masks, the
+low-res corruption and the upsampler's crop offsets when the task has them, then
+the noise (B, C, H, W).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "enable_activation_checkpointing",
     "lr_factor",
     "make_inputs",
+    "random_crop",
     "step_generator",
 ]
 
@@ -72,7 +74,6 @@ def make_inputs(
     captions = apply_cfg_dropout(batch["caption"], config.cond.cfg_dropout, generator)
     tokens, mask = tokenize_batch(tokenizer, captions, config.model.unet.text.context_length)
     t = sample_timesteps(n, schedule.num_steps, generator)
-    noise = torch.randn(x0.shape, generator=generator)
     cond: dict = {}
     unet = config.model.unet
     if unet.inpaint:
@@ -89,12 +90,30 @@ def make_inputs(
 
             low_res = degrade_low_res(low_res, generator, blur_sigma=tuple(config.cond.low_res_blur),
                                       noise_std=config.cond.low_res_noise_std)
+        if config.cond.crop_size:
+            x0, low_res = random_crop(x0, low_res, config.cond.crop_size, generator)
         cond["low_res"] = low_res
+    noise = torch.randn(x0.shape, generator=generator)
     x0, noise, t = x0.to(device), noise.to(device), t.to(device)
     x_t = q_sample(schedule, x0, t, noise)
     t_model = torch.from_numpy(schedule.timestep_map.copy()).to(device)[t]
     cond = {k: v.to(device) for k, v in cond.items()}
     return ModelInputs(x0, x_t, noise, t, t_model, tokens.to(device), mask.to(device), cond)
+
+
+def random_crop(
+    image: torch.Tensor, low_res: torch.Tensor, size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random region of each (high-res, low-res) pair: ``size`` pixels of the
+    high-res image, ``size // factor`` of the low-res one; offsets on the low-res grid."""
+    factor = image.shape[-1] // low_res.shape[-1]
+    small = size // factor
+    n, side = image.shape[0], low_res.shape[-1]
+    offsets = torch.randint(0, side - small + 1, (n, 2), generator=generator).tolist()
+    hi = torch.stack([image[i, :, y * factor:(y + small) * factor, x * factor:(x + small) * factor]
+                      for i, (y, x) in enumerate(offsets)])
+    lo = torch.stack([low_res[i, :, y:y + small, x:x + small] for i, (y, x) in enumerate(offsets)])
+    return hi, lo
 
 
 def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:

@@ -93,11 +93,16 @@ class CondConfig:
     low_res_blur: tuple[float, float] = (0.4, 0.6)  # blur sigma range (train.augment default)
     low_res_noise_std: float = 0.0  # Gaussian noise added to the low-res input
     mask_kinds: tuple[str, ...] = ("mixed",)  # inpainting: GLIDE §4.3 erases random regions
+    # Upsamplers: train on random crop_size x crop_size crops of the high-res image and the
+    # matching low-res region (0 = whole images). The UNet is convolutional (its attention is
+    # global at any size), so it samples at full size; crops make each step cheaper.
+    crop_size: int = 0
 
     def __post_init__(self) -> None:
         _check(0 <= self.cfg_dropout <= 1, "cond.cfg_dropout must lie in [0, 1]")
         _check(self.low_res_size >= 0, "cond.low_res_size must be >= 0")
         _check(self.low_res_noise_std >= 0, "cond.low_res_noise_std must be >= 0")
+        _check(self.crop_size >= 0, "cond.crop_size must be >= 0")
         bad = [k for k in self.mask_kinds if k not in MASK_KINDS]
         _check(not bad and self.mask_kinds, f"cond.mask_kinds must be a non-empty list of {MASK_KINDS}")
 
@@ -183,6 +188,14 @@ class TrainConfig:
         _check(d.kind in DATA_KINDS, f"data.kind must be one of {DATA_KINDS}, got {d.kind!r}")
         _check(d.size is None or d.size > 0, "data.size must be > 0")
         _check(d.num_workers >= 0, "data.num_workers must be >= 0")
+        crop, unet = self.cond.crop_size, self.model.unet
+        if crop:
+            _check(unet.super_res, "cond.crop_size is for upsamplers (model.unet.super_res)")
+            factor = unet.image_size // self.low_res_size
+            levels = 2 ** (len(unet.channel_mult) - 1)
+            _check(crop <= unet.image_size and crop % factor == 0 and crop % levels == 0,
+                   f"cond.crop_size must be at most image_size ({unet.image_size}) and a multiple of "
+                   f"the upsampling factor ({factor}) and of {levels} (the UNet's downsampling)")
 
     @property
     def task(self) -> str:
