@@ -202,3 +202,46 @@ def test_cli_clip_guidance(checkpoints, tmp_path, monkeypatch, capsys):
                "--cache-dir", str(tmp_path / "cache")])
     assert rc == 0, capsys.readouterr().err
     assert json.loads(Image.open(out / "a-red-circle-0.png").text["settings"])["clip_guidance_scale"] == 3.0
+
+
+def test_clip_rerank_keeps_the_best_scored_images(checkpoints, monkeypatch, tmp_path, capsys):
+    from pathlib import Path
+
+    from glide_diffusion.clip import build_clip
+    from glide_diffusion.clip.loading import save_clip
+    from glide_diffusion.guidance.clip import clip_scores
+    from glide_diffusion.pipelines.stage import from_pil
+
+    vocab = Path(__file__).parents[1] / ".." / "shared" / "reference" / "vocab"
+    if not (vocab / "bpe_simple_vocab_16e6.txt.gz").is_file():
+        pytest.skip("the CLIP vocab file is not in ../shared/reference/vocab")
+    monkeypatch.setenv("GLIDE_VOCAB_DIR", str(vocab))
+    torch.manual_seed(0)
+    clip = build_clip("tiny").eval()
+    pipe = Text2ImPipeline.from_pretrained(checkpoints[0], None, download=False)
+    result = pipe(["a red circle", "a blue square"], num_images=4, seed=5, base=FAST_BASE)
+    with pytest.raises(ValueError, match="noised CLIP"):
+        pipe.rerank(result, 2)
+    pipe.clip = clip
+    with pytest.raises(ValueError, match="keep must be"):
+        pipe.rerank(result, 5)
+    best = pipe.rerank(result, 2)
+    assert best.prompts == ["a red circle"] * 2 + ["a blue square"] * 2
+    for p, first in (("a red circle", 0), ("a blue square", 4)):
+        images = torch.cat([from_pil(im) for im in result.low_res[first:first + 4]])
+        scores = clip_scores(clip, images, p)
+        top = torch.argsort(scores, descending=True, stable=True)[:2].tolist()
+        got = [s for s, q in zip(best.seeds, best.prompts) if q == p]
+        assert got == [result.seeds[first + j] for j in top]
+    kept = best.settings["clip_rerank"]
+    assert kept["keep"] == 2 and kept["scores"][0] >= kept["scores"][1]
+
+    clip_path = save_clip(tmp_path / "clip.safetensors", clip)
+    out = tmp_path / "out"
+    args = ["sample", "a red circle", "--base", checkpoints[0], "--upsampler", "none", "--base-steps", "3",
+            "-n", "3", "--rerank", "1", "--clip", str(clip_path), "-o", str(out), "--no-progress"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert len(list(out.glob("*.png"))) == 1
+    bad = [a if a != "1" else "4" for a in args]  # --rerank 4 with -n 3
+    assert main([a if a != str(out) else str(tmp_path / "bad") for a in bad]) != 0
+    assert "--rerank must be in 1..3" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -17,8 +17,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(p, BASE_DEFAULTS, UPSAMPLE_DEFAULTS)
     p.add_argument("--clip-guidance-scale", type=float, default=0.0,
                    help="CLIP guidance of the base stage (GLIDE's notebook: 3 with -g 1); default 0 = off")
+    p.add_argument("--rerank", type=int, default=None, metavar="K",
+                   help="CLIP reranking: keep the K of the -n images per prompt that the noised CLIP "
+                        "scores best (GLIDE §3.2), best first")
     p.add_argument("--clip", default="released",
-                   help="the noised CLIP for --clip-guidance-scale: 'released' or a .safetensors path")
+                   help="the noised CLIP for --clip-guidance-scale and --rerank: 'released' or a .safetensors path")
     return p
 
 
@@ -37,14 +40,18 @@ def main(argv: Sequence[str]) -> int:
                          upsample_steps=1000 if upsampler else None)
         if args.clip_guidance_scale < 0:
             raise ValueError(f"--clip-guidance-scale must be >= 0, got {args.clip_guidance_scale}")
+        if args.rerank is not None and not 1 <= args.rerank <= args.num_images:
+            raise ValueError(f"--rerank must be in 1..{args.num_images} (the images per prompt, -n), got {args.rerank}")
         pipe = Text2ImPipeline.from_pretrained(
             args.base, upsampler, device=device, cache_dir=args.cache_dir, download=not args.no_download
         )
-        if args.clip_guidance_scale:
+        if args.clip_guidance_scale or args.rerank:
             pipe.clip, pipe.clip_tokenizer = _load_clip(args, device)
         result = pipe(args.prompts, num_images=args.num_images, seed=args.seed, base=base, upsample=up,
                       dtype=args.dtype, batch_size=args.batch_size, clip_guidance_scale=args.clip_guidance_scale,
                       progress=not args.no_progress)
+        if args.rerank:
+            result = pipe.rerank(result, args.rerank)
         return write_outputs(result, args)
 
     return run_command("sample", body)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..precision import check_dtype
 from ..sampling.noise import PerSampleNoise, seeds_for
-from .stage import Stage, StageSettings, load_stage, quantize, sample_stage, to_pil
+from .stage import Stage, StageSettings, load_stage, from_pil, quantize, sample_stage, to_pil
 
 __all__ = ["BASE_DEFAULTS", "UPSAMPLE_DEFAULTS", "Stage", "StageSettings", "Text2ImPipeline", "Text2ImResult",
            "validate_request"]
@@ -124,6 +124,36 @@ class Text2ImPipeline:
             "clip_guidance_scale": clip_guidance_scale,
         }
         return Text2ImResult(to_pil(final), to_pil(low), rows, seeds, settings)
+
+    @torch.inference_mode()
+    def rerank(self, result: Text2ImResult, keep: int) -> Text2ImResult:
+        """The ``keep`` images of each prompt that the noised CLIP scores best, best first.
+
+        GLIDE §3.2's CLIP reranking: sample N per prompt, keep the best k. Scores are
+        ``exp(logit_scale) * z_image . z_text`` of the base model's images at t = 0
+        (the resolution the CLIP was trained at), recorded in ``settings["clip_rerank"]``.
+        """
+        from ..guidance.clip import clip_scores
+
+        if self.clip is None:
+            raise ValueError("CLIP reranking needs a noised CLIP: pass clip= (glide_diffusion.clip.load_clip())")
+        groups: dict[str, list[int]] = {}
+        for i, prompt in enumerate(result.prompts):
+            groups.setdefault(prompt, []).append(i)
+        smallest = min(len(g) for g in groups.values())
+        if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= smallest:
+            raise ValueError(f"keep must be an integer in 1..{smallest} (the images per prompt), got {keep!r}")
+        chosen, scores = [], []
+        for prompt, idx in groups.items():
+            images = torch.cat([from_pil(result.low_res[i]) for i in idx])
+            s = clip_scores(self.clip, images, prompt, tokenizer=self.clip_tokenizer).float().cpu()
+            order = torch.argsort(s, descending=True, stable=True)[:keep].tolist()
+            chosen += [idx[j] for j in order]
+            scores += [float(s[j]) for j in order]
+        settings = dict(result.settings, clip_rerank={"keep": keep, "scores": scores})
+        pick = lambda xs: [xs[i] for i in chosen]  # noqa: E731
+        return Text2ImResult(pick(result.images), pick(result.low_res), pick(result.prompts),
+                             pick(result.seeds), settings)
 
     def _clip_cond_fn(self, rows: Sequence[str], scale: float):
         """GLIDE's CLIP guidance for these captions: the mean moves along the similarity gradient."""
