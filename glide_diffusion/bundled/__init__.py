@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).parent
-NAMES = ("shapes-base", "shapes-upsample", "shapes-inpaint", "shapes-upsample-inpaint")
+NAMES = ("shapes-base", "shapes-upsample", "shapes-inpaint", "shapes-upsample-inpaint", "shapes-clip")
 
 
 def bundled_path(name: str) -> Path:

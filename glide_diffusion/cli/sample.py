@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CLIP reranking: keep the K of the -n images per prompt that the noised CLIP "
                         "scores best (GLIDE §3.2), best first")
     p.add_argument("--clip", default="released",
-                   help="the noised CLIP for --clip-guidance-scale and --rerank: 'released' or a .safetensors path")
+                   help="the noised CLIP for --clip-guidance-scale and --rerank: 'released', a bundled name "
+                        "(shapes-clip) or a .safetensors path")
     return p
 
 
@@ -60,7 +61,7 @@ def main(argv: Sequence[str]) -> int:
 def _load_clip(args, device):
     """The released noised CLIP (fetched into the cache when missing) or one of ours, and its tokenizer."""
     from ..clip.loading import load_clip
-    from ..clip.tokenizer import load_clip_tokenizer
+    from ..clip.tokenizer import clip_tokenizer_for
     from ..hub.cache import released_path
     from ..hub.download import download_released
 
@@ -73,4 +74,4 @@ def _load_clip(args, device):
     else:
         clip = load_clip(args.clip, device=device)
     bpe = released_path("clip-bpe", args.cache_dir)
-    return clip, load_clip_tokenizer(bpe.parent if bpe.exists() else None)
+    return clip, clip_tokenizer_for(clip.config, bpe.parent if bpe.exists() else None)

@@ -33,6 +33,9 @@ class ClipConfig:
     n_head_state_image: int = 64  # config.yaml: image head width
     n_head_image: int = 12  # config.yaml: image width 12 x 64 = 768
     n_xf_blocks_image: int = 12  # config.yaml
+    # Not in config.yaml: the text tokenizer. "clip" is CLIP's BPE (49408 ids, a vocab file);
+    # "shapes" is the file-free Shapes word vocabulary with start/end ids (296 ids).
+    tokenizer: str = "clip"
 
     def __post_init__(self) -> None:
         for name in ("n_timesteps", "image_size", "patch_size", "n_vocab", "max_text_len", "n_embd",
@@ -45,6 +48,8 @@ class ClipConfig:
             raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
         if self.max_text_len < 2:
             raise ValueError("max_text_len must leave room for the start and end tokens (>= 2)")
+        if self.tokenizer not in ("clip", "shapes"):
+            raise ValueError(f"ClipConfig.tokenizer must be 'clip' or 'shapes', got {self.tokenizer!r}")
         if not self.logit_scale > 0:
             raise ValueError(f"logit_scale must be positive, got {self.logit_scale!r}")
 
@@ -89,6 +94,14 @@ CLIP_PRESETS: dict[str, ClipConfig] = {
         image_size=16, patch_size=4, n_vocab=49408, max_text_len=16, n_embd=16,
         n_head_state_text=8, n_head_text=2, n_xf_blocks_text=2,
         n_head_state_image=8, n_head_image=2, n_xf_blocks_image=2,
+    ),
+    # The bundled Shapes CLIP: 32 px images (8x8 patches of 4 px + the timestep token), the
+    # Shapes word tokenizer, 4+4 blocks of width 128 (~1.7 M parameters); the same noise
+    # schedule as the Shapes base model it guides.
+    "shapes": ClipConfig(
+        image_size=32, patch_size=4, n_vocab=296, max_text_len=24, n_embd=128,
+        n_head_state_text=32, n_head_text=4, n_xf_blocks_text=4,
+        n_head_state_image=32, n_head_image=4, n_xf_blocks_image=4, tokenizer="shapes",
     ),
 }
 

@@ -68,7 +68,8 @@ def load_clip(
 
     ``image_source`` / ``text_source`` are released names (``"clip-image-enc"``,
     ``"clip-text-enc"``: read from the download cache, see ``glide download``)
-    or paths to ``.pt`` state dicts of the towers; ``config`` (a
+    or paths to ``.pt`` state dicts of the towers, or a bundled name
+    (``"shapes-clip"``); ``config`` (a
     :class:`ClipConfig` or preset name, default ``"released"``) says what to
     build. A ``.safetensors`` ``image_source`` written by :func:`save_clip`
     holds the whole model and its config (``text_source`` must then be left
@@ -79,6 +80,12 @@ def load_clip(
         CheckpointError: unreadable or unsafe file, or keys/shapes that do not fit.
     """
     config = _config(config)
+    from glide_diffusion.bundled import NAMES as BUNDLED, bundled_path
+
+    if str(image_source) in BUNDLED:
+        image_source = bundled_path(str(image_source))
+        if not image_source.is_file():
+            raise FileNotFoundError(f"this installation does not ship the bundled model {image_source.stem!r}")
     if Path(image_source).suffix == ".safetensors":
         if str(text_source) != "clip-text-enc":
             raise ValueError("a .safetensors CLIP file holds both towers; do not pass text_source with it")

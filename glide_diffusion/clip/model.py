@@ -287,6 +287,11 @@ class NoisedClip(nn.Module):
         """Unit embeddings (B, n_embd) of padded CLIP tokens (B, L) with lengths (B,)."""
         return normalize_embeddings(self.text_encoder(tokens, lens))
 
+    def forward(self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor,
+                lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit image and text embeddings ``(z_image, z_text)``, each (B, n_embd) (training)."""
+        return self.image_embeddings(x, t), self.text_embeddings(tokens, lens)
+
     def logits(self, z_image: torch.Tensor, z_text: torch.Tensor) -> torch.Tensor:
         """``exp(logit_scale) * z_image @ z_text.T``: (N_image, N_text)."""
         return torch.exp(self.logit_scale) * z_image @ z_text.T

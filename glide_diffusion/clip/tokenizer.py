@@ -36,6 +36,8 @@ from glide_diffusion.text.tokenizer import VOCAB_ENV, VocabNotFoundError
 
 __all__ = [
     "ClipTokenizer",
+    "ClipWordTokenizer",
+    "clip_tokenizer_for",
     "CLIP_BPE_FILE",
     "CLIP_BPE_SHA256",
     "find_clip_vocab",
@@ -143,6 +145,50 @@ class ClipTokenizer:
 
     def __repr__(self) -> str:
         return f"ClipTokenizer(n_vocab={self.n_vocab})"
+
+
+class ClipWordTokenizer:
+    """The Shapes word vocabulary (:data:`glide_diffusion.text.tokenizer.SHAPES_WORDS`, bytes for
+    other words) in CLIP's layout: start and end ids after the words' ids, padding 0."""
+
+    name = "shapes"
+    pad_token = 0
+
+    def __init__(self) -> None:
+        from glide_diffusion.text.tokenizer import get_tokenizer
+
+        self.words = get_tokenizer("shapes")
+        self.start_token = self.words.n_vocab
+        self.end_token = self.words.n_vocab + 1
+        self.n_vocab = self.words.n_vocab + 2
+
+    def encode(self, text: str) -> list[int]:
+        return self.words.encode(text)
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        """Text of the ids after a start id and before the end id (all of them if absent)."""
+        tokens = list(tokens)
+        if tokens and tokens[0] == self.start_token:
+            tokens = tokens[1:]
+        if self.end_token in tokens:
+            tokens = tokens[: tokens.index(self.end_token)]
+        return self.words.decode(tokens)
+
+    padded_tokens_and_len = ClipTokenizer.padded_tokens_and_len
+
+    def __repr__(self) -> str:
+        return f"ClipWordTokenizer(n_vocab={self.n_vocab})"
+
+
+def clip_tokenizer_for(config, vocab_dir: str | os.PathLike[str] | None = None):
+    """The tokenizer a :class:`~glide_diffusion.clip.config.ClipConfig` names, checked against
+    its embedding table (``n_vocab``)."""
+    tokenizer = ClipWordTokenizer() if config.tokenizer == "shapes" else load_clip_tokenizer(vocab_dir)
+    # The released config says 65536 rows for CLIP's 49408 ids; more rows than ids is fine.
+    if tokenizer.n_vocab > config.n_vocab:
+        raise ValueError(f"the {config.tokenizer!r} tokenizer has {tokenizer.n_vocab} ids but the CLIP's "
+                         f"n_vocab is {config.n_vocab}")
+    return tokenizer
 
 
 def _read_merges(path: Path) -> list[tuple[str, str]]:

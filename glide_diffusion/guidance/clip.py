@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..clip.model import NoisedClip
-from ..clip.tokenizer import ClipTokenizer, clip_tokenize_batch, load_clip_tokenizer
+from ..clip.tokenizer import ClipTokenizer, clip_tokenize_batch, clip_tokenizer_for
 from ..sampling.samplers import CondFn
 from .gradient import scaled_cond_fn
 
@@ -28,7 +28,7 @@ Prompts = Union[str, Sequence[str], tuple[torch.Tensor, torch.Tensor]]
 def clip_text_embeddings(clip: NoisedClip, prompts: Prompts, tokenizer: ClipTokenizer | None = None) -> torch.Tensor:
     """Unit text embeddings (B, n_embd), without autograd.
 
-    Strings are tokenized with ``tokenizer`` (default: :func:`load_clip_tokenizer`);
+    Strings are tokenized with ``tokenizer`` (default: the one ``clip.config`` names);
     a ``(tokens, lens)`` pair is used as is.
     """
     if isinstance(prompts, tuple) and len(prompts) == 2 and isinstance(prompts[0], torch.Tensor):
@@ -36,7 +36,7 @@ def clip_text_embeddings(clip: NoisedClip, prompts: Prompts, tokenizer: ClipToke
     else:
         if isinstance(prompts, str):
             prompts = [prompts]
-        tokenizer = tokenizer or load_clip_tokenizer()
+        tokenizer = tokenizer or clip_tokenizer_for(clip.config)
         tokens, lens = clip_tokenize_batch(tokenizer, list(prompts), clip.config.max_text_len)
     device = clip.logit_scale.device
     with torch.no_grad():

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 from ..data.factory import KINDS as DATA_KINDS
 from ..data.factory import DataConfig
+from ..clip.config import ClipConfig, get_clip_preset
 from ..presets import ModelConfig, get_preset
 
 if sys.version_info >= (3, 11):
@@ -158,6 +159,9 @@ class TrainConfig:
     """Everything one training run needs; saved (resolved) with every checkpoint."""
 
     model: ModelConfig = field(default_factory=lambda: get_preset("tiny"))  # preset name or table
+    # A noised CLIP instead of a diffusion model (GLIDE §2.4): a preset name ("shapes") or a
+    # table with an optional ``preset`` and ClipConfig fields. None: train ``model``.
+    clip: ClipConfig | None = None
     init_from: str | None = None  # None: random init; a checkpoint path or released name ("base", ...)
     out_dir: str = "runs/default"
     seed: int = 0
@@ -188,6 +192,9 @@ class TrainConfig:
         _check(d.kind in DATA_KINDS, f"data.kind must be one of {DATA_KINDS}, got {d.kind!r}")
         _check(d.size is None or d.size > 0, "data.size must be > 0")
         _check(d.num_workers >= 0, "data.num_workers must be >= 0")
+        if self.clip is not None:
+            _check(not self.activation_checkpointing, "activation_checkpointing is for diffusion models, not clip")
+            _check(self.precision != "fp16", "clip training runs in fp32 or bf16")
         crop, unet = self.cond.crop_size, self.model.unet
         if crop:
             _check(unet.super_res, "cond.crop_size is for upsamplers (model.unet.super_res)")
@@ -199,8 +206,13 @@ class TrainConfig:
 
     @property
     def task(self) -> str:
-        """base | upsample | inpaint | upsample-inpaint, from the model's config."""
-        return self.model.kind
+        """base | upsample | inpaint | upsample-inpaint (from the model's config), or clip."""
+        return "clip" if self.clip is not None else self.model.kind
+
+    @property
+    def image_size(self) -> int:
+        """The resolution of the training images."""
+        return self.clip.image_size if self.clip is not None else self.model.unet.image_size
 
     @property
     def low_res_size(self) -> int:
@@ -243,6 +255,8 @@ def _coerce(value: Any, hint: Any, current: Any, path: str) -> Any:
         raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} fits none of {hint}")
     if hint is ModelConfig:
         return _model_config(value, current, path)
+    if hint is ClipConfig:
+        return _clip_config(value, current, path)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a table of {hint.__name__} fields, got {value!r}")
@@ -315,6 +329,26 @@ def _model_config(value: Any, current: Any, path: str) -> ModelConfig:
     except ConfigError:
         raise
     except ValueError as e:  # get_preset's unknown-name error, or a UNetConfig check
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _clip_config(value: Any, current: Any, path: str) -> ClipConfig:
+    """A CLIP preset name, or a table with an optional ``preset`` and ClipConfig fields."""
+    try:
+        if isinstance(value, str):
+            return get_clip_preset(value)
+        if isinstance(value, ClipConfig):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a CLIP preset name or a table, got {value!r}")
+        value = dict(value)
+        preset = value.pop("preset", None)
+        base = get_clip_preset(preset) if preset is not None else (
+            current if isinstance(current, ClipConfig) else ClipConfig())
+        return _apply(base, value, f"{path}.")
+    except ConfigError:
+        raise
+    except ValueError as e:
         raise ConfigError(f"{path}: {e}") from None
 
 

@@ -4,7 +4,8 @@ Layout of ``out_dir/checkpoints/step_XXXXXXXX/``:
 
 - ``model.safetensors``, ``ema.safetensors``: written by
   :func:`glide_diffusion.checkpoints.save_model`, so ``load_model`` (and
-  ``glide sample --base``) read them directly; sample with the EMA weights;
+  ``glide sample --base``) read them directly; sample with the EMA weights
+  (a noised CLIP's by :func:`glide_diffusion.clip.loading.save_clip`, for ``load_clip``);
 - ``state.pt``: optimizer, lr scheduler, GradScaler, step, global data position
   and RNG states (per rank), only tensors and plain numbers, so it loads with
   ``torch.load(weights_only=True)``;
@@ -22,12 +23,15 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..checkpoints import CheckpointError, read_state_dict, save_model
+
+if TYPE_CHECKING:
+    from ..clip.config import ClipConfig
 from ..presets import ModelConfig
 
 __all__ = [
@@ -111,7 +115,7 @@ def save_checkpoint(
     step: int,
     model: torch.nn.Module,
     ema: torch.nn.Module,
-    model_config: ModelConfig,
+    model_config: "ModelConfig | ClipConfig",
     config_json: str,
     state: dict[str, Any],
 ) -> Path:
@@ -127,8 +131,14 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         meta = {"step": str(step)}
-        save_model(tmp / "model.safetensors", model, model_config, meta)
-        save_model(tmp / "ema.safetensors", ema, model_config, {**meta, "ema": "true"})
+        if isinstance(model_config, ModelConfig):
+            save_model(tmp / "model.safetensors", model, model_config, meta)
+            save_model(tmp / "ema.safetensors", ema, model_config, {**meta, "ema": "true"})
+        else:  # a noised CLIP (its config travels with the module)
+            from ..clip.loading import save_clip
+
+            save_clip(tmp / "model.safetensors", model, meta)
+            save_clip(tmp / "ema.safetensors", ema, {**meta, "ema": "true"})
         torch.save(state, tmp / "state.pt")
         (tmp / "config.json").write_text(config_json, encoding="utf-8")
         for name in ("state.pt", "config.json"):

@@ -1,0 +1,105 @@
+"""Training the noised CLIP through the trainer: config, loss, checkpoints, resume, loading."""
+
+import math
+
+import pytest
+import torch
+
+from glide_diffusion.clip.loading import build_clip, load_clip
+from glide_diffusion.clip.tokenizer import ClipWordTokenizer, clip_tokenize_batch, clip_tokenizer_for
+from glide_diffusion.train import ConfigError, load_config, train
+from glide_diffusion.train.clip_task import ClipInputs, clip_loss
+from glide_diffusion.train.metrics import read_metrics
+from tests.test_train import TINY
+
+TINY_CLIP = ["clip.preset=shapes", "clip.n_embd=16", "clip.n_head_state_text=8", "clip.n_head_text=2",
+             "clip.n_xf_blocks_text=1", "clip.n_head_state_image=8", "clip.n_head_image=2",
+             "clip.n_xf_blocks_image=1", "clip.image_size=16", "data.kind=shapes"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def clip_cfg(tmp_path, *overrides):
+    return load_config(TINY, [f'out_dir="{tmp_path}"', *TINY_CLIP, "batch_size=8", "log.every=1", *overrides])
+
+
+def test_config_names_a_clip_task():
+    c = load_config(TINY, TINY_CLIP)
+    assert c.task == "clip" and c.image_size == 16 and c.clip.tokenizer == "shapes"
+    with pytest.raises(ConfigError, match="tokenizer must be"):
+        load_config(TINY, ["clip.preset=shapes", "clip.tokenizer=words"])
+    with pytest.raises(ConfigError, match="activation_checkpointing"):
+        load_config(TINY, [*TINY_CLIP, "activation_checkpointing=true"])
+
+
+def test_shapes_clip_tokenizer_has_start_and_end_ids():
+    tok = ClipWordTokenizer()
+    tokens, lens = clip_tokenize_batch(tok, ["a red circle", ""], 8)
+    assert tokens[0, :5].tolist() == [tok.start_token, *tok.encode("a red circle"), tok.end_token]
+    assert lens.tolist() == [5, 2] and tokens[0, 5:].eq(0).all()
+    assert tok.decode(tokens[0].tolist()) == "a red circle"
+    with pytest.raises(ValueError, match="n_vocab"):
+        clip_tokenizer_for(load_config(TINY, [*TINY_CLIP, "clip.n_vocab=295"]).clip)
+
+
+def test_loss_treats_repeated_captions_as_positives():
+    torch.manual_seed(0)
+    clip = build_clip(load_config(TINY, TINY_CLIP).clip)
+    tokens = torch.tensor([[1, 2, 0], [1, 2, 0], [3, 4, 0]])  # rows 0 and 1: the same caption
+    inputs = ClipInputs(torch.zeros(3, 3, 16, 16), torch.zeros(3, dtype=torch.long), tokens, torch.tensor([2, 2, 2]))
+
+    def fake(x, t, tok, lens):  # images and texts that match perfectly by caption
+        z = torch.nn.functional.one_hot(torch.tensor([0, 0, 1]), 16).float()
+        return z, z
+
+    clip.forward = fake
+    with torch.no_grad():
+        clip.logit_scale.fill_(math.log(100))
+    loss, terms = clip_loss(clip, inputs)
+    # each row spreads its target over its caption's columns: the best loss is their entropy
+    assert loss.item() == pytest.approx((2 * math.log(2) + 0) / 3, abs=1e-4)
+    assert terms[1:].tolist() == [1.0, 1.0]
+
+
+def test_clip_trains_checkpoints_and_resumes_exactly(tmp_path):
+    full = train(clip_cfg(tmp_path / "full", "max_steps=40", "ckpt.every=20", "optim.lr=2e-3",
+                          "optim.warmup_steps=5"))
+    losses = [m["loss"] for m in read_metrics(tmp_path / "full")]
+    assert set(read_metrics(tmp_path / "full")[0]) >= {"loss", "acc_i2t", "acc_t2i", "lr", "grad_norm"}
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10  # it learns
+
+    clip = load_clip(full.checkpoint / "ema.safetensors")
+    assert clip.config.image_size == 16 and math.exp(clip.logit_scale.item()) <= 100 + 1e-3
+    # the same run stopped at step 20 and resumed gives the same weights
+    train(clip_cfg(tmp_path / "split", "max_steps=20", "ckpt.every=20", "optim.lr=2e-3", "optim.warmup_steps=5"))
+    resumed = train(clip_cfg(tmp_path / "split", "max_steps=40", "ckpt.every=20", "optim.lr=2e-3",
+                             "optim.warmup_steps=5"))
+    assert resumed.resumed_from is not None
+    a = load_clip(full.checkpoint / "model.safetensors").state_dict()
+    b = load_clip(resumed.checkpoint / "model.safetensors").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_process_clip_contrasts_the_global_batch(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.test_train_ddp import _env
+
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+            "-m", "glide_diffusion.cli.main", "train", str(TINY), "--out-dir", str(tmp_path), "--max-steps", "3",
+            "--no-progress", "--set", "batch_size=4", "--set", "log.every=1"]
+    for item in TINY_CLIP:
+        args += ["--set", item]
+    run = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [1, 2, 3] and records[-1]["samples_seen"] == 3 * 4 * 2
+    assert all(math.isfinite(r["loss"]) for r in records)
+    load_clip(tmp_path / "checkpoints" / "step_00000003" / "ema.safetensors")
