@@ -101,7 +101,7 @@ def test_cli_reports_bad_config_without_traceback(tmp_path, capsys):
 def test_shipped_configs_parse():
     for path in sorted((ROOT / "configs").glob("*.toml")):
         c = load_config(path)
-        assert c.task in ("base", "upsample", "inpaint", "upsample-inpaint"), path
+        assert c.task in ("base", "upsample", "inpaint", "upsample-inpaint", "clip"), path
 
 
 # --- pieces of a step ------------------------------------------------------------------
@@ -335,6 +335,16 @@ def test_upsample_trains_on_matching_random_crops(tmp_path):
         cfg(tmp_path, "model=tiny-upsample", "model.unet.image_size=16", "cond.crop_size=6")
     with pytest.raises(ConfigError, match="crop_size"):
         cfg(tmp_path, "cond.crop_size=8")
+
+
+def test_upsample_inpaint_crops_then_masks_the_crop(tmp_path):
+    c = cfg(tmp_path, "model=tiny-upsample", "model.unet.image_size=16", "model.unet.inpaint=true",
+            "batch_size=2", "max_steps=1", "cond.crop_size=8")
+    t = Trainer(c)
+    batch = _Batches(lambda pos: t.factory(c, 0, 1, pos, c.low_res_size), 2, 0).next(0)
+    inputs = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 0, 0), t.device)
+    assert inputs.cond["inpaint_mask"].shape == (2, 1, 8, 8) and torch.equal(inputs.cond["inpaint_image"], inputs.x0)
+    assert train(c).step == 1
 
 
 def test_upsample_corruption_uses_degrade_low_res(tmp_path):

@@ -1,9 +1,9 @@
 """From a data batch to the model's training inputs, and the small pieces of one step.
 
 Random draws of one micro-batch, in order, all from the step's generator:
-CFG dropout (B uniforms), timesteps (B ints), then the inpainting masks, the
-low-res corruption and the upsampler's crop offsets when the task has them, then
-the noise (B, C, H, W).
+CFG dropout (B uniforms), timesteps (B ints), then the low-res corruption, the
+upsampler's crop offsets and the inpainting masks when the task has them, then the
+noise (B, C, H, W).
 """
 
 from __future__ import annotations
@@ -76,11 +76,6 @@ def make_inputs(
     t = sample_timesteps(n, schedule.num_steps, generator)
     cond: dict = {}
     unet = config.model.unet
-    if unet.inpaint:
-        from .masks import random_masks
-
-        cond["inpaint_image"] = x0
-        cond["inpaint_mask"] = random_masks(n, unet.image_size, list(config.cond.mask_kinds), generator).float()
     if unet.super_res:
         if "low_res" not in batch:
             raise ValueError("the upsampler's data batches carry no 'low_res' images")
@@ -93,6 +88,11 @@ def make_inputs(
         if config.cond.crop_size:
             x0, low_res = random_crop(x0, low_res, config.cond.crop_size, generator)
         cond["low_res"] = low_res
+    if unet.inpaint:  # masks of the (cropped) training image's size
+        from .masks import random_masks
+
+        cond["inpaint_image"] = x0
+        cond["inpaint_mask"] = random_masks(n, x0.shape[-1], list(config.cond.mask_kinds), generator).float()
     noise = torch.randn(x0.shape, generator=generator)
     x0, noise, t = x0.to(device), noise.to(device), t.to(device)
     x_t = q_sample(schedule, x0, t, noise)
