@@ -176,7 +176,9 @@ def _resolve(source: str | os.PathLike, cache_dir) -> tuple[Path, ModelConfig | 
     if name in BUNDLED:
         path = bundled_path(name)
         if not path.is_file():
-            raise FileNotFoundError(f"the bundled model {name!r} is not part of this installation ({path})")
+            raise FileNotFoundError(
+                f"the bundled model {name!r} is not part of this installation ({path}); reinstall "
+                f"glide-diffusion, or use the released GLIDE weights (e.g. `glide sample --models glide`)")
         return path, None
     if name in RELEASED_PRESETS:
         from .hub.cache import find_released

@@ -141,7 +141,7 @@ def test_cli_bad_input_is_a_clear_error_and_writes_nothing(checkpoints, tmp_path
 
 
 def test_cli_missing_weights_says_how_to_get_them(tmp_path, capsys):
-    rc = main(["sample", "x", "--cache-dir", str(tmp_path), "--no-download", "--no-progress"])
+    rc = main(["sample", "x", "--models", "glide", "--cache-dir", str(tmp_path), "--no-download", "--no-progress"])
     assert rc == 2
     err = capsys.readouterr().err
     assert "glide download base" in err and str(tmp_path) in err
@@ -245,3 +245,21 @@ def test_clip_rerank_keeps_the_best_scored_images(checkpoints, monkeypatch, tmp_
     bad = [a if a != "1" else "4" for a in args]  # --rerank 4 with -n 3
     assert main([a if a != str(out) else str(tmp_path / "bad") for a in bad]) != 0
     assert "--rerank must be in 1..3" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_cli_model_families(monkeypatch):
+    from glide_diffusion.cli import edit as edit_cli
+    from glide_diffusion.cli import sample as sample_cli
+    from glide_diffusion.cli.common import resolve_models
+
+    def models(parser, argv):
+        args = parser.parse_args(argv)
+        resolve_models(args)
+        return args.base, args.upsampler
+
+    assert models(sample_cli.build_parser(), ["x"]) == ("shapes-base", "shapes-upsample")
+    assert models(sample_cli.build_parser(), ["x", "--models", "glide"]) == ("base", "upsample")
+    assert models(sample_cli.build_parser(), ["x", "--models", "glide", "--upsampler", "none"]) == ("base", "none")
+    assert models(edit_cli.inpaint_parser(), ["i", "x"]) == ("shapes-inpaint", "shapes-upsample-inpaint")
+    assert models(edit_cli.inpaint_parser(), ["i", "x", "--models", "glide"]) == ("base-inpaint", "upsample-inpaint")
+    assert models(edit_cli.edit_parser(), ["i", "x", "--base", "my.safetensors"]) == ("my.safetensors", "shapes-upsample")

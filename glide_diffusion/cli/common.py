@@ -12,10 +12,34 @@ from ..pipelines.stage import StageSettings
 from ..precision import DTYPES
 
 
-def add_model_args(p: argparse.ArgumentParser, base: str, upsampler: str) -> None:
-    p.add_argument("--base", default=base, help=f"base model: a released name or a checkpoint path (default: {base})")
-    p.add_argument("--upsampler", default=upsampler,
-                   help=f"upsampler: a released name, a path, or 'none' (default: {upsampler})")
+# Model families: the (base, upsampler) a command uses unless --base/--upsampler say otherwise.
+# "shapes": the small models shipped inside the package (nothing to download);
+# "glide": the released GLIDE (filtered) weights (downloaded into the cache on first use).
+FAMILIES = {
+    "text2im": {"shapes": ("shapes-base", "shapes-upsample"), "glide": ("base", "upsample")},
+    "inpaint": {"shapes": ("shapes-inpaint", "shapes-upsample-inpaint"),
+                "glide": ("base-inpaint", "upsample-inpaint")},
+}
+DEFAULT_FAMILY = "shapes"
+
+
+def add_model_args(p: argparse.ArgumentParser, task: str) -> None:
+    choices = FAMILIES[task]
+    listing = "; ".join(f"{k}: {b} + {u}" for k, (b, u) in choices.items())
+    p.add_argument("--models", choices=sorted(choices), default=DEFAULT_FAMILY,
+                   help=f"model family ({listing}); default: {DEFAULT_FAMILY}, the bundled Shapes models")
+    p.add_argument("--base", default=None,
+                   help="base model: a released or bundled name, or a checkpoint path (default: from --models)")
+    p.add_argument("--upsampler", default=None,
+                   help="upsampler: a released or bundled name, a path, or 'none' (default: from --models)")
+    p.set_defaults(model_task=task)
+
+
+def resolve_models(args: argparse.Namespace) -> None:
+    """Fill --base and --upsampler from the --models family where not given."""
+    base, upsampler = FAMILIES[args.model_task][args.models]
+    args.base = args.base or base
+    args.upsampler = args.upsampler or upsampler
 
 
 def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings, up: StageSettings) -> None:

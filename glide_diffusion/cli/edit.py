@@ -7,7 +7,7 @@ from typing import Sequence
 
 from ..pipelines.inpaint import INPAINT_UPSAMPLE_DEFAULTS
 from ..pipelines.text2im import BASE_DEFAULTS, UPSAMPLE_DEFAULTS
-from .common import add_model_args, add_sampling_args, device_arg, run_command, stage_settings, upsampler_arg, write_outputs
+from .common import add_model_args, add_sampling_args, resolve_models, device_arg, run_command, stage_settings, upsampler_arg, write_outputs
 
 
 def _rect(text: str) -> tuple[int, int, int, int]:
@@ -43,7 +43,7 @@ def inpaint_parser() -> argparse.ArgumentParser:
     p.add_argument("--invert-mask", action="store_true", help="black = fill, white = keep")
     p.add_argument("--extend", type=_margins, metavar="N|L,T,R,B",
                    help="outpainting: grow the canvas by these margins (pixels) and fill them")
-    add_model_args(p, "base-inpaint", "upsample-inpaint")
+    add_model_args(p, "inpaint")
     add_sampling_args(p, BASE_DEFAULTS, INPAINT_UPSAMPLE_DEFAULTS)
     return p
 
@@ -54,7 +54,7 @@ def edit_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", help="the caption to move the image toward")
     p.add_argument("--strength", type=float, default=0.6,
                    help="in (0, 1]: how far the image is noised before denoising (1 = ignore it); default 0.6")
-    add_model_args(p, "base", "upsample")
+    add_model_args(p, "text2im")
     add_sampling_args(p, BASE_DEFAULTS, UPSAMPLE_DEFAULTS)
     return p
 
@@ -72,6 +72,7 @@ def _open_image(path: str):
 
 def inpaint_main(argv: Sequence[str]) -> int:
     args = inpaint_parser().parse_args(argv)
+    resolve_models(args)
     base, up = stage_settings(args)
 
     def body():
@@ -103,6 +104,7 @@ def inpaint_main(argv: Sequence[str]) -> int:
 
 def edit_main(argv: Sequence[str]) -> int:
     args = edit_parser().parse_args(argv)
+    resolve_models(args)
     base, up = stage_settings(args)
 
     def body():

@@ -6,13 +6,13 @@ import argparse
 from typing import Sequence
 
 from ..pipelines.text2im import BASE_DEFAULTS, UPSAMPLE_DEFAULTS
-from .common import add_model_args, add_sampling_args, device_arg, run_command, stage_settings, upsampler_arg, write_outputs
+from .common import add_model_args, add_sampling_args, resolve_models, device_arg, run_command, stage_settings, upsampler_arg, write_outputs
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glide sample", description="Generate images from text with GLIDE.")
     p.add_argument("prompts", nargs="+", metavar="PROMPT", help="one or more captions")
-    add_model_args(p, "base", "upsample")
+    add_model_args(p, "text2im")
     p.add_argument("--batch-size", type=int, default=None, help="images sampled at once (default: all); results do not depend on it")
     add_sampling_args(p, BASE_DEFAULTS, UPSAMPLE_DEFAULTS)
     p.add_argument("--clip-guidance-scale", type=float, default=0.0,
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
+    resolve_models(args)
     base, up = stage_settings(args)
     upsampler = upsampler_arg(args)
 
