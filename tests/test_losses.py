@@ -119,3 +119,25 @@ def test_sample_timesteps() -> None:
     assert 0 <= t.min() and t.max() < 1000 and t.unique().numel() > 900
     again = sample_timesteps(4096, 1000, generator=torch.Generator().manual_seed(0), device="cpu")
     assert torch.equal(t, again)
+
+
+def test_min_snr_weights_keep_noisy_steps_and_weight_only_the_mse() -> None:
+    from glide_diffusion.diffusion import make_schedule
+    from glide_diffusion.diffusion.losses import min_snr_weights
+
+    s = make_schedule("squaredcos_cap_v2", 1000)
+    t = torch.arange(1000)
+    w = min_snr_weights(s, t, 2.0)
+    abar = torch.tensor(s.alphas_cumprod, dtype=torch.float64)
+    snr = abar / (1 - abar)
+    assert torch.allclose(w.double(), torch.minimum(snr, torch.tensor(2.0)) / snr, rtol=1e-6)
+    assert (w[snr <= 2] == 1).all() and (w[snr > 2] < 1).all() and w[0] < 1e-3
+
+    torch.manual_seed(0)
+    x0, noise, out = torch.rand(3, 3, 4, 4) * 2 - 1, torch.randn(3, 3, 4, 4), torch.randn(3, 6, 4, 4)
+    tt = torch.tensor([0, 500, 999])
+    x_t = q_sample(s, x0, tt, noise)
+    plain = hybrid_loss(s, out, x0, x_t, tt, noise)
+    weighted = hybrid_loss(s, out, x0, x_t, tt, noise, min_snr_weights(s, tt, 2.0))
+    assert torch.equal(plain.mse, weighted.mse) and torch.equal(plain.vb, weighted.vb)
+    assert torch.allclose(weighted.loss, min_snr_weights(s, tt, 2.0) * plain.mse + plain.vb)

@@ -172,6 +172,25 @@ def test_loss_decreases_when_overfitting_a_fixed_batch(tmp_path):
     assert after < 0.6 * before, (before, after)
 
 
+def test_min_snr_weighting_reaches_the_loss(tmp_path):
+    from glide_diffusion.diffusion.losses import min_snr_weights
+
+    c = cfg(tmp_path, "batch_size=4", "max_steps=1", "loss.min_snr_gamma=1.0")
+    trainer = Trainer(c)
+    batch = _Batches(lambda pos: trainer.factory(c, 0, 1, pos, None), 4, 0).next(0)
+    inputs = make_inputs(batch, c, trainer.schedule, trainer.tokenizer, step_generator(0, 0, 0), trainer.device)
+    loss, terms = trainer._forward_loss(trainer.model, inputs)
+    out = trainer.model(inputs.x_t, inputs.t_model, tokens=inputs.tokens, mask=inputs.mask)
+    from glide_diffusion.diffusion import hybrid_loss
+
+    plain = hybrid_loss(trainer.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise)
+    w = min_snr_weights(trainer.schedule, inputs.t, 1.0)
+    assert torch.allclose(loss, (w * plain.mse + plain.vb).mean(), rtol=1e-5)
+    assert torch.allclose(terms[1], plain.mse.mean(), rtol=1e-5)  # the logged mse stays unweighted
+    with pytest.raises(ConfigError, match="min_snr_gamma"):
+        cfg(tmp_path, "loss.min_snr_gamma=-1")
+
+
 def _labelled_factory(config, rank, world_size, start, low_res):
     """Synthetic items whose caption ends with their global index."""
     class Labelled(SyntheticDataset):

@@ -21,6 +21,7 @@ __all__ = [
     "discretized_gaussian_log_likelihood",
     "hybrid_loss",
     "mean_flat",
+    "min_snr_weights",
     "normal_kl",
     "sample_timesteps",
 ]
@@ -92,13 +93,15 @@ def hybrid_loss(
     x_t: torch.Tensor,
     t: torch.Tensor,
     noise: torch.Tensor,
+    mse_weights: torch.Tensor | None = None,
 ) -> LossTerms:
     """Improved DDPM hybrid loss for an [eps, v] model output.
 
     mse = mean over C, H, W of (noise - eps)^2 (L_simple); vb = L_vlb term
     in bits/dim computed from ``cat([eps.detach(), v])`` with no clipping, so
     the mean is trained only by mse and the variance only by vb (Improved DDPM
-    sec. 3.1); loss = mse + vb.
+    sec. 3.1); loss = mse + vb, or ``mse_weights * mse + vb`` when per-sample
+    weights (B,) are given (e.g. :func:`min_snr_weights`; ``mse`` stays unweighted).
 
     model_out: (B, 2C, H, W); x0, x_t, noise: (B, C, H, W) with
     x_t = q_sample(s, x0, t, noise); t: (B,) int64 indices into ``s``.
@@ -107,7 +110,20 @@ def hybrid_loss(
     frozen = torch.cat([eps.detach(), v], dim=1)
     vb = _vb_bits_per_dim(s, frozen, x0, x_t, t)
     mse = mean_flat((noise - eps) ** 2)
-    return LossTerms(mse, vb, mse + vb)
+    weighted = mse if mse_weights is None else mse_weights.to(mse.dtype) * mse
+    return LossTerms(mse, vb, weighted + vb)
+
+
+def min_snr_weights(s: Schedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights of the eps-MSE (Hang et al. 2023), (B,): ``min(SNR, gamma) / SNR``.
+
+    SNR(t) = abar_t / (1 - abar_t). Steps with SNR <= gamma (the noisy ones, where the
+    caption decides the image) keep weight 1; the nearly clean ones, whose large eps
+    errors otherwise dominate the gradient, are down-weighted. Timesteps stay uniform.
+    """
+    abar = torch.tensor(s.alphas_cumprod, dtype=torch.float64)[t.cpu()]
+    snr = abar / (1 - abar)
+    return (snr.clamp(max=gamma) / snr).to(torch.float32).to(t.device)
 
 
 def sample_timesteps(

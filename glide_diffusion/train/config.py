@@ -109,6 +109,20 @@ class CondConfig:
 
 
 @dataclass(frozen=True)
+class LossConfig:
+    """The diffusion loss: GLIDE's eps-MSE + VB, with uniform timesteps."""
+
+    # 0 = GLIDE's plain eps-MSE. gamma > 0 weights each sample's eps-MSE by
+    # min(SNR, gamma) / SNR (Min-SNR, Hang et al. 2023): noisy steps keep weight 1, nearly
+    # clean ones count less. For short runs: it shifts the gradient toward the noisy steps
+    # where the caption matters (see configs/base-shapes.toml).
+    min_snr_gamma: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.min_snr_gamma >= 0, "loss.min_snr_gamma must be >= 0 (0 = off)")
+
+
+@dataclass(frozen=True)
 class SampleConfig:
     """Periodic sample grids from the EMA model (rows: seeds, columns: prompts)."""
 
@@ -176,6 +190,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     cond: CondConfig = field(default_factory=CondConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     log: LogConfig = field(default_factory=LogConfig)
     ckpt: CheckpointSection = field(default_factory=CheckpointSection)

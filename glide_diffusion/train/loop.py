@@ -30,6 +30,7 @@ from torch.utils.data import IterableDataset
 from ..checkpoints import CheckpointError, build_model
 from ..data.factory import build_dataset, collate, make_loader
 from ..diffusion import hybrid_loss, make_schedule
+from ..diffusion.losses import min_snr_weights
 from ..pipelines.text2im import StageSettings
 from ..precision import check_dtype
 from ..precision import autocast as precision_autocast
@@ -225,7 +226,9 @@ class Trainer:
                 return clip_loss(model, inputs)
         with precision_autocast(self.device, self.config.precision):
             out = model(inputs.x_t, inputs.t_model, tokens=inputs.tokens, mask=inputs.mask, **inputs.cond)
-        terms = hybrid_loss(self.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise)
+        gamma = self.config.loss.min_snr_gamma
+        weights = min_snr_weights(self.schedule, inputs.t, gamma) if gamma else None
+        terms = hybrid_loss(self.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise, weights)
         return terms.loss.mean(), torch.stack([terms.loss.mean(), terms.mse.mean(), terms.vb.mean()]).detach()
 
     def train_step(self, model, batches: _Batches) -> dict:
