@@ -20,7 +20,7 @@ from ..precision import check_dtype
 from ..sampling.noise import PerSampleNoise, seeds_for
 from .stage import Stage, StageSettings, load_stage, from_pil, quantize, sample_stage, to_pil
 
-__all__ = ["BASE_DEFAULTS", "UPSAMPLE_DEFAULTS", "Stage", "StageSettings", "Text2ImPipeline", "Text2ImResult",
+__all__ = ["BASE_DEFAULTS", "UPSAMPLE_DEFAULTS", "FAST_BASE", "FAST_UPSAMPLE", "Stage", "StageSettings", "Text2ImPipeline", "Text2ImResult",
            "validate_request"]
 
 MAX_SEED = 2**63 - 1
@@ -28,6 +28,11 @@ MAX_SEED = 2**63 - 1
 
 BASE_DEFAULTS = StageSettings("ddpm", "100", 3.0, 1.0)
 UPSAMPLE_DEFAULTS = StageSettings("ddim", "fast27", 1.0, 0.997)
+# The fast path (DPM-Solver++(2M), fewer steps): what benchmarks/sampling_speed.py times.
+# Provisional step counts until the Shapes quality comparison against the official recipe
+# (benchmarks/shapes_quality.py with --sampler/--steps) picks them.
+FAST_BASE = StageSettings("dpm++2m", "25", 3.0, 1.0)
+FAST_UPSAMPLE = StageSettings("dpm++2m", "10", 1.0, 0.997)
 
 
 @dataclass
