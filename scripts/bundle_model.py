@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -30,44 +31,64 @@ def newest_checkpoint(run: Path) -> Path:
 
 
 def training_summary(run: Path, step: int) -> dict:
-    """Steps, samples, wall time and throughput from metrics.jsonl (lines up to ``step``)."""
+    """Steps, samples, wall time and throughput from metrics.jsonl (lines up to ``step``).
+
+    The wall time is the sum of the logged intervals (images in each / images per second
+    over it): the time spent training, checkpoint writing and sample grids included."""
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     lines = [m for m in lines if m.get("step", 0) <= step]
     last = lines[-1] if lines else {}
     rates = [m["images_per_s"] for m in lines if "images_per_s" in m]
     median_rate = sorted(rates)[len(rates) // 2] if rates else float("nan")
+    seconds, seen = 0.0, 0
+    for m in lines:
+        if m.get("images_per_s"):
+            seconds += (m["samples_seen"] - seen) / m["images_per_s"]
+        seen = m["samples_seen"]
     return {"steps": step, "samples_seen": last.get("samples_seen"), "final_loss": last.get("loss"),
             "median_images_per_s": median_rate, "world_size": last.get("world_size", 1),
-            "wall_hours_at_median_rate": (last.get("samples_seen") or 0) / median_rate / 3600 if rates else None}
+            "wall_hours": seconds / 3600}
 
 
 def card(name: str, run: Path, ckpt: Path, config: dict, kind: str, summary: dict, params: int,
-         evaluation: dict | None) -> str:
-    unet = config["model"]["unet"]
-    lines = [
-        f"# {name}",
-        "",
-        f"A GLIDE-style {kind} model trained on the procedural Shapes dataset",
-        "(`glide_diffusion.data.shapes`, training split: the five held-out colour-shape pairs never seen).",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| parameters | {params:,} |",
-        f"| resolution | {unet['image_size']} px |",
-        f"| caption tokenizer | {unet['text']['tokenizer']} (context {unet['text']['context_length']}) |",
-        f"| diffusion | {config['model']['diffusion']['noise_schedule']}, {config['model']['diffusion']['steps']} steps, learned-range variance |",
-        f"| training | {summary['steps']} steps x {config['batch_size']} images x {config['grad_accum']} accumulation x {summary['world_size']} process(es) = {summary['samples_seen']:,} images |",
-        f"| optimizer | AdamW lr {config['optim']['lr']}, warm-up {config['optim']['warmup_steps']}, {config['optim']['schedule']} schedule; EMA {config['ema_decay']} |",
-        f"| caption dropout (classifier-free guidance) | {config['cond']['cfg_dropout']} |",
-        f"| final training loss | {summary['final_loss']:.4f} |",
-        f"| throughput | {summary['median_images_per_s']:.1f} images/s (median) |",
-        f"| wall time | about {summary['wall_hours_at_median_rate']:.2f} h at that rate |",
-        f"| hardware | {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__} |",
-        "",
-        "Reproduce: `glide train configs/" + run.name + ".toml` then",
-        f"`python scripts/bundle_model.py {run} {name}` (checkpoint `{ckpt.name}`).",
-        "Weights are stored in float16 and loaded as float32.",
+         evaluation: dict | None, notes: str | None) -> str:
+    rows = [("parameters", f"{params:,}")]
+    if config.get("clip"):
+        c = config["clip"]
+        rows += [("resolution", f"{c['image_size']} px, patches of {c['patch_size']} px"),
+                 ("towers", f"image {c['n_xf_blocks_image']} blocks x {c['n_head_image'] * c['n_head_state_image']} wide, "
+                            f"text {c['n_xf_blocks_text']} blocks x {c['n_head_text'] * c['n_head_state_text']} wide, "
+                            f"embedding {c['n_embd']}"),
+                 ("caption tokenizer", f"{c['tokenizer']} (context {c['max_text_len']})"),
+                 ("noise", f"{c['beta_schedule']}, {c['n_timesteps']} steps (images noised at uniform timesteps)")]
+    else:
+        unet, diff = config["model"]["unet"], config["model"]["diffusion"]
+        rows += [("resolution", f"{unet['image_size']} px"),
+                 ("UNet", f"{unet['model_channels']} channels x {unet['channel_mult']}, {unet['num_res_blocks']} "
+                          f"ResBlocks per level, attention at downsampling {unet['attention_resolutions']}"),
+                 ("caption tokenizer", f"{unet['text']['tokenizer']} (context {unet['text']['context_length']})"),
+                 ("diffusion", f"{diff['noise_schedule']}, {diff['steps']} steps, learned-range variance"),
+                 ("caption dropout (classifier-free guidance)", str(config["cond"]["cfg_dropout"]))]
+        if config.get("loss", {}).get("min_snr_gamma"):
+            rows.append(("loss", f"eps-MSE (Min-SNR weighted, gamma {config['loss']['min_snr_gamma']}) + VB"))
+    rows += [
+        ("training", f"{summary['steps']} steps x {config['batch_size']} images x {config['grad_accum']} accumulation "
+                     f"x {summary['world_size']} process(es) = {summary['samples_seen']:,} images"),
+        ("optimizer", f"AdamW lr {config['optim']['lr']}, warm-up {config['optim']['warmup_steps']}, "
+                      f"{config['optim']['schedule']} schedule; EMA {config['ema_decay']}"),
+        ("final training loss", f"{summary['final_loss']:.4f}"),
+        ("throughput", f"{summary['median_images_per_s']:.1f} images/s (median of the logged intervals)"),
+        ("wall time", f"{summary['wall_hours']:.2f} h (sum of the logged intervals)"),
+        ("hardware", f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"),
     ]
+    lines = [f"# {name}", "", f"A GLIDE-style {kind} model trained on the procedural Shapes dataset",
+             "(`glide_diffusion.data.shapes`, training split: the five held-out colour-shape pairs never seen).",
+             "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
+             f"Reproduce: `glide train configs/{run.name}.toml` then",
+             f"`python scripts/bundle_model.py {run} {name}` (checkpoint `{ckpt.name}`).",
+             "Weights are stored in float16 and loaded as float32."]
+    if notes:
+        lines += ["", "## Notes", "", notes]
     if evaluation:
         lines += ["", "## Evaluation", "", "From `benchmarks/shapes_quality.py` "
                   f"(`{json.dumps(evaluation.get('args', {}))}`):", "",
@@ -84,21 +105,30 @@ def main() -> None:
     p.add_argument("name", choices=NAMES)
     p.add_argument("--checkpoint", type=Path, help="a checkpoint directory (default: the newest)")
     p.add_argument("--eval", type=Path, help="benchmarks/shapes_quality.py --json output to quote")
+    p.add_argument("--notes", help="free text for the card (e.g. how the machine was shared)")
     args = p.parse_args()
 
     ckpt = args.checkpoint or newest_checkpoint(args.run)
-    model, model_config = load_model(ckpt / "ema.safetensors")
     config = json.loads((ckpt / "config.json").read_text())
     step = int(ckpt.name.split("_")[-1])
     summary = training_summary(args.run, step)
     out = bundled_path(args.name)
-    save_model(out, model.half(), model_config,
-               metadata={"glide_bundled": args.name, "trained_steps": str(step), "stored_dtype": "float16"})
+    meta = {"glide_bundled": args.name, "trained_steps": str(step), "stored_dtype": "float16"}
+    if config.get("clip"):
+        from glide_diffusion.clip.loading import load_clip, save_clip
+
+        model = load_clip(ckpt / "ema.safetensors")
+        save_clip(out, model.half(), meta)
+        kind = "noised CLIP"
+    else:
+        model, model_config = load_model(ckpt / "ema.safetensors")
+        save_model(out, model.half(), model_config, metadata=meta)
+        kind = model_config.kind
     params = sum(p.numel() for p in model.parameters())
     evaluation = json.loads(args.eval.read_text()) if args.eval else None
-    out.with_suffix(".md").write_text(card(args.name, args.run, ckpt, config, model_config.kind, summary, params, evaluation))
+    text = card(args.name, args.run, ckpt, config, kind, summary, params, evaluation, args.notes)
+    out.with_suffix(".md").write_text(text)
     print(f"{out} ({out.stat().st_size / 1e6:.1f} MB) and {out.with_suffix('.md')}")
-
 
 if __name__ == "__main__":
     main()
