@@ -131,7 +131,20 @@ def build_model(config: ModelConfig | str, *, device: torch.device | str = "cpu"
     if isinstance(config, str):
         config = get_preset(config)
     with torch.device(device):
-        return GlideUNet(config.unet)
+        return new_unet(config)
+
+
+def new_unet(config: ModelConfig) -> GlideUNet:
+    """``GlideUNet(config.unet)``, given the noise schedule when it predicts v."""
+    return GlideUNet(config.unet, new_unet_schedule(config) if config.unet.prediction == "v" else None)
+
+
+def new_unet_schedule(config: ModelConfig) -> torch.Tensor:
+    """The training schedule's alphas_cumprod (float32, CPU) a v-predicting UNet converts with."""
+    from .diffusion.schedule import make_schedule
+
+    abar = make_schedule(config.diffusion.noise_schedule, config.diffusion.steps).alphas_cumprod
+    return torch.tensor(abar, dtype=torch.float64, device="cpu").float()
 
 
 def load_model(
@@ -161,9 +174,11 @@ def load_model(
             f"{', '.join(sorted(RELEASED_PRESETS.values()))}, or a ModelConfig)"
         )
     with torch.device("meta"):
-        model = GlideUNet(config.unet)
+        model = new_unet(config)
     check_state_dict(model, state, str(path))
     model.load_state_dict(state, strict=True, assign=True)
+    if config.unet.prediction == "v":  # the non-persistent schedule buffer, built on "meta" above
+        model.register_buffer("v_alphas_cumprod", new_unet_schedule(config), persistent=False)
     model = model.to(device=device, dtype=torch.float32).eval()
     return model, config
 

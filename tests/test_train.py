@@ -191,6 +191,23 @@ def test_min_snr_weighting_reaches_the_loss(tmp_path):
         cfg(tmp_path, "loss.min_snr_gamma=-1")
 
 
+def test_v_prediction_trains_on_the_v_mse(tmp_path):
+    from glide_diffusion.diffusion import hybrid_loss
+    from glide_diffusion.diffusion.losses import v_weights
+
+    c = cfg(tmp_path, "batch_size=4", "max_steps=2", "model.unet.prediction=\"v\"")
+    trainer = Trainer(c)
+    batch = _Batches(lambda pos: trainer.factory(c, 0, 1, pos, None), 4, 0).next(0)
+    inputs = make_inputs(batch, c, trainer.schedule, trainer.tokenizer, step_generator(0, 0, 0), trainer.device)
+    loss, _ = trainer._forward_loss(trainer.model, inputs)
+    out = trainer.model(inputs.x_t, inputs.t_model, tokens=inputs.tokens, mask=inputs.mask)
+    plain = hybrid_loss(trainer.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise)
+    assert torch.allclose(loss, (v_weights(trainer.schedule, inputs.t) * plain.mse + plain.vb).mean(), rtol=1e-4)
+    result = train(c)
+    model, config = load_model(result.checkpoint / "ema.safetensors")
+    assert config.unet.prediction == "v" and result.step == 2
+
+
 def _labelled_factory(config, rank, world_size, start, low_res):
     """Synthetic items whose caption ends with their global index."""
     class Labelled(SyntheticDataset):

@@ -123,3 +123,44 @@ def test_config_validation():
         dataclasses.replace(get_preset("tiny").unet, image_size=15)
     with pytest.raises(ValueError, match="positive"):
         dataclasses.replace(get_preset("tiny").unet, model_channels=0)
+
+
+def test_v_prediction_returns_eps_and_keeps_the_weights_format(tmp_path):
+    from glide_diffusion.checkpoints import build_model, load_model, save_model
+    from glide_diffusion.diffusion import make_schedule
+    from glide_diffusion.train.init import check_same_architecture
+    from glide_diffusion.checkpoints import CheckpointError
+
+    eps_cfg = get_preset("tiny")
+    v_cfg = dataclasses.replace(eps_cfg, unet=dataclasses.replace(eps_cfg.unet, prediction="v"))
+    torch.manual_seed(0)
+    v_model = build_model(v_cfg)
+    with torch.no_grad():
+        for p in v_model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    raw = build_model(eps_cfg)
+    raw.load_state_dict(v_model.state_dict())  # same keys: the schedule buffer is not persistent
+    s = eps_cfg.unet.image_size
+    x, t = torch.randn(3, 3, s, s), torch.tensor([0, 500, 999])
+    tokens = torch.randint(0, 256, (3, eps_cfg.unet.text.context_length))
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    with torch.no_grad():
+        v_out, r = v_model(x, t, tokens=tokens, mask=mask), raw(x, t, tokens=tokens, mask=mask)
+    abar = torch.tensor(make_schedule(v_cfg.diffusion.noise_schedule, 1000).alphas_cumprod).float()[t].view(-1, 1, 1, 1)
+    assert torch.allclose(v_out[:, :3], (1 - abar).sqrt() * x + abar.sqrt() * r[:, :3], atol=1e-6)
+    assert torch.equal(v_out[:, 3:], r[:, 3:])
+    # x0 = sqrt(abar) x_t - sqrt(1 - abar) v: bounded by the network's output even at t = 999
+    x0 = (x - (1 - abar).sqrt() * v_out[:, :3]) / abar.sqrt()
+    assert torch.allclose(x0[2], (abar.sqrt() * x - (1 - abar).sqrt() * r[:, :3])[2], atol=2e-2)
+
+    path = save_model(tmp_path / "v.safetensors", v_model, v_cfg)
+    loaded, cfg = load_model(path)
+    assert cfg.unet.prediction == "v" and "v_alphas_cumprod" not in loaded.state_dict()
+    with torch.no_grad():
+        assert torch.allclose(loaded(x, t, tokens=tokens, mask=mask), v_out, atol=1e-6)
+    with pytest.raises(CheckpointError, match="prediction"):
+        check_same_architecture(eps_cfg.unet, v_cfg.unet)
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        GlideUNet(v_cfg.unet)
+    with pytest.raises(ValueError, match="prediction"):
+        dataclasses.replace(eps_cfg.unet, prediction="x0")

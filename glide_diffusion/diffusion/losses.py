@@ -22,6 +22,7 @@ __all__ = [
     "hybrid_loss",
     "mean_flat",
     "min_snr_weights",
+    "v_weights",
     "normal_kl",
     "sample_timesteps",
 ]
@@ -112,6 +113,16 @@ def hybrid_loss(
     mse = mean_flat((noise - eps) ** 2)
     weighted = mse if mse_weights is None else mse_weights.to(mse.dtype) * mse
     return LossTerms(mse, vb, weighted + vb)
+
+
+def v_weights(s: Schedule, t: torch.Tensor) -> torch.Tensor:
+    """Weights (B,) that turn the eps-MSE into the v-MSE of a v-predicting model: ``1 / abar_t``.
+
+    With eps = sqrt(1 - abar) x_t + sqrt(abar) v, eps - eps_hat = sqrt(abar) (v - v_hat),
+    so |v - v_hat|^2 = |eps - eps_hat|^2 / abar (Salimans & Ho 2022).
+    """
+    abar = torch.tensor(s.alphas_cumprod, dtype=torch.float64)[t.cpu()]
+    return (1 / abar).to(torch.float32).to(t.device)
 
 
 def min_snr_weights(s: Schedule, t: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -30,7 +30,7 @@ from torch.utils.data import IterableDataset
 from ..checkpoints import CheckpointError, build_model
 from ..data.factory import build_dataset, collate, make_loader
 from ..diffusion import hybrid_loss, make_schedule
-from ..diffusion.losses import min_snr_weights
+from ..diffusion.losses import min_snr_weights, v_weights
 from ..pipelines.text2im import StageSettings
 from ..precision import check_dtype
 from ..precision import autocast as precision_autocast
@@ -226,8 +226,10 @@ class Trainer:
                 return clip_loss(model, inputs)
         with precision_autocast(self.device, self.config.precision):
             out = model(inputs.x_t, inputs.t_model, tokens=inputs.tokens, mask=inputs.mask, **inputs.cond)
-        gamma = self.config.loss.min_snr_gamma
-        weights = min_snr_weights(self.schedule, inputs.t, gamma) if gamma else None
+        gamma, v = self.config.loss.min_snr_gamma, self.config.model.unet.prediction == "v"
+        # Min-SNR weights are the same in eps and v terms; a v model otherwise learns the v-MSE.
+        weights = (min_snr_weights(self.schedule, inputs.t, gamma) if gamma
+                   else v_weights(self.schedule, inputs.t) if v else None)
         terms = hybrid_loss(self.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise, weights)
         return terms.loss.mean(), torch.stack([terms.loss.mean(), terms.mse.mean(), terms.vb.mean()]).detach()
 

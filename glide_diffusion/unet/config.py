@@ -57,6 +57,10 @@ class UNetConfig:
     learn_sigma: bool = True  # 2 * in_channels outputs: eps and the variance interpolation
     super_res: bool = False
     inpaint: bool = False
+    # What the network's first C output channels predict. "eps" (GLIDE): the noise itself.
+    # "v" (Salimans & Ho 2022): v = sqrt(abar) eps - sqrt(1 - abar) x0, turned into eps inside
+    # forward(), so every consumer still receives [eps, var]; needs the noise schedule.
+    prediction: str = "eps"
     text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self) -> None:
@@ -74,6 +78,8 @@ class UNetConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.prediction not in ("eps", "v"):
+            raise ValueError(f"prediction must be 'eps' or 'v', got {self.prediction!r}")
         if isinstance(self.text, dict):
             object.__setattr__(self, "text", TextConfig(**self.text))
 

@@ -64,11 +64,22 @@ class GlideUNet(nn.Module):
 
     ``forward(x, t, *, text=..., low_res=..., inpaint_image=..., inpaint_mask=...)``
     returns (B, 2C, H, W): eps and the learned-range variance interpolation v.
+
+    A ``prediction="v"`` network predicts v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 and
+    returns eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v, so its x0 estimate at high noise is
+    the network's own (bounded) output rather than a tiny difference divided by
+    sqrt(abar_t). ``alphas_cumprod`` (the training schedule's, indexed by original
+    timestep) is then required; it is a non-persistent buffer, not part of the weights.
     """
 
-    def __init__(self, config: UNetConfig):
+    def __init__(self, config: UNetConfig, alphas_cumprod=None):
         super().__init__()
         self.config = config
+        if config.prediction == "v":
+            if alphas_cumprod is None:
+                raise ValueError("a prediction='v' model needs the noise schedule's alphas_cumprod")
+            self.register_buffer("v_alphas_cumprod", torch.as_tensor(alphas_cumprod, dtype=torch.float64).float(),
+                                 persistent=False)
         tc = config.text
         ch = config.model_channels
         self._n_attention = 0
@@ -234,7 +245,17 @@ class GlideUNet(nn.Module):
         h = self.middle_block(h, emb, text)
         for stage in self.output_blocks:
             h = stage(torch.cat([h, hs.pop()], dim=1), emb, text)
-        return self.out(h)
+        out = self.out(h)
+        if self.config.prediction == "v":
+            out = self._eps_from_v(out, x, t)
+        return out
+
+    def _eps_from_v(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """[v, var] -> [eps, var], in float32: eps = sqrt(1 - abar) x_t + sqrt(abar) v."""
+        c = self.config.in_channels
+        abar = self.v_alphas_cumprod[t.long()].view(-1, 1, 1, 1)
+        eps = (1 - abar).sqrt() * x.float() + abar.sqrt() * out[:, :c].float()
+        return torch.cat([eps.to(out.dtype), out[:, c:]], dim=1)
 
     def _model_input(self, x, low_res, inpaint_image, inpaint_mask) -> torch.Tensor:
         c = self.config
