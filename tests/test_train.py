@@ -68,7 +68,7 @@ def test_config_file_overrides_and_round_trip(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("optim.lrr=1", "valid keys: lr, weight_decay"),
-    ("nope=1", "valid keys: model, init_from"),
+    ("nope=1", "valid keys: model, clip, init_from"),
     ("optim.lr=abc", "optim.lr: expected float, got str"),
     ("batch_size=1.5", "batch_size: expected int"),
     ("data.shuffle=1", "data.shuffle: expected bool"),
