@@ -257,9 +257,10 @@ def test_cli_model_families(monkeypatch):
         resolve_models(args)
         return args.base, args.upsampler
 
-    assert models(sample_cli.build_parser(), ["x"]) == ("shapes-base", "shapes-upsample")
+    assert models(sample_cli.build_parser(), ["x"]) == ("base", "upsample")  # until bundled Shapes models ship
+    assert models(sample_cli.build_parser(), ["x", "--models", "shapes"]) == ("shapes-base", "shapes-upsample")
     assert models(sample_cli.build_parser(), ["x", "--models", "glide"]) == ("base", "upsample")
     assert models(sample_cli.build_parser(), ["x", "--models", "glide", "--upsampler", "none"]) == ("base", "none")
-    assert models(edit_cli.inpaint_parser(), ["i", "x"]) == ("shapes-inpaint", "shapes-upsample-inpaint")
+    assert models(edit_cli.inpaint_parser(), ["i", "x", "--models", "shapes"]) == ("shapes-inpaint", "shapes-upsample-inpaint")
     assert models(edit_cli.inpaint_parser(), ["i", "x", "--models", "glide"]) == ("base-inpaint", "upsample-inpaint")
-    assert models(edit_cli.edit_parser(), ["i", "x", "--base", "my.safetensors"]) == ("my.safetensors", "shapes-upsample")
+    assert models(edit_cli.edit_parser(), ["i", "x", "--base", "my.safetensors"]) == ("my.safetensors", "upsample")
