@@ -24,7 +24,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..data.factory import KINDS as DATA_KINDS
 from ..data.factory import DataConfig
@@ -269,9 +269,9 @@ def _coerce(value: Any, hint: Any, current: Any, path: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} fits none of {hint}")
     if hint is ModelConfig:
-        return _model_config(value, current, path)
+        return _preset_config(value, current, path, ModelConfig, get_preset)
     if hint is ClipConfig:
-        return _clip_config(value, current, path)
+        return _preset_config(value, current, path, ClipConfig, get_clip_preset)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a table of {hint.__name__} fields, got {value!r}")
@@ -328,42 +328,22 @@ def _apply(obj: Any, values: Mapping[str, Any], prefix: str = "") -> Any:
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
 
 
-def _model_config(value: Any, current: Any, path: str) -> ModelConfig:
-    """A preset name, or a table with an optional ``preset`` and ModelConfig fields."""
+def _preset_config(value: Any, current: Any, path: str, cls: type, presets: Callable[[str], Any]) -> Any:
+    """A preset name, or a table with an optional ``preset`` and ``cls`` fields (the model, the CLIP)."""
     try:
         if isinstance(value, str):
-            return get_preset(value)
-        if isinstance(value, ModelConfig):
+            return presets(value)
+        if isinstance(value, cls):
             return value
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a preset name or a table, got {value!r}")
         value = dict(value)
         preset = value.pop("preset", None)
-        base = get_preset(preset) if preset is not None else (current if isinstance(current, ModelConfig) else ModelConfig())
+        base = presets(preset) if preset is not None else (current if isinstance(current, cls) else cls())
         return _apply(base, value, f"{path}.")
     except ConfigError:
         raise
-    except ValueError as e:  # get_preset's unknown-name error, or a UNetConfig check
-        raise ConfigError(f"{path}: {e}") from None
-
-
-def _clip_config(value: Any, current: Any, path: str) -> ClipConfig:
-    """A CLIP preset name, or a table with an optional ``preset`` and ClipConfig fields."""
-    try:
-        if isinstance(value, str):
-            return get_clip_preset(value)
-        if isinstance(value, ClipConfig):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a CLIP preset name or a table, got {value!r}")
-        value = dict(value)
-        preset = value.pop("preset", None)
-        base = get_clip_preset(preset) if preset is not None else (
-            current if isinstance(current, ClipConfig) else ClipConfig())
-        return _apply(base, value, f"{path}.")
-    except ConfigError:
-        raise
-    except ValueError as e:
+    except ValueError as e:  # an unknown preset name, or a config check
         raise ConfigError(f"{path}: {e}") from None
 
 
