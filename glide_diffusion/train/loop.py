@@ -117,7 +117,9 @@ class Trainer:
                 self.tokenizer = tokenizer_for(mc.unet.text)
         except ValueError as e:  # a tokenizer the model cannot embed
             raise ConfigError(str(e)) from None
-        self.terms = ("loss", "acc_i2t", "acc_t2i") if config.clip is not None else ("loss", "mse", "vb")
+        from .clip_task import TERMS as CLIP_TERMS
+
+        self.terms = CLIP_TERMS if config.clip is not None else ("loss", "mse", "vb")
         self.global_batch = config.batch_size * config.grad_accum * self.info.world_size
         self.step, self.samples_seen = 0, 0
         self.resumed_from: Path | None = None
