@@ -9,7 +9,6 @@ as in text-to-image, from the edited low-resolution image.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import asdict
 
@@ -20,7 +19,7 @@ from ..diffusion.gaussian import q_sample
 from ..diffusion.schedule import Schedule
 from ..sampling.noise import PerSampleNoise, seeds_for
 from .inpaint import resized, split_alpha
-from .stage import Stage, StageSettings, load_stage, quantize, sample_stage, to_pil
+from .stage import Stage, StageSettings, load_stages, quantize, sample_stage, to_pil
 from .text2im import BASE_DEFAULTS, UPSAMPLE_DEFAULTS, Text2ImResult, validate_request
 
 
@@ -42,8 +41,7 @@ class EditPipeline:
     @classmethod
     def from_pretrained(cls, base: str = "base", upsampler: str | None = "upsample", *,
                         device="cpu", cache_dir=None, download=True) -> "EditPipeline":
-        load = functools.partial(load_stage, device=device, cache_dir=cache_dir, download=download)
-        return cls(load(base), load(upsampler) if upsampler else None)
+        return cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download))
 
     @torch.inference_mode()
     def __call__(

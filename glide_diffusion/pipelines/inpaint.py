@@ -15,7 +15,6 @@ only get the x0 replacement, the "no fine-tuning" baseline the paper compares ag
 
 from __future__ import annotations
 
-import functools
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..sampling.noise import PerSampleNoise, seeds_for
-from .stage import Stage, StageSettings, from_pil, load_stage, quantize, sample_stage, to_uint8
+from .stage import Stage, StageSettings, from_pil, load_stages, quantize, sample_stage, to_uint8
 from .text2im import BASE_DEFAULTS, validate_request
 
 # The inpainting notebook samples the upsampler with "fast27" ancestral steps.
@@ -130,8 +129,7 @@ class InpaintPipeline:
     @classmethod
     def from_pretrained(cls, base: str = "base-inpaint", upsampler: str | None = "upsample-inpaint", *,
                         device="cpu", cache_dir=None, download=True) -> "InpaintPipeline":
-        load = functools.partial(load_stage, device=device, cache_dir=cache_dir, download=download)
-        return cls(load(base), load(upsampler) if upsampler else None)
+        return cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download))
 
     @property
     def output_size(self) -> int:

@@ -91,6 +91,15 @@ def load_stage(
     return Stage(model, config, str(source), vocab_dir)
 
 
+def load_stages(
+    base: str, upsampler: str | None, *, device: str | torch.device = "cpu", cache_dir: str | None = None,
+    download: bool = True,
+) -> tuple[Stage, Stage | None]:
+    """The (base, upsampler) stages of a pipeline's ``from_pretrained``; no upsampler when it is None or empty."""
+    kw = dict(device=device, cache_dir=cache_dir, download=download)
+    return load_stage(base, **kw), (load_stage(upsampler, **kw) if upsampler else None)
+
+
 def _ensure_released(source: str, cache_dir, download: bool) -> str | None:
     """For a released name: fetch its weights and the GPT-2 vocab when missing; the vocab folder."""
     from ..hub.cache import released_path

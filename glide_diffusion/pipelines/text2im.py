@@ -8,7 +8,6 @@ ancestral steps at guidance scale 3, upsampler "fast27" DDIM at temperature 0.99
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
@@ -18,7 +17,7 @@ from PIL import Image
 
 from ..precision import check_dtype
 from ..sampling.noise import PerSampleNoise, seeds_for
-from .stage import Stage, StageSettings, load_stage, from_pil, quantize, sample_stage, to_pil
+from .stage import Stage, StageSettings, load_stages, from_pil, quantize, sample_stage, to_pil
 
 __all__ = ["BASE_DEFAULTS", "UPSAMPLE_DEFAULTS", "FAST_BASE", "FAST_UPSAMPLE", "Stage", "StageSettings", "Text2ImPipeline", "Text2ImResult",
            "validate_request"]
@@ -67,8 +66,7 @@ class Text2ImPipeline:
         download: bool = True,
     ) -> "Text2ImPipeline":
         """Load released names (``"base"``, ``"upsample"``) or checkpoint paths."""
-        load = functools.partial(load_stage, device=device, cache_dir=cache_dir, download=download)
-        return cls(load(base), load(upsampler) if upsampler else None)
+        return cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download))
 
     @torch.inference_mode()
     def __call__(
