@@ -34,12 +34,14 @@ def load_pipeline(base: str, upsampler: str | None) -> Text2ImPipeline:
     return Text2ImPipeline(*stages)
 
 
-def caption_set(n: int, seed: int) -> list[tuple[str, object]]:
-    """n single-object test captions, then n//2 two-object and n//2 held-out-pair captions."""
+def caption_set(n: int, seed: int, n_two: int | None = None, n_held_out: int | None = None) -> list[tuple[str, object]]:
+    """n single-object test captions, then n_two two-object and n_held_out held-out-pair captions (n//2 each by default)."""
+    n_two = n // 2 if n_two is None else n_two
+    n_held_out = n // 2 if n_held_out is None else n_held_out
     return (
         test_captions(n, seed, kind="single")
-        + test_captions(n // 2, seed + 1, kind="two")
-        + test_captions(n // 2, seed + 2, kind="held_out")
+        + test_captions(n_two, seed + 1, kind="two")
+        + test_captions(n_held_out, seed + 2, kind="held_out")
     )
 
 
@@ -61,6 +63,8 @@ def main() -> None:
     p.add_argument("--upsampler", default=None, help="optional upsampler checkpoint")
     p.add_argument("--scales", type=float, nargs="+", default=[0, 1, 2, 3, 5])
     p.add_argument("--n", type=int, default=500, help="single-object captions (plus n/2 two-object, n/2 held-out)")
+    p.add_argument("--n-two", type=int, default=None, help="two-object captions (default: n/2)")
+    p.add_argument("--n-held-out", type=int, default=None, help="held-out colour-shape pair captions (default: n/2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--steps", default="50")
@@ -72,8 +76,9 @@ def main() -> None:
     args = p.parse_args()
 
     pipe = load_pipeline(args.base, args.upsampler)
-    captions = caption_set(args.n, args.seed)
-    print(f"{len(captions)} captions ({args.n} single, {args.n // 2} two-object, {args.n // 2} held-out pairs); "
+    captions = caption_set(args.n, args.seed, args.n_two, args.n_held_out)
+    n_two, n_held = (args.n // 2 if v is None else v for v in (args.n_two, args.n_held_out))
+    print(f"{len(captions)} captions ({args.n} single, {n_two} two-object, {n_held} held-out pairs); "
           f"base {args.sampler} {args.steps}" + (f", upsampler {args.up_sampler} {args.up_steps}" if args.upsampler else ""))
     print(f"{'scale':>5} {'exact 1-obj':>11} {'exact 2-obj':>11} {'exact held-out':>14} "
           f"{'H(colour)':>9} {'H(size)':>7} {'H(position)':>11} {'H(bg)':>6} {'s':>6}")
@@ -83,8 +88,12 @@ def main() -> None:
         reports[str(scale)] = r
         d = r["diversity"]
         h = lambda k: f"{d[k]['entropy_bits']:.2f}" if k in d else "-"  # noqa: E731
-        print(f"{scale:>5g} {r['single']['exact']:>11.3f} {r['two']['exact']:>11.3f} {r['held_out']['exact']:>14.3f} "
+        ex = lambda g: f"{r[g]['exact']:.3f}" if r[g].get("n") else "-"  # noqa: E731
+        print(f"{scale:>5g} {ex('single'):>11} {ex('two'):>11} {ex('held_out'):>14} "
               f"{h('colour'):>9} {h('size'):>7} {h('position'):>11} {h('background'):>6} {r['seconds']:>6.0f}", flush=True)
+        one = r["single"]
+        print("      single-object per attribute: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in one.items() if k not in ("n", "exact") and isinstance(v, float)), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "reports": reports}, f, indent=1)
