@@ -102,6 +102,7 @@ CLIP_PRESETS: dict[str, ClipConfig] = {
         image_size=32, patch_size=4, n_vocab=296, max_text_len=24, n_embd=128,
         n_head_state_text=32, n_head_text=4, n_xf_blocks_text=4,
         n_head_state_image=32, n_head_image=4, n_xf_blocks_image=4, tokenizer="shapes",
+        beta_schedule="linear",
     ),
 }
 
