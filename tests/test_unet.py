@@ -164,3 +164,27 @@ def test_v_prediction_returns_eps_and_keeps_the_weights_format(tmp_path):
         GlideUNet(v_cfg.unet)
     with pytest.raises(ValueError, match="prediction"):
         dataclasses.replace(eps_cfg.unet, prediction="x0")
+
+
+def test_norm_groups_sets_every_groupnorm_and_keeps_the_weights_format():
+    from glide_diffusion.unet.blocks import GroupNorm32
+
+    cfg = get_preset("tiny").unet
+    with pytest.raises(ValueError, match="norm_groups"):
+        dataclasses.replace(cfg, norm_groups=5)
+    assert UNetConfig.from_dict(cfg.to_dict() | {"norm_groups": 8}).norm_groups == 8
+    torch.manual_seed(0)
+    default, fewer = GlideUNet(cfg), GlideUNet(dataclasses.replace(cfg, norm_groups=8))
+    with torch.no_grad():  # away from the zero-initialised output layers
+        for p in default.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    fewer.load_state_dict(default.state_dict())  # same parameters, only the grouping differs
+    norms = [m for m in fewer.modules() if isinstance(m, GroupNorm32)]
+    assert norms and all(m.num_groups == 8 for m in norms)
+    assert all(m.num_groups == 32 for m in default.modules() if isinstance(m, GroupNorm32))
+    s = cfg.image_size
+    x, t = torch.randn(2, 3, s, s), torch.tensor([10, 900])
+    tokens = torch.randint(0, 256, (2, cfg.text.context_length))
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    with torch.no_grad():
+        assert not torch.allclose(default(x, t, tokens=tokens, mask=mask), fewer(x, t, tokens=tokens, mask=mask))

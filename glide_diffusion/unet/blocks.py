@@ -33,10 +33,10 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm with 32 groups, statistics in float32 whatever the input dtype."""
+    """GroupNorm (32 groups unless told otherwise), statistics in float32 whatever the input dtype."""
 
-    def __init__(self, channels: int):
-        super().__init__(32, channels, eps=1e-5)
+    def __init__(self, channels: int, groups: int = 32):
+        super().__init__(groups, channels, eps=1e-5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.group_norm(

@@ -61,6 +61,10 @@ class UNetConfig:
     # "v" (Salimans & Ho 2022): v = sqrt(abar) eps - sqrt(1 - abar) x0, turned into eps inside
     # forward(), so every consumer still receives [eps, var]; needs the noise schedule.
     prediction: str = "eps"
+    # Groups of every GroupNorm. ADM/GLIDE: 32, i.e. 6 channels per group at 192 channels; at
+    # 32 channels that is one channel per group (instance norm), which erases each feature's
+    # per-image contrast: small models want fewer groups. Parameter shapes do not depend on it.
+    norm_groups: int = 32
     text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self) -> None:
@@ -78,6 +82,10 @@ class UNetConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        widths = sorted({self.model_channels * m for m in self.channel_mult})
+        if self.norm_groups < 1 or any(w % self.norm_groups for w in widths):
+            raise ValueError(f"norm_groups must be a positive divisor of every level's width {widths}, "
+                             f"got {self.norm_groups}")
         if self.prediction not in ("eps", "v"):
             raise ValueError(f"prediction must be 'eps' or 'v', got {self.prediction!r}")
         if isinstance(self.text, dict):

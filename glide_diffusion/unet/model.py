@@ -97,6 +97,9 @@ class GlideUNet(nn.Module):
             nn.SiLU(),
             nn.Conv2d(ch, config.out_channels, 3, padding=1),
         )
+        for m in self.modules():  # the blocks build their norms with GLIDE's 32 groups
+            if isinstance(m, GroupNorm32):
+                m.num_groups = config.norm_groups
 
         self.transformer = Transformer(tc.width, tc.layers, tc.heads)
         self.final_ln = LayerNorm(tc.width) if tc.final_ln else None
