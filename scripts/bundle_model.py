@@ -69,8 +69,13 @@ def card(name: str, run: Path, ckpt: Path, config: dict, kind: str, summary: dic
                  ("caption tokenizer", f"{unet['text']['tokenizer']} (context {unet['text']['context_length']})"),
                  ("diffusion", f"{diff['noise_schedule']}, {diff['steps']} steps, learned-range variance"),
                  ("caption dropout (classifier-free guidance)", str(config["cond"]["cfg_dropout"]))]
+        v = unet.get("prediction", "eps") == "v"
+        rows.append(("output", "v-prediction (the network predicts v; the model returns [eps, variance])" if v
+                     else "[eps, variance] (GLIDE's)"))
         if config.get("loss", {}).get("min_snr_gamma"):
             rows.append(("loss", f"eps-MSE (Min-SNR weighted, gamma {config['loss']['min_snr_gamma']}) + VB"))
+        else:
+            rows.append(("loss", ("v-MSE" if v else "eps-MSE") + " + VB (learned-range variance)"))
     rows += [
         ("training", f"{summary['steps']} steps x {config['batch_size']} images x {config['grad_accum']} accumulation "
                      f"x {summary['world_size']} process(es) = {summary['samples_seen']:,} images"),
