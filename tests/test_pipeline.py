@@ -264,3 +264,20 @@ def test_cli_model_families(monkeypatch):
     assert models(edit_cli.inpaint_parser(), ["i", "x", "--models", "shapes"]) == ("shapes-inpaint", "shapes-upsample-inpaint")
     assert models(edit_cli.inpaint_parser(), ["i", "x", "--models", "glide"]) == ("base-inpaint", "upsample-inpaint")
     assert models(edit_cli.edit_parser(), ["i", "x", "--base", "my.safetensors"]) == ("my.safetensors", "upsample")
+
+
+def test_bundled_shapes_models_sample_by_default(tmp_path):
+    """The README's main-job command: the bundled Shapes models, nothing downloaded."""
+    from glide_diffusion import bundled
+
+    if not {"shapes-base", "shapes-upsample"} <= set(bundled.available()):
+        pytest.skip("the Shapes models are not bundled in this installation")
+    out = tmp_path / "out"
+    rc = main(["sample", "a large red circle on a white background", "--base-steps", "10", "--up-steps", "5",
+               "--no-download", "-o", str(out), "--no-progress"])
+    assert rc == 0
+    (png,) = out.glob("*.png")
+    im = Image.open(png)
+    settings = json.loads(im.text["settings"])
+    assert im.size == (128, 128) and settings["base_model"] == "shapes-base"
+    assert settings["upsample_model"] == "shapes-upsample"
