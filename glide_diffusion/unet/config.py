@@ -62,8 +62,9 @@ class UNetConfig:
     # forward(), so every consumer still receives [eps, var]; needs the noise schedule.
     prediction: str = "eps"
     # Groups of every GroupNorm. ADM/GLIDE: 32, i.e. 6 channels per group at 192 channels; at
-    # 32 channels that is one channel per group (instance norm), which erases each feature's
-    # per-image contrast: small models want fewer groups. Parameter shapes do not depend on it.
+    # 32 channels that is one channel per group (instance norm). Parameter shapes do not depend
+    # on it. (On the Shapes base config, 8 groups trained to a higher loss than 32 over the
+    # same first 750 steps and batches.)
     norm_groups: int = 32
     text: TextConfig = field(default_factory=TextConfig)
 
