@@ -75,7 +75,9 @@ def card(name: str, run: Path, ckpt: Path, config: dict, kind: str, summary: dic
         if config.get("loss", {}).get("min_snr_gamma"):
             rows.append(("loss", f"eps-MSE (Min-SNR weighted, gamma {config['loss']['min_snr_gamma']}) + VB"))
         else:
-            rows.append(("loss", ("v-MSE" if v else "eps-MSE") + " + VB (learned-range variance)"))
+            cap = config.get("loss", {}).get("v_weight_max") if v else None
+            rows.append(("loss", ("v-MSE" if v else "eps-MSE") + (f" (weight 1/abar capped at {cap:g} on the eps-MSE)" if cap else "")
+                         + " + VB (learned-range variance)"))
     rows += [
         ("training", f"{summary['steps']} steps x {config['batch_size']} images x {config['grad_accum']} accumulation "
                      f"x {summary['world_size']} process(es) = {summary['samples_seen']:,} images"),

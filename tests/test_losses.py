@@ -121,6 +121,19 @@ def test_sample_timesteps() -> None:
     assert torch.equal(t, again)
 
 
+def test_v_weights_are_one_over_abar_optionally_capped() -> None:
+    from glide_diffusion.diffusion import make_schedule
+    from glide_diffusion.diffusion.losses import v_weights
+
+    s = make_schedule("linear", 1000)
+    t = torch.arange(1000)
+    inv = 1 / torch.tensor(s.alphas_cumprod, dtype=torch.float64)
+    assert torch.allclose(v_weights(s, t).double(), inv, rtol=1e-6) and v_weights(s, t)[-1] > 1e4
+    capped = v_weights(s, t, 50.0)
+    assert capped.max() == 50 and torch.allclose(capped.double(), inv.clamp(max=50), rtol=1e-6)
+    assert torch.equal(capped[inv < 50], v_weights(s, t)[inv < 50])
+
+
 def test_min_snr_weights_keep_noisy_steps_and_weight_only_the_mse() -> None:
     from glide_diffusion.diffusion import make_schedule
     from glide_diffusion.diffusion.losses import min_snr_weights

@@ -207,6 +207,18 @@ def test_v_prediction_trains_on_the_v_mse(tmp_path):
     model, config = load_model(result.checkpoint / "ema.safetensors")
     assert config.unet.prediction == "v" and result.step == 2
 
+    capped = cfg(tmp_path, "batch_size=4", "model.unet.prediction=\"v\"", "loss.v_weight_max=20")
+    trainer = Trainer(capped)
+    loss, _ = trainer._forward_loss(trainer.model, inputs)
+    out = trainer.model(inputs.x_t, inputs.t_model, tokens=inputs.tokens, mask=inputs.mask)
+    plain = hybrid_loss(trainer.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise)
+    w = v_weights(trainer.schedule, inputs.t, 20.0)
+    assert torch.allclose(loss, (w * plain.mse + plain.vb).mean(), rtol=1e-4)
+    with pytest.raises(ConfigError, match="v_weight_max"):
+        cfg(tmp_path, "loss.v_weight_max=0.5")
+    with pytest.raises(ConfigError, match="v_weight_max"):
+        cfg(tmp_path, "loss.v_weight_max=20")  # an eps model
+
 
 def _labelled_factory(config, rank, world_size, start, low_res):
     """Synthetic items whose caption ends with their global index."""

@@ -115,14 +115,18 @@ def hybrid_loss(
     return LossTerms(mse, vb, weighted + vb)
 
 
-def v_weights(s: Schedule, t: torch.Tensor) -> torch.Tensor:
+def v_weights(s: Schedule, t: torch.Tensor, max_weight: float | None = None) -> torch.Tensor:
     """Weights (B,) that turn the eps-MSE into the v-MSE of a v-predicting model: ``1 / abar_t``.
 
     With eps = sqrt(1 - abar) x_t + sqrt(abar) v, eps - eps_hat = sqrt(abar) (v - v_hat),
-    so |v - v_hat|^2 = |eps - eps_hat|^2 / abar (Salimans & Ho 2022).
+    so |v - v_hat|^2 = |eps - eps_hat|^2 / abar (Salimans & Ho 2022). ``max_weight``
+    caps the weight: ``min(1 / abar_t, max_weight)``.
     """
     abar = torch.tensor(s.alphas_cumprod, dtype=torch.float64)[t.cpu()]
-    return (1 / abar).to(torch.float32).to(t.device)
+    w = 1 / abar
+    if max_weight is not None:
+        w = w.clamp(max=max_weight)
+    return w.to(torch.float32).to(t.device)
 
 
 def min_snr_weights(s: Schedule, t: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -117,9 +117,14 @@ class LossConfig:
     # clean ones count less. For short runs: it shifts the gradient toward the noisy steps
     # where the caption matters (see configs/base-shapes.toml).
     min_snr_gamma: float = 0.0
+    # v-prediction models only. 0 = the plain v-MSE, i.e. the eps-MSE weighted by 1/abar, which
+    # reaches thousands at high t and so dominates the gradient. W > 0 caps that weight at W:
+    # min(1/abar, W), still far above the eps-MSE's 1 where the caption decides the image.
+    v_weight_max: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.min_snr_gamma >= 0, "loss.min_snr_gamma must be >= 0 (0 = off)")
+        _check(self.v_weight_max == 0 or self.v_weight_max >= 1, "loss.v_weight_max must be 0 (off) or >= 1")
 
 
 @dataclass(frozen=True)
@@ -211,6 +216,9 @@ class TrainConfig:
             _check(not self.activation_checkpointing, "activation_checkpointing is for diffusion models, not clip")
             _check(self.precision != "fp16", "clip training runs in fp32 or bf16")
         crop, unet = self.cond.crop_size, self.model.unet
+        if self.loss.v_weight_max:
+            _check(unet.prediction == "v" and not self.loss.min_snr_gamma,
+                   "loss.v_weight_max caps the v-MSE weight: for model.unet.prediction = \"v\" without min_snr_gamma")
         if crop:
             _check(unet.super_res, "cond.crop_size is for upsamplers (model.unet.super_res)")
             factor = unet.image_size // self.low_res_size

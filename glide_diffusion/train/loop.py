@@ -228,10 +228,11 @@ class Trainer:
                 return clip_loss(model, inputs)
         with precision_autocast(self.device, self.config.precision):
             out = model(inputs.x_t, inputs.t_model, tokens=inputs.tokens, mask=inputs.mask, **inputs.cond)
-        gamma, v = self.config.loss.min_snr_gamma, self.config.model.unet.prediction == "v"
-        # Min-SNR weights are the same in eps and v terms; a v model otherwise learns the v-MSE.
-        weights = (min_snr_weights(self.schedule, inputs.t, gamma) if gamma
-                   else v_weights(self.schedule, inputs.t) if v else None)
+        loss, v = self.config.loss, self.config.model.unet.prediction == "v"
+        # Min-SNR weights are the same in eps and v terms; a v model otherwise learns the v-MSE
+        # (optionally with its 1/abar weight capped).
+        weights = (min_snr_weights(self.schedule, inputs.t, loss.min_snr_gamma) if loss.min_snr_gamma
+                   else v_weights(self.schedule, inputs.t, loss.v_weight_max or None) if v else None)
         terms = hybrid_loss(self.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise, weights)
         return terms.loss.mean(), torch.stack([terms.loss.mean(), terms.mse.mean(), terms.vb.mean()]).detach()
 
