@@ -1,0 +1,56 @@
+"""How much a Shapes text->image model's denoising uses the caption, by noise level.
+
+Noises n test-split images to timestep t and reports the MSE of the model's x0
+estimate (clipped to [-1, 1]) given the right captions, the empty caption and the
+captions shifted by one image. Equal columns mean the caption is ignored at that t;
+the right-caption column alone tracks how well the model denoises.
+
+    python benchmarks/caption_sensitivity.py --base runs/base-shapes/checkpoints/step_00002000/ema.safetensors
+    python benchmarks/caption_sensitivity.py --base shapes-base --timesteps 300 600 900 950
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from glide_diffusion.checkpoints import load_model
+from glide_diffusion.data.shapes import image_to_tensor, sample_with_caption
+from glide_diffusion.data.shapes_render import render_array
+from glide_diffusion.diffusion import make_schedule
+from glide_diffusion.diffusion.gaussian import predict_x0_from_eps, q_sample
+from glide_diffusion.text.tokenizer import tokenize_batch, tokenizer_for
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", required=True, help="a text->image base checkpoint or bundled name")
+    p.add_argument("--n", type=int, default=48, help="test images")
+    p.add_argument("--timesteps", type=int, nargs="+", default=[200, 400, 600, 800, 900, 950])
+    args = p.parse_args()
+
+    model, cfg = load_model(args.base)
+    model.eval()
+    samples = [sample_with_caption(0, "test", i) for i in range(args.n)]
+    x0 = torch.stack([image_to_tensor(render_array(scene, cfg.unet.image_size)) for scene, _, _ in samples])
+    captions = [c for _, c, _ in samples]
+    tokenizer = tokenizer_for(cfg.unet.text)
+    schedule = make_schedule(cfg.diffusion.noise_schedule, cfg.diffusion.steps)
+
+    @torch.no_grad()
+    def x0_mse(rows: list[str], t: int) -> float:
+        tokens, mask = tokenize_batch(tokenizer, rows, cfg.unet.text.context_length)
+        x_t = q_sample(schedule, x0, t, torch.randn(x0.shape, generator=torch.Generator().manual_seed(t)))
+        eps = model(x_t, torch.full((args.n,), t), tokens=tokens, mask=mask)[:, :3]
+        return float((predict_x0_from_eps(schedule, x_t, t, eps).clamp(-1, 1) - x0).square().mean())
+
+    print(f"x0 MSE of {args.n} noised test images ({cfg.diffusion.noise_schedule} schedule)")
+    print(f"{'t':>5} {'right':>8} {'empty':>8} {'shifted':>8}")
+    for t in args.timesteps:
+        print(f"{t:>5} {x0_mse(captions, t):>8.4f} {x0_mse([''] * args.n, t):>8.4f} "
+              f"{x0_mse(captions[1:] + captions[:1], t):>8.4f}")
+
+
+if __name__ == "__main__":
+    main()
