@@ -76,8 +76,8 @@ def main() -> None:
     args = p.parse_args()
 
     pipe = load_pipeline(args.base, args.upsampler)
-    captions = caption_set(args.n, args.seed, args.n_two, args.n_held_out)
     n_two, n_held = (args.n // 2 if v is None else v for v in (args.n_two, args.n_held_out))
+    captions = caption_set(args.n, args.seed, n_two, n_held)
     print(f"{len(captions)} captions ({args.n} single, {n_two} two-object, {n_held} held-out pairs); "
           f"base {args.sampler} {args.steps}" + (f", upsampler {args.up_sampler} {args.up_steps}" if args.upsampler else ""))
     print(f"{'scale':>5} {'exact 1-obj':>11} {'exact 2-obj':>11} {'exact held-out':>14} "

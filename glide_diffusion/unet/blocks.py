@@ -89,12 +89,13 @@ class ResBlock(nn.Module):
         use_scale_shift_norm: bool = True,
         up: bool = False,
         down: bool = False,
+        norm_groups: int = 32,
     ):
         super().__init__()
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
         self.in_layers = nn.Sequential(
-            GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+            GroupNorm32(channels, norm_groups), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
         )
         self.resample: nn.Module | None = None
         if up:
@@ -106,7 +107,7 @@ class ResBlock(nn.Module):
             nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels),
         )
         self.out_layers = nn.Sequential(
-            GroupNorm32(out_channels),
+            GroupNorm32(out_channels, norm_groups),
             nn.SiLU(),
             nn.Dropout(p=dropout),
             nn.Conv2d(out_channels, out_channels, 3, padding=1),
@@ -141,11 +142,12 @@ class AttentionBlock(nn.Module):
     :class:`TextCondition`.
     """
 
-    def __init__(self, channels: int, heads: int, encoder_channels: int | None, kv_index: int):
+    def __init__(self, channels: int, heads: int, encoder_channels: int | None, kv_index: int,
+                 norm_groups: int = 32):
         super().__init__()
         self.heads = heads
         self.kv_index = kv_index
-        self.norm = GroupNorm32(channels)
+        self.norm = GroupNorm32(channels, norm_groups)
         self.qkv = nn.Conv1d(channels, channels * 3, 1)
         self.encoder_kv = (
             nn.Conv1d(encoder_channels, channels * 2, 1) if encoder_channels else None

@@ -93,13 +93,10 @@ class GlideUNet(nn.Module):
         )
         self.output_blocks, ch = self._build_output_blocks(ch, skip_channels)
         self.out = nn.Sequential(
-            GroupNorm32(ch),
+            GroupNorm32(ch, config.norm_groups),
             nn.SiLU(),
             nn.Conv2d(ch, config.out_channels, 3, padding=1),
         )
-        for m in self.modules():  # the blocks build their norms with GLIDE's 32 groups
-            if isinstance(m, GroupNorm32):
-                m.num_groups = config.norm_groups
 
         self.transformer = Transformer(tc.width, tc.layers, tc.heads)
         self.final_ln = LayerNorm(tc.width) if tc.final_ln else None
@@ -119,11 +116,12 @@ class GlideUNet(nn.Module):
 
     def _res(self, cin: int, cout: int, **kw) -> ResBlock:
         c = self.config
-        return ResBlock(cin, c.time_embed_dim, c.dropout, cout, c.use_scale_shift_norm, **kw)
+        return ResBlock(cin, c.time_embed_dim, c.dropout, cout, c.use_scale_shift_norm, norm_groups=c.norm_groups, **kw)
 
     def _attention(self, ch: int, upsample: bool = False) -> AttentionBlock:
         block = AttentionBlock(
-            ch, self.config.heads_for(ch, upsample), self.config.text.width, self._n_attention
+            ch, self.config.heads_for(ch, upsample), self.config.text.width, self._n_attention,
+            norm_groups=self.config.norm_groups,
         )
         self._n_attention += 1
         return block
