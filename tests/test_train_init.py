@@ -18,7 +18,7 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _perturbed(preset: str, seed: int = 0):
+def _perturbed(preset: str | ModelConfig, seed: int = 0):
     """A tiny model whose every tensor (zero-initialised layers included) has noise added, in eval mode."""
     torch.manual_seed(seed)
     model = build_model(preset).eval()
@@ -54,32 +54,39 @@ def _run(model, inputs: dict, *, inpaint: bool) -> torch.Tensor:
         return model(inputs["x"], inputs["t"], **kw)
 
 
+def _with_coords(name: str, coords: bool) -> ModelConfig:
+    preset = get_preset(name)
+    return dataclasses.replace(preset, unet=dataclasses.replace(preset.unet, coord_channels=coords))
+
+
 @pytest.mark.parametrize(
-    "source, target, suffix",
-    [("tiny", "tiny-inpaint", ".safetensors"), ("tiny-upsample", "tiny-upsample-inpaint", ".pt")],
+    "source, target, suffix, coords",
+    [("tiny", "tiny-inpaint", ".safetensors", False), ("tiny-upsample", "tiny-upsample-inpaint", ".pt", False),
+     ("tiny", "tiny-inpaint", ".safetensors", True), ("tiny-upsample", "tiny-upsample-inpaint", ".safetensors", True)],
 )
-def test_inpainting_start_computes_what_its_source_computes(tmp_path, source, target, suffix):
-    src = _perturbed(source)
+def test_inpainting_start_computes_what_its_source_computes(tmp_path, source, target, suffix, coords):
+    source_config, target_config = _with_coords(source, coords), _with_coords(target, coords)
+    src = _perturbed(source_config)
     path = tmp_path / f"src{suffix}"
     if suffix == ".safetensors":
-        save_model(path, src, get_preset(source))
+        save_model(path, src, source_config)
     else:
         torch.save(src.state_dict(), path)
-    model = init_model(get_preset(target), path)
+    model = init_model(target_config, path)
     assert model.training
-    # Layout of the widened first conv: [x, image*mask (zero), mask (zero), low_res].
+    # Layout of the widened first conv: [x, image*mask (zero), mask (zero), low_res, coordinates].
     src_state, state = src.state_dict(), model.state_dict()
     w_src, w = src_state[INPUT_CONV], state[INPUT_CONV]
     assert torch.equal(w[:, :3], w_src[:, :3]) and (w[:, 3:7] == 0).all()
-    if model.config.super_res:
-        assert w.shape[1] == 10 and torch.equal(w[:, 7:], w_src[:, 3:6])
+    assert w.shape[1] == w_src.shape[1] + 4 == 7 + 3 * model.config.super_res + 2 * coords
+    assert torch.equal(w[:, 7:], w_src[:, 3:])
     for k, v in src_state.items():  # everything else copied exactly
         if k != INPUT_CONV:
             assert torch.equal(state[k], v), k
     # The new channels have zero weights, so the output ignores the inpainting inputs:
     # two rows with the same x, t and caption but different masked images and masks.
     model.eval()
-    inputs = _inputs(get_preset(target))
+    inputs = _inputs(target_config)
     for k in ("x", "t", "tokens", "mask", "low_res"):
         inputs[k] = inputs[k][:1].expand(2, *inputs[k].shape[1:])
     expected = _run(src, {k: v[:1] for k, v in inputs.items()}, inpaint=False)

@@ -188,3 +188,37 @@ def test_norm_groups_sets_every_groupnorm_and_keeps_the_weights_format():
     mask = torch.ones_like(tokens, dtype=torch.bool)
     with torch.no_grad():
         assert not torch.allclose(default(x, t, tokens=tokens, mask=mask), fewer(x, t, tokens=tokens, mask=mask))
+
+
+def test_coord_channels_give_the_network_its_position():
+    from glide_diffusion.unet.model import coordinate_channels
+
+    grid = coordinate_channels(torch.zeros(2, 3, 4, 8))
+    assert grid.shape == (2, 2, 4, 8)
+    assert torch.allclose(grid[0, 0, 0], torch.linspace(-7 / 8, 7 / 8, 8))  # x grows to the right
+    assert torch.allclose(grid[1, 1, :, 5], torch.linspace(-3 / 4, 3 / 4, 4))  # y grows downwards
+    cfg = get_preset("tiny").unet
+    with_coords = dataclasses.replace(cfg, coord_channels=True)
+    assert with_coords.input_channels == cfg.input_channels + 2
+    assert UNetConfig.from_dict(cfg.to_dict()).coord_channels is False  # older configs: no coordinates
+    torch.manual_seed(0)
+    model = GlideUNet(with_coords).eval()
+    assert model.input_blocks[0][0].weight.shape[1] == 5
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    # A spatially constant input: the coordinates make the centre pixels differ from each
+    # other and from what the same weights without the coordinate channels compute.
+    s = cfg.image_size
+    x = torch.zeros(1, 3, s, s)
+    tokens = torch.randint(0, 256, (1, cfg.text.context_length))
+    with torch.no_grad():
+        out = model(x, torch.tensor([500]), tokens=tokens, mask=torch.ones_like(tokens, dtype=torch.bool))
+        plain = GlideUNet(cfg).eval()
+        state = {k: (v[:, :3] if k == "input_blocks.0.0.weight" else v) for k, v in model.state_dict().items()}
+        plain.load_state_dict(state)
+        out_plain = plain(x, torch.tensor([500]), tokens=tokens, mask=torch.ones_like(tokens, dtype=torch.bool))
+    c = s // 2
+    centre, centre_plain = out[0, :, c - 1:c + 1, c - 1:c + 1], out_plain[0, :, c - 1:c + 1, c - 1:c + 1]
+    assert (centre.std(dim=(1, 2)) > 1e-3).all()
+    assert not torch.allclose(centre, centre_plain)

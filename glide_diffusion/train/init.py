@@ -77,7 +77,8 @@ def expand_input_conv(state: Mapping[str, torch.Tensor], config: UNetConfig) -> 
         target channels [C, 2C + 1)     <- zeros                     (image*mask, mask)
         target channels [2C + 1, 3C + 1) <- source channels [C, 2C)   (low_res, upsamplers only)
 
-    The bias is unchanged. ``state`` is returned as is when ``config`` is not
+    Any further source channels (the coordinate channels of a ``coord_channels`` model) follow
+    low_res the same way: everything after x moves up by C + 1. The bias is unchanged. ``state`` is returned as is when ``config`` is not
     inpainting or the source conv does not have exactly the channels listed
     above (it already fits, or :func:`check_state_dict` will report it).
     """
@@ -89,8 +90,7 @@ def expand_input_conv(state: Mapping[str, torch.Tensor], config: UNetConfig) -> 
         return dict(state)
     new = w.new_zeros(w.shape[0], config.input_channels, *w.shape[2:])
     new[:, :c] = w[:, :c]
-    if config.super_res:
-        new[:, 2 * c + 1 :] = w[:, c : 2 * c]
+    new[:, 2 * c + 1 :] = w[:, c:]
     return {**state, INPUT_CONV: new}
 
 

@@ -66,6 +66,11 @@ class UNetConfig:
     # on it. (On the Shapes base config, 8 groups trained to a higher loss than 32 over the
     # same first 750 steps and batches.)
     norm_groups: int = 32
+    # CoordConv (Liu et al. 2018): two constant input channels, x and y from -1 (left, top) to
+    # 1, appended last to the first convolution's input. The ADM UNet has no positional
+    # input; at high noise, where the caption must decide where an object goes, it can tell
+    # where it is only from the zero padding. Not in GLIDE (False keeps its architecture).
+    coord_channels: bool = False
     text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self) -> None:
@@ -98,10 +103,10 @@ class UNetConfig:
 
     @property
     def input_channels(self) -> int:
-        """Channels of the first convolution: x, then the inpainting and low-res conditions."""
+        """Channels of the first convolution: x, the inpainting and low-res conditions, coordinates."""
         extra = (self.in_channels + 1 if self.inpaint else 0) + (
             self.in_channels if self.super_res else 0
-        )
+        ) + (2 if self.coord_channels else 0)
         return self.in_channels + extra
 
     @property

@@ -59,6 +59,15 @@ class Stage(nn.Sequential):
         return h
 
 
+def coordinate_channels(x: torch.Tensor) -> torch.Tensor:
+    """(B, 2, H, W): x then y pixel-centre coordinates, -1 at the left/top edge to 1 at the right/bottom."""
+    b, _, h, w = x.shape
+    ys = (torch.arange(h, device=x.device, dtype=torch.float32) + 0.5) / h * 2 - 1
+    xs = (torch.arange(w, device=x.device, dtype=torch.float32) + 0.5) / w * 2 - 1
+    grid = torch.stack([xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w)])
+    return grid.to(x.dtype).expand(b, 2, h, w)
+
+
 class GlideUNet(nn.Module):
     """ADM UNet whose class embedding is replaced by a caption transformer (GLIDE §4.1).
 
@@ -275,4 +284,6 @@ class GlideUNet(nn.Module):
             parts.append(
                 F.interpolate(low_res.to(x.dtype), x.shape[-2:], mode="bilinear", align_corners=False)
             )
+        if c.coord_channels:
+            parts.append(coordinate_channels(x))
         return torch.cat(parts, dim=1) if len(parts) > 1 else x
