@@ -267,6 +267,29 @@ def test_activation_checkpointing_gives_the_same_gradients(tmp_path):
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
 
 
+def test_compile_trains_the_same_model_and_checkpoints_it_uncompiled(tmp_path, monkeypatch):
+    """compile = true goes through torch.compile; here with dynamo's eager backend (no C++
+    build in the test suite), which traces the training model as inductor would but runs
+    the same kernels, so the weights match an uncompiled run's."""
+    calls = []
+    real_compile = torch.compile
+
+    def eager_compile(model, **kwargs):
+        calls.append(model)
+        return real_compile(model, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    runs = {flag: train(cfg(tmp_path / flag, f"compile={flag}", "max_steps=3", "ckpt.every=3"))
+            for flag in ("false", "true")}
+    assert len(calls) == 1  # only the compiled run, once
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = load_file(runs["false"].checkpoint / name), load_file(runs["true"].checkpoint / name)
+        assert a.keys() == b.keys() and not any(k.startswith("_orig_mod") for k in b)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    torch._dynamo.reset()
+
+
 # --- checkpoints, resume, failures -----------------------------------------------------------
 
 

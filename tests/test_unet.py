@@ -222,3 +222,27 @@ def test_coord_channels_give_the_network_its_position():
     centre, centre_plain = out[0, :, c - 1:c + 1, c - 1:c + 1], out_plain[0, :, c - 1:c + 1, c - 1:c + 1]
     assert (centre.std(dim=(1, 2)) > 1e-3).all()
     assert not torch.allclose(centre, centre_plain)
+
+
+def test_mean_text_pool_averages_the_caption_tokens():
+    cfg = get_preset("tiny").unet
+    with pytest.raises(ValueError, match="pool"):
+        dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, pool="max"))
+    mean_cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, pool="mean"))
+    torch.manual_seed(0)
+    model = GlideUNet(mean_cfg).eval()
+    last = GlideUNet(cfg).eval()
+    last.load_state_dict(model.state_dict())  # same parameters: pooling has none
+    n = cfg.text.context_length
+    tokens = torch.randint(0, 256, (3, n))
+    mask = torch.arange(n)[None] < torch.tensor([[4], [n], [0]])  # short, full, empty captions
+    mask_before = mask.clone()
+    with torch.no_grad():
+        text, text_last = model.encode_text(tokens, mask), last.encode_text(tokens, mask)
+        xf = text.xf_out.transpose(1, 2)  # (B, L, W)
+        expected = torch.stack([xf[0, :4].mean(0), xf[1].mean(0), xf[2, -1]])
+        torch.testing.assert_close(text.xf_proj, model.transformer_proj(expected))
+    assert torch.equal(mask, mask_before)
+    torch.testing.assert_close(text.xf_out, text_last.xf_out)  # only the pooled feature differs
+    torch.testing.assert_close(text.xf_proj[2], text_last.xf_proj[2])  # the empty caption pools as GLIDE
+    assert not torch.allclose(text.xf_proj[0], text_last.xf_proj[0])

@@ -190,6 +190,9 @@ class TrainConfig:
     grad_accum: int = 1  # micro-steps per optimizer step
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler, CUDA)
     activation_checkpointing: bool = False  # recompute UNet stages in backward
+    # torch.compile (inductor) the training model: fused kernels, compiled on the first steps
+    # (minutes on a small CPU); sampling, EMA and checkpoints use the uncompiled module.
+    compile: bool = False
     ema_decay: float = 0.9999  # guided-diffusion/GLIDE ema_rate; sampling uses the EMA weights
     ema_warmup: bool = False  # decay min(ema_decay, (1+n)/(10+n)): useful for short runs
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -245,7 +245,8 @@ class Trainer:
             position = self.samples_seen + micro * c.batch_size * self.info.world_size
             inputs = self._make_inputs(batches.next(position), gen)
             last = micro == c.grad_accum - 1
-            sync = model.no_sync() if (isinstance(model, DDP) and not last) else contextlib.nullcontext()
+            wrapped = getattr(model, "_orig_mod", model)  # under torch.compile
+            sync = wrapped.no_sync() if (isinstance(wrapped, DDP) and not last) else contextlib.nullcontext()
             with sync:
                 loss, terms = self._forward_loss(model, inputs)
                 if self.step + 1 == c.debug.nan_at_step:
@@ -340,6 +341,8 @@ class Trainer:
         self.resume()
         model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
             if info.distributed else self.model
+        if c.compile:
+            model = torch.compile(model)
         low = c.low_res_size if c.clip is None and c.model.unet.super_res else None
         batches = _Batches(lambda pos: self.factory(c, info.rank, info.world_size, pos, low),
                            c.batch_size, c.data.num_workers)

@@ -24,9 +24,15 @@ class TextConfig:
     padding: bool = True  # xf_padding: learned embedding where the mask is False
     n_vocab: int = 50257  # GPT-2 BPE
     tokenizer: str = "gpt2"  # name in glide_diffusion.text.tokenizer's registry
+    # The caption feature added to the timestep embedding. "last" (GLIDE): the transformer's
+    # output at the last context slot. "mean": the mean of its outputs over the caption's
+    # tokens (the last slot for the empty caption), so every word keeps an equal share.
+    pool: str = "last"
 
     def __post_init__(self) -> None:
         _check_positive(self, "context_length", "width", "layers", "heads", "n_vocab")
+        if self.pool not in ("last", "mean"):
+            raise ValueError(f"text pool must be 'last' or 'mean', got {self.pool!r}")
         if self.width % self.heads:
             raise ValueError(f"text width {self.width} is not divisible by {self.heads} heads")
 

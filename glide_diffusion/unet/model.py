@@ -202,7 +202,8 @@ class GlideUNet(nn.Module):
 
         Padded slots get ``padding_embedding`` only (no positional term); the
         transformer has no attention mask; the pooled feature is the LAST
-        position (a padding slot for short captions), as in glide-text2im.
+        position (a padding slot for short captions), as in glide-text2im, or with
+        ``text.pool = "mean"`` the mean over the caption's tokens.
         """
         tc = self.config.text
         if tokens.shape[-1] != tc.context_length:
@@ -215,7 +216,15 @@ class GlideUNet(nn.Module):
         xf_out = self.transformer(xf_in)
         if self.final_ln is not None:
             xf_out = self.final_ln(xf_out)
-        xf_proj = self.transformer_proj(xf_out[:, -1])
+        if tc.pool == "mean":
+            weights = mask.to(xf_out.dtype)
+            last = torch.zeros_like(weights[:1])
+            last[:, -1] = 1
+            weights = torch.where(weights.sum(1, keepdim=True) > 0, weights, last)  # empty caption: last slot
+            pooled = (weights[..., None] * xf_out).sum(1) / weights.sum(1, keepdim=True)
+        else:
+            pooled = xf_out[:, -1]
+        xf_proj = self.transformer_proj(pooled)
         xf_out = xf_out.transpose(1, 2)  # (B, W, L)
         kv = tuple(block.project_text(xf_out) for block in self._attention_blocks)
         return TextCondition(xf_proj, xf_out, kv)
