@@ -7,6 +7,9 @@ after a warm-up, and read back from its metrics.jsonl.
     python benchmarks/train_throughput.py                        # base-shapes, 20 steps, 1 and 2 processes
     python benchmarks/train_throughput.py --config configs/tiny-test.toml --steps 10 --procs 1
     python benchmarks/train_throughput.py --set data.kind=synthetic   # without the Shapes data module
+    python benchmarks/train_throughput.py --procs 1 --compile both --steps 40 --warmup 15   # torch.compile vs eager
+
+With torch.compile the first steps include compiling: keep --warmup past them.
 
 The per-process batch is the config's; with N processes each optimizer step
 trains on N times as many images. On a 2-core CPU the 2-process run shares the
@@ -26,12 +29,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(config: str, steps: int, warmup: int, procs: int, overrides: list[str], threads: int | None) -> dict:
+def run(config: str, steps: int, warmup: int, procs: int, overrides: list[str], threads: int | None,
+        compiled: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as out:
         args = ["-m", "glide_diffusion.cli.main", "train", config, "--out-dir", out, "--max-steps", str(steps),
                 "--no-progress", "--set", f"ckpt.every={steps}", "--set", "sample.every=0",
                 "--set", f"log.every={warmup}"]
-        for item in overrides:
+        for item in overrides + [f"compile={str(compiled).lower()}"]:
             args += ["--set", item]
         launcher = [sys.executable] if procs == 1 else [
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)]
@@ -44,7 +48,7 @@ def run(config: str, steps: int, warmup: int, procs: int, overrides: list[str], 
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     after = [r for r in records if r["step"] > warmup]  # the first interval includes start-up
     ips = sum(r["images_per_s"] for r in after) / len(after) if after else records[-1]["images_per_s"]
-    return {"procs": procs, "images_per_s": ips, "loss": records[-1]["loss"],
+    return {"procs": procs, "compiled": compiled, "images_per_s": ips, "loss": records[-1]["loss"],
             "global_batch": records[-1]["samples_seen"] // records[-1]["step"]}
 
 
@@ -55,17 +59,20 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5, help="steps excluded from the timing (default 5)")
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process counts to compare")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of single-process runs")
+    p.add_argument("--compile", choices=("off", "on", "both"), default="off",
+                   help="train with torch.compile (on), without (off), or each run both ways")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
     if args.steps <= args.warmup:
         raise SystemExit("--steps must exceed --warmup")
-    rows = [run(args.config, args.steps, args.warmup, n, args.overrides, args.threads if n == 1 else 1)
-            for n in args.procs]
+    modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
+    rows = [run(args.config, args.steps, args.warmup, n, args.overrides, args.threads if n == 1 else 1, c)
+            for n in args.procs for c in modes]
     base = rows[0]["images_per_s"]
     print(f"config: {args.config}  steps: {args.steps} (first {args.warmup} not timed)  cpus: {os.cpu_count()}")
-    print(f"{'processes':>9} {'global batch':>12} {'images/s':>9} {'speed-up':>8} {'last loss':>9}")
+    print(f"{'processes':>9} {'compiled':>8} {'global batch':>12} {'images/s':>9} {'speed-up':>8} {'last loss':>9}")
     for r in rows:
-        print(f"{r['procs']:>9} {r['global_batch']:>12} {r['images_per_s']:>9.2f} "
+        print(f"{r['procs']:>9} {str(r['compiled']).lower():>8} {r['global_batch']:>12} {r['images_per_s']:>9.2f} "
               f"{r['images_per_s'] / base:>8.2f} {r['loss']:>9.4f}")
 
 
