@@ -77,10 +77,11 @@ def expand_input_conv(state: Mapping[str, torch.Tensor], config: UNetConfig) -> 
         target channels [C, 2C + 1)     <- zeros                     (image*mask, mask)
         target channels [2C + 1, 3C + 1) <- source channels [C, 2C)   (low_res, upsamplers only)
 
-    Any further source channels (the coordinate channels of a ``coord_channels`` model) follow
-    low_res the same way: everything after x moves up by C + 1. The bias is unchanged. ``state`` is returned as is when ``config`` is not
-    inpainting or the source conv does not have exactly the channels listed
-    above (it already fits, or :func:`check_state_dict` will report it).
+    Any further source channels (the coordinate channels of a ``coord_channels`` model)
+    follow low_res the same way: everything after x moves up by C + 1. The bias is
+    unchanged. ``state`` is returned as is when ``config`` is not inpainting or the source
+    conv does not have exactly the channels listed above (it already fits, or
+    :func:`check_state_dict` will report it).
     """
     w = state.get(INPUT_CONV)
     c = config.in_channels

@@ -76,6 +76,8 @@ class UNetConfig:
     # 1, appended last to the first convolution's input. The ADM UNet has no positional
     # input; at high noise, where the caption must decide where an object goes, it can tell
     # where it is only from the zero padding. Not in GLIDE (False keeps its architecture).
+    # (On the Shapes base they did not, alone, make position words steer the model within
+    # 40k training images: benchmarks/caption_sensitivity.py.)
     coord_channels: bool = False
     text: TextConfig = field(default_factory=TextConfig)
 
