@@ -26,7 +26,8 @@ class TextConfig:
     tokenizer: str = "gpt2"  # name in glide_diffusion.text.tokenizer's registry
     # The caption feature added to the timestep embedding. "last" (GLIDE): the transformer's
     # output at the last context slot. "mean": the mean of its outputs over the caption's
-    # tokens (the last slot for the empty caption), so every word keeps an equal share.
+    # tokens (the last slot for the empty caption), so every word keeps an equal share. (On
+    # the Shapes base it did not make the UNet read the object words: high_noise_probe.py.)
     pool: str = "last"
 
     def __post_init__(self) -> None:
@@ -70,7 +71,13 @@ class UNetConfig:
     # Groups of every GroupNorm. ADM/GLIDE: 32, i.e. 6 channels per group at 192 channels; at
     # 32 channels that is one channel per group (instance norm). Parameter shapes do not depend
     # on it. (On the Shapes base config, 8 groups trained to a higher loss than 32 over the
-    # same first 750 steps and batches.)
+    # same first 750 steps and batches.) With one channel per group every norm removes each
+    # channel's spatial mean, the one before the output conv included, so a spatially flat,
+    # caption-dependent output (a background colour at high noise) is hard to express:
+    # trained on t >= 900 only (benchmarks/high_noise_probe.py), a 16-channel Shapes base
+    # with 16 groups ignored the background word at step 250 and its v-loss stayed ~0.5 to
+    # step 450; with 1 group it had learned it by step 250 (v-loss ~0.15, background MSE
+    # 0.003). Its object words stayed unread either way.
     norm_groups: int = 32
     # CoordConv (Liu et al. 2018): two constant input channels, x and y from -1 (left, top) to
     # 1, appended last to the first convolution's input. The ADM UNet has no positional
