@@ -61,11 +61,16 @@ def main() -> None:
     schedule = make_schedule(cfg.diffusion.noise_schedule, cfg.diffusion.steps)
 
     @torch.no_grad()
-    def x0_mse(rows: list[str], t: int) -> float:
+    def x0_estimate(images: torch.Tensor, rows: list[str], t: int, seed: int) -> torch.Tensor:
+        """The model's clipped x0 estimate from ``images`` noised to t (noise drawn from ``seed``)."""
         tokens, mask = tokenize_batch(tokenizer, rows, cfg.unet.text.context_length)
-        x_t = q_sample(schedule, x0, t, torch.randn(x0.shape, generator=torch.Generator().manual_seed(t)))
-        eps = model(x_t, torch.full((args.n,), t), tokens=tokens, mask=mask)[:, :3]
-        return float((predict_x0_from_eps(schedule, x_t, t, eps).clamp(-1, 1) - x0).square().mean())
+        noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
+        x_t = q_sample(schedule, images, t, noise)
+        eps = model(x_t, torch.full((len(rows),), t), tokens=tokens, mask=mask)[:, :3]
+        return predict_x0_from_eps(schedule, x_t, t, eps).clamp(-1, 1)
+
+    def x0_mse(rows: list[str], t: int) -> float:
+        return float((x0_estimate(x0, rows, t, seed=t) - x0).square().mean())
 
     print(f"x0 MSE of {args.n} noised test images ({cfg.diffusion.noise_schedule} schedule)")
     print(f"{'t':>5} {'right':>8} {'empty':>8} {'shifted':>8}")
@@ -84,17 +89,10 @@ def main() -> None:
     target = torch.stack([image_to_tensor(render_array(s, size)) for s in scenes])
     plain = torch.stack([image_to_tensor(render_array(Scene(s.background, ()), size)) for s in scenes])
     inside = ((target - plain).abs().sum(1, keepdim=True) > 0.1).float()
-    tokens, mask = tokenize_batch(tokenizer, full, cfg.unet.text.context_length)
     print(f"\nx0 estimate of {args.n} fully captioned one-object scenes, mean over {args.seeds} noise draws")
     print(f"{'t':>5} {'object gain':>12} {'bg MSE':>8}")
     for t in args.gain_timesteps:
-        estimates = []
-        for seed in range(args.seeds):
-            x_t = q_sample(schedule, target, t, torch.randn(target.shape, generator=torch.Generator().manual_seed(seed)))
-            with torch.no_grad():
-                eps = model(x_t, torch.full((args.n,), t), tokens=tokens, mask=mask)[:, :3]
-            estimates.append(predict_x0_from_eps(schedule, x_t, t, eps).clamp(-1, 1))
-        x0_hat = torch.stack(estimates).mean(0)
+        x0_hat = torch.stack([x0_estimate(target, full, t, seed) for seed in range(args.seeds)]).mean(0)
         err = ((x0_hat - target).square() * inside).sum((1, 2, 3))
         gain = 1 - err / ((plain - target).square() * inside).sum((1, 2, 3))
         bg = ((x0_hat - plain).square() * (1 - inside)).sum((1, 2, 3)) / (3 * (1 - inside).sum((1, 2, 3)))
@@ -106,7 +104,7 @@ def main() -> None:
     def swapped(attribute: int) -> list[str]:
         values = tuple(choices.values())[attribute]
         out = []
-        for i, w in enumerate(words):  # the next value of that attribute, cyclically
+        for i, w in enumerate(words):  # another value of that attribute, varying with the scene
             w = list(w)
             w[attribute] = values[(values.index(w[attribute]) + 1 + i % (len(values) - 1)) % len(values)]
             out.append(caption(*w))
@@ -114,17 +112,9 @@ def main() -> None:
 
     print(f"\nmean |change| of the x0 estimate when one word of those captions changes")
     print(f"{'t':>5} " + " ".join(f"{k:>10}" for k in choices))
-    for t in args.gain_timesteps:
-        x_t = q_sample(schedule, target, t, torch.randn(target.shape, generator=torch.Generator().manual_seed(t)))
-
-        @torch.no_grad()
-        def x0_of(rows: list[str]) -> torch.Tensor:
-            tok, msk = tokenize_batch(tokenizer, rows, cfg.unet.text.context_length)
-            eps = model(x_t, torch.full((args.n,), t), tokens=tok, mask=msk)[:, :3]
-            return predict_x0_from_eps(schedule, x_t, t, eps).clamp(-1, 1)
-
-        ref = x0_of(full)
-        print(f"{t:>5} " + " ".join(f"{float((x0_of(swapped(a)) - ref).abs().mean()):>10.4f}"
+    for t in args.gain_timesteps:  # the same noise for every caption at a given t
+        ref = x0_estimate(target, full, t, seed=t)
+        print(f"{t:>5} " + " ".join(f"{float((x0_estimate(target, swapped(a), t, seed=t) - ref).abs().mean()):>10.4f}"
                                     for a in range(len(choices))))
 
 

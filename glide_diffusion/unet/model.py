@@ -217,10 +217,8 @@ class GlideUNet(nn.Module):
         if self.final_ln is not None:
             xf_out = self.final_ln(xf_out)
         if tc.pool == "mean":
-            weights = mask.to(xf_out.dtype)
-            last = torch.zeros_like(weights[:1])
-            last[:, -1] = 1
-            weights = torch.where(weights.sum(1, keepdim=True) > 0, weights, last)  # empty caption: last slot
+            weights = mask.to(xf_out.dtype, copy=True)
+            weights[weights.sum(1) == 0, -1] = 1  # the empty caption: the last slot
             pooled = (weights[..., None] * xf_out).sum(1) / weights.sum(1, keepdim=True)
         else:
             pooled = xf_out[:, -1]
