@@ -246,3 +246,34 @@ def test_mean_text_pool_averages_the_caption_tokens():
     torch.testing.assert_close(text.xf_out, text_last.xf_out)  # only the pooled feature differs
     torch.testing.assert_close(text.xf_proj[2], text_last.xf_proj[2])  # the empty caption pools as GLIDE
     assert not torch.allclose(text.xf_proj[0], text_last.xf_proj[0])
+
+
+def test_bag_of_words_adds_one_learned_vector_per_caption_token():
+    cfg = get_preset("tiny").unet
+    assert UNetConfig.from_dict(cfg.to_dict()).text.bag_of_words is False  # older configs: GLIDE's
+    assert "bag_of_words.weight" not in GlideUNet(cfg).state_dict()  # released checkpoints load as they are
+    bow_cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, bag_of_words=True))
+    torch.manual_seed(0)
+    model = GlideUNet(bow_cfg).eval()
+    plain = GlideUNet(cfg).eval()
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    assert missing == [] and unexpected == ["bag_of_words.weight"]
+    n = cfg.text.context_length
+    tokens = torch.randint(0, 256, (3, n))
+    tokens[1, 2] = tokens[1, 0]  # a repeated word counts twice
+    mask = torch.arange(n)[None] < torch.tensor([[4], [n], [0]])  # short, full, empty captions
+    with torch.no_grad():
+        text, text_plain = model.encode_text(tokens, mask), plain.encode_text(tokens, mask)
+        table = model.bag_of_words.weight
+        expected = torch.stack([table[tokens[0, :4]].sum(0), table[tokens[1]].sum(0), torch.zeros_like(table[0])])
+        torch.testing.assert_close(text.xf_proj - text_plain.xf_proj, expected)
+    torch.testing.assert_close(text.xf_out, text_plain.xf_out)  # the attention path is GLIDE's
+    # Trained with the rest: the words of the caption get gradients, other ids none.
+    model.train()
+    with torch.no_grad():  # past the zero-initialised output layers, which block every gradient
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x = torch.randn(1, 3, cfg.image_size, cfg.image_size)
+    model(x, torch.tensor([900]), tokens=tokens[:1], mask=mask[:1]).square().mean().backward()
+    used = model.bag_of_words.weight.grad.abs().sum(1) > 0
+    assert set(used.nonzero().flatten().tolist()) == set(tokens[0, :4].tolist())

@@ -115,6 +115,7 @@ class GlideUNet(nn.Module):
             nn.Parameter(torch.empty(tc.context_length, tc.width)) if tc.padding else None
         )
         self.transformer_proj = nn.Linear(tc.width, config.time_embed_dim)
+        self.bag_of_words = nn.Embedding(tc.n_vocab, config.time_embed_dim) if tc.bag_of_words else None
         # A plain list (not registered twice): attention blocks in kv_index order.
         self._attention_blocks = sorted(
             (m for m in self.modules() if isinstance(m, AttentionBlock)), key=lambda m: m.kv_index
@@ -203,7 +204,8 @@ class GlideUNet(nn.Module):
         Padded slots get ``padding_embedding`` only (no positional term); the
         transformer has no attention mask; the pooled feature is the LAST
         position (a padding slot for short captions), as in glide-text2im, or with
-        ``text.pool = "mean"`` the mean over the caption's tokens.
+        ``text.pool = "mean"`` the mean over the caption's tokens. With
+        ``text.bag_of_words`` a learned vector per caption token is added to it.
         """
         tc = self.config.text
         if tokens.shape[-1] != tc.context_length:
@@ -223,6 +225,8 @@ class GlideUNet(nn.Module):
         else:
             pooled = xf_out[:, -1]
         xf_proj = self.transformer_proj(pooled)
+        if self.bag_of_words is not None:  # padding ids are masked out: the empty caption adds 0
+            xf_proj = xf_proj + (self.bag_of_words(tokens.long()) * mask[..., None].to(xf_proj.dtype)).sum(1)
         xf_out = xf_out.transpose(1, 2)  # (B, W, L)
         kv = tuple(block.project_text(xf_out) for block in self._attention_blocks)
         return TextCondition(xf_proj, xf_out, kv)
