@@ -250,6 +250,7 @@ def test_clip_rerank_keeps_the_best_scored_images(checkpoints, monkeypatch, tmp_
 def test_cli_model_families(monkeypatch):
     from glide_diffusion.cli import edit as edit_cli
     from glide_diffusion.cli import sample as sample_cli
+    from glide_diffusion import bundled
     from glide_diffusion.cli.common import resolve_models
 
     def models(parser, argv):
@@ -257,13 +258,20 @@ def test_cli_model_families(monkeypatch):
         resolve_models(args)
         return args.base, args.upsampler
 
-    assert models(sample_cli.build_parser(), ["x"]) == ("base", "upsample")  # until bundled Shapes models ship
+    # The default: the bundled Shapes models where both ship, else the released GLIDE weights.
+    for ships in (True, False):
+        monkeypatch.setattr(bundled, "available", lambda: list(bundled.NAMES) if ships else [])
+        family = {"shapes": ("shapes-base", "shapes-upsample"), "glide": ("base", "upsample")}
+        assert models(sample_cli.build_parser(), ["x"]) == family["shapes" if ships else "glide"]
+    monkeypatch.setattr(bundled, "available", lambda: ["shapes-base", "shapes-upsample"])
+    assert models(edit_cli.inpaint_parser(), ["i", "x"]) == ("base-inpaint", "upsample-inpaint")
+    assert models(sample_cli.build_parser(), ["x"]) == ("shapes-base", "shapes-upsample")
     assert models(sample_cli.build_parser(), ["x", "--models", "shapes"]) == ("shapes-base", "shapes-upsample")
     assert models(sample_cli.build_parser(), ["x", "--models", "glide"]) == ("base", "upsample")
     assert models(sample_cli.build_parser(), ["x", "--models", "glide", "--upsampler", "none"]) == ("base", "none")
     assert models(edit_cli.inpaint_parser(), ["i", "x", "--models", "shapes"]) == ("shapes-inpaint", "shapes-upsample-inpaint")
     assert models(edit_cli.inpaint_parser(), ["i", "x", "--models", "glide"]) == ("base-inpaint", "upsample-inpaint")
-    assert models(edit_cli.edit_parser(), ["i", "x", "--base", "my.safetensors"]) == ("my.safetensors", "upsample")
+    assert models(edit_cli.edit_parser(), ["i", "x", "--base", "my.safetensors"]) == ("my.safetensors", "shapes-upsample")
 
 
 def test_bundled_shapes_models_sample_by_default(tmp_path):

@@ -20,15 +20,21 @@ FAMILIES = {
     "inpaint": {"shapes": ("shapes-inpaint", "shapes-upsample-inpaint"),
                 "glide": ("base-inpaint", "upsample-inpaint")},
 }
-# "glide" until the Shapes models are shipped in glide_diffusion/bundled/ (then "shapes").
-DEFAULT_FAMILY = "glide"
+
+
+def default_family(task: str) -> str:
+    """"shapes" where this installation ships both of the task's Shapes models, else "glide"."""
+    from ..bundled import available
+
+    return "shapes" if set(FAMILIES[task]["shapes"]) <= set(available()) else "glide"
 
 
 def add_model_args(p: argparse.ArgumentParser, task: str) -> None:
     choices = FAMILIES[task]
     listing = "; ".join(f"{k}: {b} + {u}" for k, (b, u) in choices.items())
-    p.add_argument("--models", choices=sorted(choices), default=DEFAULT_FAMILY,
-                   help=f"model family ({listing}); default: {DEFAULT_FAMILY}")
+    default = default_family(task)
+    p.add_argument("--models", choices=sorted(choices), default=default,
+                   help=f"model family ({listing}); default: {default} (shapes where both are bundled)")
     p.add_argument("--base", default=None,
                    help="base model: a released or bundled name, or a checkpoint path (default: from --models)")
     p.add_argument("--upsampler", default=None,
