@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+from .. import bundled
 from ..pipelines.stage import StageSettings
 from ..precision import DTYPES
 
@@ -24,9 +25,7 @@ FAMILIES = {
 
 def default_family(task: str) -> str:
     """"shapes" where this installation ships both of the task's Shapes models, else "glide"."""
-    from ..bundled import available
-
-    return "shapes" if set(FAMILIES[task]["shapes"]) <= set(available()) else "glide"
+    return "shapes" if set(FAMILIES[task]["shapes"]) <= set(bundled.available()) else "glide"
 
 
 def add_model_args(p: argparse.ArgumentParser, task: str) -> None:
