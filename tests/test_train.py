@@ -7,6 +7,7 @@ each takes a second or two on a 2-core CPU.
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from glide_diffusion.cli.main import main as glide_main
 from glide_diffusion.train import ConfigError, TrainingDivergedError, apply_overrides, load_config, train
 from glide_diffusion.train.batch import apply_cfg_dropout, ema_update, lr_factor, make_inputs, step_generator
 from glide_diffusion.train.config import OptimConfig, config_from_dict, parse_override
+from glide_diffusion.train.init import check_same_architecture
 from glide_diffusion.train.loop import Trainer, _Batches
 from glide_diffusion.train.metrics import read_metrics
 from glide_diffusion.train.state import list_checkpoints, load_state, read_checkpoint
@@ -102,6 +104,23 @@ def test_shipped_configs_parse():
     for path in sorted((ROOT / "configs").glob("*.toml")):
         c = load_config(path)
         assert c.task in ("base", "upsample", "inpaint", "upsample-inpaint", "clip"), path
+
+
+def test_shipped_finetune_configs_match_their_source_config():
+    """A config that fine-tunes another shipped config's run must keep its architecture
+    (init_model refuses a mismatch, but only once the source has been trained)."""
+    configs = {path: load_config(path) for path in sorted((ROOT / "configs").glob("*.toml"))}
+    by_out_dir = {str(c.out_dir).rstrip("/"): c for c in configs.values()}
+    checked = 0
+    for path, c in configs.items():
+        source_run = re.match(r"(runs/[^/]+)/", str(c.init_from or ""))
+        if source_run is None or source_run.group(1) not in by_out_dir:
+            continue
+        source = by_out_dir[source_run.group(1)]
+        check_same_architecture(source.model.unet, c.model.unet, str(path))
+        assert source.model.diffusion == c.model.diffusion, path
+        checked += 1
+    assert checked >= 2  # inpaint-shapes and upsample-inpaint-shapes
 
 
 # --- pieces of a step ------------------------------------------------------------------
