@@ -29,6 +29,16 @@ def test_safetensors_round_trip_rebuilds_the_model(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
 
 
+def test_saved_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = save_model(tmp_path / "m.safetensors", build_model("tiny"), get_preset("tiny"))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_official_pt_state_dict_loads_and_matches(tmp_path):
     model, io, _ = golden_unet("upsample")
     torch.save(model.state_dict(), tmp_path / "small.pt")
