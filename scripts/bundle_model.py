@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from glide_diffusion.bundled import NAMES, bundled_path
-from glide_diffusion.checkpoints import load_model, save_model
+from glide_diffusion.checkpoints import atomic_write, load_model, save_model
 
 
 def newest_checkpoint(run: Path) -> Path:
@@ -48,6 +48,16 @@ def training_summary(run: Path, step: int) -> dict:
     return {"steps": step, "samples_seen": last.get("samples_seen"), "final_loss": last.get("loss"),
             "median_images_per_s": median_rate, "world_size": last.get("world_size", 1),
             "wall_hours": seconds / 3600}
+
+
+ATTRIBUTES = ("background", "colour", "size", "shape", "position", "count")
+
+
+def train_command(run: Path, world_size: int) -> str:
+    config = f"configs/{run.name}.toml"
+    if world_size > 1:
+        return f"torchrun --standalone --nproc_per_node {world_size} -m glide_diffusion.cli.main train {config}"
+    return f"glide train {config}"
 
 
 def card(name: str, run: Path, ckpt: Path, config: dict, kind: str, summary: dict, params: int,
@@ -91,7 +101,7 @@ def card(name: str, run: Path, ckpt: Path, config: dict, kind: str, summary: dic
     lines = [f"# {name}", "", f"A GLIDE-style {kind} model trained on the procedural Shapes dataset",
              "(`glide_diffusion.data.shapes`, training split: the five held-out colour-shape pairs never seen).",
              "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
-             f"Reproduce: `glide train configs/{run.name}.toml` then",
+             f"Reproduce: `{train_command(run, summary['world_size'])}` then",
              f"`python scripts/bundle_model.py {run} {name}` (checkpoint `{ckpt.name}`).",
              "Weights are stored in float16 and loaded as float32."]
     if notes:
@@ -99,10 +109,15 @@ def card(name: str, run: Path, ckpt: Path, config: dict, kind: str, summary: dic
     if evaluation:
         lines += ["", "## Evaluation", "", "From `benchmarks/shapes_quality.py` "
                   f"(`{json.dumps(evaluation.get('args', {}))}`):", "",
-                  "| guidance | exact (1 object) | exact (2 objects) | exact (held-out pairs) |",
-                  "|---|---|---|---|"]
+                  "| guidance | exact (1 object) | " + " | ".join(ATTRIBUTES) + " | exact (2 objects) | exact (held-out pairs) |",
+                  "|---" * (len(ATTRIBUTES) + 4) + "|"]
         for scale, r in evaluation.get("reports", {}).items():
-            lines.append(f"| {scale} | {r['single']['exact']:.3f} | {r['two']['exact']:.3f} | {r['held_out']['exact']:.3f} |")
+            single = r["single"]
+            cells = [single["exact"], *(single.get(a, float("nan")) for a in ATTRIBUTES),
+                     r["two"]["exact"], r["held_out"]["exact"]]
+            lines.append(f"| {scale} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
+        lines += ["", "(one-object columns: the share of captions whose attribute the evaluator read right; "
+                  "nan where the set was empty)"]
     return "\n".join(lines) + "\n"
 
 
@@ -134,7 +149,7 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     evaluation = json.loads(args.eval.read_text()) if args.eval else None
     text = card(args.name, args.run, ckpt, config, kind, summary, params, evaluation, args.notes)
-    out.with_suffix(".md").write_text(text)
+    atomic_write(out.with_suffix(".md"), lambda tmp: Path(tmp).write_text(text))
     print(f"{out} ({out.stat().st_size / 1e6:.1f} MB) and {out.with_suffix('.md')}")
 
 if __name__ == "__main__":

@@ -184,3 +184,26 @@ def test_cli_editing_bad_input(checkpoints, tmp_path, capsys, args, match):
     assert rc == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_inpaint_uses_the_bundled_shapes_models_by_default(tmp_path, capsys):
+    """`glide inpaint` with nothing downloaded: the bundled Shapes inpainting models."""
+    from glide_diffusion import bundled
+    from glide_diffusion.cli.main import main
+    from glide_diffusion.data.shapes import Scene, render
+
+    if not {"shapes-inpaint", "shapes-upsample-inpaint"} <= set(bundled.available()):
+        pytest.skip("the Shapes inpainting models are not bundled in this installation")
+    image = tmp_path / "blank.png"
+    render(Scene(background="white", objects=()), 128).save(image)
+    rc = main(["inpaint", str(image), "a large red square in the top left corner", "--rect", "0,0,64,64",
+               "--base-steps", "10", "--up-steps", "5", "--no-download", "--no-progress", "-o", str(tmp_path / "out")])
+    assert rc == 0, capsys.readouterr().err
+    (png,) = (tmp_path / "out").glob("*.png")
+    out = Image.open(png)
+    assert out.size == (128, 128)
+    keep = np.ones((128, 128), bool)
+    keep[:64, :64] = False
+    np.testing.assert_array_equal(np.asarray(out.convert("RGB"))[keep], np.asarray(Image.open(image).convert("RGB"))[keep])
+    settings = out.text["settings"]
+    assert "shapes-inpaint" in settings and "shapes-upsample-inpaint" in settings

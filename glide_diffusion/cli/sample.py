@@ -20,9 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank", type=int, default=None, metavar="K",
                    help="CLIP reranking: keep the K of the -n images per prompt that the noised CLIP "
                         "scores best (GLIDE §3.2), best first")
-    p.add_argument("--clip", default="released",
+    p.add_argument("--clip", default=None,
                    help="the noised CLIP for --clip-guidance-scale and --rerank: 'released', a bundled name "
-                        "(shapes-clip) or a .safetensors path")
+                        "(shapes-clip) or a .safetensors path (default: shapes-clip with --models shapes, "
+                        "else released)")
     return p
 
 
@@ -67,12 +68,13 @@ def _load_clip(args, device):
     from ..hub.download import download_released
 
     names = ["clip-image-enc", "clip-text-enc", "clip-bpe"]
-    if args.clip == "released":
+    choice = args.clip or ("shapes-clip" if args.models == "shapes" else "released")
+    if choice == "released":
         missing = [n for n in names if not released_path(n, args.cache_dir).exists()]
         if missing and not args.no_download:
             download_released(missing, args.cache_dir)
         clip = load_clip(cache_dir=args.cache_dir, device=device)
     else:
-        clip = load_clip(args.clip, device=device)
+        clip = load_clip(choice, device=device)
     bpe = released_path("clip-bpe", args.cache_dir)
     return clip, clip_tokenizer_for(clip.config, bpe.parent if bpe.exists() else None)
