@@ -128,6 +128,9 @@ def main() -> None:
     p.add_argument("--checkpoint", type=Path, help="a checkpoint directory (default: the newest)")
     p.add_argument("--eval", type=Path, help="benchmarks/shapes_quality.py --json output to quote")
     p.add_argument("--notes", help="free text for the card (e.g. how the machine was shared)")
+    p.add_argument("--card-only", action="store_true",
+                   help="rewrite the model card only (the weights file's header order is not deterministic, "
+                        "so rewriting the same weights would still change the file in the history)")
     args = p.parse_args()
 
     ckpt = args.checkpoint or newest_checkpoint(args.run)
@@ -140,11 +143,13 @@ def main() -> None:
         from glide_diffusion.clip.loading import load_clip, save_clip
 
         model = load_clip(ckpt / "ema.safetensors")
-        save_clip(out, model.half(), meta)
+        if not args.card_only:
+            save_clip(out, model.half(), meta)
         kind = "noised CLIP"
     else:
         model, model_config = load_model(ckpt / "ema.safetensors")
-        save_model(out, model.half(), model_config, metadata=meta)
+        if not args.card_only:
+            save_model(out, model.half(), model_config, metadata=meta)
         kind = model_config.kind
     params = sum(p.numel() for p in model.parameters())
     evaluation = json.loads(args.eval.read_text()) if args.eval else None
