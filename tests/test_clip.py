@@ -349,3 +349,20 @@ def test_cond_fn_in_a_respaced_sampler_sees_original_timesteps():
     guided, plain = run(cond_fn), run(None)
     assert seen == [[t, t] for t in reversed(s.timestep_map)] and max(s.timestep_map) == 999
     assert (guided - plain).abs().max() > 1e-4
+
+
+def test_cond_fn_is_off_above_the_timesteps_the_clip_was_trained_on():
+    import dataclasses
+
+    torch.manual_seed(0)
+    clip = build_clip("tiny").eval()
+    limited = NoisedClip(dataclasses.replace(clip.config, max_timestep=500)).eval()
+    limited.load_state_dict(clip.state_dict())
+    tokens, lens = torch.tensor([[1, 5, 2] + [0] * 13]), torch.tensor([3])
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([10, 499, 500])
+    full = clip_cond_fn(clip, (tokens, lens), grad_scale=1.0)(x, t)
+    grad = clip_cond_fn(limited, (tokens, lens), grad_scale=1.0)(x, t)
+    torch.testing.assert_close(grad[:2], full[:2])
+    assert full[2].abs().max() > 0 and torch.equal(grad[2], torch.zeros_like(grad[2]))
+    with pytest.raises(ValueError, match="max_timestep"):
+        dataclasses.replace(clip.config, max_timestep=1001)

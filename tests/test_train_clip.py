@@ -10,7 +10,7 @@ from glide_diffusion.clip.tokenizer import ClipWordTokenizer, clip_tokenize_batc
 from glide_diffusion.train import ConfigError, load_config, train
 from glide_diffusion.train.clip_task import ClipInputs, clip_loss
 from glide_diffusion.train.metrics import read_metrics
-from tests.test_train import TINY
+from tests.test_train import ROOT, TINY
 
 TINY_CLIP = ["clip.preset=shapes", "clip.n_embd=16", "clip.n_head_state_text=8", "clip.n_head_text=2",
              "clip.n_xf_blocks_text=1", "clip.n_head_state_image=8", "clip.n_head_image=2",
@@ -103,3 +103,17 @@ def test_two_process_clip_contrasts_the_global_batch(tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3] and records[-1]["samples_seen"] == 3 * 4 * 2
     assert all(math.isfinite(r["loss"]) for r in records)
     load_clip(tmp_path / "checkpoints" / "step_00000003" / "ema.safetensors")
+
+
+def test_clip_timesteps_stay_below_max_timestep():
+    from glide_diffusion.clip.tokenizer import clip_tokenizer_for
+    from glide_diffusion.diffusion import make_schedule
+    from glide_diffusion.train.clip_task import make_clip_inputs
+
+    config = load_config(ROOT / "configs" / "clip-shapes.toml")
+    assert config.clip.max_timestep == 500
+    batch = {"image": torch.zeros(4000, 3, 32, 32), "caption": ["a red circle"] * 4000}
+    schedule = make_schedule(config.clip.beta_schedule, config.clip.n_timesteps)
+    inputs = make_clip_inputs(batch, config, schedule, clip_tokenizer_for(config.clip),
+                              torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert int(inputs.t.min()) == 0 and int(inputs.t.max()) == 499

@@ -51,16 +51,21 @@ def clip_cond_fn(
     The text embeddings are computed once. Their rows pair with the rows of
     x_t (B of them), or a single row is used for every image. x_t is in the
     model's [-1, 1] space, resized (differentiably) to the CLIP's image size
-    when it differs; t holds ORIGINAL timesteps.
+    when it differs; t holds ORIGINAL timesteps. A CLIP trained only below
+    ``config.max_timestep`` gives no gradient at t >= it.
     """
     z_t = clip_text_embeddings(clip, prompts_or_tokens, tokenizer)  # (P, D)
+    max_t = clip.config.max_timestep
 
     def log_prob(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if z_t.shape[0] not in (1, x_t.shape[0]):
             raise ValueError(f"{z_t.shape[0]} prompts for a batch of {x_t.shape[0]} images (need 1 or {x_t.shape[0]})")
         z_i = clip.image_embeddings(_resize(x_t, clip.config.image_size), t)  # (B, D)
         z = z_t.clone() if z_t.is_inference() else z_t  # usable by autograd
-        return torch.exp(clip.logit_scale) * (z.to(z_i.dtype) * z_i).sum(dim=-1)  # (B,)
+        logits = torch.exp(clip.logit_scale) * (z.to(z_i.dtype) * z_i).sum(dim=-1)  # (B,)
+        if max_t:
+            logits = logits * (torch.as_tensor(t, device=logits.device) < max_t).to(logits.dtype)
+        return logits
 
     return scaled_cond_fn(log_prob, grad_scale)
 

@@ -45,10 +45,11 @@ class ClipInputs:
 
 def make_clip_inputs(batch: dict, config, schedule: Schedule, tokenizer, generator: torch.Generator,
                      device: torch.device) -> ClipInputs:
-    """Noised images at uniform timesteps and their tokenized captions (no caption dropout)."""
+    """Noised images at uniform timesteps (below ``clip.max_timestep`` when set) and their
+    tokenized captions (no caption dropout)."""
     x0 = batch["image"].float()
     tokens, lens = clip_tokenize_batch(tokenizer, list(batch["caption"]), config.clip.max_text_len)
-    t = sample_timesteps(x0.shape[0], schedule.num_steps, generator)
+    t = sample_timesteps(x0.shape[0], config.clip.max_timestep or schedule.num_steps, generator)
     noise = torch.randn(x0.shape, generator=generator)
     x_t = q_sample(schedule, x0, t, noise)
     return ClipInputs(x_t.to(device), t.to(device), tokens.to(device), lens.to(device))
