@@ -8,6 +8,11 @@ diversity trade-off of classifier-free guidance (GLIDE §2.3, Fig. 6).
 
     python benchmarks/shapes_quality.py --base runs/base-shapes/checkpoints/step_00004000/ema.safetensors
     python benchmarks/shapes_quality.py --base B --upsampler U --scales 0 1 2 3 5 --n 500 --json out.json
+    python benchmarks/shapes_quality.py --base shapes-base --clip shapes-clip --clip-scales 1 3 10 --scales 0 1 3
+
+With --clip, each --clip-scales value adds a row sampled with CLIP guidance of that scale
+on the plain text-conditional model (classifier-free guidance scale --clip-cfg, 1 by
+default), beside the classifier-free rows: GLIDE §3's comparison of the two guides.
 
 Images are scored at the resolution they are generated (the evaluator is
 resolution-free); with --upsampler the upsampled images are scored.
@@ -45,12 +50,13 @@ def caption_set(n: int, seed: int, n_two: int | None = None, n_held_out: int | N
     )
 
 
-def sample_and_score(pipe, captions, scale, args) -> dict:
+def sample_and_score(pipe, captions, scale, args, clip_scale: float = 0.0) -> dict:
     prompts = [c for c, _ in captions]
     base = StageSettings(args.sampler, args.steps, scale)
     up = StageSettings(args.up_sampler, args.up_steps, 1.0, args.up_temperature)
     start = time.perf_counter()
-    result = pipe(prompts, seed=args.seed, base=base, upsample=up, batch_size=args.batch_size)
+    result = pipe(prompts, seed=args.seed, base=base, upsample=up, batch_size=args.batch_size,
+                  clip_guidance_scale=clip_scale)
     seconds = time.perf_counter() - start
     report = evaluate([spec for _, spec in captions], result.images)
     report["seconds"] = seconds
@@ -72,24 +78,38 @@ def main() -> None:
     p.add_argument("--up-steps", default="fast27")
     p.add_argument("--up-temperature", type=float, default=0.997)
     p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--clip", default=None, help="a noised CLIP (bundled name or file) for --clip-scales")
+    p.add_argument("--clip-scales", type=float, nargs="*", default=[], help="CLIP guidance scales to add")
+    p.add_argument("--clip-cfg", type=float, default=1.0, help="classifier-free scale of the CLIP-guided rows")
     p.add_argument("--json", help="also write every report here")
     args = p.parse_args()
+    if args.clip_scales and not args.clip:
+        p.error("--clip-scales needs --clip")
 
     pipe = load_pipeline(args.base, args.upsampler)
+    if args.clip:
+        from glide_diffusion.clip.loading import load_clip
+        from glide_diffusion.clip.tokenizer import clip_tokenizer_for
+
+        pipe.clip = load_clip(args.clip).eval()
+        pipe.clip_tokenizer = clip_tokenizer_for(pipe.clip.config)
     n_two, n_held = (args.n // 2 if v is None else v for v in (args.n_two, args.n_held_out))
     captions = caption_set(args.n, args.seed, n_two, n_held)
     print(f"{len(captions)} captions ({args.n} single, {n_two} two-object, {n_held} held-out pairs); "
           f"base {args.sampler} {args.steps}" + (f", upsampler {args.up_sampler} {args.up_steps}" if args.upsampler else ""))
-    print(f"{'scale':>5} {'exact 1-obj':>11} {'exact 2-obj':>11} {'exact held-out':>14} "
+    print(f"{'guidance':>10} {'exact 1-obj':>11} {'exact 2-obj':>11} {'exact held-out':>14} "
           f"{'H(colour)':>9} {'H(size)':>7} {'H(position)':>11} {'H(bg)':>6} {'s':>6}")
     reports = {}
-    for scale in args.scales:
-        r = sample_and_score(pipe, captions, scale, args)
-        reports[str(scale)] = r
+    # Classifier-free rows keep their plain scale as the key; CLIP rows are "clip:SCALE".
+    runs = [(str(s), f"cfg {s:g}", s, 0.0) for s in args.scales]
+    runs += [(f"clip:{c}", f"clip {c:g}", args.clip_cfg, c) for c in args.clip_scales]
+    for key, label, scale, clip_scale in runs:
+        r = sample_and_score(pipe, captions, scale, args, clip_scale)
+        reports[key] = r
         d = r["diversity"]
-        h = lambda k: f"{d[k]['entropy_bits']:.2f}" if k in d else "-"  # noqa: E731
+        h = lambda k: f"{d[k]['entropy_bits'] + 0.0:.2f}" if k in d else "-"  # noqa: E731  (+ 0.0: no -0.00)
         ex = lambda g: f"{r[g]['exact']:.3f}" if r[g].get("n") else "-"  # noqa: E731
-        print(f"{scale:>5g} {ex('single'):>11} {ex('two'):>11} {ex('held_out'):>14} "
+        print(f"{label:>10} {ex('single'):>11} {ex('two'):>11} {ex('held_out'):>14} "
               f"{h('colour'):>9} {h('size'):>7} {h('position'):>11} {h('background'):>6} {r['seconds']:>6.0f}", flush=True)
         one = r["single"]
         print("      single-object per attribute: " + ", ".join(
