@@ -70,7 +70,8 @@ def card(name: str, run: Path, ckpt: Path, config: dict, kind: str, summary: dic
                             f"text {c['n_xf_blocks_text']} blocks x {c['n_head_text'] * c['n_head_state_text']} wide, "
                             f"embedding {c['n_embd']}"),
                  ("caption tokenizer", f"{c['tokenizer']} (context {c['max_text_len']})"),
-                 ("noise", f"{c['beta_schedule']}, {c['n_timesteps']} steps (images noised at uniform timesteps)")]
+                 ("noise", f"{c['beta_schedule']}, {c['n_timesteps']} steps (images noised at uniform timesteps"
+                           + (f" below {c['max_timestep']})" if c.get("max_timestep") else ")"))]
     else:
         unet, diff = config["model"]["unet"], config["model"]["diffusion"]
         rows += [("resolution", f"{unet['image_size']} px"),

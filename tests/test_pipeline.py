@@ -201,7 +201,8 @@ def test_cli_clip_guidance(checkpoints, tmp_path, monkeypatch, capsys):
                "--clip-guidance-scale", "3", "--clip", str(clip_path), "-g", "1", "-o", str(out), "--no-progress",
                "--cache-dir", str(tmp_path / "cache")])
     assert rc == 0, capsys.readouterr().err
-    assert json.loads(Image.open(out / "a-red-circle-0.png").text["settings"])["clip_guidance_scale"] == 3.0
+    settings = json.loads(Image.open(out / "a-red-circle-0.png").text["settings"])
+    assert settings["clip_guidance_scale"] == 3.0 and settings["clip_model"] == str(clip_path)
 
 
 def test_clip_rerank_keeps_the_best_scored_images(checkpoints, monkeypatch, tmp_path, capsys):
@@ -295,3 +296,18 @@ def test_bundled_shapes_models_sample_by_default(tmp_path):
 
     result = score("a large red circle on a white background", im.convert("RGB"))
     assert result["background"] and result["colour"], result
+
+
+def test_shapes_family_guides_with_the_bundled_shapes_clip(tmp_path, capsys):
+    from glide_diffusion import bundled
+
+    if not {"shapes-base", "shapes-clip"} <= set(bundled.available()):
+        pytest.skip("the Shapes base model and CLIP are not bundled in this installation")
+    out = tmp_path / "out"
+    rc = main(["sample", "a red circle", "--models", "shapes", "--upsampler", "none", "--base-steps", "4",
+               "--clip-guidance-scale", "3", "-g", "1", "-n", "2", "--rerank", "1", "--no-download",
+               "-o", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    (png,) = out.glob("*.png")
+    settings = json.loads(Image.open(png).text["settings"])
+    assert settings["clip_model"] == "shapes-clip" and settings["clip_rerank"]["clip_model"] == "shapes-clip"

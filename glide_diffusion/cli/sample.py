@@ -49,7 +49,7 @@ def main(argv: Sequence[str]) -> int:
             args.base, upsampler, device=device, cache_dir=args.cache_dir, download=not args.no_download
         )
         if args.clip_guidance_scale or args.rerank:
-            pipe.clip, pipe.clip_tokenizer = _load_clip(args, device)
+            pipe.clip, pipe.clip_tokenizer, pipe.clip_name = _load_clip(args, device)
         result = pipe(args.prompts, num_images=args.num_images, seed=args.seed, base=base, upsample=up,
                       dtype=args.dtype, batch_size=args.batch_size, clip_guidance_scale=args.clip_guidance_scale,
                       progress=not args.no_progress)
@@ -77,4 +77,4 @@ def _load_clip(args, device):
     else:
         clip = load_clip(choice, device=device)
     bpe = released_path("clip-bpe", args.cache_dir)
-    return clip, clip_tokenizer_for(clip.config, bpe.parent if bpe.exists() else None)
+    return clip, clip_tokenizer_for(clip.config, bpe.parent if bpe.exists() else None), choice

@@ -54,6 +54,7 @@ class Text2ImPipeline:
         if upsampler is not None and upsampler.config.kind != "upsample":
             raise ValueError(f"the upsampling stage needs an upsampler, got a {upsampler.config.kind} model")
         self.base, self.upsampler, self.clip, self.clip_tokenizer = base, upsampler, clip, clip_tokenizer
+        self.clip_name: str | None = None  # recorded in the settings when the CLIP is used
 
     @classmethod
     def from_pretrained(
@@ -125,6 +126,7 @@ class Text2ImPipeline:
             "num_images": num_images,
             "batch_size": step,
             "clip_guidance_scale": clip_guidance_scale,
+            "clip_model": self.clip_name if clip_guidance_scale else None,
         }
         return Text2ImResult(to_pil(final), to_pil(low), rows, seeds, settings)
 
@@ -153,7 +155,7 @@ class Text2ImPipeline:
             order = torch.argsort(s, descending=True, stable=True)[:keep].tolist()
             chosen += [idx[j] for j in order]
             scores += [float(s[j]) for j in order]
-        settings = dict(result.settings, clip_rerank={"keep": keep, "scores": scores})
+        settings = dict(result.settings, clip_rerank={"keep": keep, "scores": scores, "clip_model": self.clip_name})
         pick = lambda xs: [xs[i] for i in chosen]  # noqa: E731
         return Text2ImResult(pick(result.images), pick(result.low_res), pick(result.prompts),
                              pick(result.seeds), settings)
