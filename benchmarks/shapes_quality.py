@@ -10,7 +10,8 @@ diversity trade-off of classifier-free guidance (GLIDE §2.3, Fig. 6).
     python benchmarks/shapes_quality.py --base B --upsampler U --scales 0 1 2 3 5 --n 500 --json out.json
     python benchmarks/shapes_quality.py --base shapes-base --clip shapes-clip --clip-scales 1 3 10 --scales 0 1 3
 
-With --clip, each --clip-scales value adds a row sampled with CLIP guidance of that scale
+With --rerank N every row samples N images per caption and scores the one the --clip
+model rates best (CLIP reranking). With --clip, each --clip-scales value adds a row sampled with CLIP guidance of that scale
 on the plain text-conditional model (classifier-free guidance scale --clip-cfg, 1 by
 default), beside the classifier-free rows: GLIDE §3's comparison of the two guides.
 
@@ -51,16 +52,34 @@ def caption_set(n: int, seed: int, n_two: int | None = None, n_held_out: int | N
 
 
 def sample_and_score(pipe, captions, scale, args, clip_scale: float = 0.0) -> dict:
-    prompts = [c for c, _ in captions]
+    n = args.rerank or 1
+    prompts = [c for c, _ in captions for _ in range(n)]  # n consecutive images (seeds) per caption
     base = StageSettings(args.sampler, args.steps, scale)
     up = StageSettings(args.up_sampler, args.up_steps, 1.0, args.up_temperature)
     start = time.perf_counter()
     result = pipe(prompts, seed=args.seed, base=base, upsample=up, batch_size=args.batch_size,
                   clip_guidance_scale=clip_scale)
+    images = result.images
+    if n > 1:  # CLIP reranking (GLIDE §3.2): keep the image of each caption's n the CLIP scores best
+        images = [images[i * n + best_of(pipe, result.low_res[i * n:(i + 1) * n], caption)]
+                  for i, (caption, _) in enumerate(captions)]
     seconds = time.perf_counter() - start
-    report = evaluate([spec for _, spec in captions], result.images)
+    report = evaluate([spec for _, spec in captions], images)
     report["seconds"] = seconds
     return report
+
+
+def best_of(pipe, low_res_images, caption: str) -> int:
+    """Index of the image the pipeline's CLIP scores highest for the caption (at t = 0)."""
+    import torch
+
+    from glide_diffusion.guidance.clip import clip_scores
+    from glide_diffusion.pipelines.stage import from_pil
+
+    with torch.no_grad():
+        scores = clip_scores(pipe.clip, torch.cat([from_pil(im) for im in low_res_images]), caption,
+                             tokenizer=pipe.clip_tokenizer)
+    return int(torch.argmax(scores))
 
 
 def main() -> None:
@@ -81,10 +100,14 @@ def main() -> None:
     p.add_argument("--clip", default=None, help="a noised CLIP (bundled name or file) for --clip-scales")
     p.add_argument("--clip-scales", type=float, nargs="*", default=[], help="CLIP guidance scales to add")
     p.add_argument("--clip-cfg", type=float, default=1.0, help="classifier-free scale of the CLIP-guided rows")
+    p.add_argument("--rerank", type=int, default=None, metavar="N",
+                   help="CLIP reranking: sample N images per caption, score the one --clip rates best")
     p.add_argument("--json", help="also write every report here")
     args = p.parse_args()
-    if args.clip_scales and not args.clip:
-        p.error("--clip-scales needs --clip")
+    if (args.clip_scales or args.rerank) and not args.clip:
+        p.error("--clip-scales and --rerank need --clip")
+    if args.rerank is not None and args.rerank < 1:
+        p.error("--rerank must be at least 1")
 
     pipe = load_pipeline(args.base, args.upsampler)
     if args.clip:
