@@ -46,6 +46,13 @@ def save_model(path: str | os.PathLike, model: GlideUNet, config: ModelConfig | 
 
 
 def _umask() -> int:
+    """The process umask: read from /proc on Linux (no window with a changed umask), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
