@@ -67,7 +67,16 @@ def clip_cond_fn(
             logits = logits * (torch.as_tensor(t, device=logits.device) < max_t).to(logits.dtype)
         return logits
 
-    return scaled_cond_fn(log_prob, grad_scale)
+    cond_fn = scaled_cond_fn(log_prob, grad_scale)
+    if not max_t:
+        return cond_fn
+
+    def limited(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if bool((torch.as_tensor(t) >= max_t).all()):  # no CLIP pass where it would give 0 anyway
+            return torch.zeros_like(x_t)
+        return cond_fn(x_t, t)
+
+    return limited
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
