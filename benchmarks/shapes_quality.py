@@ -53,33 +53,17 @@ def caption_set(n: int, seed: int, n_two: int | None = None, n_held_out: int | N
 
 def sample_and_score(pipe, captions, scale, args, clip_scale: float = 0.0) -> dict:
     n = args.rerank or 1
-    prompts = [c for c, _ in captions for _ in range(n)]  # n consecutive images (seeds) per caption
     base = StageSettings(args.sampler, args.steps, scale)
     up = StageSettings(args.up_sampler, args.up_steps, 1.0, args.up_temperature)
     start = time.perf_counter()
-    result = pipe(prompts, seed=args.seed, base=base, upsample=up, batch_size=args.batch_size,
-                  clip_guidance_scale=clip_scale)
-    images = result.images
+    result = pipe([c for c, _ in captions], num_images=n, seed=args.seed, base=base, upsample=up,
+                  batch_size=args.batch_size, clip_guidance_scale=clip_scale)
     if n > 1:  # CLIP reranking (GLIDE §3.2): keep the image of each caption's n the CLIP scores best
-        images = [images[i * n + best_of(pipe, result.low_res[i * n:(i + 1) * n], caption)]
-                  for i, (caption, _) in enumerate(captions)]
+        result = pipe.rerank(result, 1)
     seconds = time.perf_counter() - start
-    report = evaluate([spec for _, spec in captions], images)
+    report = evaluate([spec for _, spec in captions], result.images)
     report["seconds"] = seconds
     return report
-
-
-def best_of(pipe, low_res_images, caption: str) -> int:
-    """Index of the image the pipeline's CLIP scores highest for the caption (at t = 0)."""
-    import torch
-
-    from glide_diffusion.guidance.clip import clip_scores
-    from glide_diffusion.pipelines.stage import from_pil
-
-    with torch.no_grad():
-        scores = clip_scores(pipe.clip, torch.cat([from_pil(im) for im in low_res_images]), caption,
-                             tokenizer=pipe.clip_tokenizer)
-    return int(torch.argmax(scores))
 
 
 def main() -> None:

@@ -236,6 +236,12 @@ def test_clip_rerank_keeps_the_best_scored_images(checkpoints, monkeypatch, tmp_
         assert got == [result.seeds[first + j] for j in top]
     kept = best.settings["clip_rerank"]
     assert kept["keep"] == 2 and kept["scores"][0] >= kept["scores"][1]
+    # A prompt asked for twice is two requests: each keeps its own best, not the pooled best.
+    twice = pipe(["a red circle", "a red circle"], num_images=2, seed=5, base=FAST_BASE)
+    picked = pipe.rerank(twice, 1).seeds
+    assert picked[0] in twice.seeds[:2] and picked[1] in twice.seeds[2:]
+    with pytest.raises(ValueError, match="keep must be"):
+        pipe.rerank(twice, 3)
 
     clip_path = save_clip(tmp_path / "clip.safetensors", clip)
     out = tmp_path / "out"

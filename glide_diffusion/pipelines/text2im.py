@@ -144,15 +144,18 @@ class Text2ImPipeline:
 
         if self.clip is None:
             raise ValueError("CLIP reranking needs a noised CLIP: pass clip= (glide_diffusion.clip.load_clip())")
-        groups: dict[str, list[int]] = {}
-        for i, prompt in enumerate(result.prompts):
-            groups.setdefault(prompt, []).append(i)
-        smallest = min(len(g) for g in groups.values())
-        if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= smallest:
-            raise ValueError(f"keep must be an integer in 1..{smallest} (the images per prompt), got {keep!r}")
+        per = result.settings.get("num_images") or len(result.prompts)
+        if not result.prompts or len(result.prompts) % per:
+            raise ValueError(f"a result of {len(result.prompts)} images is not whole groups of {per} per prompt")
+        # One group per requested prompt (rows come as prompt-major runs of num_images), so a
+        # prompt given twice is reranked twice rather than pooled.
+        groups = [list(range(i, i + per)) for i in range(0, len(result.prompts), per)]
+        if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= per:
+            raise ValueError(f"keep must be an integer in 1..{per} (the images per prompt), got {keep!r}")
         chosen, scores = [], []
-        for prompt, idx in groups.items():
+        for idx in groups:
             images = torch.cat([from_pil(result.low_res[i]) for i in idx])
+            prompt = result.prompts[idx[0]]
             s = clip_scores(self.clip, images, prompt, tokenizer=self.clip_tokenizer).float().cpu()
             order = torch.argsort(s, descending=True, stable=True)[:keep].tolist()
             chosen += [idx[j] for j in order]
