@@ -54,18 +54,19 @@ def _run(model, inputs: dict, *, inpaint: bool) -> torch.Tensor:
         return model(inputs["x"], inputs["t"], **kw)
 
 
-def _with_coords(name: str, coords: bool) -> ModelConfig:
+def _with_coords(name: str, coords: bool, patch: int = 1) -> ModelConfig:
     preset = get_preset(name)
-    return dataclasses.replace(preset, unet=dataclasses.replace(preset.unet, coord_channels=coords))
+    return dataclasses.replace(preset, unet=dataclasses.replace(preset.unet, coord_channels=coords, patch_size=patch))
 
 
 @pytest.mark.parametrize(
-    "source, target, suffix, coords",
-    [("tiny", "tiny-inpaint", ".safetensors", False), ("tiny-upsample", "tiny-upsample-inpaint", ".pt", False),
-     ("tiny", "tiny-inpaint", ".safetensors", True), ("tiny-upsample", "tiny-upsample-inpaint", ".safetensors", True)],
+    "source, target, suffix, coords, patch",
+    [("tiny", "tiny-inpaint", ".safetensors", False, 1), ("tiny-upsample", "tiny-upsample-inpaint", ".pt", False, 1),
+     ("tiny", "tiny-inpaint", ".safetensors", True, 1), ("tiny-upsample", "tiny-upsample-inpaint", ".safetensors", True, 1),
+     ("tiny", "tiny-inpaint", ".safetensors", True, 2)],
 )
-def test_inpainting_start_computes_what_its_source_computes(tmp_path, source, target, suffix, coords):
-    source_config, target_config = _with_coords(source, coords), _with_coords(target, coords)
+def test_inpainting_start_computes_what_its_source_computes(tmp_path, source, target, suffix, coords, patch):
+    source_config, target_config = _with_coords(source, coords, patch), _with_coords(target, coords, patch)
     src = _perturbed(source_config)
     path = tmp_path / f"src{suffix}"
     if suffix == ".safetensors":
@@ -77,6 +78,8 @@ def test_inpainting_start_computes_what_its_source_computes(tmp_path, source, ta
     # Layout of the widened first conv: [x, image*mask (zero), mask (zero), low_res, coordinates].
     src_state, state = src.state_dict(), model.state_dict()
     w_src, w = src_state[INPUT_CONV], state[INPUT_CONV]
+    # (a patch_size p conv sees each input channel as p**2 consecutive ones)
+    w_src, w = (a.unflatten(1, (-1, patch * patch)) for a in (w_src, w))
     assert torch.equal(w[:, :3], w_src[:, :3]) and (w[:, 3:7] == 0).all()
     assert w.shape[1] == w_src.shape[1] + 4 == 7 + 3 * model.config.super_res + 2 * coords
     assert torch.equal(w[:, 7:], w_src[:, 3:])

@@ -277,3 +277,34 @@ def test_bag_of_words_adds_one_learned_vector_per_caption_token():
     model(x, torch.tensor([900]), tokens=tokens[:1], mask=mask[:1]).square().mean().backward()
     used = model.bag_of_words.weight.grad.abs().sum(1) > 0
     assert set(used.nonzero().flatten().tolist()) == set(tokens[0, :4].tolist())
+
+
+def test_patch_size_runs_the_unet_on_space_to_depth_patches():
+    cfg = dataclasses.replace(get_preset("tiny").unet, patch_size=2, coord_channels=True)
+    assert UNetConfig.from_dict(get_preset("tiny").unet.to_dict()).patch_size == 1  # older configs: no patches
+    assert UNetConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="patch_size 4"):
+        dataclasses.replace(cfg, patch_size=4, image_size=12)
+    torch.manual_seed(0)
+    model = GlideUNet(cfg).eval()
+    assert model.input_blocks[0][0].weight.shape[1] == 4 * cfg.input_channels
+    assert model.out[-1].weight.shape[0] == 4 * cfg.out_channels
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    s = cfg.image_size
+    x, t = torch.randn(2, 3, s, s), torch.tensor([10, 900])
+    tokens = torch.randint(0, 256, (2, cfg.text.context_length))
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    with torch.no_grad():
+        out = model(x, t, tokens=tokens, mask=mask)
+        assert out.shape == (2, 6, s, s)
+        # Every output pixel of a patch has its own channels: the four pixels of the
+        # top-left patch differ although the convolutions see them as one position.
+        corner = out[0, :3, :2, :2].reshape(3, 4)
+        assert (corner[:, :, None] - corner[:, None, :]).abs().sum(0).triu(1)[0, 1:].min() > 1e-4
+        # Changing one input pixel changes the output of its own patch, not the other row's.
+        x2 = x.clone()
+        x2[0, :, 5, 6] += 1.0
+        diff = (model(x2, t, tokens=tokens, mask=mask) - out).abs().sum((1, 2, 3))
+        assert diff[0] > 0 and diff[1] == 0

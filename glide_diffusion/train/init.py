@@ -78,21 +78,25 @@ def expand_input_conv(state: Mapping[str, torch.Tensor], config: UNetConfig) -> 
         target channels [2C + 1, 3C + 1) <- source channels [C, 2C)   (low_res, upsamplers only)
 
     Any further source channels (the coordinate channels of a ``coord_channels`` model)
-    follow low_res the same way: everything after x moves up by C + 1. The bias is
+    follow low_res the same way: everything after x moves up by C + 1 (for a ``patch_size``
+    p model, in groups of p**2 conv channels, one per pixel of a patch). The bias is
     unchanged. ``state`` is returned as is when ``config`` is not inpainting or the source
     conv does not have exactly the channels listed above (it already fits, or
     :func:`check_state_dict` will report it).
     """
     w = state.get(INPUT_CONV)
-    c = config.in_channels
+    c, cells = config.in_channels, config.patch_size**2
     if not config.inpaint or w is None or w.ndim != 4:
         return dict(state)
-    if w.shape[1] != config.input_channels - (c + 1):
+    if w.shape[1] != (config.input_channels - (c + 1)) * cells:
         return dict(state)
-    new = w.new_zeros(w.shape[0], config.input_channels, *w.shape[2:])
+    # A patch_size p model's conv sees channel k of the input as p**2 consecutive channels
+    # (pixel_unshuffle): move whole groups.
+    w = w.reshape(w.shape[0], -1, cells, *w.shape[2:])
+    new = w.new_zeros(w.shape[0], config.input_channels, cells, *w.shape[3:])
     new[:, :c] = w[:, :c]
     new[:, 2 * c + 1 :] = w[:, c:]
-    return {**state, INPUT_CONV: new}
+    return {**state, INPUT_CONV: new.flatten(1, 2)}
 
 
 def check_same_architecture(source: UNetConfig, target: UNetConfig, name: str = "checkpoint") -> None:

@@ -96,20 +96,27 @@ class UNetConfig:
     # (On the Shapes base they did not, alone, make position words steer the model within
     # 40k training images: benchmarks/caption_sensitivity.py.)
     coord_channels: bool = False
+    # Space-to-depth (pixel unshuffle) by this factor before the first convolution and
+    # depth-to-space after the last: the UNet's top level runs at image_size / patch_size
+    # with patch_size**2 times the input and output channels, as ViT-style diffusion models
+    # patchify (DiT, U-ViT use 2). attention_resolutions stay downsample rates of the image,
+    # so the smallest is patch_size. Not in GLIDE (1 keeps its architecture).
+    patch_size: int = 1
     text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self) -> None:
-        _check_positive(self, "image_size", "model_channels", "num_res_blocks", "in_channels")
+        _check_positive(self, "image_size", "model_channels", "num_res_blocks", "in_channels", "patch_size")
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
         object.__setattr__(
             self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions)
         )
         if not self.channel_mult or min(self.channel_mult) <= 0:
             raise ValueError(f"channel_mult must be positive integers, got {self.channel_mult}")
-        if self.image_size % 2 ** (len(self.channel_mult) - 1):
+        if self.image_size % (self.patch_size * 2 ** (len(self.channel_mult) - 1)):
             raise ValueError(
                 f"image_size {self.image_size} is not divisible by the total downsampling "
-                f"2**{len(self.channel_mult) - 1} of channel_mult {self.channel_mult}"
+                f"{self.patch_size} * 2**{len(self.channel_mult) - 1} of patch_size {self.patch_size} "
+                f"and channel_mult {self.channel_mult}"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")

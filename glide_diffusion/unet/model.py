@@ -104,7 +104,7 @@ class GlideUNet(nn.Module):
         self.out = nn.Sequential(
             GroupNorm32(ch, config.norm_groups),
             nn.SiLU(),
-            nn.Conv2d(ch, config.out_channels, 3, padding=1),
+            nn.Conv2d(ch, config.out_channels * config.patch_size**2, 3, padding=1),
         )
 
         self.transformer = Transformer(tc.width, tc.layers, tc.heads)
@@ -144,8 +144,8 @@ class GlideUNet(nn.Module):
     def _build_input_blocks(self) -> tuple[nn.ModuleList, list[int], int]:
         c = self.config
         ch = c.channel_mult[0] * c.model_channels
-        blocks = nn.ModuleList([Stage(nn.Conv2d(c.input_channels, ch, 3, padding=1))])
-        skip_channels, ds = [ch], 1
+        blocks = nn.ModuleList([Stage(nn.Conv2d(c.input_channels * c.patch_size**2, ch, 3, padding=1))])
+        skip_channels, ds = [ch], c.patch_size
         for level, mult in enumerate(c.channel_mult):
             for _ in range(c.num_res_blocks):
                 layers: list[nn.Module] = [self._res(ch, mult * c.model_channels)]
@@ -259,6 +259,8 @@ class GlideUNet(nn.Module):
         x_in = self._model_input(x, low_res, inpaint_image, inpaint_mask)
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x_in.dtype))
         emb = emb + text.xf_proj.to(emb.dtype)
+        if self.config.patch_size > 1:  # channel c * p**2 + i * p + j <- pixel (p*y + i, p*x + j) of channel c
+            x_in = F.pixel_unshuffle(x_in, self.config.patch_size)
         hs, h = [], x_in
         for stage in self.input_blocks:
             h = stage(h, emb, text)
@@ -267,6 +269,8 @@ class GlideUNet(nn.Module):
         for stage in self.output_blocks:
             h = stage(torch.cat([h, hs.pop()], dim=1), emb, text)
         out = self.out(h)
+        if self.config.patch_size > 1:
+            out = F.pixel_shuffle(out, self.config.patch_size)
         if self.config.prediction == "v":
             out = self._eps_from_v(out, x, t)
         return out
