@@ -1,5 +1,6 @@
 """Text -> image end to end on tiny random models, through the API and the CLI."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -242,6 +243,10 @@ def test_clip_rerank_keeps_the_best_scored_images(checkpoints, monkeypatch, tmp_
     assert picked[0] in twice.seeds[:2] and picked[1] in twice.seeds[2:]
     with pytest.raises(ValueError, match="keep must be"):
         pipe.rerank(twice, 3)
+    assert pipe.rerank(best, 1).prompts == ["a red circle", "a blue square"]  # a reranked result again
+    mixed = dataclasses.replace(result, prompts=result.prompts[1:] + result.prompts[:1])
+    with pytest.raises(ValueError, match="not whole runs"):
+        pipe.rerank(mixed, 1)
 
     clip_path = save_clip(tmp_path / "clip.safetensors", clip)
     out = tmp_path / "out"

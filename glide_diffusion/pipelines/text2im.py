@@ -144,12 +144,17 @@ class Text2ImPipeline:
 
         if self.clip is None:
             raise ValueError("CLIP reranking needs a noised CLIP: pass clip= (glide_diffusion.clip.load_clip())")
-        per = result.settings.get("num_images") or len(result.prompts)
-        if not result.prompts or len(result.prompts) % per:
-            raise ValueError(f"a result of {len(result.prompts)} images is not whole groups of {per} per prompt")
-        # One group per requested prompt (rows come as prompt-major runs of num_images), so a
-        # prompt given twice is reranked twice rather than pooled.
+        # One group per requested prompt (rows come as prompt-major runs of num_images, or of
+        # the kept count once reranked), so a prompt given twice is reranked twice, not pooled.
+        settings = result.settings
+        per = settings["clip_rerank"]["keep"] if "clip_rerank" in settings else settings.get("num_images")
+        if not per:  # a result built by hand: runs of the same prompt
+            per = next((i for i, p in enumerate(result.prompts) if p != result.prompts[0]), len(result.prompts))
         groups = [list(range(i, i + per)) for i in range(0, len(result.prompts), per)]
+        if not result.prompts or len(result.prompts) % per or any(
+            len({result.prompts[i] for i in g}) != 1 for g in groups
+        ):
+            raise ValueError(f"a result of {len(result.prompts)} images is not whole runs of {per} per prompt")
         if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= per:
             raise ValueError(f"keep must be an integer in 1..{per} (the images per prompt), got {keep!r}")
         chosen, scores = [], []
