@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 
+from glide_diffusion.checkpoints import atomic_write
 from glide_diffusion.clip.loading import load_clip
 from glide_diffusion.clip.tokenizer import clip_tokenizer_for
 from glide_diffusion.data.shapes import image_to_tensor, sample_with_caption
@@ -58,8 +60,8 @@ def main() -> None:
     for t, r in results.items():
         print(f"t={t:>4}: top-1 {r['top1']:.3f}, mean rank of the own caption {r['mean_rank']:.1f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=1)
+        report = json.dumps({"args": vars(args), "results": results}, indent=1)
+        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(report))
 
 
 if __name__ == "__main__":

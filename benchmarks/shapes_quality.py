@@ -24,8 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
-from glide_diffusion.checkpoints import load_model
+from glide_diffusion.checkpoints import atomic_write, load_model
 from glide_diffusion.data.shapes import test_captions
 from glide_diffusion.eval.shapes_eval import evaluate
 from glide_diffusion.pipelines.text2im import Stage, StageSettings, Text2ImPipeline
@@ -122,8 +123,8 @@ def main() -> None:
         print("      single-object per attribute: " + ", ".join(
             f"{k} {v:.3f}" for k, v in one.items() if k not in ("n", "exact") and isinstance(v, float)), flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "reports": reports}, f, indent=1)
+        report = json.dumps({"args": vars(args), "reports": reports}, indent=1)
+        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(report))
 
 
 if __name__ == "__main__":

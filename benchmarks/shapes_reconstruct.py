@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
+from glide_diffusion.checkpoints import atomic_write
 from glide_diffusion.data.shapes import sample_with_caption
 from glide_diffusion.data.shapes_render import render
 from glide_diffusion.eval.shapes_eval import analyze, evaluate
@@ -104,8 +106,8 @@ def main() -> None:
         print(f"{strength:>8g} {r['exact']:>6.3f} {g('shape'):>6.3f} {g('colour'):>6.3f} {g('size'):>6.3f} "
               f"{g('position'):>8.3f} {g('count'):>6.3f} {r['other']:>6.3f} {r['seconds']:>5.0f}", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "reports": reports}, f, indent=1)
+        report = json.dumps({"args": vars(args), "reports": reports}, indent=1)
+        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(report))
 
 
 if __name__ == "__main__":

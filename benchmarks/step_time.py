@@ -24,10 +24,11 @@ import json
 import math
 import platform
 import time
+from pathlib import Path
 
 import torch
 
-from glide_diffusion.checkpoints import build_model
+from glide_diffusion.checkpoints import atomic_write, build_model
 from glide_diffusion.precision import native_bf16_cpu
 from glide_diffusion.presets import RELEASED_PRESETS, get_preset
 from glide_diffusion.text import transformer as xf
@@ -209,8 +210,8 @@ def main():
             flush=True,
         )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": name, "torch": torch.__version__, "matmul_gflops": peak, "rows": rows}, f, indent=1)
+        report = json.dumps({"device": name, "torch": torch.__version__, "matmul_gflops": peak, "rows": rows}, indent=1)
+        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(report))
 
 
 if __name__ == "__main__":
