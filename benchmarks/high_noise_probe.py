@@ -46,13 +46,13 @@ def main() -> None:
     shapes_captions.SIZE_PROB = 1.0
     shapes_scene.TWO_OBJECT_PROB = 0.0
 
-    def high_noise_timesteps(batch: int, num_steps: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def probe_timesteps(batch: int, num_steps: int, generator: torch.Generator | None = None) -> torch.Tensor:
         t_max = num_steps if args.t_max is None else args.t_max
         if not 0 <= args.t_min < t_max <= num_steps:
             raise SystemExit(f"need 0 <= --t-min < --t-max <= {num_steps}, got {args.t_min} and {t_max}")
         return torch.randint(args.t_min, t_max, (batch,), generator=generator)
 
-    train_batch.sample_timesteps = high_noise_timesteps
+    train_batch.sample_timesteps = probe_timesteps
     sys.exit(glide_main(["train", *rest]))
 
 

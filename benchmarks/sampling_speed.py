@@ -27,11 +27,10 @@ import json
 import platform
 import resource
 import time
-from pathlib import Path
 
 import torch
 
-from glide_diffusion.checkpoints import atomic_write, build_model
+from glide_diffusion.checkpoints import atomic_write_text, build_model
 from glide_diffusion.diffusion import make_schedule
 from glide_diffusion.guidance import classifier_free_guidance
 from glide_diffusion.pipelines.text2im import BASE_DEFAULTS, FAST_BASE, FAST_UPSAMPLE, UPSAMPLE_DEFAULTS
@@ -141,9 +140,9 @@ def main():
     print(f"one image, base + upsampler ({how}): plain {plain_total:.1f} s, fast {fast_total:.1f} s, "
           f"{plain_total / fast_total:.1f}x faster; peak memory {peak_memory_mb(device):.0f} MB")
     if args.json:
-        report = json.dumps({"device": name, "torch": torch.__version__, "matmul_gflops": peaks, "rows": rows,
-                             "plain_total_s": plain_total, "fast_total_s": fast_total}, indent=1)
-        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(report))
+        report = {"device": name, "torch": torch.__version__, "matmul_gflops": peaks, "rows": rows,
+                  "plain_total_s": plain_total, "fast_total_s": fast_total}
+        atomic_write_text(args.json, json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

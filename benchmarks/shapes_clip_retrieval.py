@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 
-from glide_diffusion.checkpoints import atomic_write
+from glide_diffusion.checkpoints import atomic_write_text
 from glide_diffusion.clip.loading import load_clip
 from glide_diffusion.clip.tokenizer import clip_tokenizer_for
 from glide_diffusion.data.shapes import image_to_tensor, sample_with_caption
@@ -60,8 +59,7 @@ def main() -> None:
     for t, r in results.items():
         print(f"t={t:>4}: top-1 {r['top1']:.3f}, mean rank of the own caption {r['mean_rank']:.1f}")
     if args.json:
-        report = json.dumps({"args": vars(args), "results": results}, indent=1)
-        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(report))
+        atomic_write_text(args.json, json.dumps({"args": vars(args), "results": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -25,12 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from glide_diffusion.checkpoints import atomic_write
+from glide_diffusion.checkpoints import atomic_write_text
 from glide_diffusion.data.shapes import BACKGROUNDS, CaptionSpec, ObjectSpec, Scene, object_position, render
 from glide_diffusion.data.shapes_captions import article
 from glide_diffusion.data.shapes_scene import ALL_PAIRS, sample_single_object
@@ -115,8 +114,7 @@ def main() -> None:
               f"{a['position']:>8.3f} {a['background']:>6.3f} {r['unmasked_identical']:>14}/{args.n} "
               f"{r['seconds']:>6.0f}", flush=True)
     if args.json:
-        report = json.dumps({"args": vars(args), "reports": reports}, indent=1)
-        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(report))
+        atomic_write_text(args.json, json.dumps({"args": vars(args), "reports": reports}, indent=1))
 
 
 if __name__ == "__main__":

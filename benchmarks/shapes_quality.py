@@ -24,9 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
-from glide_diffusion.checkpoints import atomic_write, load_model
+from glide_diffusion.checkpoints import atomic_write_text, load_model
 from glide_diffusion.data.shapes import test_captions
 from glide_diffusion.eval.shapes_eval import evaluate
 from glide_diffusion.pipelines.text2im import Stage, StageSettings, Text2ImPipeline
@@ -123,8 +122,7 @@ def main() -> None:
         print("      single-object per attribute: " + ", ".join(
             f"{k} {v:.3f}" for k, v in one.items() if k not in ("n", "exact") and isinstance(v, float)), flush=True)
     if args.json:
-        report = json.dumps({"args": vars(args), "reports": reports}, indent=1)
-        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(report))
+        atomic_write_text(args.json, json.dumps({"args": vars(args), "reports": reports}, indent=1))
 
 
 if __name__ == "__main__":

@@ -25,9 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
-from glide_diffusion.checkpoints import atomic_write
+from glide_diffusion.checkpoints import atomic_write_text
 from glide_diffusion.data.shapes import sample_with_caption
 from glide_diffusion.data.shapes_render import render
 from glide_diffusion.eval.shapes_eval import analyze, evaluate
@@ -94,11 +93,12 @@ def main() -> None:
                  strength=strength, seed=args.seed + j, base=settings).low_res[0]
             for j, (scene, caption, _) in enumerate(items)
         ]
-        r = evaluate([spec for _, _, spec in items], images)["single"]
+        scenes = [analyze(im) for im in images]
+        r = evaluate([spec for _, _, spec in items], scenes)["single"]
         # Images whose (first) object has the next shape in the cycle: the other-shape prompt's.
         r["other"] = sum(
             bool(d.objects) and d.objects[0].shape == other_shape(scene.objects[0].shape)
-            for d, (scene, _, _) in zip(map(analyze, images), items)
+            for d, (scene, _, _) in zip(scenes, items)
         ) / len(items)
         r["seconds"] = time.perf_counter() - start
         reports[str(strength)] = r
@@ -106,8 +106,7 @@ def main() -> None:
         print(f"{strength:>8g} {r['exact']:>6.3f} {g('shape'):>6.3f} {g('colour'):>6.3f} {g('size'):>6.3f} "
               f"{g('position'):>8.3f} {g('count'):>6.3f} {r['other']:>6.3f} {r['seconds']:>5.0f}", flush=True)
     if args.json:
-        report = json.dumps({"args": vars(args), "reports": reports}, indent=1)
-        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(report))
+        atomic_write_text(args.json, json.dumps({"args": vars(args), "reports": reports}, indent=1))
 
 
 if __name__ == "__main__":

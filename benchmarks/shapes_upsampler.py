@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
-from glide_diffusion.checkpoints import atomic_write
+from glide_diffusion.checkpoints import atomic_write_text
 from glide_diffusion.data.shapes import image_to_tensor, sample_with_caption
 from glide_diffusion.data.shapes_render import render_array
 from glide_diffusion.eval.shapes_eval import evaluate
@@ -67,8 +66,7 @@ def main() -> None:
         print(f"{name:>14}: exact single {r['single']['exact']:.3f} (n={r['single']['n']}), "
               f"two {r['two']['exact']:.3f} (n={r['two']['n']}), all {r['all']['exact']:.3f}")
     if args.json:
-        report = json.dumps({"args": vars(args), "reports": reports}, indent=1)
-        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(report))
+        atomic_write_text(args.json, json.dumps({"args": vars(args), "reports": reports}, indent=1))
 
 
 if __name__ == "__main__":

@@ -24,11 +24,10 @@ import json
 import math
 import platform
 import time
-from pathlib import Path
 
 import torch
 
-from glide_diffusion.checkpoints import atomic_write, build_model
+from glide_diffusion.checkpoints import atomic_write_text, build_model
 from glide_diffusion.precision import native_bf16_cpu
 from glide_diffusion.presets import RELEASED_PRESETS, get_preset
 from glide_diffusion.text import transformer as xf
@@ -210,8 +209,8 @@ def main():
             flush=True,
         )
     if args.json:
-        report = json.dumps({"device": name, "torch": torch.__version__, "matmul_gflops": peak, "rows": rows}, indent=1)
-        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(report))
+        report = {"device": name, "torch": torch.__version__, "matmul_gflops": peak, "rows": rows}
+        atomic_write_text(args.json, json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from glide_diffusion.bundled import NAMES, bundled_path
-from glide_diffusion.checkpoints import atomic_write, load_model, save_model
+from glide_diffusion.checkpoints import atomic_write_text, load_model, save_model
 
 
 def newest_checkpoint(run: Path) -> Path:
@@ -155,7 +155,7 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     evaluation = json.loads(args.eval.read_text()) if args.eval else None
     text = card(args.name, args.run, ckpt, config, kind, summary, params, evaluation, args.notes)
-    atomic_write(out.with_suffix(".md"), lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(out.with_suffix(".md"), text)
     print(f"{out} ({out.stat().st_size / 1e6:.1f} MB) and {out.with_suffix('.md')}")
 
 if __name__ == "__main__":

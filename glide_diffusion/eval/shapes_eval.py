@@ -200,12 +200,13 @@ def _accuracies(scores: list[dict]) -> dict:
 def evaluate(captions, images) -> dict:
     """Score images against their captions (strings or CaptionSpec) and report.
 
+    An image may also be given as the :class:`DetectedScene` :func:`analyze` read from it.
     Returns {"all", "single", "two", "held_out": per-attribute accuracy dicts
     with "n" and "exact"; "diversity": per open attribute the entropy (bits) of
     the detected values, the maximum log2(k), and n; "unknown_rate"}.
     """
     specs = [_as_spec(c) for c in captions]
-    scenes = [analyze(im) for im in images]
+    scenes = [im if isinstance(im, DetectedScene) else analyze(im) for im in images]
     if len(specs) != len(scenes):
         raise ValueError(f"{len(specs)} captions for {len(scenes)} images")
     scores = [score(sp, None, scene=sc) for sp, sc in zip(specs, scenes)]

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..checkpoints import atomic_write
+from ..checkpoints import atomic_write_text
 
 __all__ = ["MetricsWriter", "read_metrics", "truncate_metrics"]
 
@@ -80,4 +80,4 @@ def truncate_metrics(out_dir: str | Path, last_step: int) -> None:
         return
     keep = [r for r in read_metrics(out_dir) if int(r.get("step", 0)) <= last_step]
     text = "".join(json.dumps(r) + "\n" for r in keep)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write_text(path, text)
