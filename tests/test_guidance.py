@@ -89,6 +89,38 @@ def test_cfg_composes_with_sampler() -> None:
     torch.testing.assert_close(guided, cond_only, atol=1e-5, rtol=0)
 
 
+def test_cfg_interval_guides_only_inside() -> None:
+    """Rows with t in [lo, hi] are guided; the others get the conditional branch; a step with
+    no row inside runs the conditional denoiser alone, once, on the B rows."""
+    model = DoubledBatchModel()
+    conditional_calls = []
+
+    def conditional(x, t):
+        conditional_calls.append(x.shape[0])
+        return model.branch(x, t, True)
+
+    x, t = inputs()  # t = [999, 17]
+    guided = classifier_free_guidance(model, 3.0, interval=(100, 999), conditional=conditional)
+    out = guided(x, t)
+    full = classifier_free_guidance(model, 3.0)(x, t)
+    cond = model.branch(x, t, True)
+    torch.testing.assert_close(out[:1], full[:1], atol=0, rtol=0)  # t = 999: inside
+    torch.testing.assert_close(out[1:], cond[1:], atol=0, rtol=0)  # t = 17: outside, unguided
+    assert conditional_calls == []
+    model.calls.clear()
+    out = guided(x, torch.tensor([50, 17]))
+    assert conditional_calls == [2] and model.calls == []  # one pass of B rows, no doubled batch
+    torch.testing.assert_close(out, model.branch(x, torch.tensor([50, 17]), True), atol=0, rtol=0)
+
+
+def test_cfg_interval_validation() -> None:
+    model = DoubledBatchModel()
+    with pytest.raises(ValueError, match="lo <= hi"):
+        classifier_free_guidance(model, 3.0, interval=(500, 100), conditional=model)
+    with pytest.raises(ValueError, match="conditional denoiser"):
+        classifier_free_guidance(model, 3.0, interval=(100, 500))
+
+
 # --- gradient guidance -------------------------------------------------------------------------
 
 

@@ -78,11 +78,32 @@ def _nearly_equal(a, b):
         ({"num_images": 0}, "num_images"),
         ({"dtype": "fp16"}, "fp16 needs a CUDA"),
         ({"dtype": "fp64"}, "dtype must be"),
+        ({"base": StageSettings("ddpm", "4", 3.0, guidance_interval=(0.8, 0.2))}, "guidance interval"),
+        ({"base": StageSettings("ddpm", "4", 3.0, guidance_interval=(0.0, 1.5))}, "guidance interval"),
     ],
 )
 def test_bad_requests_fail_before_work(pipe, kwargs, match):
     with pytest.raises(ValueError, match=match):
         pipe("a red circle", **{"base": FAST_BASE, "upsample": FAST_UP, **kwargs})
+
+
+def test_guidance_interval(pipe):
+    """The whole process: the same images as guiding every step; an interval no step falls in:
+    the conditional model's images (guidance scale 1); a partial one: neither."""
+    base = dataclasses.replace(FAST_BASE, sampler="ddim")  # deterministic: differences come from guidance
+    kw = dict(num_images=2, seed=3, upsample=FAST_UP)
+    every = _arrays(pipe("a red circle", base=base, **kw).low_res)
+    full = _arrays(pipe("a red circle", base=dataclasses.replace(base, guidance_interval=(0.0, 1.0)), **kw).low_res)
+    cond = _arrays(pipe("a red circle", base=dataclasses.replace(base, guidance_scale=1.0), **kw).low_res)
+    # "4" keeps timesteps 0, 333, 666, 999 of 1000: none lies in [0.4, 0.6] x 1000.
+    none = pipe("a red circle", base=dataclasses.replace(base, guidance_interval=(0.4, 0.6)), **kw)
+    part = _arrays(pipe("a red circle", base=dataclasses.replace(base, guidance_interval=(0.5, 1.0)), **kw).low_res)
+    for a, b, c, d in zip(every, full, cond, _arrays(none.low_res)):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(c, d)
+    assert not np.array_equal(every[0], cond[0])
+    assert not np.array_equal(part[0], every[0]) and not np.array_equal(part[0], cond[0])
+    assert none.settings["base"]["guidance_interval"] == (0.4, 0.6)
 
 
 def test_long_prompt_is_truncated_with_a_warning(pipe):
@@ -126,6 +147,7 @@ def test_cli_sample_writes_pngs_with_metadata(checkpoints, tmp_path, capsys):
     [
         (["-g", "-2"], "guidance scale"),
         (["--base-steps", "0"], "bad steps"),
+        (["--guidance-interval", "0.9,0.1"], "guidance interval"),
         (["--seed", "-5"], "seed"),
         (["--dtype", "fp16"], "fp16"),
         (["--device", "cuda"], "CUDA is not available"),
@@ -139,6 +161,12 @@ def test_cli_bad_input_is_a_clear_error_and_writes_nothing(checkpoints, tmp_path
     assert rc == 2
     assert match in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_cli_guidance_interval_must_be_two_numbers(checkpoints, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["sample", "x", "--base", checkpoints[0], "--guidance-interval", "half"])
+    assert e.value.code == 2 and "LO,HI" in capsys.readouterr().err
 
 
 def test_cli_missing_weights_says_how_to_get_them(tmp_path, capsys):

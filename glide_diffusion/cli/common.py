@@ -53,6 +53,10 @@ def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings, up: Stage
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image k uses seed+k (default: 0)")
     p.add_argument("-g", "--guidance-scale", type=float, default=base.guidance_scale,
                    help=f"classifier-free guidance scale of the base stage (default: {base.guidance_scale})")
+    p.add_argument("--guidance-interval", type=_interval, default=base.guidance_interval, metavar="LO,HI",
+                   help="guide only the base steps with t in [LO*T, HI*T], fractions of the T diffusion "
+                        "steps (e.g. 0.2,0.8); the others run the conditional model alone, at half the cost "
+                        "(default: every step)")
     p.add_argument("--base-sampler", default=base.sampler, help=f"ddpm, ddim or dpm++2m (default: {base.sampler})")
     p.add_argument("--base-steps", default=base.steps, help=f"respacing, e.g. 100, 50, ddim25 (default: {base.steps})")
     p.add_argument("--up-sampler", default=up.sampler, help=f"ddpm, ddim or dpm++2m (default: {up.sampler})")
@@ -68,8 +72,19 @@ def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings, up: Stage
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _interval(text: str) -> tuple[float, float]:
+    """'LO,HI' -> (lo, hi); the range itself is checked with the other stage settings."""
+    parts = text.split(",")
+    try:
+        lo, hi = (float(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers in [0, 1]), got {text!r}") from None
+    return lo, hi
+
+
 def stage_settings(args: argparse.Namespace) -> tuple[StageSettings, StageSettings]:
-    return (StageSettings(args.base_sampler, args.base_steps, args.guidance_scale, 1.0),
+    return (StageSettings(args.base_sampler, args.base_steps, args.guidance_scale, 1.0,
+                          guidance_interval=args.guidance_interval),
             StageSettings(args.up_sampler, args.up_steps, 1.0, args.up_temperature))
 
 

@@ -38,6 +38,9 @@ class StageSettings:
     temperature: float = 1.0  # scale of the initial noise (the notebook's upsampler: 0.997)
     eta: float = 0.0  # DDIM only
     clip_denoised: bool = True
+    # Guide only the steps with t in [lo*T, hi*T] (fractions of the T diffusion steps;
+    # Kynkäänniemi et al. 2024); the others run the conditional model alone. None: every step.
+    guidance_interval: tuple[float, float] | None = None
 
     def validate(self, stage: str, num_steps: int) -> None:
         if self.sampler not in SAMPLERS:
@@ -52,6 +55,11 @@ class StageSettings:
             raise ValueError(f"{stage}: temperature must be in (0, 10], got {self.temperature}")
         if not 0 <= self.eta <= 1:
             raise ValueError(f"{stage}: eta must be in [0, 1], got {self.eta}")
+        if self.guidance_interval is not None:
+            lo, hi = self.guidance_interval
+            if not 0 <= lo <= hi <= 1:
+                raise ValueError(f"{stage}: guidance interval must satisfy 0 <= lo <= hi <= 1 "
+                                 f"(fractions of the diffusion steps), got {lo}, {hi}")
 
 
 class Stage:
@@ -154,7 +162,18 @@ def sample_stage(
             return stage.model(x, t, text=text, **cond).float()
 
     if guided:
-        denoiser = classifier_free_guidance(denoiser, settings.guidance_scale)
+        interval, conditional = None, None
+        if settings.guidance_interval is not None:
+            steps = stage.config.diffusion.steps
+            interval = tuple(f * steps for f in settings.guidance_interval)
+            text_c, cond_c = text.head(len(rows)), {k: v[: len(rows)] for k, v in cond.items()}
+
+            def conditional(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                with amp():
+                    return stage.model(x, t, text=text_c, **cond_c).float()
+
+        denoiser = classifier_free_guidance(denoiser, settings.guidance_scale, interval=interval,
+                                            conditional=conditional)
     if x_T is None:
         x_T = noise.initial((cfg.in_channels, cfg.image_size, cfg.image_size)) * settings.temperature
     label = f"{stage.config.kind} {cfg.image_size}px {settings.sampler} {settings.steps}" if progress else False

@@ -36,6 +36,10 @@ class TextCondition:
         rep = lambda t: t.repeat_interleave(n, dim=0)  # noqa: E731
         return TextCondition(rep(self.xf_proj), rep(self.xf_out), tuple(rep(k) for k in self.kv))
 
+    def head(self, n: int) -> "TextCondition":
+        """The first n rows."""
+        return TextCondition(self.xf_proj[:n], self.xf_out[:n], tuple(k[:n] for k in self.kv))
+
     @staticmethod
     def cat(conds: "list[TextCondition]") -> "TextCondition":
         return TextCondition(
