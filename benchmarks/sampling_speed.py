@@ -54,10 +54,20 @@ def build(name: str, device: torch.device):
     return model.to(device).eval(), config
 
 
-def run_sampler(call, config, settings, x, guided: bool):
-    """All steps of one stage through the real sampler; ``call(x_t, t)`` is one model call.
+def guidance_bounds(config, settings):
+    """The guidance interval in original timesteps, or None (every step guided)."""
+    if settings.guidance_interval is None:
+        return None
+    return tuple(f * config.diffusion.steps for f in settings.guidance_interval)
+
+
+def run_sampler(call, config, settings, x, guided: bool, conditional=None):
+    """All steps of one stage through the real sampler; ``call(x_t, t)`` is one model call
+    (``conditional``: on the caption rows alone, for steps outside a guidance interval).
     Returns seconds."""
-    fn = classifier_free_guidance(call, settings.guidance_scale) if guided else call
+    bounds = guidance_bounds(config, settings)
+    fn = (classifier_free_guidance(call, settings.guidance_scale, interval=bounds, conditional=conditional)
+          if guided else call)
     schedule = make_schedule(config.diffusion.noise_schedule, config.diffusion.steps, settings.steps)
     x_T = x[: x.shape[0] // 2] if guided else x
     start = time.perf_counter()
@@ -88,11 +98,26 @@ def stage(name, settings, plain_settings, batch, args, device, low_dtype):
         text = model.encode_text(tokens, mask)
         row["encode_s"] = time.perf_counter() - start
         row["fast_s_step"], _ = timed(lambda: model(x, t, text=text, **kw).float(), args.repeats, device)
+        bounds = guidance_bounds(config, settings) if guided else None
+        n_guided = n_fast
+        if bounds is not None:  # steps outside the interval: one conditional pass over half the batch
+            half, text1 = x.shape[0] // 2, text.head(x.shape[0] // 2)
+            kw1 = {k: v[:half] for k, v in kw.items()}
+            row["fast_s_step_unguided"], _ = timed(lambda: model(x[:half], t[:half], text=text1, **kw1).float(),
+                                                   args.repeats, device)
+            steps = make_schedule(config.diffusion.noise_schedule, 1000, settings.steps).timestep_map
+            n_guided = int(sum(bounds[0] <= ts <= bounds[1] for ts in steps))
+            row["guided_steps"] = n_guided
+            row["fast_sampler"] += f" cfg on t in [{bounds[0]:g}, {bounds[1]:g}]"
         if args.full:
             call = lambda x_t, t_: model(x_t, t_, text=text, **kw).float()  # noqa: E731
-            row["fast_total_s"] = row["encode_s"] + run_sampler(call, config, settings, x, guided)
+            cond = None
+            if bounds is not None:
+                cond = lambda x_t, t_: model(x_t, t_, text=text1, **kw1).float()  # noqa: E731
+            row["fast_total_s"] = row["encode_s"] + run_sampler(call, config, settings, x, guided, cond)
     row.setdefault("plain_total_s", n_plain * row["plain_s_step"])
-    row.setdefault("fast_total_s", row["encode_s"] + n_fast * row["fast_s_step"])
+    row.setdefault("fast_total_s", row["encode_s"] + n_guided * row["fast_s_step"]
+                   + (n_fast - n_guided) * row.get("fast_s_step_unguided", 0.0))
     row["gflop"] = step_gflop(model, x, t, text, kw)
     row["dtype"] = dtype
     return row
@@ -102,6 +127,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base-sampler", default=FAST_BASE.sampler)
     p.add_argument("--base-steps", default=FAST_BASE.steps)
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=FAST_BASE.guidance_interval,
+                   metavar=("LO", "HI"), help="fast path: guide only t in [LO*T, HI*T] (default: every step)")
     p.add_argument("--up-sampler", default=FAST_UPSAMPLE.sampler)
     p.add_argument("--up-steps", default=FAST_UPSAMPLE.steps)
     p.add_argument("--repeats", type=int, default=2, help="timed steps per path (the minimum is used)")
@@ -122,7 +149,9 @@ def main():
     print(f"torch {torch.__version__}, {device.type} ({name}), {torch.get_num_threads()} threads; measured matmul "
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
           + ("" if low_dtype is not None or device.type == "cuda" else "; no native bf16 here: the fast path runs fp32"))
-    fast = [FAST_BASE.__class__(args.base_sampler, args.base_steps, FAST_BASE.guidance_scale),
+    interval = tuple(args.guidance_interval) if args.guidance_interval else None
+    fast = [FAST_BASE.__class__(args.base_sampler, args.base_steps, FAST_BASE.guidance_scale,
+                                guidance_interval=interval),
             FAST_UPSAMPLE.__class__(args.up_sampler, args.up_steps, 1.0, FAST_UPSAMPLE.temperature)]
     names = ("tiny", "tiny-upsample") if args.tiny else ("base-64", "upsample-256")
     rows = [stage(names[0], fast[0], BASE_DEFAULTS, 2, args, device, low_dtype),

@@ -53,7 +53,8 @@ def caption_set(n: int, seed: int, n_two: int | None = None, n_held_out: int | N
 
 def sample_and_score(pipe, captions, scale, args, clip_scale: float = 0.0) -> dict:
     n = args.rerank or 1
-    base = StageSettings(args.sampler, args.steps, scale)
+    base = StageSettings(args.sampler, args.steps, scale,
+                         guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None)
     up = StageSettings(args.up_sampler, args.up_steps, 1.0, args.up_temperature)
     start = time.perf_counter()
     result = pipe([c for c, _ in captions], num_images=n, seed=args.seed, base=base, upsample=up,
@@ -77,6 +78,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--steps", default="50")
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="classifier-free guidance only for t in [LO*T, HI*T] (default: every step)")
     p.add_argument("--up-sampler", default="ddim")
     p.add_argument("--up-steps", default="fast27")
     p.add_argument("--up-temperature", type=float, default=0.997)
@@ -103,7 +106,8 @@ def main() -> None:
     n_two, n_held = (args.n // 2 if v is None else v for v in (args.n_two, args.n_held_out))
     captions = caption_set(args.n, args.seed, n_two, n_held)
     print(f"{len(captions)} captions ({args.n} single, {n_two} two-object, {n_held} held-out pairs); "
-          f"base {args.sampler} {args.steps}" + (f", upsampler {args.up_sampler} {args.up_steps}" if args.upsampler else ""))
+          f"base {args.sampler} {args.steps}"
+          + (f", guidance interval {args.guidance_interval}" if args.guidance_interval else "") + (f", upsampler {args.up_sampler} {args.up_steps}" if args.upsampler else ""))
     print(f"{'guidance':>10} {'exact 1-obj':>11} {'exact 2-obj':>11} {'exact held-out':>14} "
           f"{'H(colour)':>9} {'H(size)':>7} {'H(position)':>11} {'H(bg)':>6} {'s':>6}")
     reports = {}
