@@ -105,7 +105,7 @@ def stage(name, settings, plain_settings, batch, args, device, low_dtype):
             kw1 = {k: v[:half] for k, v in kw.items()}
             row["fast_s_step_unguided"], _ = timed(lambda: model(x[:half], t[:half], text=text1, **kw1).float(),
                                                    args.repeats, device)
-            steps = make_schedule(config.diffusion.noise_schedule, 1000, settings.steps).timestep_map
+            steps = make_schedule(config.diffusion.noise_schedule, config.diffusion.steps, settings.steps).timestep_map
             n_guided = int(sum(bounds[0] <= ts <= bounds[1] for ts in steps))
             row["guided_steps"] = n_guided
             row["fast_sampler"] += f" cfg on t in [{bounds[0]:g}, {bounds[1]:g}]"

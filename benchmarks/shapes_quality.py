@@ -107,7 +107,8 @@ def main() -> None:
     captions = caption_set(args.n, args.seed, n_two, n_held)
     print(f"{len(captions)} captions ({args.n} single, {n_two} two-object, {n_held} held-out pairs); "
           f"base {args.sampler} {args.steps}"
-          + (f", guidance interval {args.guidance_interval}" if args.guidance_interval else "") + (f", upsampler {args.up_sampler} {args.up_steps}" if args.upsampler else ""))
+          + (f", guidance interval {args.guidance_interval}" if args.guidance_interval else "")
+          + (f", upsampler {args.up_sampler} {args.up_steps}" if args.upsampler else ""))
     print(f"{'guidance':>10} {'exact 1-obj':>11} {'exact 2-obj':>11} {'exact held-out':>14} "
           f"{'H(colour)':>9} {'H(size)':>7} {'H(position)':>11} {'H(bg)':>6} {'s':>6}")
     reports = {}
