@@ -35,7 +35,7 @@ def cell_centre(position: str) -> tuple[float, float]:
 @torch.no_grad()
 def probe(stage, t: int, n: int, colour: str = "red", seed: int = 0) -> list[dict]:
     model, size = stage.model.eval(), stage.image_size
-    abar = torch.tensor(stage.schedule("1000").alphas_cumprod, dtype=torch.float32)[t]
+    abar = torch.tensor(stage.schedule(str(stage.config.diffusion.steps)).alphas_cumprod, dtype=torch.float32)[t]
     x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
     background = torch.tensor(BACKGROUNDS["white"], dtype=torch.float32) / 127.5 - 1
     target = torch.tensor(COLOURS[colour], dtype=torch.float32) / 127.5 - 1

@@ -54,18 +54,11 @@ def build(name: str, device: torch.device):
     return model.to(device).eval(), config
 
 
-def guidance_bounds(config, settings):
-    """The guidance interval in original timesteps, or None (every step guided)."""
-    if settings.guidance_interval is None:
-        return None
-    return tuple(f * config.diffusion.steps for f in settings.guidance_interval)
-
-
 def run_sampler(call, config, settings, x, guided: bool, conditional=None):
     """All steps of one stage through the real sampler; ``call(x_t, t)`` is one model call
     (``conditional``: on the caption rows alone, for steps outside a guidance interval).
     Returns seconds."""
-    bounds = guidance_bounds(config, settings)
+    bounds = settings.guidance_bounds(config.diffusion.steps)
     fn = (classifier_free_guidance(call, settings.guidance_scale, interval=bounds, conditional=conditional)
           if guided else call)
     schedule = make_schedule(config.diffusion.noise_schedule, config.diffusion.steps, settings.steps)
@@ -98,7 +91,7 @@ def stage(name, settings, plain_settings, batch, args, device, low_dtype):
         text = model.encode_text(tokens, mask)
         row["encode_s"] = time.perf_counter() - start
         row["fast_s_step"], _ = timed(lambda: model(x, t, text=text, **kw).float(), args.repeats, device)
-        bounds = guidance_bounds(config, settings) if guided else None
+        bounds = settings.guidance_bounds(config.diffusion.steps) if guided else None
         n_guided = n_fast
         if bounds is not None:  # steps outside the interval: one conditional pass over half the batch
             half, text1 = x.shape[0] // 2, text.head(x.shape[0] // 2)

@@ -42,6 +42,13 @@ class StageSettings:
     # Kynkäänniemi et al. 2024); the others run the conditional model alone. None: every step.
     guidance_interval: tuple[float, float] | None = None
 
+    def guidance_bounds(self, diffusion_steps: int) -> tuple[float, float] | None:
+        """The guidance interval in original timesteps of a ``diffusion_steps`` process, or None."""
+        if self.guidance_interval is None:
+            return None
+        lo, hi = self.guidance_interval
+        return lo * diffusion_steps, hi * diffusion_steps
+
     def validate(self, stage: str, num_steps: int) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"{stage}: unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
@@ -162,10 +169,8 @@ def sample_stage(
             return stage.model(x, t, text=text, **cond).float()
 
     if guided:
-        interval, conditional = None, None
-        if settings.guidance_interval is not None:
-            steps = stage.config.diffusion.steps
-            interval = tuple(f * steps for f in settings.guidance_interval)
+        interval, conditional = settings.guidance_bounds(stage.config.diffusion.steps), None
+        if interval is not None:
             text_c, cond_c = text.head(len(rows)), {k: v[: len(rows)] for k, v in cond.items()}
 
             def conditional(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
