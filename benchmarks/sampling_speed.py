@@ -8,7 +8,7 @@ does not depend on the weights), measured in one run:
   (batch 2), upsampler DDIM "fast27" (batch 1);
 - fast:  this project's step (caption and text keys/values once per run, fused
   attention, channels-last; bf16/fp16 where the hardware has it) with the fast sampler
-  settings (default: the pipelines' FAST_BASE / FAST_UPSAMPLE).
+  settings (default: the pipelines' FAST_BASE / FAST_UPSAMPLE, what ``glide sample`` uses).
 
 Every step of a sampler costs one model call, so by default each path's step is timed
 (minimum of --repeats) and the total is steps x s/step (plus the caption encoding);
@@ -33,7 +33,7 @@ import torch
 from glide_diffusion.checkpoints import atomic_write_text, build_model
 from glide_diffusion.diffusion import make_schedule
 from glide_diffusion.guidance import classifier_free_guidance
-from glide_diffusion.pipelines.text2im import BASE_DEFAULTS, FAST_BASE, FAST_UPSAMPLE, UPSAMPLE_DEFAULTS
+from glide_diffusion.pipelines.text2im import FAST_BASE, FAST_UPSAMPLE, OFFICIAL_BASE, OFFICIAL_UPSAMPLE
 from glide_diffusion.precision import autocast, native_bf16_cpu
 from glide_diffusion.presets import get_preset
 from glide_diffusion.sampling import SAMPLERS
@@ -121,7 +121,8 @@ def main():
     p.add_argument("--base-sampler", default=FAST_BASE.sampler)
     p.add_argument("--base-steps", default=FAST_BASE.steps)
     p.add_argument("--guidance-interval", type=float, nargs=2, default=FAST_BASE.guidance_interval,
-                   metavar=("LO", "HI"), help="fast path: guide only t in [LO*T, HI*T] (default: every step)")
+                   metavar=("LO", "HI"),
+                   help=f"fast path: guide only t in [LO*T, HI*T]; 0 1 = every step (default: {FAST_BASE.guidance_interval})")
     p.add_argument("--up-sampler", default=FAST_UPSAMPLE.sampler)
     p.add_argument("--up-steps", default=FAST_UPSAMPLE.steps)
     p.add_argument("--repeats", type=int, default=2, help="timed steps per path (the minimum is used)")
@@ -147,8 +148,8 @@ def main():
                                 guidance_interval=interval),
             FAST_UPSAMPLE.__class__(args.up_sampler, args.up_steps, 1.0, FAST_UPSAMPLE.temperature)]
     names = ("tiny", "tiny-upsample") if args.tiny else ("base-64", "upsample-256")
-    rows = [stage(names[0], fast[0], BASE_DEFAULTS, 2, args, device, low_dtype),
-            stage(names[1], fast[1], UPSAMPLE_DEFAULTS, 1, args, device, low_dtype)]
+    rows = [stage(names[0], fast[0], OFFICIAL_BASE, 2, args, device, low_dtype),
+            stage(names[1], fast[1], OFFICIAL_UPSAMPLE, 1, args, device, low_dtype)]
     peak = peaks.get("low", peaks["fp32"])
     print(f"{'stage':<13} {'plain':>12} {'s/step':>7} {'fast':>14} {'s/step':>7} {'dtype':>5} {'% of peak':>9} "
           f"{'plain s':>8} {'fast s':>7}")

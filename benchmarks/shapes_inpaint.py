@@ -36,7 +36,7 @@ from glide_diffusion.data.shapes_scene import ALL_PAIRS, sample_single_object
 from glide_diffusion.eval.shapes_eval import evaluate
 from glide_diffusion.pipelines.inpaint import INPAINT_UPSAMPLE_DEFAULTS, InpaintPipeline
 from glide_diffusion.pipelines.stage import StageSettings
-from glide_diffusion.pipelines.text2im import BASE_DEFAULTS
+from glide_diffusion.pipelines.text2im import OFFICIAL_BASE
 
 MASK_MARGIN = 1.3  # the mask's side, in units of the object's box side
 
@@ -89,9 +89,9 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["finetuned", "replace"], choices=["finetuned", "replace"])
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance-scale", type=float, default=BASE_DEFAULTS.guidance_scale)
-    p.add_argument("--base-sampler", default=BASE_DEFAULTS.sampler)
-    p.add_argument("--base-steps", default=BASE_DEFAULTS.steps)
+    p.add_argument("--guidance-scale", type=float, default=OFFICIAL_BASE.guidance_scale)
+    p.add_argument("--base-sampler", default=OFFICIAL_BASE.sampler)
+    p.add_argument("--base-steps", default=OFFICIAL_BASE.steps)
     p.add_argument("--up-sampler", default=INPAINT_UPSAMPLE_DEFAULTS.sampler)
     p.add_argument("--up-steps", default=INPAINT_UPSAMPLE_DEFAULTS.steps)
     p.add_argument("--json", help="also write the reports here")

@@ -135,7 +135,8 @@ def test_cli_sample_writes_pngs_with_metadata(checkpoints, tmp_path, capsys):
     assert im.size == (64, 64)
     assert im.text["prompt"] == "a red circle" and im.text["seed"] == "3"
     settings = json.loads(im.text["settings"])
-    assert settings["base"]["steps"] == "4" and settings["upsample"]["sampler"] == "ddim"
+    assert settings["base"]["steps"] == "4" and settings["upsample"]["sampler"] == "dpm++2m"  # the fast recipe's
+    assert settings["base"]["guidance_interval"] == [0.3, 1.0]
     npz = np.load(out / "samples.npz")
     assert npz["images"].shape == (2, 64, 64, 3)
     np.testing.assert_array_equal(npz["images"][0], np.asarray(im.convert("RGB")))
@@ -167,6 +168,34 @@ def test_cli_guidance_interval_must_be_two_numbers(checkpoints, capsys):
     with pytest.raises(SystemExit) as e:
         main(["sample", "x", "--base", checkpoints[0], "--guidance-interval", "half"])
     assert e.value.code == 2 and "LO,HI" in capsys.readouterr().err
+
+
+def test_cli_recipe_sets_what_the_stage_options_leave_unset():
+    from glide_diffusion.cli.common import stage_settings
+    from glide_diffusion.cli.sample import build_parser
+    from glide_diffusion.pipelines.text2im import FAST_BASE, FAST_UPSAMPLE, OFFICIAL_BASE, OFFICIAL_UPSAMPLE
+
+    def settings(*argv):
+        return stage_settings(build_parser().parse_args(["x", *argv]))
+
+    assert settings() == (FAST_BASE, FAST_UPSAMPLE)  # the default: the measured fast path
+    assert settings("--recipe", "official") == (OFFICIAL_BASE, OFFICIAL_UPSAMPLE)
+    base, up = settings("--recipe", "official", "--base-steps", "50", "--guidance-interval", "0.2,0.9", "-g", "5")
+    assert (base.sampler, base.steps, base.guidance_scale, base.guidance_interval) == ("ddpm", "50", 5.0, (0.2, 0.9))
+    assert up == OFFICIAL_UPSAMPLE
+    base, up = settings("--up-steps", "7", "--up-temperature", "1")
+    assert base == FAST_BASE and (up.sampler, up.steps, up.temperature) == ("dpm++2m", "7", 1.0)
+
+
+def test_cli_edit_and_inpaint_default_to_the_official_recipe():
+    from glide_diffusion.cli.common import stage_settings
+    from glide_diffusion.cli.edit import edit_parser, inpaint_parser
+    from glide_diffusion.pipelines.text2im import OFFICIAL_BASE, OFFICIAL_UPSAMPLE
+
+    base, up = stage_settings(edit_parser().parse_args(["in.png", "x"]))
+    assert (base, up) == (OFFICIAL_BASE, OFFICIAL_UPSAMPLE)
+    base, _ = stage_settings(inpaint_parser().parse_args(["in.png", "x", "--rect", "0,0,8,8"]))
+    assert base == OFFICIAL_BASE
 
 
 def test_cli_missing_weights_says_how_to_get_them(tmp_path, capsys):

@@ -48,21 +48,46 @@ def resolve_models(args: argparse.Namespace) -> None:
     args.upsampler = args.upsampler or upsampler
 
 
-def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings, up: StageSettings) -> None:
+def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings, up: StageSettings,
+                      recipes: dict[str, tuple[StageSettings, StageSettings]] | None = None) -> None:
+    """The sampling options; with ``recipes`` (name -> (base, upsampler) settings, the first the
+    default) a ``--recipe`` option picks the settings the per-stage options leave unset."""
     p.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image k uses seed+k (default: 0)")
-    p.add_argument("-g", "--guidance-scale", type=float, default=base.guidance_scale,
-                   help=f"classifier-free guidance scale of the base stage (default: {base.guidance_scale})")
-    p.add_argument("--guidance-interval", type=_interval, default=base.guidance_interval, metavar="LO,HI",
+    if recipes:
+        names = list(recipes)
+        listing = "; ".join(f"{n}: {_describe(*recipes[n])}" for n in names)
+        p.add_argument("--recipe", choices=names, default=names[0],
+                       help=f"sampling settings the options below override ({listing}; default: {names[0]})")
+        p.set_defaults(recipes=recipes)
+        base = up = None
+
+    def value(settings: StageSettings | None, field: str) -> tuple:
+        """(argparse default, as the help shows it): unset under a recipe."""
+        if settings is None:
+            return None, "from --recipe"
+        v = getattr(settings, field)
+        return v, "every step" if v is None else v
+
+    g, g_help = value(base, "guidance_scale")
+    gi, gi_help = value(base, "guidance_interval")
+    bs, bs_help = value(base, "sampler")
+    bn, bn_help = value(base, "steps")
+    us, us_help = value(up, "sampler")
+    un, un_help = value(up, "steps")
+    ut, ut_help = value(up, "temperature")
+    p.add_argument("-g", "--guidance-scale", type=float, default=g,
+                   help=f"classifier-free guidance scale of the base stage (default: {g_help})")
+    p.add_argument("--guidance-interval", type=_interval, default=gi, metavar="LO,HI",
                    help="guide only the base steps with t in [LO*T, HI*T], fractions of the T diffusion "
-                        "steps (e.g. 0.2,0.8); the others run the conditional model alone, at half the cost "
-                        "(default: every step)")
-    p.add_argument("--base-sampler", default=base.sampler, help=f"ddpm, ddim or dpm++2m (default: {base.sampler})")
-    p.add_argument("--base-steps", default=base.steps, help=f"respacing, e.g. 100, 50, ddim25 (default: {base.steps})")
-    p.add_argument("--up-sampler", default=up.sampler, help=f"ddpm, ddim or dpm++2m (default: {up.sampler})")
-    p.add_argument("--up-steps", default=up.steps, help=f"(default: {up.steps})")
-    p.add_argument("--up-temperature", type=float, default=up.temperature,
-                   help=f"scale of the upsampler's initial noise (default: {up.temperature})")
+                        "steps (e.g. 0.2,0.8; 0,1 = every step); the others run the conditional model alone, "
+                        f"at half the cost (default: {gi_help})")
+    p.add_argument("--base-sampler", default=bs, help=f"ddpm, ddim or dpm++2m (default: {bs_help})")
+    p.add_argument("--base-steps", default=bn, help=f"respacing, e.g. 100, 50, ddim25 (default: {bn_help})")
+    p.add_argument("--up-sampler", default=us, help=f"ddpm, ddim or dpm++2m (default: {us_help})")
+    p.add_argument("--up-steps", default=un, help=f"(default: {un_help})")
+    p.add_argument("--up-temperature", type=float, default=ut,
+                   help=f"scale of the upsampler's initial noise (default: {ut_help})")
     p.add_argument("-o", "--output", default="samples", help="output folder (default: ./samples)")
     p.add_argument("--npz", action="store_true", help="also write all images to samples.npz in the output folder")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
@@ -82,7 +107,25 @@ def _interval(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _describe(base: StageSettings, up: StageSettings) -> str:
+    """One line for --help: 'base dpm++2m 12 guided for t in [0.3, 1] T, upsampler dpm++2m 3'."""
+    interval = base.guidance_interval
+    guided = "" if interval is None else " guided for t in [{:g}, {:g}] T".format(*interval)
+    return f"base {base.sampler} {base.steps}{guided}, upsampler {up.sampler} {up.steps}"
+
+
 def stage_settings(args: argparse.Namespace) -> tuple[StageSettings, StageSettings]:
+    """The (base, upsampler) settings of the parsed options; unset ones from ``--recipe``."""
+    recipes = getattr(args, "recipes", None)
+    if recipes:
+        base, up = recipes[args.recipe]
+        pick = lambda value, fallback: fallback if value is None else value  # noqa: E731
+        base = StageSettings(pick(args.base_sampler, base.sampler), pick(args.base_steps, base.steps),
+                             pick(args.guidance_scale, base.guidance_scale), base.temperature,
+                             guidance_interval=pick(args.guidance_interval, base.guidance_interval))
+        up = StageSettings(pick(args.up_sampler, up.sampler), pick(args.up_steps, up.steps), 1.0,
+                           pick(args.up_temperature, up.temperature))
+        return base, up
     return (StageSettings(args.base_sampler, args.base_steps, args.guidance_scale, 1.0,
                           guidance_interval=args.guidance_interval),
             StageSettings(args.up_sampler, args.up_steps, 1.0, args.up_temperature))

@@ -6,7 +6,7 @@ import argparse
 from typing import Sequence
 
 from ..pipelines.inpaint import INPAINT_UPSAMPLE_DEFAULTS
-from ..pipelines.text2im import BASE_DEFAULTS, UPSAMPLE_DEFAULTS
+from ..pipelines.text2im import OFFICIAL_BASE, OFFICIAL_UPSAMPLE
 from .common import add_model_args, add_sampling_args, resolve_models, device_arg, run_command, stage_settings, upsampler_arg, write_outputs
 
 
@@ -44,7 +44,7 @@ def inpaint_parser() -> argparse.ArgumentParser:
     p.add_argument("--extend", type=_margins, metavar="N|L,T,R,B",
                    help="outpainting: grow the canvas by these margins (pixels) and fill them")
     add_model_args(p, "inpaint")
-    add_sampling_args(p, BASE_DEFAULTS, INPAINT_UPSAMPLE_DEFAULTS)
+    add_sampling_args(p, OFFICIAL_BASE, INPAINT_UPSAMPLE_DEFAULTS)
     return p
 
 
@@ -55,7 +55,7 @@ def edit_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=0.6,
                    help="in (0, 1]: how far the image is noised before denoising (1 = ignore it); default 0.6")
     add_model_args(p, "text2im")
-    add_sampling_args(p, BASE_DEFAULTS, UPSAMPLE_DEFAULTS)
+    add_sampling_args(p, OFFICIAL_BASE, OFFICIAL_UPSAMPLE)
     return p
 
 

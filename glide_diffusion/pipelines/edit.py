@@ -20,7 +20,7 @@ from ..diffusion.schedule import Schedule
 from ..sampling.noise import PerSampleNoise, seeds_for
 from .inpaint import resized, split_alpha
 from .stage import Stage, StageSettings, load_stages, quantize, sample_stage, to_pil
-from .text2im import BASE_DEFAULTS, UPSAMPLE_DEFAULTS, Text2ImResult, validate_request
+from .text2im import OFFICIAL_BASE, OFFICIAL_UPSAMPLE, Text2ImResult, validate_request
 
 
 def truncate(s: Schedule, k: int) -> Schedule:
@@ -52,8 +52,8 @@ class EditPipeline:
         strength: float = 0.6,
         num_images: int = 1,
         seed: int = 0,
-        base: StageSettings = BASE_DEFAULTS,
-        upsample: StageSettings = UPSAMPLE_DEFAULTS,
+        base: StageSettings = OFFICIAL_BASE,
+        upsample: StageSettings = OFFICIAL_UPSAMPLE,
         dtype: str = "fp32",
         progress: bool = False,
     ) -> Text2ImResult:

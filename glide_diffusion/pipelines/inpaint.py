@@ -26,7 +26,7 @@ from PIL import Image
 
 from ..sampling.noise import PerSampleNoise, seeds_for
 from .stage import Stage, StageSettings, from_pil, load_stages, quantize, sample_stage, to_uint8
-from .text2im import BASE_DEFAULTS, validate_request
+from .text2im import OFFICIAL_BASE, validate_request
 
 # The inpainting notebook samples the upsampler with "fast27" ancestral steps.
 INPAINT_UPSAMPLE_DEFAULTS = StageSettings("ddpm", "fast27", 1.0, 0.997)
@@ -144,7 +144,7 @@ class InpaintPipeline:
         *,
         num_images: int = 1,
         seed: int = 0,
-        base: StageSettings = BASE_DEFAULTS,
+        base: StageSettings = OFFICIAL_BASE,
         upsample: StageSettings = INPAINT_UPSAMPLE_DEFAULTS,
         dtype: str = "fp32",
         progress: bool = False,

@@ -19,21 +19,27 @@ from ..precision import check_dtype
 from ..sampling.noise import PerSampleNoise, seeds_for
 from .stage import Stage, StageSettings, load_stages, from_pil, quantize, sample_stage, to_pil
 
-__all__ = ["BASE_DEFAULTS", "UPSAMPLE_DEFAULTS", "FAST_BASE", "FAST_UPSAMPLE", "Stage", "StageSettings", "Text2ImPipeline", "Text2ImResult",
+__all__ = ["BASE_DEFAULTS", "UPSAMPLE_DEFAULTS", "FAST_BASE", "FAST_UPSAMPLE", "OFFICIAL_BASE", "OFFICIAL_UPSAMPLE",
+           "RECIPES", "Stage", "StageSettings", "Text2ImPipeline", "Text2ImResult",
            "validate_request"]
 
 MAX_SEED = 2**63 - 1
 
 
-BASE_DEFAULTS = StageSettings("ddpm", "100", 3.0, 1.0)
-UPSAMPLE_DEFAULTS = StageSettings("ddim", "fast27", 1.0, 0.997)
-# The fast path (DPM-Solver++(2M), fewer steps): what benchmarks/sampling_speed.py times.
-# On the bundled Shapes models (benchmarks/shapes_quality.py, README "Status") these step
-# counts score within noise of the official recipe (DDPM 100 + DDIM fast27): 6.7% against
-# 5.3% exact match through the upsampler, 2.8x faster; the defaults stay the official recipe
-# until a model that meets the Shapes bar confirms it.
-FAST_BASE = StageSettings("dpm++2m", "25", 3.0, 1.0)
-FAST_UPSAMPLE = StageSettings("dpm++2m", "10", 1.0, 0.997)
+# The official recipe (GLIDE's notebooks): base DDPM 100 steps, upsampler DDIM "fast27".
+OFFICIAL_BASE = StageSettings("ddpm", "100", 3.0, 1.0)
+OFFICIAL_UPSAMPLE = StageSettings("ddim", "fast27", 1.0, 0.997)
+# The fast path, chosen by measurement (README "Benchmarks"): DPM-Solver++(2M), 12 base steps
+# with classifier-free guidance only for t >= 0.3 T, 3 upsampler steps. On the released
+# architectures (benchmarks/sampling_speed.py) 11.8x faster than the official recipe; on the
+# bundled Shapes models (benchmarks/shapes_quality.py) within noise of it.
+FAST_BASE = StageSettings("dpm++2m", "12", 3.0, 1.0, guidance_interval=(0.3, 1.0))
+FAST_UPSAMPLE = StageSettings("dpm++2m", "3", 1.0, 0.997)
+# Named (base, upsampler) settings: what ``glide sample --recipe`` picks from.
+RECIPES = {"fast": (FAST_BASE, FAST_UPSAMPLE), "official": (OFFICIAL_BASE, OFFICIAL_UPSAMPLE)}
+# Text-to-image defaults: the fast path. Editing and inpainting keep the official recipe
+# (pipelines/edit.py, pipelines/inpaint.py): fewer steps were not measured there.
+BASE_DEFAULTS, UPSAMPLE_DEFAULTS = RECIPES["fast"]
 
 
 @dataclass
