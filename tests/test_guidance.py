@@ -9,7 +9,7 @@ import torch
 
 from glide_diffusion.diffusion import make_schedule, p_mean_variance
 from glide_diffusion.guidance import classifier_free_guidance, combine_cond_fns, scaled_cond_fn
-from glide_diffusion.sampling import ddpm_step, sample_ddim, sample_ddpm
+from glide_diffusion.sampling import ddpm_step, host_timestep, sample_ddim, sample_ddpm, sample_dpmpp_2m
 
 
 class DoubledBatchModel:
@@ -111,6 +111,31 @@ def test_cfg_interval_guides_only_inside() -> None:
     out = guided(x, torch.tensor([50, 17]))
     assert conditional_calls == [2] and model.calls == []  # one pass of B rows, no doubled batch
     torch.testing.assert_close(out, model.branch(x, torch.tensor([50, 17]), True), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("sampler", [sample_ddpm, sample_ddim, sample_dpmpp_2m])
+def test_cfg_interval_inside_a_sampler_decides_on_the_host(sampler, monkeypatch) -> None:
+    """Inside a sampler the wrapper picks the pass from host_timestep(), never reading t back
+    from the device; the steps it guides are exactly those inside the interval."""
+    model = DoubledBatchModel()
+    seen = []
+
+    def conditional(x, t):
+        seen.append(("cond", host_timestep(), t.tolist()))
+        return model.branch(x, t, True)
+
+    def doubled(x, t):
+        seen.append(("guided", host_timestep(), t.tolist()))
+        return model(x, t)
+
+    s = make_schedule("squaredcos_cap_v2", 1000, "10")
+    x_T, _ = inputs()
+    guided = classifier_free_guidance(doubled, 3.0, interval=(300, 1000), conditional=conditional)
+    monkeypatch.setattr(torch.Tensor, "any", lambda *a, **k: pytest.fail("read t back from the device"))
+    sampler(guided, s, x_T, noise_fn=lambda x: torch.zeros_like(x))
+    assert [kind for kind, _, _ in seen] == ["guided" if t >= 300 else "cond" for t in reversed(s.timestep_map)]
+    assert all(set(ts) == {hint} for _, hint, ts in seen)  # the hint is every row's timestep
+    assert host_timestep() is None  # only set during the sampler's calls
 
 
 def test_cfg_interval_validation() -> None:

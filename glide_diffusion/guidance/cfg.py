@@ -10,10 +10,9 @@ A guidance interval (Kynkäänniemi et al. 2024, "Applying Guidance in a Limited
 Interval Improves Sample and Distribution Quality in Diffusion Models") guides
 only the steps whose timestep lies inside it; the others take the conditional
 output from one pass over B rows instead of 2B, which also saves their cost.
-Choosing the pass reads one boolean from the device per step: on a GPU the host
-waits for the previous step there, then queues this one; what that costs is the
-host's lead (the Python before the first kernel of the step, well under a
-millisecond), against a step of many milliseconds.
+Inside a sampler the pass is chosen from the step's timestep on the host
+(:func:`~glide_diffusion.sampling.samplers.host_timestep`), so the step loop
+never waits for the device; called directly, the wrapper reads ``t`` instead.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import math
 
 import torch
 
-from ..sampling.samplers import Denoiser
+from ..sampling.samplers import Denoiser, host_timestep
 
 __all__ = ["classifier_free_guidance"]
 
@@ -60,9 +59,14 @@ def classifier_free_guidance(
         batch, channels = x.shape[0], x.shape[1]
         inside = None
         if interval is not None:
-            inside = (t >= lo) & (t <= hi)
-            if not bool(inside.any()):
-                return conditional(x, t)
+            known = host_timestep()  # every row's timestep, on the host, inside a sampler
+            if known is not None:
+                if not lo <= known <= hi:
+                    return conditional(x, t)
+            else:
+                inside = (t >= lo) & (t <= hi)
+                if not bool(inside.any()):
+                    return conditional(x, t)
         out = denoiser(torch.cat([x, x]), torch.cat([t, t]))  # (2B, 2C, H, W)
         if out.shape[0] != 2 * batch or out.shape[1] != 2 * channels:
             raise ValueError(

@@ -9,6 +9,7 @@ from .samplers import (
     X0Fn,
     ddim_step,
     ddpm_step,
+    host_timestep,
     sample_ddim,
     sample_ddpm,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "ddim_step",
     "ddpm_step",
     "dpmpp_2m_coefficients",
+    "host_timestep",
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmpp_2m",

@@ -30,6 +30,7 @@ tables on the host, so the step loop never synchronises with the device.
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 from typing import Callable, NamedTuple
 
 import torch
@@ -55,6 +56,7 @@ __all__ = [
     "X0Fn",
     "ddim_step",
     "ddpm_step",
+    "host_timestep",
     "sample_ddim",
     "sample_ddpm",
 ]
@@ -202,6 +204,19 @@ def _validate(s: Schedule, x_T: torch.Tensor, noise_fn: NoiseFn | None, callback
             raise ValueError(f"{name} must be callable")
 
 
+_HOST_TIMESTEP: ContextVar[int | None] = ContextVar("glide_host_timestep", default=None)
+
+
+def host_timestep() -> int | None:
+    """The original timestep of the denoiser call a sampler is making, on the host.
+
+    Inside a sampler's ``denoiser(x, t)`` call every row of ``t`` holds this value;
+    a wrapper that branches on the timestep (a guidance interval) reads it here
+    instead of reading ``t`` back from the device. None outside such a call.
+    """
+    return _HOST_TIMESTEP.get()
+
+
 def _run(
     step: Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor], StepResult],
     denoiser: Denoiser,
@@ -231,8 +246,13 @@ def _run(
     with mode:
         x = x_T
         for i in indices:
-            t = torch.full((batch,), int(s.timestep_map[i]), dtype=torch.int64, device=device)
-            model_out = denoiser(x, t)
+            t_host = int(s.timestep_map[i])
+            t = torch.full((batch,), t_host, dtype=torch.int64, device=device)
+            token = _HOST_TIMESTEP.set(t_host)
+            try:
+                model_out = denoiser(x, t)
+            finally:
+                _HOST_TIMESTEP.reset(token)
             if model_out.shape[0] != batch:
                 raise ValueError(f"denoiser returned batch {model_out.shape[0]}, expected {batch}")
             x, pred_x0 = step(model_out, x, i, noise_fn(x))
