@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import warnings
 from pathlib import Path
@@ -48,10 +49,11 @@ def resolve_models(args: argparse.Namespace) -> None:
     args.upsampler = args.upsampler or upsampler
 
 
-def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings, up: StageSettings,
+def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings | None = None, up: StageSettings | None = None,
                       recipes: dict[str, tuple[StageSettings, StageSettings]] | None = None) -> None:
-    """The sampling options; with ``recipes`` (name -> (base, upsampler) settings, the first the
-    default) a ``--recipe`` option picks the settings the per-stage options leave unset."""
+    """The sampling options, defaulting to the ``base`` and ``up`` settings; or, with ``recipes``
+    (name -> (base, upsampler) settings, the first the default), a ``--recipe`` option that
+    gives the settings the per-stage options leave unset."""
     p.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image k uses seed+k (default: 0)")
     if recipes:
@@ -60,11 +62,10 @@ def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings, up: Stage
         p.add_argument("--recipe", choices=names, default=names[0],
                        help=f"sampling settings the options below override ({listing}; default: {names[0]})")
         p.set_defaults(recipes=recipes)
-        base = up = None
 
     def value(settings: StageSettings | None, field: str) -> tuple:
         """(argparse default, as the help shows it): unset under a recipe."""
-        if settings is None:
+        if recipes:
             return None, "from --recipe"
         v = getattr(settings, field)
         return v, "every step" if v is None else v
@@ -119,13 +120,12 @@ def stage_settings(args: argparse.Namespace) -> tuple[StageSettings, StageSettin
     recipes = getattr(args, "recipes", None)
     if recipes:
         base, up = recipes[args.recipe]
-        pick = lambda value, fallback: fallback if value is None else value  # noqa: E731
-        base = StageSettings(pick(args.base_sampler, base.sampler), pick(args.base_steps, base.steps),
-                             pick(args.guidance_scale, base.guidance_scale), base.temperature,
-                             guidance_interval=pick(args.guidance_interval, base.guidance_interval))
-        up = StageSettings(pick(args.up_sampler, up.sampler), pick(args.up_steps, up.steps), 1.0,
-                           pick(args.up_temperature, up.temperature))
-        return base, up
+        given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
+        return (dataclasses.replace(base, **given(sampler=args.base_sampler, steps=args.base_steps,
+                                                  guidance_scale=args.guidance_scale,
+                                                  guidance_interval=args.guidance_interval)),
+                dataclasses.replace(up, **given(sampler=args.up_sampler, steps=args.up_steps,
+                                                temperature=args.up_temperature)))
     return (StageSettings(args.base_sampler, args.base_steps, args.guidance_scale, 1.0,
                           guidance_interval=args.guidance_interval),
             StageSettings(args.up_sampler, args.up_steps, 1.0, args.up_temperature))

@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompts", nargs="+", metavar="PROMPT", help="one or more captions")
     add_model_args(p, "text2im")
     p.add_argument("--batch-size", type=int, default=None, help="images sampled at once (default: all); results do not depend on it")
-    add_sampling_args(p, *RECIPES["fast"], recipes=RECIPES)
+    add_sampling_args(p, recipes=RECIPES)
     p.add_argument("--clip-guidance-scale", type=float, default=0.0,
                    help="CLIP guidance of the base stage (GLIDE's notebook: 3 with -g 1); default 0 = off")
     p.add_argument("--rerank", type=int, default=None, metavar="K",
