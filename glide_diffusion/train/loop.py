@@ -42,7 +42,7 @@ from .metrics import MetricsWriter, truncate_metrics
 from .state import (clean_stray, get_rng_state, list_checkpoints, prune, read_checkpoint,
                     save_checkpoint, set_rng_state)
 
-__all__ = ["DatasetFactory", "TrainResult", "TrainingDivergedError", "build_train_dataset", "train"]
+__all__ = ["DatasetFactory", "TrainResult", "TrainingDivergedError", "build_train_dataset", "mse_weights", "train"]
 
 # (config, rank, world_size, start, low_res) -> an index-stream IterableDataset
 DatasetFactory = Callable[[TrainConfig, int, int, int, "int | None"], IterableDataset]
@@ -71,6 +71,20 @@ def build_train_dataset(config: TrainConfig, rank: int, world_size: int, start: 
                              start=start, low_res=low_res)
     except (ValueError, FileNotFoundError) as e:  # a source that cannot be used: a config error
         raise ConfigError(f"data: {e}") from None
+
+
+def mse_weights(config: TrainConfig, schedule, t: torch.Tensor) -> torch.Tensor | None:
+    """Per-sample weights (B,) of the eps-MSE for the config's loss, or None (GLIDE's plain eps-MSE).
+
+    Min-SNR weights are the same in eps and v terms; a v-predicting model otherwise learns
+    the v-MSE (optionally with its 1/abar weight capped).
+    """
+    loss = config.loss
+    if loss.min_snr_gamma:
+        return min_snr_weights(schedule, t, loss.min_snr_gamma)
+    if config.model.unet.prediction == "v":
+        return v_weights(schedule, t, loss.v_weight_max or None)
+    return None
 
 
 class _Batches:
@@ -228,11 +242,7 @@ class Trainer:
                 return clip_loss(model, inputs)
         with precision_autocast(self.device, self.config.precision):
             out = model(inputs.x_t, inputs.t_model, tokens=inputs.tokens, mask=inputs.mask, **inputs.cond)
-        loss, v = self.config.loss, self.config.model.unet.prediction == "v"
-        # Min-SNR weights are the same in eps and v terms; a v model otherwise learns the v-MSE
-        # (optionally with its 1/abar weight capped).
-        weights = (min_snr_weights(self.schedule, inputs.t, loss.min_snr_gamma) if loss.min_snr_gamma
-                   else v_weights(self.schedule, inputs.t, loss.v_weight_max or None) if v else None)
+        weights = mse_weights(self.config, self.schedule, inputs.t)
         terms = hybrid_loss(self.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise, weights)
         return terms.loss.mean(), torch.stack([terms.loss.mean(), terms.mse.mean(), terms.vb.mean()]).detach()
 
