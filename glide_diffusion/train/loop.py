@@ -30,6 +30,7 @@ from torch.utils.data import IterableDataset
 from ..checkpoints import CheckpointError, build_model
 from ..data.factory import build_dataset, collate, make_loader
 from ..diffusion import hybrid_loss, make_schedule
+from ..diffusion.schedule import Schedule
 from ..diffusion.losses import min_snr_weights, v_weights
 from ..pipelines.text2im import StageSettings
 from ..precision import check_dtype
@@ -73,7 +74,7 @@ def build_train_dataset(config: TrainConfig, rank: int, world_size: int, start: 
         raise ConfigError(f"data: {e}") from None
 
 
-def mse_weights(config: TrainConfig, schedule, t: torch.Tensor) -> torch.Tensor | None:
+def mse_weights(config: TrainConfig, schedule: Schedule, t: torch.Tensor) -> torch.Tensor | None:
     """Per-sample weights (B,) of the eps-MSE for the config's loss, or None (GLIDE's plain eps-MSE).
 
     Min-SNR weights are the same in eps and v terms; a v-predicting model otherwise learns
