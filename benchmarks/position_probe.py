@@ -20,6 +20,7 @@ import argparse
 import torch
 
 from glide_diffusion.data.shapes_scene import BACKGROUNDS, COLOURS, POSITIONS
+from glide_diffusion.diffusion import predict_x0_from_eps
 from glide_diffusion.pipelines.stage import load_stage
 
 # Cell centres, as fractions of the side, of each position phrase (spec: 3x3 grid, row-major).
@@ -35,7 +36,7 @@ def cell_centre(position: str) -> tuple[float, float]:
 @torch.no_grad()
 def probe(stage, t: int, n: int, colour: str = "red", seed: int = 0) -> list[dict]:
     model, size = stage.model.eval(), stage.image_size
-    abar = torch.tensor(stage.schedule(str(stage.config.diffusion.steps)).alphas_cumprod, dtype=torch.float32)[t]
+    schedule = stage.schedule(str(stage.config.diffusion.steps))  # unrespaced: index t is timestep t
     x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
     background = torch.tensor(BACKGROUNDS["white"], dtype=torch.float32) / 127.5 - 1
     target = torch.tensor(COLOURS[colour], dtype=torch.float32) / 127.5 - 1
@@ -45,7 +46,7 @@ def probe(stage, t: int, n: int, colour: str = "red", seed: int = 0) -> list[dic
     for position in POSITIONS:
         text = stage.encode([f"a large {colour} circle {position} on a white background"] * n)
         eps = model(x, torch.full((n,), t), text=text)[:, :3].float()
-        x0 = ((x - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1).mean(0)  # (3, H, W)
+        x0 = predict_x0_from_eps(schedule, x, t, eps).clamp(-1, 1).mean(0)  # (3, H, W)
         # Evidence of the object: the part of each pixel's move away from the background that
         # points towards the object's colour, as a fraction of the whole way.
         move = x0 - background.view(3, 1, 1)
