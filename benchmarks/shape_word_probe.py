@@ -30,7 +30,7 @@ import numpy as np
 
 import glide_diffusion.data.shapes as shapes
 from glide_diffusion.data.shapes_scene import (
-    CELL_CENTRES, CELL_JITTER, POSITIONS, SHAPES, SIZE_JITTER, SIZE_SIDE, Scene, ShapeObject,
+    POSITIONS, SHAPES, SIZE_JITTER, SIZE_SIDE, Scene, ShapeObject, place_in_cell,
 )
 
 COLOUR, BACKGROUND, SIZE = "red", "white", "large"
@@ -42,9 +42,7 @@ def probe_scene_sampler(position: str):
     def sample_scene(rng: np.random.Generator, split: str = "train", n_objects: int | None = None) -> Scene:
         shape = SHAPES[rng.integers(len(SHAPES))]
         s = SIZE_SIDE[SIZE] * rng.uniform(*SIZE_JITTER)
-        row, col = (1, 1) if position == "center" else divmod(int(rng.integers(9)), 3)
-        cx = float(np.clip(CELL_CENTRES[col] + rng.uniform(-CELL_JITTER, CELL_JITTER), s / 2, 1 - s / 2))
-        cy = float(np.clip(CELL_CENTRES[row] + rng.uniform(-CELL_JITTER, CELL_JITTER), s / 2, 1 - s / 2))
+        cx, cy = place_in_cell(rng, 4 if position == "center" else int(rng.integers(9)), s)
         return Scene(BACKGROUND, (ShapeObject(shape, COLOUR, SIZE, float(s), cx, cy),), None)
 
     return sample_scene

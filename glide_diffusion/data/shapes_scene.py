@@ -131,13 +131,17 @@ def _sample_pair(rng: np.random.Generator, pairs, exclude=None) -> tuple[str, st
 def sample_single_object(rng: np.random.Generator, pair: tuple[str, str]) -> ShapeObject:
     """One object at a jittered 3x3 cell centre, pulled inwards onto the canvas (spec "Objects")."""
     size, s = _sample_side(rng)
-    cell = int(rng.integers(9))
+    cx, cy = place_in_cell(rng, int(rng.integers(9)), s)
+    return ShapeObject(shape=pair[1], colour=pair[0], size=size, s=float(s), cx=cx, cy=cy)
+
+
+def place_in_cell(rng: np.random.Generator, cell: int, s: float) -> tuple[float, float]:
+    """Centre of an object of side ``s`` in 3x3 ``cell`` (row-major): the cell centre plus
+    jitter, pulled inwards just enough for its box to stay on the canvas."""
     row, col = divmod(cell, 3)
     cx = CELL_CENTRES[col] + rng.uniform(-CELL_JITTER, CELL_JITTER)
     cy = CELL_CENTRES[row] + rng.uniform(-CELL_JITTER, CELL_JITTER)
-    cx = float(np.clip(cx, s / 2, 1 - s / 2))
-    cy = float(np.clip(cy, s / 2, 1 - s / 2))
-    return ShapeObject(shape=pair[1], colour=pair[0], size=size, s=float(s), cx=cx, cy=cy)
+    return float(np.clip(cx, s / 2, 1 - s / 2)), float(np.clip(cy, s / 2, 1 - s / 2))
 
 
 def _relation_mask(ax, ay, bx, by, relation: str):
