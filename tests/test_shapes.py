@@ -218,3 +218,20 @@ def test_dataloader_workers_cover_split():
     ds = ShapesDataset(resolution=16, size=10)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
     assert sorted(item["index"] for item in loader) == list(range(10))
+
+
+def test_warmup_curriculum_narrows_the_first_images():
+    ds = ShapesDataset("train", resolution=16, seed=1, warmup_images=60,
+                       warmup=dict(colour="red", size="large", background=None))
+    warm = [Scene.from_json(ds.item(n)["scene"]) for n in range(60)]
+    assert all(len(s.objects) == 1 and s.objects[0].colour == "red" and s.objects[0].size == "large"
+               and 0.36 <= s.objects[0].s <= 0.44 for s in warm)
+    assert {s.objects[0].shape for s in warm} == {"circle", "square", "triangle", "star", "cross"}
+    assert len({s.background for s in warm}) == 3  # left open: drawn as usual
+    assert all(parse_caption(ds.item(n)["caption"]).consistent_with(warm[n]) for n in range(60))
+    plain = ShapesDataset("train", resolution=16, seed=1)
+    assert [ds.item(n)["scene"] for n in range(60, 70)] == [plain.item(n)["scene"] for n in range(60, 70)]
+    held = ShapesDataset("train", resolution=16, warmup_images=200, warmup=dict(colour="purple"))  # no purple star
+    assert all(Scene.from_json(held.item(n)["scene"]).objects[0].shape != "star" for n in range(200))
+    with pytest.raises(ValueError, match="unknown colour 'pink'"):
+        ShapesDataset(warmup_images=1, warmup=dict(colour="pink"))

@@ -7,12 +7,33 @@ global sample position already consumed) resumes it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 KINDS = ("folder", "manifest", "webdataset", "shapes", "synthetic")
+
+
+@dataclass(frozen=True)
+class ShapesWarmup:
+    """A curriculum for ``kind = "shapes"``: the first ``images`` samples of the stream are
+    one-object scenes with these attributes fixed (None: drawn as usual), then full Shapes."""
+
+    images: int = 0  # global samples (all processes together); 0: no warm-up
+    colour: str | None = None
+    size: str | None = None
+    background: str | None = None
+
+    def __post_init__(self) -> None:
+        from .shapes_scene import BACKGROUNDS, COLOURS, SIZES
+
+        if self.images < 0:
+            raise ValueError(f"shapes_warmup.images must be >= 0, got {self.images}")
+        for name, value, allowed in (("colour", self.colour, COLOURS), ("size", self.size, SIZES),
+                                     ("background", self.background, BACKGROUNDS)):
+            if value is not None and value not in allowed:
+                raise ValueError(f"{name}: unknown {value!r}; expected one of {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -33,6 +54,7 @@ class DataConfig:
     image_root: str | None = None  # manifest: resolve relative paths here (default: its folder)
     epochs: int | None = None  # stop after this many epochs; None streams forever (training)
     samples_per_shard: int | None = None  # webdataset resume arithmetic; default from size or 10000
+    shapes_warmup: ShapesWarmup = field(default_factory=ShapesWarmup)  # "shapes" curriculum
 
 
 def _require_path(cfg: DataConfig) -> str:
@@ -58,7 +80,9 @@ def build_dataset(
     if cfg.kind == "shapes":
         from .shapes import ShapesDataset
 
-        return ShapesDataset(split=cfg.split, resolution=resolution, **common)
+        w = cfg.shapes_warmup
+        return ShapesDataset(split=cfg.split, resolution=resolution, warmup_images=w.images,
+                             warmup=dict(colour=w.colour, size=w.size, background=w.background), **common)
     if cfg.kind == "synthetic":
         from .synthetic import SyntheticDataset
 

@@ -14,7 +14,7 @@ global index on any number of processes.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -25,8 +25,8 @@ from glide_diffusion.data.shapes_captions import (
 from glide_diffusion.data.shapes_render import render, render_array
 from glide_diffusion.data.shapes_scene import (
     ALL_PAIRS, BACKGROUNDS, COLOURS, HELD_OUT_PAIRS, POSITIONS, RELATIONS, SHAPES, SIZES, SPLITS,
-    TRAIN_PAIRS, Scene, ShapeObject, box_gap, object_position, relation_holds, sample_scene,
-    sample_single_object,
+    TRAIN_PAIRS, Scene, ShapeObject, box_gap, object_position, relation_holds, sample_narrowed_scene,
+    sample_scene, sample_single_object,
 )
 
 __all__ = [
@@ -34,7 +34,7 @@ __all__ = [
     "SIZES", "SPLITS", "TRAIN_PAIRS", "CaptionSpec", "ObjectSpec", "Scene", "ShapeObject",
     "ShapesDataset", "article", "box_gap", "image_to_tensor", "object_position", "parse_caption",
     "relation_holds", "render", "render_array", "sample_caption", "sample_caption_with_mentions",
-    "sample_scene", "sample_with_caption", "test_captions",
+    "sample_narrowed_scene", "sample_scene", "sample_with_caption", "test_captions",
 ]
 
 
@@ -43,10 +43,15 @@ def sample_rng(seed: int, split: str, n: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLITS[split], n])
 
 
-def sample_with_caption(seed: int, split: str, n: int) -> tuple[Scene, str, CaptionSpec]:
-    """Scene, caption and caption spec of global sample ``n`` (no rendering)."""
+def sample_with_caption(seed: int, split: str, n: int,
+                        narrow: Mapping[str, str] | None = None) -> tuple[Scene, str, CaptionSpec]:
+    """Scene, caption and caption spec of global sample ``n`` (no rendering).
+
+    ``narrow`` (keys colour, size, background) draws a one-object scene with those attributes
+    fixed instead (:func:`sample_narrowed_scene`); the caption is drawn as usual.
+    """
     rng = sample_rng(seed, split, n)
-    scene = sample_scene(rng, split)
+    scene = sample_scene(rng, split) if narrow is None else sample_narrowed_scene(rng, split, **narrow)
     caption, spec = sample_caption_with_mentions(scene, rng)
     return scene, caption, spec
 
@@ -69,13 +74,20 @@ class ShapesDataset(torch.utils.data.IterableDataset):
         rank, world_size: rank r yields global indices start + r, start + r + W, ...
         start: first global index (resume position).
         low_res: if an int, items also carry the same scene rendered at that side.
+        warmup_images: a curriculum: global indices below this draw narrowed one-object
+            scenes (``warmup``: colour, size and/or background fixed, see
+            :func:`sample_narrowed_scene`) instead of the split's scenes. Training from
+            scratch on full Shapes, the bundled base learned colour, size and position but
+            drew one blob for every shape word; a few tens of thousands of images where
+            the shape is nearly all that varies teach the word first (README "Training").
 
     Items: ``dict(image=(3, R, R) float32 in [-1, 1], caption=str, scene=json str,
     index=int[, low_res=(3, r, r)])``. DataLoader workers split the rank's indices.
     """
 
     def __init__(self, split: str = "train", resolution: int = 64, seed: int = 0, size: int | None = None,
-                 rank: int = 0, world_size: int = 1, start: int = 0, low_res: int | None = None) -> None:
+                 rank: int = 0, world_size: int = 1, start: int = 0, low_res: int | None = None,
+                 warmup_images: int = 0, warmup: Mapping[str, str | None] | None = None) -> None:
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
@@ -83,10 +95,17 @@ class ShapesDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         self.split, self.resolution, self.seed, self.size = split, resolution, seed, size
         self.rank, self.world_size, self.start, self.low_res = rank, world_size, start, low_res
+        if warmup_images < 0:
+            raise ValueError(f"warmup_images must be >= 0, got {warmup_images}")
+        self.warmup_images = warmup_images
+        self.warmup = {k: v for k, v in (warmup or {}).items() if v is not None}
+        if warmup_images:
+            sample_narrowed_scene(sample_rng(seed, split, 0), split, **self.warmup)  # bad names fail here
 
     def item(self, n: int) -> dict:
         """The item of global index ``n``."""
-        scene, caption, _ = sample_with_caption(self.seed, self.split, n)
+        narrow = self.warmup if n < self.warmup_images else None
+        scene, caption, _ = sample_with_caption(self.seed, self.split, n, narrow)
         out = {"image": image_to_tensor(render_array(scene, self.resolution)), "caption": caption,
                "scene": scene.to_json(), "index": n}
         if self.low_res is not None:

@@ -185,6 +185,28 @@ def sample_two_objects(rng: np.random.Generator, pairs) -> tuple[tuple[ShapeObje
     return (a, b), relation
 
 
+def sample_narrowed_scene(rng: np.random.Generator, split: str = "train", colour: str | None = None,
+                          size: str | None = None, background: str | None = None) -> Scene:
+    """One object with the given attributes fixed and the rest drawn as in :func:`sample_scene`.
+
+    The narrowed scenes of a training curriculum (``ShapesDataset(warmup_images=...)``): the
+    colour-shape pair is drawn from the split's pairs with that colour, so a train-split warm-up
+    never shows a held-out pair either.
+    """
+    for name, value, allowed in (("colour", colour, COLOURS), ("size", size, SIZES),
+                                 ("background", background, BACKGROUNDS)):
+        if value is not None and value not in allowed:
+            raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
+    pairs = [p for p in pairs_for_split(split) if colour is None or p[0] == colour]
+    bg = background or tuple(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+    pair = _sample_pair(rng, pairs)
+    side_size, s = _sample_side(rng)
+    if size is not None:
+        side_size, s = size, SIZE_SIDE[size] * s / SIZE_SIDE[side_size]  # same jitter draw
+    cx, cy = place_in_cell(rng, int(rng.integers(9)), s)
+    return Scene(bg, (ShapeObject(shape=pair[1], colour=pair[0], size=side_size, s=float(s), cx=cx, cy=cy),), None)
+
+
 def sample_scene(rng: np.random.Generator, split: str = "train", n_objects: int | None = None) -> Scene:
     """Draw a scene: background, then one object (p = 2/3) or two related objects (p = 1/3).
 
