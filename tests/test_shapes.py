@@ -235,3 +235,20 @@ def test_warmup_curriculum_narrows_the_first_images():
     assert all(Scene.from_json(held.item(n)["scene"]).objects[0].shape != "star" for n in range(200))
     with pytest.raises(ValueError, match="unknown colour 'pink'"):
         ShapesDataset(warmup_images=1, warmup=dict(colour="pink"))
+
+
+def test_warmup_replay_mixes_narrowed_scenes_into_the_rest():
+    ds = ShapesDataset("train", resolution=8, seed=2, warmup_images=10, warmup_replay=0.25,
+                       warmup=dict(colour="red", size="large", background="white"))
+    plain = ShapesDataset("train", resolution=8, seed=2)
+    later = range(10, 410)
+    replayed = [n for n in later if ds.narrowed(n)]
+    assert 0.18 < len(replayed) / len(later) < 0.32
+    for n in later:
+        scene = Scene.from_json(ds.item(n)["scene"])
+        if n in replayed:
+            assert scene.background == "white" and scene.objects[0].colour == "red" and len(scene.objects) == 1
+        else:  # untouched samples are the plain stream's
+            assert ds.item(n)["scene"] == plain.item(n)["scene"]
+    with pytest.raises(ValueError, match="warmup_replay"):
+        ShapesDataset(warmup_replay=1.5)

@@ -18,9 +18,11 @@ KINDS = ("folder", "manifest", "webdataset", "shapes", "synthetic")
 @dataclass(frozen=True)
 class ShapesWarmup:
     """A curriculum for ``kind = "shapes"``: the first ``images`` samples of the stream are
-    one-object scenes with these attributes fixed (None: drawn as usual), then full Shapes."""
+    one-object scenes with these attributes fixed (None: drawn as usual), then full Shapes
+    with a ``replay`` share of such scenes mixed in."""
 
     images: int = 0  # global samples (all processes together); 0: no warm-up
+    replay: float = 0.0  # after the warm-up, this share of the samples stays narrowed
     colour: str | None = None
     size: str | None = None
     background: str | None = None
@@ -30,6 +32,8 @@ class ShapesWarmup:
 
         if self.images < 0:
             raise ValueError(f"shapes_warmup.images must be >= 0, got {self.images}")
+        if not 0.0 <= self.replay <= 1.0:
+            raise ValueError(f"shapes_warmup.replay must be in [0, 1], got {self.replay}")
         for name, value, allowed in (("colour", self.colour, COLOURS), ("size", self.size, SIZES),
                                      ("background", self.background, BACKGROUNDS)):
             if value is not None and value not in allowed:
@@ -82,7 +86,7 @@ def build_dataset(
 
         w = cfg.shapes_warmup
         return ShapesDataset(split=cfg.split, resolution=resolution, warmup_images=w.images,
-                             warmup=dict(colour=w.colour, size=w.size, background=w.background), **common)
+                             warmup_replay=w.replay, warmup=dict(colour=w.colour, size=w.size, background=w.background), **common)
     if cfg.kind == "synthetic":
         from .synthetic import SyntheticDataset
 

@@ -76,10 +76,9 @@ class ShapesDataset(torch.utils.data.IterableDataset):
         low_res: if an int, items also carry the same scene rendered at that side.
         warmup_images: a curriculum: global indices below this draw narrowed one-object
             scenes (``warmup``: colour, size and/or background fixed, see
-            :func:`sample_narrowed_scene`) instead of the split's scenes. Training from
-            scratch on full Shapes, the bundled base learned colour, size and position but
-            drew one blob for every shape word; a few tens of thousands of images where
-            the shape is nearly all that varies teach the word first (README "Training").
+            :func:`sample_narrowed_scene`) instead of the split's scenes.
+        warmup_replay: after the warm-up, this share of the indices (drawn independently
+            of each sample's own generator, so the others are unchanged) stay narrowed.
 
     Items: ``dict(image=(3, R, R) float32 in [-1, 1], caption=str, scene=json str,
     index=int[, low_res=(3, r, r)])``. DataLoader workers split the rank's indices.
@@ -87,7 +86,8 @@ class ShapesDataset(torch.utils.data.IterableDataset):
 
     def __init__(self, split: str = "train", resolution: int = 64, seed: int = 0, size: int | None = None,
                  rank: int = 0, world_size: int = 1, start: int = 0, low_res: int | None = None,
-                 warmup_images: int = 0, warmup: Mapping[str, str | None] | None = None) -> None:
+                 warmup_images: int = 0, warmup: Mapping[str, str | None] | None = None,
+                 warmup_replay: float = 0.0) -> None:
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
@@ -97,20 +97,29 @@ class ShapesDataset(torch.utils.data.IterableDataset):
         self.rank, self.world_size, self.start, self.low_res = rank, world_size, start, low_res
         if warmup_images < 0:
             raise ValueError(f"warmup_images must be >= 0, got {warmup_images}")
-        self.warmup_images = warmup_images
+        if not 0.0 <= warmup_replay <= 1.0:
+            raise ValueError(f"warmup_replay must be in [0, 1], got {warmup_replay}")
+        self.warmup_images, self.warmup_replay = warmup_images, warmup_replay
         self.warmup = {k: v for k, v in (warmup or {}).items() if v is not None}
-        if warmup_images:
+        if warmup_images or warmup_replay:
             sample_narrowed_scene(sample_rng(seed, split, 0), split, **self.warmup)  # bad names fail here
 
     def item(self, n: int) -> dict:
         """The item of global index ``n``."""
-        narrow = self.warmup if n < self.warmup_images else None
+        narrow = self.warmup if self.narrowed(n) else None
         scene, caption, _ = sample_with_caption(self.seed, self.split, n, narrow)
         out = {"image": image_to_tensor(render_array(scene, self.resolution)), "caption": caption,
                "scene": scene.to_json(), "index": n}
         if self.low_res is not None:
             out["low_res"] = image_to_tensor(render_array(scene, self.low_res))
         return out
+
+    def narrowed(self, n: int) -> bool:
+        """Whether global index ``n`` draws a narrowed (curriculum) scene."""
+        if n < self.warmup_images:
+            return True
+        return bool(self.warmup_replay) and (
+            np.random.default_rng([self.seed, SPLITS[self.split], n, 1]).uniform() < self.warmup_replay)
 
     def indices(self, worker: int = 0, num_workers: int = 1) -> Iterator[int]:
         """Global indices of this rank's share, further split among ``num_workers``."""
