@@ -252,3 +252,14 @@ def test_warmup_replay_mixes_narrowed_scenes_into_the_rest():
             assert ds.item(n)["scene"] == plain.item(n)["scene"]
     with pytest.raises(ValueError, match="warmup_replay"):
         ShapesDataset(warmup_replay=1.5)
+
+
+def test_shapes_warmup_from_config():
+    from glide_diffusion.data.factory import build_dataset
+    from glide_diffusion.train.config import ConfigError, load_config
+
+    config = load_config(None, ["data.shapes_warmup.images=5", "data.shapes_warmup.colour=red"])
+    ds = build_dataset(config.data, 8)
+    assert ds.narrowed(4) and not ds.narrowed(5) and ds.warmup == {"colour": "red"}
+    with pytest.raises(ConfigError, match="unknown colour 'pink'"):
+        load_config(None, ["data.shapes_warmup.images=5", "data.shapes_warmup.colour=pink"])

@@ -28,16 +28,17 @@ class ShapesWarmup:
     background: str | None = None
 
     def __post_init__(self) -> None:
-        from .shapes_scene import BACKGROUNDS, COLOURS, SIZES
+        from .shapes_scene import check_narrowing
 
         if self.images < 0:
             raise ValueError(f"shapes_warmup.images must be >= 0, got {self.images}")
         if not 0.0 <= self.replay <= 1.0:
             raise ValueError(f"shapes_warmup.replay must be in [0, 1], got {self.replay}")
-        for name, value, allowed in (("colour", self.colour, COLOURS), ("size", self.size, SIZES),
-                                     ("background", self.background, BACKGROUNDS)):
-            if value is not None and value not in allowed:
-                raise ValueError(f"{name}: unknown {value!r}; expected one of {', '.join(allowed)}")
+        check_narrowing(self.colour, self.size, self.background)
+
+    def scene(self) -> dict[str, str | None]:
+        """The fixed attributes, as ``sample_narrowed_scene`` keywords."""
+        return dict(colour=self.colour, size=self.size, background=self.background)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def build_dataset(
 
         w = cfg.shapes_warmup
         return ShapesDataset(split=cfg.split, resolution=resolution, warmup_images=w.images,
-                             warmup_replay=w.replay, warmup=dict(colour=w.colour, size=w.size, background=w.background), **common)
+                             warmup_replay=w.replay, warmup=w.scene(), **common)
     if cfg.kind == "synthetic":
         from .synthetic import SyntheticDataset
 

@@ -185,6 +185,14 @@ def sample_two_objects(rng: np.random.Generator, pairs) -> tuple[tuple[ShapeObje
     return (a, b), relation
 
 
+def check_narrowing(colour: str | None = None, size: str | None = None, background: str | None = None) -> None:
+    """ValueError unless each given attribute is a Shapes colour, size or background name."""
+    for name, value, allowed in (("colour", colour, COLOURS), ("size", size, SIZES),
+                                 ("background", background, BACKGROUNDS)):
+        if value is not None and value not in allowed:
+            raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
+
+
 def sample_narrowed_scene(rng: np.random.Generator, split: str = "train", colour: str | None = None,
                           size: str | None = None, background: str | None = None) -> Scene:
     """One object with the given attributes fixed and the rest drawn as in :func:`sample_scene`.
@@ -193,10 +201,7 @@ def sample_narrowed_scene(rng: np.random.Generator, split: str = "train", colour
     colour-shape pair is drawn from the split's pairs with that colour, so a train-split warm-up
     never shows a held-out pair either.
     """
-    for name, value, allowed in (("colour", colour, COLOURS), ("size", size, SIZES),
-                                 ("background", background, BACKGROUNDS)):
-        if value is not None and value not in allowed:
-            raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
+    check_narrowing(colour, size, background)
     pairs = [p for p in pairs_for_split(split) if colour is None or p[0] == colour]
     bg = background or tuple(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
     pair = _sample_pair(rng, pairs)
