@@ -128,9 +128,14 @@ def _sample_pair(rng: np.random.Generator, pairs, exclude=None) -> tuple[str, st
     return choices[rng.integers(len(choices))]
 
 
-def sample_single_object(rng: np.random.Generator, pair: tuple[str, str]) -> ShapeObject:
-    """One object at a jittered 3x3 cell centre, pulled inwards onto the canvas (spec "Objects")."""
-    size, s = _sample_side(rng)
+def sample_single_object(rng: np.random.Generator, pair: tuple[str, str], size: str | None = None) -> ShapeObject:
+    """One object at a jittered 3x3 cell centre, pulled inwards onto the canvas (spec "Objects").
+
+    ``size`` fixes the size word (same random draws: the drawn jitter applies to it)."""
+    drawn, s = _sample_side(rng)
+    if size is not None:
+        s = SIZE_SIDE[size] * s / SIZE_SIDE[drawn]
+    size = size or drawn
     cx, cy = place_in_cell(rng, int(rng.integers(9)), s)
     return ShapeObject(shape=pair[1], colour=pair[0], size=size, s=float(s), cx=cx, cy=cy)
 
@@ -204,12 +209,7 @@ def sample_narrowed_scene(rng: np.random.Generator, split: str = "train", colour
     check_narrowing(colour, size, background)
     pairs = [p for p in pairs_for_split(split) if colour is None or p[0] == colour]
     bg = background or tuple(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
-    pair = _sample_pair(rng, pairs)
-    side_size, s = _sample_side(rng)
-    if size is not None:
-        side_size, s = size, SIZE_SIDE[size] * s / SIZE_SIDE[side_size]  # same jitter draw
-    cx, cy = place_in_cell(rng, int(rng.integers(9)), s)
-    return Scene(bg, (ShapeObject(shape=pair[1], colour=pair[0], size=side_size, s=float(s), cx=cx, cy=cy),), None)
+    return Scene(bg, (sample_single_object(rng, _sample_pair(rng, pairs), size),), None)
 
 
 def sample_scene(rng: np.random.Generator, split: str = "train", n_objects: int | None = None) -> Scene:
