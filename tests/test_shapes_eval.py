@@ -135,6 +135,8 @@ def test_entropy_and_diversity_report():
     assert report["all"]["exact"] == 1.0 and report["all"]["n"] == 36 and report["two"]["n"] == 6
     assert report["diversity"]["colour"]["max_bits"] == pytest.approx(math.log2(6))
     assert report["diversity"]["background"]["n"] > 0 and report["unknown_rate"] == 0.0
+    assert [s["exact"] for s in report["scores"]] == [True] * 36  # per caption, in order
+    assert report["scores"][-1]["relation"] and "relation" not in report["scores"][0]
     # Scenes already read by analyze() score as their images do.
     assert evaluate([c for c, _ in prompts], [analyze(im) for im in images]) == report
 

@@ -203,7 +203,8 @@ def evaluate(captions, images) -> dict:
     An image may also be given as the :class:`DetectedScene` :func:`analyze` read from it.
     Returns {"all", "single", "two", "held_out": per-attribute accuracy dicts
     with "n" and "exact"; "diversity": per open attribute the entropy (bits) of
-    the detected values, the maximum log2(k), and n; "unknown_rate"}.
+    the detected values, the maximum log2(k), and n; "unknown_rate"; "scores": each
+    caption's :func:`score`, in order (for paired comparisons of two runs on the same captions)}.
     """
     specs = [_as_spec(c) for c in captions]
     scenes = [im if isinstance(im, DetectedScene) else analyze(im) for im in images]
@@ -224,4 +225,5 @@ def evaluate(captions, images) -> dict:
     report["diversity"] = {k: {"entropy_bits": entropy_bits(v), "max_bits": math.log2(OPEN_ATTRIBUTES[k]),
                                "n": len(v)} for k, v in open_values.items()}
     report["unknown_rate"] = float(np.mean([sc.unknown for sc in scenes])) if scenes else 0.0
+    report["scores"] = scores
     return report

@@ -1,0 +1,76 @@
+"""Compare two Shapes quality runs on the same captions and seeds, caption by caption.
+
+Two sampler settings scored on the same captions with the same seeds are paired: the
+standard error of the difference of their exact-match rates comes from the captions
+where they disagree (McNemar), and is smaller than that of two independent samples.
+
+    python benchmarks/shapes_quality.py --base shapes-base --n 500 --n-two 0 --n-held-out 0 --scales 3 \\
+        --sampler ddpm --steps 100 --json slow.json
+    python benchmarks/shapes_quality.py ... --sampler dpm++2m --steps 12 --json fast.json
+    python benchmarks/paired_diff.py slow.json fast.json          # guidance 3 in both
+    python benchmarks/paired_diff.py sweep.json:1.0 sweep.json:3.0  # two rows of one run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+CAPTION_ARGS = ("n", "n_two", "n_held_out", "seed")
+
+
+def load(spec: str) -> tuple[dict, dict]:
+    """'FILE' or 'FILE:KEY' -> (the run's args, the report of that row)."""
+    path, _, key = spec.partition(":") if ":" in spec and not spec.endswith(".json") else (spec, "", "")
+    with open(path) as f:
+        run = json.load(f)
+    reports = run["reports"]
+    if not key:
+        if len(reports) != 1:
+            raise SystemExit(f"{path} has rows {', '.join(reports)}: pick one as {path}:KEY")
+        key = next(iter(reports))
+    if key not in reports:
+        raise SystemExit(f"{path} has no row {key!r} (rows: {', '.join(reports)})")
+    if "scores" not in reports[key]:
+        raise SystemExit(f"{path} has no per-caption scores: rerun it with this version of shapes_quality.py")
+    return run["args"], reports[key]
+
+
+def paired(a: list[bool], b: list[bool]) -> dict:
+    """Rates, their difference b - a, and its paired standard error."""
+    n = len(a)
+    only_a = sum(x and not y for x, y in zip(a, b))
+    only_b = sum(y and not x for x, y in zip(a, b))
+    diff = (only_b - only_a) / n
+    se = math.sqrt(max(only_a + only_b - n * diff**2, 0.0)) / n
+    return {"n": n, "a": sum(a) / n, "b": sum(b) / n, "diff": diff, "se": se, "only_a": only_a, "only_b": only_b}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("a", help="a shapes_quality.py --json file, optionally FILE:ROW (the guidance scale key)")
+    p.add_argument("b")
+    p.add_argument("--attributes", nargs="+", default=["exact", "shape", "colour", "size", "position"])
+    args = p.parse_args()
+    (args_a, ra), (args_b, rb) = load(args.a), load(args.b)
+    for k in CAPTION_ARGS:
+        if args_a.get(k) != args_b.get(k):
+            raise SystemExit(f"not the same captions: {k} is {args_a.get(k)} in A and {args_b.get(k)} in B")
+    sa, sb = ra["scores"], rb["scores"]
+    if len(sa) != len(sb):
+        raise SystemExit(f"{len(sa)} scores in A, {len(sb)} in B")
+    print(f"A = {args.a}, B = {args.b}; {len(sa)} captions")
+    print(f"{'attribute':>10} {'n':>5} {'A':>7} {'B':>7} {'B - A':>7} {'SE':>6} {'z':>6} {'only A':>6} {'only B':>6}")
+    for attr in args.attributes:
+        both = [(x[attr], y[attr]) for x, y in zip(sa, sb) if attr in x and attr in y]
+        if not both:
+            continue
+        r = paired([x for x, _ in both], [y for _, y in both])
+        z = r["diff"] / r["se"] if r["se"] > 0 else 0.0
+        print(f"{attr:>10} {r['n']:>5} {r['a']:>7.3f} {r['b']:>7.3f} {r['diff']:>+7.3f} {r['se']:>6.3f} {z:>+6.2f} "
+              f"{r['only_a']:>6} {r['only_b']:>6}")
+
+
+if __name__ == "__main__":
+    main()
