@@ -263,3 +263,26 @@ def test_shapes_warmup_from_config():
     assert ds.narrowed(4) and not ds.narrowed(5) and ds.warmup == {"colour": "red"}
     with pytest.raises(ConfigError, match="unknown colour 'pink'"):
         load_config(None, ["data.shapes_warmup.images=5", "data.shapes_warmup.colour=pink"])
+
+
+def test_curriculum_phases_in_turn_then_replay_the_last(tmp_path):
+    from glide_diffusion.data.factory import build_dataset
+    from glide_diffusion.train.config import ConfigError, load_config
+
+    path = tmp_path / "curriculum.toml"
+    path.write_text('[data.shapes_warmup]\nimages = 20\ncolour = "red"\nsize = "large"\nbackground = "white"\n'
+                    'replay = 0.5\n[[data.shapes_warmup.then]]\nimages = 30\nsize = "large"\n')
+    ds = build_dataset(load_config(path, []).data, 8)
+    scenes = [Scene.from_json(ds.item(n)["scene"]) for n in range(250)]
+    assert all(s.background == "white" and s.objects[0].colour == "red" for s in scenes[:20])
+    second = scenes[20:50]  # large, colour and background drawn
+    assert all(len(s.objects) == 1 and s.objects[0].size == "large" for s in second)
+    assert len({s.objects[0].colour for s in second}) > 3 and len({s.background for s in second}) == 3
+    replayed = [s for n, s in enumerate(scenes) if n >= 50 and ds.narrowed(n)]
+    assert 0.35 < len(replayed) / 200 < 0.65  # narrowed as the last phase, not the first
+    assert all(len(s.objects) == 1 and s.objects[0].size == "large" for s in replayed)
+    assert len({s.objects[0].colour for s in replayed}) > 3
+    assert not all(ds.narrowed(n) for n in range(50, 250))
+    with pytest.raises(ConfigError, match="unknown size 'huge'"):
+        path.write_text('[data.shapes_warmup]\nimages = 20\n[[data.shapes_warmup.then]]\nimages = 3\nsize = "huge"\n')
+        load_config(path, [])

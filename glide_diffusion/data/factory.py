@@ -16,16 +16,40 @@ KINDS = ("folder", "manifest", "webdataset", "shapes", "synthetic")
 
 
 @dataclass(frozen=True)
-class ShapesWarmup:
-    """A curriculum for ``kind = "shapes"``: the first ``images`` samples of the stream are
-    one-object scenes with these attributes fixed (None: drawn as usual), then full Shapes
-    with a ``replay`` share of such scenes mixed in."""
+class ShapesPhase:
+    """A later phase of a Shapes curriculum: the next ``images`` samples are one-object
+    scenes with these attributes fixed (None: drawn as usual)."""
 
-    images: int = 0  # global samples (all processes together); 0: no warm-up
-    replay: float = 0.0  # after the warm-up, this share of the samples stays narrowed
+    images: int = 0
     colour: str | None = None
     size: str | None = None
     background: str | None = None
+
+    def __post_init__(self) -> None:
+        from .shapes_scene import check_narrowing
+
+        if self.images < 0:
+            raise ValueError(f"images must be >= 0, got {self.images}")
+        check_narrowing(self.colour, self.size, self.background)
+
+    def scene(self) -> dict[str, str | None]:
+        """The fixed attributes, as ``sample_narrowed_scene`` keywords."""
+        return dict(colour=self.colour, size=self.size, background=self.background)
+
+
+@dataclass(frozen=True)
+class ShapesWarmup:
+    """A curriculum for ``kind = "shapes"``: the first ``images`` samples of the stream are
+    one-object scenes with these attributes fixed (None: drawn as usual); then each phase
+    of ``then`` in turn (``[[data.shapes_warmup.then]]`` tables); then full Shapes with a
+    ``replay`` share of scenes narrowed as in the last phase mixed in."""
+
+    images: int = 0  # global samples (all processes together); 0: no warm-up
+    replay: float = 0.0  # after the curriculum, this share of the samples stays narrowed
+    colour: str | None = None
+    size: str | None = None
+    background: str | None = None
+    then: tuple[ShapesPhase, ...] = ()
 
     def __post_init__(self) -> None:
         from .shapes_scene import check_narrowing
@@ -37,8 +61,12 @@ class ShapesWarmup:
         check_narrowing(self.colour, self.size, self.background)
 
     def scene(self) -> dict[str, str | None]:
-        """The fixed attributes, as ``sample_narrowed_scene`` keywords."""
+        """The fixed attributes of the first phase, as ``sample_narrowed_scene`` keywords."""
         return dict(colour=self.colour, size=self.size, background=self.background)
+
+    def later_phases(self) -> list[tuple[int, dict[str, str | None]]]:
+        """``then`` as ``ShapesDataset(warmup_then=...)`` takes it."""
+        return [(p.images, p.scene()) for p in self.then]
 
 
 @dataclass(frozen=True)
@@ -87,7 +115,8 @@ def build_dataset(
 
         w = cfg.shapes_warmup
         return ShapesDataset(split=cfg.split, resolution=resolution, warmup_images=w.images,
-                             warmup_replay=w.replay, warmup=w.scene(), **common)
+                             warmup_replay=w.replay, warmup=w.scene(), warmup_then=w.later_phases(),
+                             **common)
     if cfg.kind == "synthetic":
         from .synthetic import SyntheticDataset
 

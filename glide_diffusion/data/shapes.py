@@ -14,7 +14,7 @@ global index on any number of processes.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -77,8 +77,12 @@ class ShapesDataset(torch.utils.data.IterableDataset):
         warmup_images: a curriculum: global indices below this draw narrowed one-object
             scenes (``warmup``: colour, size and/or background fixed, see
             :func:`sample_narrowed_scene`) instead of the split's scenes.
-        warmup_replay: after the warm-up, this share of the indices (drawn independently
-            of each sample's own generator, so the others are unchanged) stay narrowed.
+        warmup_then: later curriculum phases, ``(images, narrowing)`` pairs: the next
+            ``images`` indices after the warm-up (and each phase before) draw scenes
+            narrowed that way.
+        warmup_replay: after the last phase, this share of the indices (drawn independently
+            of each sample's own generator, so the others are unchanged) stay narrowed as
+            in the last phase.
 
     Items: ``dict(image=(3, R, R) float32 in [-1, 1], caption=str, scene=json str,
     index=int[, low_res=(3, r, r)])``. DataLoader workers split the rank's indices.
@@ -87,7 +91,8 @@ class ShapesDataset(torch.utils.data.IterableDataset):
     def __init__(self, split: str = "train", resolution: int = 64, seed: int = 0, size: int | None = None,
                  rank: int = 0, world_size: int = 1, start: int = 0, low_res: int | None = None,
                  warmup_images: int = 0, warmup: Mapping[str, str | None] | None = None,
-                 warmup_replay: float = 0.0) -> None:
+                 warmup_replay: float = 0.0,
+                 warmup_then: Sequence[tuple[int, Mapping[str, str | None]]] = ()) -> None:
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
@@ -95,31 +100,45 @@ class ShapesDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         self.split, self.resolution, self.seed, self.size = split, resolution, seed, size
         self.rank, self.world_size, self.start, self.low_res = rank, world_size, start, low_res
-        if warmup_images < 0:
-            raise ValueError(f"warmup_images must be >= 0, got {warmup_images}")
         if not 0.0 <= warmup_replay <= 1.0:
             raise ValueError(f"warmup_replay must be in [0, 1], got {warmup_replay}")
-        self.warmup_images, self.warmup_replay = warmup_images, warmup_replay
+        self.warmup_replay = warmup_replay
         self.warmup = {k: v for k, v in (warmup or {}).items() if v is not None}
-        if warmup_images or warmup_replay:
-            sample_narrowed_scene(sample_rng(seed, split, 0), split, **self.warmup)  # bad names fail here
+        # (first index after the phase, its narrowing), in order
+        self.phases: list[tuple[int, dict[str, str]]] = []
+        end = 0
+        for images, narrowing in ((warmup_images, warmup or {}), *warmup_then):
+            if images < 0:
+                raise ValueError(f"curriculum phases need images >= 0, got {images}")
+            end += images
+            self.phases.append((end, {k: v for k, v in narrowing.items() if v is not None}))
+        self.warmup_images = end  # indices below this are all narrowed
+        if end or warmup_replay:
+            for _, narrowing in self.phases:  # bad names fail here
+                sample_narrowed_scene(sample_rng(seed, split, 0), split, **narrowing)
 
     def item(self, n: int) -> dict:
         """The item of global index ``n``."""
-        narrow = self.warmup if self.narrowed(n) else None
-        scene, caption, _ = sample_with_caption(self.seed, self.split, n, narrow)
+        scene, caption, _ = sample_with_caption(self.seed, self.split, n, self.narrowing(n))
         out = {"image": image_to_tensor(render_array(scene, self.resolution)), "caption": caption,
                "scene": scene.to_json(), "index": n}
         if self.low_res is not None:
             out["low_res"] = image_to_tensor(render_array(scene, self.low_res))
         return out
 
+    def narrowing(self, n: int) -> dict[str, str] | None:
+        """The fixed attributes of global index ``n``'s curriculum scene; None: a scene of the split."""
+        for end, narrowing in self.phases:
+            if n < end:
+                return narrowing
+        if self.warmup_replay and (
+                np.random.default_rng([self.seed, SPLITS[self.split], n, 1]).uniform() < self.warmup_replay):
+            return self.phases[-1][1]
+        return None
+
     def narrowed(self, n: int) -> bool:
         """Whether global index ``n`` draws a narrowed (curriculum) scene."""
-        if n < self.warmup_images:
-            return True
-        return bool(self.warmup_replay) and (
-            np.random.default_rng([self.seed, SPLITS[self.split], n, 1]).uniform() < self.warmup_replay)
+        return self.narrowing(n) is not None
 
     def indices(self, worker: int = 0, num_workers: int = 1) -> Iterator[int]:
         """Global indices of this rank's share, further split among ``num_workers``."""
