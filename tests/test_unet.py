@@ -308,3 +308,36 @@ def test_patch_size_runs_the_unet_on_space_to_depth_patches():
         x2[0, :, 5, 6] += 1.0
         diff = (model(x2, t, tokens=tokens, mask=mask) - out).abs().sum((1, 2, 3))
         assert diff[0] > 0 and diff[1] == 0
+
+
+def test_reduced_precision_keeps_the_residual_stream_and_the_edges_in_float32():
+    """Under bf16 autocast only the convolutions and attention run in bf16: the residual sums,
+    norms with their scale/shift, the timestep MLP and the output layer stay float32."""
+    from glide_diffusion.unet.blocks import AttentionBlock, ResBlock
+
+    torch.manual_seed(0)
+    model = GlideUNet(get_preset("tiny").unet).eval()
+    for p in model.parameters():  # non-zero output layers
+        p.data.add_(torch.randn_like(p) * 0.05)
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 900])
+    tokens, mask = torch.randint(0, 100, (2, 128)), torch.ones(2, 128, dtype=torch.bool)
+    dtypes = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            dtypes[name] = output.dtype
+        return hook
+
+    watched = {n: m for n, m in model.named_modules() if isinstance(m, (ResBlock, AttentionBlock))}
+    hooks = [m.register_forward_hook(record(n))
+             for n, m in {**watched, "time_embed": model.time_embed, "out": model.out}.items()]
+    with torch.no_grad():
+        text = model.encode_text(tokens[:, : model.config.text.context_length], mask[:, : model.config.text.context_length])
+        ref = model(x, t, text=text)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x, t, text=text.kv_to(torch.bfloat16))
+    for h in hooks:
+        h.remove()
+    assert dtypes and set(dtypes.values()) == {torch.float32}, dtypes
+    assert text.kv_to(torch.bfloat16).kv[0].dtype == torch.bfloat16
+    assert ((low[:, :3].float() - ref[:, :3]).norm() / ref[:, :3].norm()) < 0.02

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..diffusion.schedule import Schedule, make_schedule, space_timesteps
 from ..guidance.cfg import classifier_free_guidance
-from ..precision import autocast
+from ..precision import DTYPES, autocast
 from ..presets import ModelConfig
 from ..sampling.noise import PerSampleNoise
 from ..sampling.samplers import SAMPLERS
@@ -157,10 +157,13 @@ def sample_stage(
     cfg = stage.config.unet
     amp = lambda: autocast(stage.device, dtype)  # noqa: E731
     guided = settings.guidance_scale != 1.0
-    with amp():
-        text = stage.encode(rows)
-        if guided:  # rows [cond; uncond], the empty caption encoded once
-            text = TextCondition.cat([text, stage.encode([""]).repeat(len(rows))])
+    # The caption is encoded once per run, so in float32 whatever the step's dtype; the
+    # attention keys/values are then rounded once to the dtype attention runs in.
+    text = stage.encode(rows)
+    if guided:  # rows [cond; uncond], the empty caption encoded once
+        text = TextCondition.cat([text, stage.encode([""]).repeat(len(rows))])
+    if dtype != "fp32":
+        text = text.kv_to(DTYPES[dtype])
     if guided:
         cond = {k: torch.cat([v, v]) for k, v in cond.items()}
 

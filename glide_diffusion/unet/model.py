@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..text.transformer import LayerNorm, Transformer
-from .blocks import AttentionBlock, Downsample, GroupNorm32, ResBlock, Upsample, timestep_embedding
+from .blocks import (
+    AttentionBlock, Downsample, GroupNorm32, ResBlock, Upsample, full_precision, timestep_embedding,
+)
 from .config import UNetConfig
 
 
@@ -35,6 +37,10 @@ class TextCondition:
         """Each row repeated n times consecutively (row i -> rows i*n .. i*n+n-1)."""
         rep = lambda t: t.repeat_interleave(n, dim=0)  # noqa: E731
         return TextCondition(rep(self.xf_proj), rep(self.xf_out), tuple(rep(k) for k in self.kv))
+
+    def kv_to(self, dtype: torch.dtype) -> "TextCondition":
+        """The attention keys/values cast to ``dtype`` once (the dtype attention runs in), the rest kept."""
+        return TextCondition(self.xf_proj, self.xf_out, tuple(k.to(dtype) for k in self.kv))
 
     def head(self, n: int) -> "TextCondition":
         """The first n rows."""
@@ -261,7 +267,9 @@ class GlideUNet(nn.Module):
                 raise ValueError("give the caption as text=model.encode_text(...) or tokens= and mask=")
             text = self.encode_text(tokens, mask)
         x_in = self._model_input(x, low_res, inpaint_image, inpaint_mask)
-        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x_in.dtype))
+        dtype = self.out[-1].weight.dtype
+        with full_precision(x):  # tiny layers whose rounding every block (emb) or eps (out) would carry
+            emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(dtype))
         emb = emb + text.xf_proj.to(emb.dtype)
         if self.config.patch_size > 1:  # channel c * p**2 + i * p + j <- pixel (p*y + i, p*x + j) of channel c
             x_in = F.pixel_unshuffle(x_in, self.config.patch_size)
@@ -272,7 +280,8 @@ class GlideUNet(nn.Module):
         h = self.middle_block(h, emb, text)
         for stage in self.output_blocks:
             h = stage(torch.cat([h, hs.pop()], dim=1), emb, text)
-        out = self.out(h)
+        with full_precision(x):
+            out = self.out(h.to(dtype))
         if self.config.patch_size > 1:
             out = F.pixel_shuffle(out, self.config.patch_size)
         if self.config.prediction == "v":
