@@ -17,8 +17,8 @@ KINDS = ("folder", "manifest", "webdataset", "shapes", "synthetic")
 
 @dataclass(frozen=True)
 class ShapesPhase:
-    """A later phase of a Shapes curriculum: the next ``images`` samples are one-object
-    scenes with these attributes fixed (None: drawn as usual)."""
+    """A phase of a Shapes curriculum: the next ``images`` samples are one-object scenes
+    with these attributes fixed (None: drawn as usual)."""
 
     images: int = 0
     colour: str | None = None
@@ -38,31 +38,22 @@ class ShapesPhase:
 
 
 @dataclass(frozen=True)
-class ShapesWarmup:
+class ShapesWarmup(ShapesPhase):
     """A curriculum for ``kind = "shapes"``: the first ``images`` samples of the stream are
     one-object scenes with these attributes fixed (None: drawn as usual); then each phase
     of ``then`` in turn (``[[data.shapes_warmup.then]]`` tables); then full Shapes with a
-    ``replay`` share of scenes narrowed as in the last phase mixed in."""
+    ``replay`` share of scenes narrowed as in the last phase mixed in.
 
-    images: int = 0  # global samples (all processes together); 0: no warm-up
+    ``images`` counts global samples (all processes together); 0: no warm-up.
+    """
+
     replay: float = 0.0  # after the curriculum, this share of the samples stays narrowed
-    colour: str | None = None
-    size: str | None = None
-    background: str | None = None
     then: tuple[ShapesPhase, ...] = ()
 
     def __post_init__(self) -> None:
-        from .shapes_scene import check_narrowing
-
-        if self.images < 0:
-            raise ValueError(f"shapes_warmup.images must be >= 0, got {self.images}")
+        super().__post_init__()
         if not 0.0 <= self.replay <= 1.0:
             raise ValueError(f"shapes_warmup.replay must be in [0, 1], got {self.replay}")
-        check_narrowing(self.colour, self.size, self.background)
-
-    def scene(self) -> dict[str, str | None]:
-        """The fixed attributes of the first phase, as ``sample_narrowed_scene`` keywords."""
-        return dict(colour=self.colour, size=self.size, background=self.background)
 
     def later_phases(self) -> list[tuple[int, dict[str, str | None]]]:
         """``then`` as ``ShapesDataset(warmup_then=...)`` takes it."""

@@ -103,7 +103,6 @@ class ShapesDataset(torch.utils.data.IterableDataset):
         if not 0.0 <= warmup_replay <= 1.0:
             raise ValueError(f"warmup_replay must be in [0, 1], got {warmup_replay}")
         self.warmup_replay = warmup_replay
-        self.warmup = {k: v for k, v in (warmup or {}).items() if v is not None}
         # (first index after the phase, its narrowing), in order
         self.phases: list[tuple[int, dict[str, str]]] = []
         end = 0
@@ -112,6 +111,7 @@ class ShapesDataset(torch.utils.data.IterableDataset):
                 raise ValueError(f"curriculum phases need images >= 0, got {images}")
             end += images
             self.phases.append((end, {k: v for k, v in narrowing.items() if v is not None}))
+        self.warmup = self.phases[0][1]  # the first phase's fixed attributes
         self.warmup_images = end  # indices below this are all narrowed
         if end or warmup_replay:
             for _, narrowing in self.phases:  # bad names fail here
