@@ -58,7 +58,7 @@ def sample_and_score(pipe, captions, scale, args, clip_scale: float = 0.0) -> di
     up = StageSettings(args.up_sampler, args.up_steps, 1.0, args.up_temperature)
     start = time.perf_counter()
     result = pipe([c for c, _ in captions], num_images=n, seed=args.seed, base=base, upsample=up,
-                  batch_size=args.batch_size, clip_guidance_scale=clip_scale)
+                  batch_size=args.batch_size, clip_guidance_scale=clip_scale, dtype=args.dtype)
     if n > 1:  # CLIP reranking (GLIDE §3.2): keep the image of each caption's n the CLIP scores best
         result = pipe.rerank(result, 1)
     seconds = time.perf_counter() - start
@@ -89,6 +89,8 @@ def main() -> None:
     p.add_argument("--clip-cfg", type=float, default=1.0, help="classifier-free scale of the CLIP-guided rows")
     p.add_argument("--rerank", type=int, default=None, metavar="N",
                    help="CLIP reranking: sample N images per caption, score the one --clip rates best")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="the models' compute dtype (bf16: CPUs with native bf16; fp16: CUDA)")
     p.add_argument("--json", help="also write every report here")
     args = p.parse_args()
     if (args.clip_scales or args.rerank) and not args.clip:
