@@ -108,7 +108,8 @@ def test_shipped_configs_parse():
 
 def test_shipped_finetune_configs_match_their_source_config():
     """A config that fine-tunes another shipped config's run must keep its architecture
-    (init_model refuses a mismatch, but only once the source has been trained)."""
+    (init_model refuses a mismatch, but only once the source has been trained) and start
+    from that run's last checkpoint."""
     configs = {path: load_config(path) for path in sorted((ROOT / "configs").glob("*.toml"))}
     by_out_dir = {str(c.out_dir).rstrip("/"): c for c in configs.values()}
     checked = 0
@@ -119,6 +120,9 @@ def test_shipped_finetune_configs_match_their_source_config():
         source = by_out_dir[source_run.group(1)]
         check_same_architecture(source.model.unet, c.model.unet, str(path))
         assert source.model.diffusion == c.model.diffusion, path
+        step = re.search(r"checkpoints/step_(\d+)/", str(c.init_from))
+        if step:  # fine-tunes the source run's final weights, not a checkpoint it no longer ends at
+            assert int(step.group(1)) == source.max_steps, (path, c.init_from, source.max_steps)
         checked += 1
     assert checked >= 2  # inpaint-shapes and upsample-inpaint-shapes
 
