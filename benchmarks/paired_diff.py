@@ -9,6 +9,10 @@ where they disagree (McNemar), and is smaller than that of two independent sampl
     python benchmarks/shapes_quality.py ... --sampler dpm++2m --steps 12 --json fast.json
     python benchmarks/paired_diff.py slow.json fast.json          # guidance 3 in both
     python benchmarks/paired_diff.py sweep.json:1.0 sweep.json:3.0  # two rows of one run
+
+Runs with the same --seed but different caption counts share their first one-object
+captions and seeds (image k has seed + k, one-object captions come first, and the first
+m of n test captions are the m test captions); those are compared, and the header says so.
 """
 
 from __future__ import annotations
@@ -37,6 +41,20 @@ def load(spec: str) -> tuple[dict, dict]:
     return run["args"], reports[key]
 
 
+def shared_captions(args_a: dict, args_b: dict, len_a: int, len_b: int) -> tuple[int, str]:
+    """How many leading captions two runs share, and a phrase naming them; exits if none."""
+    if args_a.get("seed") != args_b.get("seed"):
+        raise SystemExit(f"not the same captions: seed is {args_a.get('seed')} in A and {args_b.get('seed')} in B")
+    if all(args_a.get(k) == args_b.get(k) for k in CAPTION_ARGS):
+        if len_a != len_b:
+            raise SystemExit(f"{len_a} scores in A, {len_b} in B")
+        return len_a, f"{len_a} captions"
+    n = min(args_a.get("n") or 0, args_b.get("n") or 0)
+    if n == 0:
+        raise SystemExit("not the same captions, and no one-object captions in common")
+    return n, f"the first {n} one-object captions (the runs' shared prefix; their caption counts differ)"
+
+
 def paired(a: list[bool], b: list[bool]) -> dict:
     """Rates, their difference b - a, and its paired standard error."""
     n = len(a)
@@ -54,13 +72,9 @@ def main() -> None:
     p.add_argument("--attributes", nargs="+", default=["exact", "shape", "colour", "size", "position"])
     args = p.parse_args()
     (args_a, ra), (args_b, rb) = load(args.a), load(args.b)
-    for k in CAPTION_ARGS:
-        if args_a.get(k) != args_b.get(k):
-            raise SystemExit(f"not the same captions: {k} is {args_a.get(k)} in A and {args_b.get(k)} in B")
-    sa, sb = ra["scores"], rb["scores"]
-    if len(sa) != len(sb):
-        raise SystemExit(f"{len(sa)} scores in A, {len(sb)} in B")
-    print(f"A = {args.a}, B = {args.b}; {len(sa)} captions")
+    n, which = shared_captions(args_a, args_b, len(ra["scores"]), len(rb["scores"]))
+    sa, sb = ra["scores"][:n], rb["scores"][:n]
+    print(f"A = {args.a}, B = {args.b}; {which}")
     print(f"{'attribute':>10} {'n':>5} {'A':>7} {'B':>7} {'B - A':>7} {'SE':>6} {'z':>6} {'only A':>6} {'only B':>6}")
     for attr in args.attributes:
         both = [(x[attr], y[attr]) for x, y in zip(sa, sb) if attr in x and attr in y]

@@ -1,0 +1,41 @@
+"""benchmarks/paired_diff.py: which captions two Shapes quality runs share."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from glide_diffusion.data.shapes import test_captions as shapes_test_captions
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "paired_diff.py"
+_spec = importlib.util.spec_from_file_location("paired_diff", _PATH)
+paired_diff = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(paired_diff)
+
+
+def run_args(n, n_two=0, n_held_out=0, seed=0):
+    return {"n": n, "n_two": n_two, "n_held_out": n_held_out, "seed": seed}
+
+
+def test_same_caption_set_compares_everything():
+    assert paired_diff.shared_captions(run_args(5, 2, 1), run_args(5, 2, 1), 8, 8) == (8, "8 captions")
+
+
+def test_different_counts_compare_the_one_object_prefix():
+    n, which = paired_diff.shared_captions(run_args(500, 100, 100), run_args(200), 700, 200)
+    assert n == 200 and "first 200 one-object" in which
+
+
+def test_the_prefix_is_really_shared():
+    # what shared_captions relies on: the first m of n one-object test captions are the m ones
+    assert shapes_test_captions(40, 0, kind="single")[:15] == shapes_test_captions(15, 0, kind="single")
+
+
+@pytest.mark.parametrize("a, b, la, lb, message", [
+    (run_args(5, seed=0), run_args(5, seed=1), 5, 5, "seed"),
+    (run_args(5), run_args(5), 5, 4, "scores"),
+    (run_args(0, 3), run_args(0, 4), 3, 4, "no one-object"),
+])
+def test_runs_that_share_no_captions_are_refused(a, b, la, lb, message):
+    with pytest.raises(SystemExit, match=message):
+        paired_diff.shared_captions(a, b, la, lb)
