@@ -41,8 +41,19 @@ def load(spec: str) -> tuple[dict, dict]:
     return run["args"], reports[key]
 
 
+def caption_args(args: dict) -> dict:
+    """The arguments that name a run's captions; files written before shapes_quality.py stored
+    the resolved counts have n_two and n_held_out null, meaning n // 2 each."""
+    out = {k: args.get(k) for k in CAPTION_ARGS}
+    for k in ("n_two", "n_held_out"):
+        if out[k] is None and out["n"] is not None:
+            out[k] = out["n"] // 2
+    return out
+
+
 def shared_captions(args_a: dict, args_b: dict, len_a: int, len_b: int) -> tuple[int, str]:
     """How many leading captions two runs share, and a phrase naming them; exits if none."""
+    args_a, args_b = caption_args(args_a), caption_args(args_b)
     if args_a.get("seed") != args_b.get("seed"):
         raise SystemExit(f"not the same captions: seed is {args_a.get('seed')} in A and {args_b.get('seed')} in B")
     if all(args_a.get(k) == args_b.get(k) for k in CAPTION_ARGS):

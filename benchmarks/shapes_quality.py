@@ -105,7 +105,9 @@ def main() -> None:
 
         pipe.clip = load_clip(args.clip).eval()
         pipe.clip_tokenizer = clip_tokenizer_for(pipe.clip.config)
-    n_two, n_held = (args.n // 2 if v is None else v for v in (args.n_two, args.n_held_out))
+    # Resolved here so the stored args name the captions (paired_diff.py compares them).
+    args.n_two, args.n_held_out = (args.n // 2 if v is None else v for v in (args.n_two, args.n_held_out))
+    n_two, n_held = args.n_two, args.n_held_out
     captions = caption_set(args.n, args.seed, n_two, n_held)
     print(f"{len(captions)} captions ({args.n} single, {n_two} two-object, {n_held} held-out pairs); "
           f"base {args.sampler} {args.steps}"

@@ -21,6 +21,12 @@ def test_same_caption_set_compares_everything():
     assert paired_diff.shared_captions(run_args(5, 2, 1), run_args(5, 2, 1), 8, 8) == (8, "8 captions")
 
 
+def test_defaulted_counts_are_read_as_half_of_n():
+    # older files store n_two and n_held_out as null when they were left at n // 2
+    defaulted = {"n": 6, "n_two": None, "n_held_out": None, "seed": 0}
+    assert paired_diff.shared_captions(defaulted, run_args(6, 3, 3), 12, 12) == (12, "12 captions")
+
+
 def test_different_counts_compare_the_one_object_prefix():
     n, which = paired_diff.shared_captions(run_args(500, 100, 100), run_args(200), 700, 200)
     assert n == 200 and "first 200 one-object" in which
