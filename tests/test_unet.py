@@ -310,6 +310,28 @@ def test_patch_size_runs_the_unet_on_space_to_depth_patches():
         assert diff[0] > 0 and diff[1] == 0
 
 
+def test_embed_channels_widens_the_timestep_embedding_only():
+    base = get_preset("tiny").unet
+    assert base.embed_channels is None and base.time_embed_dim == 4 * base.model_channels
+    assert UNetConfig.from_dict(base.to_dict()) == base  # older configs: 4 * model_channels
+    cfg = dataclasses.replace(base, embed_channels=3 * base.time_embed_dim)
+    assert UNetConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="embed_channels"):
+        dataclasses.replace(base, embed_channels=0)
+    wide, plain = GlideUNet(cfg).state_dict(), GlideUNet(base).state_dict()
+    assert wide.keys() == plain.keys()
+    changed = {k for k in wide if wide[k].shape != plain[k].shape}
+    # the embedding MLP, the caption projections into it, and each ResBlock's reading of it
+    assert changed and all(k.startswith(("time_embed", "transformer_proj")) or ".emb_layers." in k
+                           for k in changed), sorted(changed)
+    assert wide["time_embed.2.weight"].shape == (cfg.time_embed_dim, cfg.time_embed_dim)
+    s = cfg.image_size
+    tokens = torch.randint(0, 256, (2, cfg.text.context_length))
+    out = GlideUNet(cfg)(torch.randn(2, 3, s, s), torch.tensor([10, 900]), tokens=tokens,
+                         mask=torch.ones_like(tokens, dtype=torch.bool))
+    assert out.shape == (2, 6, s, s)
+
+
 def test_reduced_precision_keeps_the_residual_stream_and_the_edges_in_float32():
     """Under bf16 autocast only the convolutions and attention run in bf16: the residual sums,
     norms with their scale/shift, the timestep MLP and the output layer stay float32."""

@@ -102,6 +102,11 @@ class UNetConfig:
     # patchify (DiT, U-ViT use 2). attention_resolutions stay downsample rates of the image,
     # so the smallest is patch_size. Not in GLIDE (1 keeps its architecture).
     patch_size: int = 1
+    # Width of the timestep embedding, which the caption's pooled feature (and the bag of
+    # words) joins and every ResBlock reads through its scale and shift; None: 4 *
+    # model_channels (ADM/GLIDE). Lets a UNet with a narrow full-resolution level keep a wide
+    # embedding. Not in GLIDE (None keeps its architecture).
+    embed_channels: int | None = None
     text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self) -> None:
@@ -118,6 +123,8 @@ class UNetConfig:
                 f"{self.patch_size} * 2**{len(self.channel_mult) - 1} of patch_size {self.patch_size} "
                 f"and channel_mult {self.channel_mult}"
             )
+        if self.embed_channels is not None and self.embed_channels <= 0:
+            raise ValueError(f"embed_channels must be positive (or None: 4 * model_channels), got {self.embed_channels}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         widths = sorted({self.model_channels * m for m in self.channel_mult})
@@ -143,7 +150,7 @@ class UNetConfig:
 
     @property
     def time_embed_dim(self) -> int:
-        return 4 * self.model_channels
+        return 4 * self.model_channels if self.embed_channels is None else self.embed_channels
 
     @property
     def kind(self) -> str:
