@@ -124,7 +124,9 @@ class UNetConfig:
                 f"and channel_mult {self.channel_mult}"
             )
         if self.embed_channels is not None and self.embed_channels <= 0:
-            raise ValueError(f"embed_channels must be positive (or None: 4 * model_channels), got {self.embed_channels}")
+            raise ValueError(
+                f"embed_channels must be positive (or None: 4 * model_channels), got {self.embed_channels}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         widths = sorted({self.model_channels * m for m in self.channel_mult})
