@@ -40,10 +40,14 @@ def load_pipeline(base: str, upsampler: str | None) -> Text2ImPipeline:
     return Text2ImPipeline(*stages)
 
 
+def caption_counts(n: int, n_two: int | None, n_held_out: int | None) -> tuple[int, int]:
+    """The two-object and held-out-pair caption counts, n // 2 each where not given."""
+    return (n // 2 if n_two is None else n_two), (n // 2 if n_held_out is None else n_held_out)
+
+
 def caption_set(n: int, seed: int, n_two: int | None = None, n_held_out: int | None = None) -> list[tuple[str, object]]:
     """n single-object test captions, then n_two two-object and n_held_out held-out-pair captions (n//2 each by default)."""
-    n_two = n // 2 if n_two is None else n_two
-    n_held_out = n // 2 if n_held_out is None else n_held_out
+    n_two, n_held_out = caption_counts(n, n_two, n_held_out)
     return (
         test_captions(n, seed, kind="single")
         + test_captions(n_two, seed + 1, kind="two")
@@ -106,10 +110,9 @@ def main() -> None:
         pipe.clip = load_clip(args.clip).eval()
         pipe.clip_tokenizer = clip_tokenizer_for(pipe.clip.config)
     # Resolved here so the stored args name the captions (paired_diff.py compares them).
-    args.n_two, args.n_held_out = (args.n // 2 if v is None else v for v in (args.n_two, args.n_held_out))
-    n_two, n_held = args.n_two, args.n_held_out
-    captions = caption_set(args.n, args.seed, n_two, n_held)
-    print(f"{len(captions)} captions ({args.n} single, {n_two} two-object, {n_held} held-out pairs); "
+    args.n_two, args.n_held_out = caption_counts(args.n, args.n_two, args.n_held_out)
+    captions = caption_set(args.n, args.seed, args.n_two, args.n_held_out)
+    print(f"{len(captions)} captions ({args.n} single, {args.n_two} two-object, {args.n_held_out} held-out pairs); "
           f"base {args.sampler} {args.steps}"
           + (f", guidance interval {args.guidance_interval}" if args.guidance_interval else "")
           + (f", upsampler {args.up_sampler} {args.up_steps}" if args.upsampler else ""))
