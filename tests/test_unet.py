@@ -26,6 +26,26 @@ def test_unet_matches_official_outputs(variant):
 
 
 @pytest.mark.parametrize("variant", UNET_VARIANTS)
+def test_training_attention_path_matches_official_outputs_and_sdpa_gradients(variant):
+    """With gradients on (training), CPU attention runs written out; same outputs, same gradients."""
+    from glide_diffusion.unet.blocks import _attention_for_backward
+
+    model, io, _ = golden_unet(variant)
+    x = io["x"].clone().requires_grad_()
+    out = model(x, io["timesteps"], tokens=io["tokens"], mask=io["mask"], **model_kwargs(model.config, io))
+    torch.testing.assert_close(out.detach(), io["out"], atol=ATOL, rtol=0)
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, n, 16, dtype=torch.float64, requires_grad=True) for n in (10, 14, 14))
+    grads = []
+    for attend in (_attention_for_backward, torch.nn.functional.scaled_dot_product_attention):
+        h = attend(q, k, v)
+        grads.append((h, *torch.autograd.grad((h * torch.linspace(-1, 1, h.numel()).view_as(h)).sum(), (q, k, v))))
+    for ours, ref in zip(*grads):
+        torch.testing.assert_close(ours, ref)
+
+
+@pytest.mark.parametrize("variant", UNET_VARIANTS)
 def test_text_encoder_matches_official_intermediates(variant):
     model, io, _ = golden_unet(variant)
     with torch.no_grad():
