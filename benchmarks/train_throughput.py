@@ -8,6 +8,7 @@ after a warm-up, and read back from its metrics.jsonl.
     python benchmarks/train_throughput.py --config configs/tiny-test.toml --steps 10 --procs 1
     python benchmarks/train_throughput.py --set data.kind=synthetic   # without the Shapes data module
     python benchmarks/train_throughput.py --procs 1 --compile both --steps 40 --warmup 15   # torch.compile vs eager
+    python benchmarks/train_throughput.py --procs 2 --attention both     # CPU attention: written out vs SDPA
 
 With torch.compile the first steps include compiling: keep --warmup past them.
 
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(config: str, steps: int, warmup: int, procs: int, overrides: list[str], threads: int | None,
-        compiled: bool = False) -> dict:
+        compiled: bool = False, attention: str = "written") -> dict:
     with tempfile.TemporaryDirectory() as out:
         args = ["-m", "glide_diffusion.cli.main", "train", config, "--out-dir", out, "--max-steps", str(steps),
                 "--no-progress", "--set", f"ckpt.every={steps}", "--set", "sample.every=0",
@@ -42,13 +43,14 @@ def run(config: str, steps: int, warmup: int, procs: int, overrides: list[str], 
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
+        env["GLIDE_SDPA_BACKWARD"] = "1" if attention == "sdpa" else "0"
         proc = subprocess.run(launcher + args, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"run with {procs} process(es) failed:\n{proc.stderr[-3000:]}")
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     after = [r for r in records if r["step"] > warmup]  # the first interval includes start-up
     ips = sum(r["images_per_s"] for r in after) / len(after) if after else records[-1]["images_per_s"]
-    return {"procs": procs, "compiled": compiled, "images_per_s": ips, "loss": records[-1]["loss"],
+    return {"procs": procs, "compiled": compiled, "attention": attention, "images_per_s": ips, "loss": records[-1]["loss"],
             "global_batch": records[-1]["samples_seen"] // records[-1]["step"]}
 
 
@@ -61,19 +63,27 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of single-process runs")
     p.add_argument("--compile", choices=("off", "on", "both"), default="off",
                    help="train with torch.compile (on), without (off), or each run both ways")
+    p.add_argument("--attention", choices=("written", "sdpa", "both"), default="written",
+                   help="CPU training attention: written out (the default), SDPA's flash kernel, or both")
+    p.add_argument("--repeats", type=int, default=1, help="run each setting this many times, alternating")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
     if args.steps <= args.warmup:
         raise SystemExit("--steps must exceed --warmup")
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be at least 1")
     modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
-    rows = [run(args.config, args.steps, args.warmup, n, args.overrides, args.threads if n == 1 else 1, c)
-            for n in args.procs for c in modes]
+    attentions = ("written", "sdpa") if args.attention == "both" else (args.attention,)
+    # Repeats alternate the settings, so a machine whose speed drifts affects each alike.
+    rows = [run(args.config, args.steps, args.warmup, n, args.overrides, args.threads if n == 1 else 1, c, a)
+            for _ in range(args.repeats) for n in args.procs for c in modes for a in attentions]
     base = rows[0]["images_per_s"]
     print(f"config: {args.config}  steps: {args.steps} (first {args.warmup} not timed)  cpus: {os.cpu_count()}")
-    print(f"{'processes':>9} {'compiled':>8} {'global batch':>12} {'images/s':>9} {'speed-up':>8} {'last loss':>9}")
+    print(f"{'processes':>9} {'compiled':>8} {'attention':>9} {'global batch':>12} {'images/s':>9} {'speed-up':>8} "
+          f"{'last loss':>9}")
     for r in rows:
-        print(f"{r['procs']:>9} {str(r['compiled']).lower():>8} {r['global_batch']:>12} {r['images_per_s']:>9.2f} "
-              f"{r['images_per_s'] / base:>8.2f} {r['loss']:>9.4f}")
+        print(f"{r['procs']:>9} {str(r['compiled']).lower():>8} {r['attention']:>9} {r['global_batch']:>12} "
+              f"{r['images_per_s']:>9.2f} {r['images_per_s'] / base:>8.2f} {r['loss']:>9.4f}")
 
 
 if __name__ == "__main__":

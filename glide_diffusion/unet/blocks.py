@@ -9,6 +9,7 @@ checkpoints load unchanged (``in_layers.0`` norm, ``in_layers.2`` conv,
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -37,13 +38,18 @@ def full_precision(x: torch.Tensor):
     return torch.autocast(x.device.type, enabled=False)
 
 
+_SDPA_BACKWARD = os.environ.get("GLIDE_SDPA_BACKWARD") == "1"
+
+
 def _attention_for_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(ch)) v written out, softmax in float32 (or float64).
 
     On CPU, SDPA's flash kernel is fast forward but slow backward at the Shapes models'
     sizes: the bundled base config trained at ~62 images/s with it and ~74 with this
     (2 processes on 2 cores, alternating runs). The (B, heads, HW, L) weights it keeps for
-    backward are small there. Sampling (no gradients) keeps SDPA.
+    backward are small there. Sampling (no gradients) keeps SDPA, and so does training
+    with ``GLIDE_SDPA_BACKWARD=1`` in the environment (``benchmarks/train_throughput.py
+    --attention both`` compares the two).
     """
     scores = q @ k.transpose(-1, -2)
     scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * q.shape[-1] ** -0.5
@@ -197,7 +203,7 @@ class AttentionBlock(nn.Module):
             v = torch.cat([ev, v], dim=2)
         # Official: q and k each scaled by ch^(-1/4), softmax in float32; SDPA's
         # default 1/sqrt(ch) is the same product.
-        if q.requires_grad and q.device.type == "cpu":
+        if q.requires_grad and q.device.type == "cpu" and not _SDPA_BACKWARD:
             h = _attention_for_backward(q, k, v)
         else:
             h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, ch)
