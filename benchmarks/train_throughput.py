@@ -50,8 +50,8 @@ def run(config: str, steps: int, warmup: int, procs: int, overrides: list[str], 
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     after = [r for r in records if r["step"] > warmup]  # the first interval includes start-up
     ips = sum(r["images_per_s"] for r in after) / len(after) if after else records[-1]["images_per_s"]
-    return {"procs": procs, "compiled": compiled, "attention": attention, "images_per_s": ips, "loss": records[-1]["loss"],
-            "global_batch": records[-1]["samples_seen"] // records[-1]["step"]}
+    return {"procs": procs, "compiled": compiled, "attention": attention, "images_per_s": ips,
+            "loss": records[-1]["loss"], "global_batch": records[-1]["samples_seen"] // records[-1]["step"]}
 
 
 def main() -> None:
