@@ -46,10 +46,10 @@ def _attention_for_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -
 
     On CPU, SDPA's flash kernel is fast forward but slow backward at the Shapes models'
     sizes: the bundled base config trained at 64 images/s with it and 71-92 with this
-    (2 processes on 2 cores, alternating runs; README "Training"). The (B, heads, HW, L) weights it keeps for
-    backward are small there. Sampling (no gradients) keeps SDPA, and so does training
-    with ``GLIDE_SDPA_BACKWARD=1`` in the environment (``benchmarks/train_throughput.py
-    --attention both`` compares the two).
+    (2 processes on 2 cores, alternating runs; README "Training"). The (B, heads, HW, L)
+    weights it keeps for backward are small there. Sampling (no gradients) keeps SDPA, and
+    so does training with ``GLIDE_SDPA_BACKWARD=1`` in the environment
+    (``benchmarks/train_throughput.py --attention both`` compares the two).
     """
     scores = q @ k.transpose(-1, -2)
     scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * q.shape[-1] ** -0.5
