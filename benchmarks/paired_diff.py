@@ -13,6 +13,8 @@ where they disagree (McNemar), and is smaller than that of two independent sampl
 Runs with the same --seed but different caption counts share their first one-object
 captions and seeds (image k has seed + k, one-object captions come first, and the first
 m of n test captions are the m test captions); those are compared, and the header says so.
+A run with --rerank N draws N images per caption (seeds seed + N*i + j), so against a run
+with another N the captions are paired but the noise is not; the header says that too.
 """
 
 from __future__ import annotations
@@ -66,6 +68,15 @@ def shared_captions(args_a: dict, args_b: dict, len_a: int, len_b: int) -> tuple
     return n, f"the first {n} one-object captions (the runs' shared prefix; their caption counts differ)"
 
 
+def noise_note(args_a: dict, args_b: dict) -> str | None:
+    """A warning when the two runs drew different starting noise for the same caption (--rerank)."""
+    n_a, n_b = args_a.get("rerank") or 1, args_b.get("rerank") or 1
+    if n_a == n_b:
+        return None
+    return (f"A draws {n_a} and B {n_b} image(s) per caption (--rerank), so their seeds differ: "
+            "paired by caption, not by noise")
+
+
 def paired(a: list[bool], b: list[bool]) -> dict:
     """Rates, their difference b - a, and its paired standard error."""
     n = len(a)
@@ -86,6 +97,8 @@ def main() -> None:
     n, which = shared_captions(args_a, args_b, len(ra["scores"]), len(rb["scores"]))
     sa, sb = ra["scores"][:n], rb["scores"][:n]
     print(f"A = {args.a}, B = {args.b}; {which}")
+    if note := noise_note(args_a, args_b):
+        print(note)
     print(f"{'attribute':>10} {'n':>5} {'A':>7} {'B':>7} {'B - A':>7} {'SE':>6} {'z':>6} {'only A':>6} {'only B':>6}")
     for attr in args.attributes:
         both = [(x[attr], y[attr]) for x, y in zip(sa, sb) if attr in x and attr in y]

@@ -37,6 +37,13 @@ def test_the_prefix_is_really_shared():
     assert shapes_test_captions(40, 0, kind="single")[:15] == shapes_test_captions(15, 0, kind="single")
 
 
+def test_reranked_runs_are_flagged_as_unpaired_noise():
+    plain, reranked = run_args(5), {**run_args(5), "rerank": 4}
+    assert paired_diff.noise_note(plain, {**run_args(5), "rerank": None}) is None
+    assert paired_diff.noise_note(reranked, dict(reranked)) is None
+    assert "1 and B 4" in paired_diff.noise_note(plain, reranked)
+
+
 @pytest.mark.parametrize("a, b, la, lb, message", [
     (run_args(5, seed=0), run_args(5, seed=1), 5, 5, "seed"),
     (run_args(5), run_args(5), 5, 4, "scores"),
