@@ -17,7 +17,8 @@ a model that reads a word changes its x0 estimate when that word changes.
     torchrun --standalone --nproc_per_node 2 benchmarks/high_noise_probe.py configs/base-shapes.toml \\
         --t-min 900 --out-dir runs/probe --set batch_size=8 --set model.unet.norm_groups=1
     python benchmarks/high_noise_probe.py configs/base-shapes.toml --t-min 0 --t-max 400 \\
-        --out-dir runs/probe-low --max-steps 600 --set init_from=runs/base-shapes/checkpoints/step_00006000/ema.safetensors
+        --out-dir runs/probe-low --max-steps 600 \\
+        --set init_from=runs/base-shapes/checkpoints/step_00006000/ema.safetensors
 """
 
 from __future__ import annotations

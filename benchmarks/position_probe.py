@@ -10,7 +10,8 @@ everywhere, 1: the object's exact colour somewhere). A model that reads position
 moves the centroid with them; one that ignores them puts every centroid near the middle.
 
     python benchmarks/position_probe.py --base shapes-base
-    python benchmarks/position_probe.py --base runs/patch48/checkpoints/step_00006000/ema.safetensors --timesteps 900 700
+    python benchmarks/position_probe.py --base runs/patch48/checkpoints/step_00006000/ema.safetensors \\
+        --timesteps 900 700
 """
 
 from __future__ import annotations

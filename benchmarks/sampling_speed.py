@@ -79,7 +79,8 @@ def stage(name, settings, plain_settings, batch, args, device, low_dtype):
     n_fast = make_schedule(config.diffusion.noise_schedule, 1000, settings.steps).num_steps
     guided = batch == 2
     row = {"stage": name, "batch": batch, "plain_steps": n_plain, "fast_steps": n_fast,
-           "fast_sampler": f"{settings.sampler} {settings.steps}", "plain_sampler": f"{plain_settings.sampler} {plain_settings.steps}"}
+           "fast_sampler": f"{settings.sampler} {settings.steps}",
+           "plain_sampler": f"{plain_settings.sampler} {plain_settings.steps}"}
     with plain_path(model), torch.no_grad():
         row["plain_s_step"], _ = timed(lambda: model(x, t, tokens=tokens, mask=mask, **kw), args.repeats, device)
         if args.full:  # the caption re-encoded at every call, as the official code
@@ -125,7 +126,8 @@ def main():
     p.add_argument("--base-steps", default=FAST_BASE.steps)
     p.add_argument("--guidance-interval", type=float, nargs=2, default=FAST_BASE.guidance_interval,
                    metavar=("LO", "HI"),
-                   help=f"fast path: guide only t in [LO*T, HI*T]; 0 1 = every step (default: {FAST_BASE.guidance_interval})")
+                   help=f"fast path: guide only t in [LO*T, HI*T]; 0 1 = every step "
+                        f"(default: {FAST_BASE.guidance_interval})")
     p.add_argument("--up-sampler", default=FAST_UPSAMPLE.sampler)
     p.add_argument("--up-steps", default=FAST_UPSAMPLE.steps)
     p.add_argument("--repeats", type=int, default=2, help="timed steps per path (the minimum is used)")
@@ -145,7 +147,8 @@ def main():
         peaks["low"] = matmul_gflops(device, low_dtype)
     print(f"torch {torch.__version__}, {device.type} ({name}), {torch.get_num_threads()} threads; measured matmul "
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
-          + ("" if low_dtype is not None or device.type == "cuda" else "; no native bf16 here: the fast path runs fp32"))
+          + ("" if low_dtype is not None or device.type == "cuda"
+             else "; no native bf16 here: the fast path runs fp32"))
     interval = tuple(args.guidance_interval) if args.guidance_interval else None
     fast = [FAST_BASE.__class__(args.base_sampler, args.base_steps, FAST_BASE.guidance_scale,
                                 guidance_interval=interval),

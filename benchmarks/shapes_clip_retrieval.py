@@ -55,7 +55,8 @@ def main() -> None:
 
     clip = load_clip(args.clip).eval()
     results = retrieval(clip, args.n, args.timesteps, args.seed)
-    print(f"{args.n} test images against their {args.n} captions (chance top-1 {1 / args.n:.3f}, mean rank {(args.n + 1) / 2:.1f})")
+    print(f"{args.n} test images against their {args.n} captions "
+          f"(chance top-1 {1 / args.n:.3f}, mean rank {(args.n + 1) / 2:.1f})")
     for t, r in results.items():
         print(f"t={t:>4}: top-1 {r['top1']:.3f}, mean rank of the own caption {r['mean_rank']:.1f}")
     if args.json:

@@ -71,7 +71,8 @@ def run(pipe: InpaintPipeline, items, args) -> dict:
         out = result.images[0]
         size = out.size[0]
         source = np.asarray(canvas.resize((size, size), Image.BICUBIC) if canvas.size[0] != size else canvas)
-        known = np.asarray(Image.fromarray(~fill).resize((size, size), Image.NEAREST)) if fill.shape[0] != size else ~fill
+        known = (np.asarray(Image.fromarray(~fill).resize((size, size), Image.NEAREST)) if fill.shape[0] != size
+                 else ~fill)
         kept += bool((np.asarray(out)[known] == source[known]).all())
         images.append(out)
     report = evaluate([spec for *_, spec in items], images)
@@ -83,7 +84,8 @@ def run(pipe: InpaintPipeline, items, args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--inpaint", default="shapes-inpaint", help="inpainting base model")
-    p.add_argument("--upsample-inpaint", default="shapes-upsample-inpaint", help="upsampling-inpainting model or 'none'")
+    p.add_argument("--upsample-inpaint", default="shapes-upsample-inpaint",
+                   help="upsampling-inpainting model or 'none'")
     p.add_argument("--base", default="shapes-base", help="plain base model for the replacement baseline")
     p.add_argument("--upsampler", default="shapes-upsample", help="plain upsampler for the baseline, or 'none'")
     p.add_argument("--methods", nargs="+", default=["finetuned", "replace"], choices=["finetuned", "replace"])

@@ -11,9 +11,10 @@ diversity trade-off of classifier-free guidance (GLIDE §2.3, Fig. 6).
     python benchmarks/shapes_quality.py --base shapes-base --clip shapes-clip --clip-scales 1 3 10 --scales 0 1 3
 
 With --rerank N every row samples N images per caption and scores the one the --clip
-model rates best (CLIP reranking). With --clip, each --clip-scales value adds a row sampled with CLIP guidance of that scale
-on the plain text-conditional model (classifier-free guidance scale --clip-cfg, 1 by
-default), beside the classifier-free rows: GLIDE §3's comparison of the two guides.
+model rates best (CLIP reranking). With --clip, each --clip-scales value adds a row
+sampled with CLIP guidance of that scale on the plain text-conditional model
+(classifier-free guidance scale --clip-cfg, 1 by default), beside the classifier-free
+rows: GLIDE §3's comparison of the two guides.
 
 Images are scored at the resolution they are generated (the evaluator is
 resolution-free); with --upsampler the upsampled images are scored.
@@ -46,7 +47,8 @@ def caption_counts(n: int, n_two: int | None, n_held_out: int | None) -> tuple[i
 
 
 def caption_set(n: int, seed: int, n_two: int | None = None, n_held_out: int | None = None) -> list[tuple[str, object]]:
-    """n single-object test captions, then n_two two-object and n_held_out held-out-pair captions (n//2 each by default)."""
+    """n single-object test captions, then n_two two-object and n_held_out held-out-pair captions
+    (n//2 each by default)."""
     n_two, n_held_out = caption_counts(n, n_two, n_held_out)
     return (
         test_captions(n, seed, kind="single")
@@ -129,7 +131,8 @@ def main() -> None:
         h = lambda k: f"{d[k]['entropy_bits'] + 0.0:.2f}" if k in d else "-"  # noqa: E731  (+ 0.0: no -0.00)
         ex = lambda g: f"{r[g]['exact']:.3f}" if r[g].get("n") else "-"  # noqa: E731
         print(f"{label:>10} {ex('single'):>11} {ex('two'):>11} {ex('held_out'):>14} "
-              f"{h('colour'):>9} {h('size'):>7} {h('position'):>11} {h('background'):>6} {r['seconds']:>6.0f}", flush=True)
+              f"{h('colour'):>9} {h('size'):>7} {h('position'):>11} {h('background'):>6} {r['seconds']:>6.0f}",
+              flush=True)
         one = r["single"]
         print("      single-object per attribute: " + ", ".join(
             f"{k} {v:.3f}" for k, v in one.items() if k not in ("n", "exact") and isinstance(v, float)), flush=True)

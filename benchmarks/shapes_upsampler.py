@@ -61,7 +61,8 @@ def main() -> None:
     reports = {"low_res_input": evaluate(specs, to_pil(low_res)),
                "upsampled": evaluate(specs, to_pil(torch.cat(outs)))}
     reports["upsampled"]["seconds"] = seconds
-    print(f"{args.n} test scenes, low res {low} px -> {stage.image_size} px, {args.sampler} {args.steps}, {seconds:.0f} s")
+    print(f"{args.n} test scenes, low res {low} px -> {stage.image_size} px, "
+          f"{args.sampler} {args.steps}, {seconds:.0f} s")
     for name, r in reports.items():
         print(f"{name:>14}: exact single {r['single']['exact']:.3f} (n={r['single']['n']}), "
               f"two {r['two']['exact']:.3f} (n={r['two']['n']}), all {r['all']['exact']:.3f}")

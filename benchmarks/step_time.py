@@ -205,8 +205,8 @@ def main():
         r = bench(m, args.repeats, device, low_dtype)
         rows.append(r)
         print(
-            f"{m:<17} {r['batch']:>5} {r['gflop']:>6.0f} {r['plain_s']:>12.3f} {r['fp32_s']:>11.3f} {r['low_s']:>11.3f} "
-            f"{r['plain_s'] / r['fp32_s']:>9.2f}x {r['plain_s'] / r['low_s']:>9.2f}x "
+            f"{m:<17} {r['batch']:>5} {r['gflop']:>6.0f} {r['plain_s']:>12.3f} {r['fp32_s']:>11.3f} "
+            f"{r['low_s']:>11.3f} {r['plain_s'] / r['fp32_s']:>9.2f}x {r['plain_s'] / r['low_s']:>9.2f}x "
             f"{100 * r['fp32_gflops'] / peak['fp32']:>10.0f}% {r['low_eps_rel_err']:>16.2e}",
             flush=True,
         )

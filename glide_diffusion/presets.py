@@ -84,7 +84,13 @@ _TINY = UNetConfig(
     dropout=0.0,
     text=_TINY_TEXT,
 )
-_TINY_UPSAMPLE = dataclasses.replace(_TINY, image_size=64, channel_mult=(1, 1, 2), attention_resolutions=(4,), super_res=True)
+_TINY_UPSAMPLE = dataclasses.replace(
+    _TINY,
+    image_size=64,
+    channel_mult=(1, 1, 2),
+    attention_resolutions=(4,),
+    super_res=True,
+)
 
 _COSINE = DiffusionConfig("squaredcos_cap_v2", 1000)
 _LINEAR = DiffusionConfig("linear", 1000)

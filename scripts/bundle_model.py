@@ -66,7 +66,8 @@ def card(name: str, run: Path, ckpt: Path, config: dict, kind: str, summary: dic
     if config.get("clip"):
         c = config["clip"]
         rows += [("resolution", f"{c['image_size']} px, patches of {c['patch_size']} px"),
-                 ("towers", f"image {c['n_xf_blocks_image']} blocks x {c['n_head_image'] * c['n_head_state_image']} wide, "
+                 ("towers", f"image {c['n_xf_blocks_image']} blocks x "
+                            f"{c['n_head_image'] * c['n_head_state_image']} wide, "
                             f"text {c['n_xf_blocks_text']} blocks x {c['n_head_text'] * c['n_head_state_text']} wide, "
                             f"embedding {c['n_embd']}"),
                  ("caption tokenizer", f"{c['tokenizer']} (context {c['max_text_len']})"),
@@ -89,7 +90,8 @@ def card(name: str, run: Path, ckpt: Path, config: dict, kind: str, summary: dic
             rows.append(("loss", f"eps-MSE (Min-SNR weighted, gamma {config['loss']['min_snr_gamma']}) + VB"))
         else:
             cap = config.get("loss", {}).get("v_weight_max") if v else None
-            rows.append(("loss", ("v-MSE" if v else "eps-MSE") + (f" (weight 1/abar capped at {cap:g} on the eps-MSE)" if cap else "")
+            rows.append(("loss", ("v-MSE" if v else "eps-MSE")
+                         + (f" (weight 1/abar capped at {cap:g} on the eps-MSE)" if cap else "")
                          + " + VB (learned-range variance)"))
     rows += [
         ("training", f"{summary['steps']} steps x {config['batch_size']} images x {config['grad_accum']} accumulation "
@@ -112,7 +114,8 @@ def card(name: str, run: Path, ckpt: Path, config: dict, kind: str, summary: dic
     if evaluation:
         lines += ["", "## Evaluation", "", "From `benchmarks/shapes_quality.py` "
                   f"(`{json.dumps(evaluation.get('args', {}))}`):", "",
-                  "| guidance | exact (1 object) | " + " | ".join(ATTRIBUTES) + " | exact (2 objects) | exact (held-out pairs) |",
+                  "| guidance | exact (1 object) | " + " | ".join(ATTRIBUTES)
+                  + " | exact (2 objects) | exact (held-out pairs) |",
                   "|---" * (len(ATTRIBUTES) + 4) + "|"]
         for scale, r in evaluation.get("reports", {}).items():
             single = r["single"]

@@ -196,7 +196,8 @@ def test_mismatched_state_dict_names_missing_and_unexpected_keys(tmp_path):
     state = clip.image_encoder.state_dict()
     state["blocks.input.w_time"] = state.pop("blocks.input.w_t")
     torch.save(state, image)
-    with pytest.raises(CheckpointError, match=r"missing keys: blocks\.input\.w_t(?s:.*)unexpected keys: blocks\.input\.w_time"):
+    with pytest.raises(CheckpointError,
+                       match=r"missing keys: blocks\.input\.w_t(?s:.*)unexpected keys: blocks\.input\.w_time"):
         load_clip(image, text, config="tiny")
     with pytest.raises(CheckpointError, match="shape mismatches"):
         load_clip(tmp_path / "clip_text_enc.pt", text, config="tiny")  # text weights as the image tower
@@ -293,7 +294,8 @@ def test_cond_fn_broadcasts_one_prompt_and_matches_finite_differences(golden):
     fd = (f(x + h * direction) - f(x - h * direction)) / (2 * h)
     torch.testing.assert_close((grad * direction).sum(), fd, rtol=1e-6, atol=1e-8)
     with pytest.raises(ValueError, match="2 prompts for a batch of 3"):
-        clip_cond_fn(clip, (io["cond_text_tokens"], io["cond_text_lens"]), 1.0)(torch.zeros(3, 3, 32, 32), t[:1].repeat(3))
+        clip_cond_fn(clip, (io["cond_text_tokens"], io["cond_text_lens"]), 1.0)(
+            torch.zeros(3, 3, 32, 32), t[:1].repeat(3))
 
 
 def test_rerank_picks_the_best_matching_image(golden):

@@ -336,7 +336,8 @@ def make_shards(root: Path, corrupt: tuple[int, int] | None = (1, 2), per_shard:
         with tarfile.open(root / f"{s:05d}.tar", "w") as tf:
             for j in range(per_shard):
                 key = f"{s:02d}{j:03d}"
-                image = b"\xff\xd8 not really a jpeg" if (s, j) == corrupt else encode(solid((s * 80, j * 50, 0)), "JPEG")
+                image = (b"\xff\xd8 not really a jpeg" if (s, j) == corrupt
+                         else encode(solid((s * 80, j * 50, 0)), "JPEG"))
                 _add(tf, f"{key}.jpg", image)
                 _add(tf, f"{key}.txt", f"caption {key}".encode())
                 _add(tf, f"{key}.json", json.dumps({"key": key, "caption": "from json"}).encode())
@@ -438,7 +439,8 @@ def test_build_dataset_shapes_when_available():
 
 
 def test_collate_stacks_tensors_and_lists_strings():
-    batch = [{"image": torch.zeros(3, 2, 2), "caption": "a", "index": 0}, {"image": torch.ones(3, 2, 2), "caption": "b", "index": 5}]
+    batch = [{"image": torch.zeros(3, 2, 2), "caption": "a", "index": 0},
+             {"image": torch.ones(3, 2, 2), "caption": "b", "index": 5}]
     out = collate(batch)
     assert out["image"].shape == (2, 3, 2, 2) and out["caption"] == ["a", "b"]
     assert out["index"].tolist() == [0, 5]

@@ -51,7 +51,8 @@ def tensors() -> dict[str, torch.Tensor]:
 
 
 def d100() -> Schedule:
-    # case.diffusion: create_gaussian_diffusion(steps=1000, noise_schedule='squaredcos_cap_v2', timestep_respacing='100')
+    # case.diffusion: create_gaussian_diffusion(steps=1000, noise_schedule='squaredcos_cap_v2',
+    #                                           timestep_respacing='100')
     return make_schedule("squaredcos_cap_v2", 1000, "100")
 
 
@@ -121,7 +122,8 @@ def test_respacing_rounding_quirks() -> None:
     assert space_timesteps(1000, "ddim7") == list(range(0, 1000, 143))
 
 
-@pytest.mark.parametrize("bad", ["0", "abc", "ddim999", "ddim600", "ddim0", "ddimx", "2000", "10,abc", "10,0", "-5", "fast30", "3,1001"])
+@pytest.mark.parametrize("bad", ["0", "abc", "ddim999", "ddim600", "ddim0", "ddimx", "2000", "10,abc", "10,0", "-5",
+                                 "fast30", "3,1001"])
 def test_bad_respacing_raises(bad: str) -> None:
     with pytest.raises(ValueError):
         space_timesteps(1000, bad)

@@ -92,7 +92,8 @@ def test_alpha_and_outpainting():
     rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 255))
     rgba.putpixel((0, 0), (0, 0, 0, 0))
     rgb, transparent = split_alpha(rgba)
-    assert rgb.mode == "RGB" and rgb.getpixel((0, 0)) == (255, 255, 255) and transparent[0, 0] and transparent.sum() == 1
+    assert (rgb.mode == "RGB" and rgb.getpixel((0, 0)) == (255, 255, 255) and transparent[0, 0]
+            and transparent.sum() == 1)
     canvas, fill = extend_canvas(Image.new("RGB", (4, 4)), None, 2, 0, 2, 0)
     assert canvas.size == (8, 4) and fill[:, :2].all() and not fill[:, 2:6].any() and fill[:, 6:].all()
 
@@ -204,6 +205,7 @@ def test_cli_inpaint_uses_the_bundled_shapes_models_by_default(tmp_path, capsys)
     assert out.size == (128, 128)
     keep = np.ones((128, 128), bool)
     keep[:64, :64] = False
-    np.testing.assert_array_equal(np.asarray(out.convert("RGB"))[keep], np.asarray(Image.open(image).convert("RGB"))[keep])
+    np.testing.assert_array_equal(np.asarray(out.convert("RGB"))[keep],
+                                  np.asarray(Image.open(image).convert("RGB"))[keep])
     settings = out.text["settings"]
     assert "shapes-inpaint" in settings and "shapes-upsample-inpaint" in settings

@@ -338,9 +338,11 @@ def test_cli_model_families(monkeypatch):
     assert models(sample_cli.build_parser(), ["x", "--models", "shapes"]) == ("shapes-base", "shapes-upsample")
     assert models(sample_cli.build_parser(), ["x", "--models", "glide"]) == ("base", "upsample")
     assert models(sample_cli.build_parser(), ["x", "--models", "glide", "--upsampler", "none"]) == ("base", "none")
-    assert models(edit_cli.inpaint_parser(), ["i", "x", "--models", "shapes"]) == ("shapes-inpaint", "shapes-upsample-inpaint")
+    assert models(edit_cli.inpaint_parser(), ["i", "x", "--models", "shapes"]) == (
+        "shapes-inpaint", "shapes-upsample-inpaint")
     assert models(edit_cli.inpaint_parser(), ["i", "x", "--models", "glide"]) == ("base-inpaint", "upsample-inpaint")
-    assert models(edit_cli.edit_parser(), ["i", "x", "--base", "my.safetensors"]) == ("my.safetensors", "shapes-upsample")
+    assert models(edit_cli.edit_parser(), ["i", "x", "--base", "my.safetensors"]) == (
+        "my.safetensors", "shapes-upsample")
 
 
 def test_bundled_shapes_models_sample_by_default(tmp_path):

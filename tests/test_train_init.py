@@ -62,7 +62,8 @@ def _with_coords(name: str, coords: bool, patch: int = 1) -> ModelConfig:
 @pytest.mark.parametrize(
     "source, target, suffix, coords, patch",
     [("tiny", "tiny-inpaint", ".safetensors", False, 1), ("tiny-upsample", "tiny-upsample-inpaint", ".pt", False, 1),
-     ("tiny", "tiny-inpaint", ".safetensors", True, 1), ("tiny-upsample", "tiny-upsample-inpaint", ".safetensors", True, 1),
+     ("tiny", "tiny-inpaint", ".safetensors", True, 1),
+     ("tiny-upsample", "tiny-upsample-inpaint", ".safetensors", True, 1),
      ("tiny", "tiny-inpaint", ".safetensors", True, 2)],
 )
 def test_inpainting_start_computes_what_its_source_computes(tmp_path, source, target, suffix, coords, patch):

@@ -374,7 +374,8 @@ def test_reduced_precision_keeps_the_residual_stream_and_the_edges_in_float32():
     hooks = [m.register_forward_hook(record(n))
              for n, m in {**watched, "time_embed": model.time_embed, "out": model.out}.items()]
     with torch.no_grad():
-        text = model.encode_text(tokens[:, : model.config.text.context_length], mask[:, : model.config.text.context_length])
+        text = model.encode_text(tokens[:, : model.config.text.context_length],
+                                 mask[:, : model.config.text.context_length])
         ref = model(x, t, text=text)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(x, t, text=text.kv_to(torch.bfloat16))

@@ -92,8 +92,10 @@ def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings | None = N
     p.add_argument("-o", "--output", default="samples", help="output folder (default: ./samples)")
     p.add_argument("--npz", action="store_true", help="also write all images to samples.npz in the output folder")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="model precision (bf16 on recent CPUs, fp16 on CUDA)")
-    p.add_argument("--cache-dir", default=None, help="where released files live (default: $GLIDE_CACHE_DIR or the user cache)")
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES),
+                   help="model precision (bf16 on recent CPUs, fp16 on CUDA)")
+    p.add_argument("--cache-dir", default=None,
+                   help="where released files live (default: $GLIDE_CACHE_DIR or the user cache)")
     p.add_argument("--no-download", action="store_true", help="never download missing released files")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

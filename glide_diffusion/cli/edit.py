@@ -7,7 +7,10 @@ from typing import Sequence
 
 from ..pipelines.inpaint import INPAINT_UPSAMPLE_DEFAULTS
 from ..pipelines.text2im import OFFICIAL_BASE, OFFICIAL_UPSAMPLE
-from .common import add_model_args, add_sampling_args, resolve_models, device_arg, run_command, stage_settings, upsampler_arg, write_outputs
+from .common import (
+    add_model_args, add_sampling_args, resolve_models, device_arg, run_command, stage_settings, upsampler_arg,
+    write_outputs,
+)
 
 
 def _rect(text: str) -> tuple[int, int, int, int]:
@@ -49,7 +52,10 @@ def inpaint_parser() -> argparse.ArgumentParser:
 
 
 def edit_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="glide edit", description="Image-to-image (SDEdit): redraw an image toward a caption.")
+    p = argparse.ArgumentParser(
+        prog="glide edit",
+        description="Image-to-image (SDEdit): redraw an image toward a caption.",
+    )
     p.add_argument("image", help="the image to edit (square; resized to the base model's resolution)")
     p.add_argument("prompt", help="the caption to move the image toward")
     p.add_argument("--strength", type=float, default=0.6,

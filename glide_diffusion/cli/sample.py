@@ -6,14 +6,18 @@ import argparse
 from typing import Sequence
 
 from ..pipelines.text2im import RECIPES
-from .common import add_model_args, add_sampling_args, resolve_models, device_arg, run_command, stage_settings, upsampler_arg, write_outputs
+from .common import (
+    add_model_args, add_sampling_args, resolve_models, device_arg, run_command, stage_settings, upsampler_arg,
+    write_outputs,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glide sample", description="Generate images from text with GLIDE.")
     p.add_argument("prompts", nargs="+", metavar="PROMPT", help="one or more captions")
     add_model_args(p, "text2im")
-    p.add_argument("--batch-size", type=int, default=None, help="images sampled at once (default: all); results do not depend on it")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images sampled at once (default: all); results do not depend on it")
     add_sampling_args(p, recipes=RECIPES)
     p.add_argument("--clip-guidance-scale", type=float, default=0.0,
                    help="CLIP guidance of the base stage (GLIDE's notebook: 3 with -g 1); default 0 = off")

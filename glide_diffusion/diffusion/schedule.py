@@ -166,7 +166,11 @@ class Schedule:
     timestep_map: np.ndarray
 
     @classmethod
-    def from_betas(cls, betas: np.ndarray | Sequence[float], timestep_map: np.ndarray | Sequence[int] | None = None) -> "Schedule":
+    def from_betas(
+        cls,
+        betas: np.ndarray | Sequence[float],
+        timestep_map: np.ndarray | Sequence[int] | None = None,
+    ) -> "Schedule":
         """All tables from betas, with the same float64 operation order as the
         official ``GaussianDiffusion.__init__`` (DDPM eqs. 4, 6, 7)."""
         betas = np.array(betas, dtype=np.float64)

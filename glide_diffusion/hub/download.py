@@ -330,7 +330,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="glide download",
         description="Download released GLIDE checkpoints and tokenizer files into the cache.",
     )
-    p.add_argument("names", nargs="*", default=["base", "upsample"], help=f"files or groups ({valid}); default: base upsample")
+    p.add_argument("names", nargs="*", default=["base", "upsample"],
+                   help=f"files or groups ({valid}); default: base upsample")
     p.add_argument("--cache-dir", default=None, help="cache root (default: $GLIDE_CACHE_DIR or the user cache dir)")
     p.add_argument("--base-url", default=None, help="mirror URL; files are fetched from BASE_URL/<file name>")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

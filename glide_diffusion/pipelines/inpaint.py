@@ -160,7 +160,8 @@ class InpaintPipeline:
             raise ValueError(f"the image must be square, got {image.size[0]}x{image.size[1]}: crop it, or "
                              "extend the canvas to a square (outpainting)")
         if fill.shape != (image.size[1], image.size[0]):
-            raise ValueError(f"the mask is {fill.shape[1]}x{fill.shape[0]} but the image is {image.size[0]}x{image.size[1]}")
+            raise ValueError(f"the mask is {fill.shape[1]}x{fill.shape[0]} but the image is "
+                             f"{image.size[0]}x{image.size[1]}")
         check_fill(fill)
         validate_request([prompt], num_images, seed, base, upsample, dtype, self.base.device,
                          self.base.config.diffusion.steps,

@@ -107,7 +107,9 @@ class Text2ImPipeline:
             raise ValueError("CLIP guidance needs a noised CLIP: pass clip= (glide_diffusion.clip.load_clip())")
         if not math.isfinite(clip_guidance_scale) or clip_guidance_scale < 0:
             raise ValueError(f"clip_guidance_scale must be a finite number >= 0, got {clip_guidance_scale}")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         rows = [p for p in prompts for _ in range(num_images)]
         seeds = seeds_for(seed, len(rows))

@@ -51,7 +51,12 @@ class PerSampleNoise:
     def __len__(self) -> int:
         return len(self.seeds)
 
-    def _draw(self, shape_per_row: Sequence[int], device: torch.device | str | None, dtype: torch.dtype) -> torch.Tensor:
+    def _draw(
+        self,
+        shape_per_row: Sequence[int],
+        device: torch.device | str | None,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
         rows = [
             torch.randn(tuple(shape_per_row), generator=g, dtype=torch.float32, device=g.device)
             for g in self.generators
