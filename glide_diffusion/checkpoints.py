@@ -178,7 +178,8 @@ def load_model(
     ``source`` is a released checkpoint's name (``"base"``, ``"upsample"``,
     ``"base-inpaint"``, ``"upsample-inpaint"``: read from the download cache,
     see ``glide download``), a bundled Shapes model's name (``"shapes-base"``, ...),
-    a ``.safetensors`` file written by :func:`save_model`,
+    a ``.safetensors`` file written by :func:`save_model`, a training checkpoint's
+    directory (``runs/X/checkpoints/step_N``: its EMA weights, the ones to sample with),
     or a ``.pt`` state dict (then ``config``, a :class:`ModelConfig` or preset
     name, says what to build; a released file name such as ``base.pt`` implies it).
     """
@@ -219,6 +220,11 @@ def _resolve(source: str | os.PathLike, cache_dir) -> tuple[Path, ModelConfig | 
 
         return find_released(name, cache_dir), get_preset(name)
     path = Path(source)
+    if path.is_dir():
+        if not (path / "ema.safetensors").is_file():
+            raise FileNotFoundError(f"{path} is a directory without ema.safetensors: pass a model file, "
+                                    "or a training checkpoint directory (runs/X/checkpoints/step_N)")
+        return path / "ema.safetensors", None
     stem = path.name.removesuffix(".pt").replace("_", "-")
     implied = get_preset(stem) if path.suffix == ".pt" and stem in RELEASED_PRESETS else None
     return path, implied

@@ -100,6 +100,20 @@ def test_missing_file():
         load_model("/nonexistent/model.safetensors")
 
 
+def test_a_training_checkpoint_directory_loads_its_ema_weights(tmp_path):
+    step = tmp_path / "checkpoints" / "step_00000100"
+    step.mkdir(parents=True)
+    torch.manual_seed(0)
+    model, ema = build_model("tiny"), build_model("tiny")
+    save_model(step / "model.safetensors", model, get_preset("tiny"))
+    save_model(step / "ema.safetensors", ema, get_preset("tiny"))
+    loaded, _ = load_model(step)
+    for k, v in ema.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, atol=0, rtol=0)
+    with pytest.raises(FileNotFoundError, match="without ema.safetensors"):
+        load_model(tmp_path / "checkpoints")
+
+
 def test_bundled_names_resolve_inside_the_package(tmp_path, monkeypatch):
     import glide_diffusion.bundled as bundled
 
