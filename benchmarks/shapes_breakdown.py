@@ -1,14 +1,15 @@
 """Break a Shapes quality run down by what its captions asked for.
 
-Reads a ``benchmarks/shapes_quality.py --json`` file (its per-caption scores), rebuilds
-the same test captions from its arguments, and prints, for the one-object captions, the
-share of each attribute read right grouped by each value the caption named (or "open"
-where it left the attribute to the model): which shapes, colours, sizes or backgrounds
-the model gets wrong.
+Reads a ``benchmarks/shapes_quality.py --json`` file (its per-caption scores) or a row of
+a ``benchmarks/shapes_inpaint.py --json`` file, rebuilds the same test captions from its
+arguments, and prints, for the one-object captions, the share of each attribute read
+right grouped by each value the caption named (or "open" where it left the attribute to
+the model): which shapes, colours, sizes or backgrounds the model gets wrong.
 
     python benchmarks/shapes_quality.py --base shapes-base --n 500 --scales 3 --json q.json
     python benchmarks/shapes_breakdown.py q.json                 # by shape, colour, size, background
     python benchmarks/shapes_breakdown.py q.json:3.0 --by shape --scores shape exact
+    python benchmarks/shapes_breakdown.py inpaint.json:finetuned --by size   # a shapes_inpaint.py run
 """
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ from collections import defaultdict
 
 from paired_diff import load
 from shapes_quality import caption_set
+
+
+def rebuild_captions(run_args: dict) -> list[tuple[str, object]]:
+    """(caption, spec) of each scored case, in the run's order."""
+    if "inpaint" in run_args:  # a shapes_inpaint.py run: its cases' specs do not depend on the resolution
+        from shapes_inpaint import cases
+
+        return [(caption, spec) for _, _, caption, spec in cases(run_args["n"], run_args["seed"], 32)]
+    return caption_set(run_args["n"], run_args["seed"], run_args["n_two"], run_args["n_held_out"])
 
 
 def group_key(spec, attribute: str) -> str:
@@ -33,7 +43,7 @@ def main() -> None:
     p.add_argument("--scores", nargs="+", default=["shape", "colour", "size", "exact"])
     args = p.parse_args()
     run_args, report = load(args.run)
-    captions = caption_set(run_args["n"], run_args["seed"], run_args["n_two"], run_args["n_held_out"])
+    captions = rebuild_captions(run_args)
     scores = report["scores"]
     if len(captions) != len(scores):
         raise SystemExit(f"{len(scores)} scores for {len(captions)} rebuilt captions: not this version's caption set")
