@@ -77,7 +77,8 @@ def card(name: str, run: Path, ckpt: Path, config: dict, kind: str, summary: dic
         unet, diff = config["model"]["unet"], config["model"]["diffusion"]
         rows += [("resolution", f"{unet['image_size']} px"),
                  ("UNet", f"{unet['model_channels']} channels x {unet['channel_mult']}, {unet['num_res_blocks']} "
-                          f"ResBlocks per level, attention at downsampling {unet['attention_resolutions']}"
+                          f"ResBlock{'s' * (unet['num_res_blocks'] != 1)} per level, "
+                          f"attention at downsampling {unet['attention_resolutions']}"
                           + (f", on {unet['patch_size']}x{unet['patch_size']} pixel patches"
                              if unet.get("patch_size", 1) > 1 else "")),
                  ("caption tokenizer", f"{unet['text']['tokenizer']} (context {unet['text']['context_length']})"),
