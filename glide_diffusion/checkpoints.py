@@ -28,6 +28,8 @@ from .presets import RELEASED_PRESETS, ModelConfig, get_preset
 from .unet.model import GlideUNet
 
 FORMAT = "glide-diffusion/1"
+# The EMA weights in a training checkpoint directory (train/state.py writes them): what samples.
+EMA_FILE = "ema.safetensors"
 
 
 class CheckpointError(RuntimeError):
@@ -221,10 +223,10 @@ def _resolve(source: str | os.PathLike, cache_dir) -> tuple[Path, ModelConfig | 
         return find_released(name, cache_dir), get_preset(name)
     path = Path(source)
     if path.is_dir():
-        if not (path / "ema.safetensors").is_file():
-            raise FileNotFoundError(f"{path} is a directory without ema.safetensors: pass a model file, "
+        if not (path / EMA_FILE).is_file():
+            raise FileNotFoundError(f"{path} is a directory without {EMA_FILE}: pass a model file, "
                                     "or a training checkpoint directory (runs/X/checkpoints/step_N)")
-        return path / "ema.safetensors", None
+        return path / EMA_FILE, None
     stem = path.name.removesuffix(".pt").replace("_", "-")
     implied = get_preset(stem) if path.suffix == ".pt" and stem in RELEASED_PRESETS else None
     return path, implied

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from glide_diffusion.bundled import NAMES, bundled_path
-from glide_diffusion.checkpoints import atomic_write_text, load_model, save_model
+from glide_diffusion.checkpoints import EMA_FILE, atomic_write_text, load_model, save_model
 
 
 def newest_checkpoint(run: Path) -> Path:
-    steps = sorted(p for p in (run / "checkpoints").glob("step_*") if (p / "ema.safetensors").is_file())
+    steps = sorted(p for p in (run / "checkpoints").glob("step_*") if (p / EMA_FILE).is_file())
     if not steps:
         raise SystemExit(f"no complete checkpoint under {run / 'checkpoints'}")
     return steps[-1]
@@ -149,12 +149,12 @@ def main() -> None:
     if config.get("clip"):
         from glide_diffusion.clip.loading import load_clip, save_clip
 
-        model = load_clip(ckpt / "ema.safetensors")
+        model = load_clip(ckpt / EMA_FILE)
         if not args.card_only:
             save_clip(out, model.half(), meta)
         kind = "noised CLIP"
     else:
-        model, model_config = load_model(ckpt / "ema.safetensors")
+        model, model_config = load_model(ckpt / EMA_FILE)
         if not args.card_only:
             save_model(out, model.half(), model_config, metadata=meta)
         kind = model_config.kind

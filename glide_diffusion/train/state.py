@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..checkpoints import CheckpointError, read_state_dict, save_model
+from ..checkpoints import EMA_FILE, CheckpointError, read_state_dict, save_model
 
 if TYPE_CHECKING:
     from ..clip.config import ClipConfig
@@ -47,7 +47,7 @@ __all__ = [
     "set_rng_state",
 ]
 
-CKPT_FILES = ("model.safetensors", "ema.safetensors", "state.pt", "config.json")
+CKPT_FILES = ("model.safetensors", EMA_FILE, "state.pt", "config.json")
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
@@ -133,12 +133,12 @@ def save_checkpoint(
         meta = {"step": str(step)}
         if isinstance(model_config, ModelConfig):
             save_model(tmp / "model.safetensors", model, model_config, meta)
-            save_model(tmp / "ema.safetensors", ema, model_config, {**meta, "ema": "true"})
+            save_model(tmp / EMA_FILE, ema, model_config, {**meta, "ema": "true"})
         else:  # a noised CLIP (its config travels with the module)
             from ..clip.loading import save_clip
 
             save_clip(tmp / "model.safetensors", model, meta)
-            save_clip(tmp / "ema.safetensors", ema, {**meta, "ema": "true"})
+            save_clip(tmp / EMA_FILE, ema, {**meta, "ema": "true"})
         torch.save(state, tmp / "state.pt")
         (tmp / "config.json").write_text(config_json, encoding="utf-8")
         for name in ("state.pt", "config.json"):
@@ -208,7 +208,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Everything in a checkpoint directory: model and EMA state dicts, the state, the config JSON."""
     path = Path(path)
     model, model_cfg = read_state_dict(path / "model.safetensors")
-    ema, _ = read_state_dict(path / "ema.safetensors")
+    ema, _ = read_state_dict(path / EMA_FILE)
     return {
         "model": model,
         "ema": ema,
