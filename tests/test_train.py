@@ -313,6 +313,27 @@ def test_compile_trains_the_same_model_and_checkpoints_it_uncompiled(tmp_path, m
     torch._dynamo.reset()
 
 
+def test_compile_falls_back_to_eager_where_the_backend_fails(tmp_path, monkeypatch):
+    """A backend that cannot build its kernels (inductor without a C++ compiler) does not stop
+    the run: the model runs eagerly and trains as an uncompiled run does."""
+    calls = []
+    real_compile = torch.compile
+
+    def broken_backend(gm, example_inputs):
+        calls.append(gm)
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=broken_backend, **kw))
+    runs = {flag: train(cfg(tmp_path / flag, f"compile={flag}", "max_steps=2", "ckpt.every=2"))
+            for flag in ("false", "true")}
+    assert calls  # the backend was tried
+    a, b = (load_file(runs[flag].checkpoint / "model.safetensors") for flag in ("false", "true"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    assert not torch._dynamo.config.suppress_errors  # the fallback is the run's, not the process's
+    torch._dynamo.reset()
+
+
 # --- checkpoints, resume, failures -----------------------------------------------------------
 
 

@@ -192,6 +192,7 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute UNet stages in backward
     # torch.compile (inductor) the training model: fused kernels, compiled on the first steps
     # (minutes on a small CPU); sampling, EMA and checkpoints use the uncompiled module.
+    # Where the backend cannot build kernels (no C++ compiler) the run goes on eagerly.
     compile: bool = False
     ema_decay: float = 0.9999  # guided-diffusion/GLIDE ema_rate; sampling uses the EMA weights
     ema_warmup: bool = False  # decay min(ema_decay, (1+n)/(10+n)): useful for short runs

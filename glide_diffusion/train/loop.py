@@ -352,8 +352,12 @@ class Trainer:
         self.resume()
         model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
             if info.distributed else self.model
+        fallback = contextlib.nullcontext()
         if c.compile:
             model = torch.compile(model)
+            # Where inductor cannot build its kernels (no C++ compiler, an unsupported
+            # platform), dynamo logs the error and runs the model eagerly: slower, not stopped.
+            fallback = torch._dynamo.config.patch(suppress_errors=True)
         low = c.low_res_size if c.clip is None and c.model.unet.super_res else None
         batches = _Batches(lambda pos: self.factory(c, info.rank, info.world_size, pos, low),
                            c.batch_size, c.data.num_workers)
@@ -372,23 +376,24 @@ class Trainer:
         first_step, t_start = self.step, time.perf_counter()
         t_log, step_log, last = t_start, self.step, None
         try:
-            while self.step < c.max_steps:
-                if c.debug.step_sleep:
-                    time.sleep(c.debug.step_sleep)
-                last = self.train_step(model, batches)
-                bar.update(1)
-                if self.step % c.log.every == 0 or self.step == c.max_steps:
-                    now = time.perf_counter()
-                    ips = (self.step - step_log) * self.global_batch / max(now - t_log, 1e-9)
-                    t_log, step_log = now, self.step
-                    record = {"step": self.step, **last, "images_per_s": ips,
-                              "samples_seen": self.samples_seen, "world_size": info.world_size}
-                    metrics.write(record)
-                    bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{ips:.1f}")
-                if self.step % c.ckpt.every == 0 or self.step == c.max_steps:
-                    self.save()
-                if c.sample.every and self.step % c.sample.every == 0 and info.is_main and c.clip is None:
-                    self.write_samples()
+            with fallback:
+                while self.step < c.max_steps:
+                    if c.debug.step_sleep:
+                        time.sleep(c.debug.step_sleep)
+                    last = self.train_step(model, batches)
+                    bar.update(1)
+                    if self.step % c.log.every == 0 or self.step == c.max_steps:
+                        now = time.perf_counter()
+                        ips = (self.step - step_log) * self.global_batch / max(now - t_log, 1e-9)
+                        t_log, step_log = now, self.step
+                        record = {"step": self.step, **last, "images_per_s": ips,
+                                  "samples_seen": self.samples_seen, "world_size": info.world_size}
+                        metrics.write(record)
+                        bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{ips:.1f}")
+                    if self.step % c.ckpt.every == 0 or self.step == c.max_steps:
+                        self.save()
+                    if c.sample.every and self.step % c.sample.every == 0 and info.is_main and c.clip is None:
+                        self.write_samples()
         finally:
             bar.close()
             metrics.close()
