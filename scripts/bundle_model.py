@@ -21,13 +21,14 @@ import torch
 
 from glide_diffusion.bundled import NAMES, bundled_path
 from glide_diffusion.checkpoints import EMA_FILE, atomic_write_text, load_model, save_model
+from glide_diffusion.train.state import list_checkpoints
 
 
 def newest_checkpoint(run: Path) -> Path:
-    steps = sorted(p for p in (run / "checkpoints").glob("step_*") if (p / EMA_FILE).is_file())
+    steps = list_checkpoints(run)
     if not steps:
         raise SystemExit(f"no complete checkpoint under {run / 'checkpoints'}")
-    return steps[-1]
+    return steps[-1][1]
 
 
 def training_summary(run: Path, step: int) -> dict:
