@@ -61,7 +61,7 @@ def sample_and_score(pipe, captions, scale, args, clip_scale: float = 0.0) -> di
     n = args.rerank or 1
     base = StageSettings(args.sampler, args.steps, scale,
                          guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None)
-    up = StageSettings(args.up_sampler, args.up_steps, 1.0, args.up_temperature)
+    up = StageSettings(args.up_sampler, args.up_steps, args.up_guidance_scale, args.up_temperature)
     start = time.perf_counter()
     result = pipe([c for c, _ in captions], num_images=n, seed=args.seed, base=base, upsample=up,
                   batch_size=args.batch_size, clip_guidance_scale=clip_scale, dtype=args.dtype)
@@ -89,6 +89,8 @@ def main() -> None:
     p.add_argument("--up-sampler", default="ddim")
     p.add_argument("--up-steps", default="fast27")
     p.add_argument("--up-temperature", type=float, default=0.997)
+    p.add_argument("--up-guidance-scale", type=float, default=1.0,
+                   help="classifier-free guidance scale of the upsampler (default 1: conditional only)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--clip", default=None, help="a noised CLIP (bundled name or file) for --clip-scales")
     p.add_argument("--clip-scales", type=float, nargs="*", default=[], help="CLIP guidance scales to add")

@@ -185,6 +185,9 @@ def test_cli_recipe_sets_what_the_stage_options_leave_unset():
     assert up == OFFICIAL_UPSAMPLE
     base, up = settings("--up-steps", "7", "--up-temperature", "1")
     assert base == FAST_BASE and (up.sampler, up.steps, up.temperature) == ("dpm++2m", "7", 1.0)
+    assert up.guidance_scale == FAST_UPSAMPLE.guidance_scale
+    _, up = settings("--up-guidance-scale", "2")
+    assert up == dataclasses.replace(FAST_UPSAMPLE, guidance_scale=2.0)
 
 
 def test_cli_edit_and_inpaint_default_to_the_official_recipe():

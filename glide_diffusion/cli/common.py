@@ -77,6 +77,7 @@ def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings | None = N
     us, us_help = value(up, "sampler")
     un, un_help = value(up, "steps")
     ut, ut_help = value(up, "temperature")
+    ug, ug_help = value(up, "guidance_scale")
     p.add_argument("-g", "--guidance-scale", type=float, default=g,
                    help=f"classifier-free guidance scale of the base stage (default: {g_help})")
     p.add_argument("--guidance-interval", type=_interval, default=gi, metavar="LO,HI",
@@ -89,6 +90,8 @@ def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings | None = N
     p.add_argument("--up-steps", default=un, help=f"(default: {un_help})")
     p.add_argument("--up-temperature", type=float, default=ut,
                    help=f"scale of the upsampler's initial noise (default: {ut_help})")
+    p.add_argument("--up-guidance-scale", type=float, default=ug,
+                   help=f"classifier-free guidance scale of the upsampler (1 = conditional only; default: {ug_help})")
     p.add_argument("-o", "--output", default="samples", help="output folder (default: ./samples)")
     p.add_argument("--npz", action="store_true", help="also write all images to samples.npz in the output folder")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
@@ -127,10 +130,11 @@ def stage_settings(args: argparse.Namespace) -> tuple[StageSettings, StageSettin
                                                   guidance_scale=args.guidance_scale,
                                                   guidance_interval=args.guidance_interval)),
                 dataclasses.replace(up, **given(sampler=args.up_sampler, steps=args.up_steps,
+                                                guidance_scale=args.up_guidance_scale,
                                                 temperature=args.up_temperature)))
     return (StageSettings(args.base_sampler, args.base_steps, args.guidance_scale, 1.0,
                           guidance_interval=args.guidance_interval),
-            StageSettings(args.up_sampler, args.up_steps, 1.0, args.up_temperature))
+            StageSettings(args.up_sampler, args.up_steps, args.up_guidance_scale, args.up_temperature))
 
 
 def upsampler_arg(args: argparse.Namespace) -> str | None:
