@@ -497,3 +497,14 @@ def test_sample_grid_for_conditioned_models(tmp_path, model):
     train(cfg(tmp_path, f"model={model}", f"model.unet.image_size={size}", "max_steps=1", "sample.every=1",
               "sample.steps='2'", "sample.seeds=[0]"))
     assert Image.open(tmp_path / "samples" / "step_00000001.png").size[0] > 0
+
+
+def test_sample_grid_uses_whole_images_when_training_crops(tmp_path):
+    """Crops are for training; the grid samples at the model's full size (an inpainting
+    upsampler once failed here on masks of the crop's size)."""
+    from PIL import Image
+
+    train(cfg(tmp_path, "model=tiny-upsample", "model.unet.image_size=16", "model.unet.inpaint=true",
+              "cond.crop_size=8", "max_steps=1", "sample.every=1", "sample.steps='2'", "sample.seeds=[0]"))
+    grid = Image.open(tmp_path / "samples" / "step_00000001.png")
+    assert grid.size[1] == 2 * 16  # condition row + one seed, each 16 px

@@ -336,8 +336,9 @@ class Trainer:
             low = self.config.low_res_size if mc.unet.super_res else None
             batch = collate([it for _, it in zip(range(n), self.factory(self.config, 0, 1, 0, low))])
             prompts = batch["caption"]
+            # whole images (training may crop), clean low-res inputs, captions kept
             inputs = make_inputs(batch, dataclasses.replace(self.config, cond=dataclasses.replace(
-                self.config.cond, cfg_dropout=0.0, corrupt_low_res=False)), self.schedule, self.tokenizer,
+                self.config.cond, cfg_dropout=0.0, corrupt_low_res=False, crop_size=0)), self.schedule, self.tokenizer,
                 torch.Generator().manual_seed(0), torch.device("cpu"))
             cond = inputs.cond
             rows.append(condition_row(cond, mc.unet.image_size))
