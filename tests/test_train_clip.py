@@ -8,7 +8,7 @@ import torch
 from glide_diffusion.clip.loading import build_clip, load_clip
 from glide_diffusion.clip.tokenizer import ClipWordTokenizer, clip_tokenize_batch, clip_tokenizer_for
 from glide_diffusion.train import ConfigError, load_config, train
-from glide_diffusion.train.clip_task import ClipInputs, clip_loss
+from glide_diffusion.train.clip_task import ClipInputs, clip_loss, shape_negatives
 from glide_diffusion.train.metrics import read_metrics
 from tests.test_train import ROOT, TINY
 
@@ -67,6 +67,61 @@ def test_loss_treats_repeated_captions_as_positives():
     assert terms[1:].tolist() == [1.0, 1.0]
 
 
+def test_shape_negatives_swap_one_shape_word():
+    captions = ["a small red star on the left", "a red circle above a blue star", "a photo of nothing"]
+    negatives, valid = shape_negatives(captions, 4, torch.Generator().manual_seed(0))
+    assert len(negatives) == 12 and valid.tolist() == [[True] * 4, [True] * 4, [False] * 4]
+    for i, caption in enumerate(captions[:2]):
+        mine = negatives[4 * i:4 * i + 4]
+        assert len(set(mine)) == 4 and caption not in mine
+        for negative in mine:  # exactly one word differs, and it is a shape for a shape
+            diff = [(a, b) for a, b in zip(caption.split(), negative.split()) if a != b]
+            assert len(diff) == 1 and {"circle", "square", "triangle", "star", "cross"} >= set(diff[0])
+    assert negatives[8:] == [captions[2]] * 4  # masked out by valid
+    again, _ = shape_negatives(captions, 4, torch.Generator().manual_seed(0))
+    assert again == negatives
+    with pytest.raises(ValueError, match="n must be"):
+        shape_negatives(captions, 5, torch.Generator())
+
+
+def test_shape_negatives_enter_only_the_image_rows():
+    clip = build_clip(load_config(TINY, TINY_CLIP).clip)
+    with torch.no_grad():
+        clip.logit_scale.fill_(math.log(10))
+    tokens = torch.tensor([[1, 2, 0], [3, 4, 0]])
+    z = torch.nn.functional.normalize(torch.randn(2, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    near = torch.nn.functional.normalize(z + 0.1, dim=-1)  # negatives close to each image
+
+    def fake(x, t, tok, lens):
+        return z, torch.cat([z, near.repeat_interleave(3, dim=0)])[:tok.shape[0]]
+
+    clip.forward = fake
+    base = ClipInputs(torch.zeros(2, 3, 16, 16), torch.zeros(2, dtype=torch.long), tokens, torch.tensor([2, 2]))
+    plain = clip_loss(clip, base)[0]
+
+    def with_negatives(valid):
+        return ClipInputs(base.x_t, base.t, tokens, base.lens, tokens.repeat_interleave(3, dim=0),
+                          torch.full((6,), 2), torch.tensor(valid))
+
+    hard = clip_loss(clip, with_negatives([[True] * 3] * 2))[0]
+    masked = clip_loss(clip, with_negatives([[False] * 3] * 2))[0]
+    # image -> text rows gain the negatives' columns; text -> image columns do not change
+    logits = 10 * z @ z.T
+    i2t = torch.cat([logits, 10 * (z * near).sum(-1, keepdim=True).expand(2, 3)], dim=1)
+    expected = 0.5 * (torch.nn.functional.cross_entropy(i2t, torch.arange(2))
+                      + torch.nn.functional.cross_entropy(logits.T, torch.arange(2)))
+    assert hard.item() == pytest.approx(expected.item(), rel=1e-5) and hard > plain
+    assert masked.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+def test_shape_negatives_config():
+    assert load_config(TINY, [*TINY_CLIP, "loss.clip_shape_negatives=4"]).loss.clip_shape_negatives == 4
+    with pytest.raises(ConfigError, match="clip_shape_negatives must be in"):
+        load_config(TINY, [*TINY_CLIP, "loss.clip_shape_negatives=5"])
+    with pytest.raises(ConfigError, match="for noised CLIP training"):
+        load_config(TINY, ["loss.clip_shape_negatives=2"])
+
+
 def test_clip_trains_checkpoints_and_resumes_exactly(tmp_path):
     full = train(clip_cfg(tmp_path / "full", "max_steps=40", "ckpt.every=20", "optim.lr=2e-3",
                           "optim.warmup_steps=5"))
@@ -97,6 +152,7 @@ def test_two_process_clip_contrasts_the_global_batch(tmp_path):
             "--no-progress", "--set", "batch_size=4", "--set", "log.every=1"]
     for item in TINY_CLIP:
         args += ["--set", item]
+    args += ["--set", "loss.clip_shape_negatives=2"]  # their embeddings are gathered too
     run = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-3000:]
     records = read_metrics(tmp_path)

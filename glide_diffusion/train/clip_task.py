@@ -12,8 +12,15 @@ Identical captions in a batch (frequent on Shapes: "a red circle") are not
 negatives of each other: the target of each row is spread evenly over the
 columns holding its caption.
 
+With ``loss.clip_shape_negatives = N`` (Shapes captions), each image's row
+also holds N hard negatives: its own caption with one shape word replaced by
+another shape (a caption without a shape word gets none: those columns are
+masked out). The caption columns' loss is unchanged.
+
 Random draws of one micro-batch, in order, from the step's generator:
-timesteps (B ints), then noise (B, 3, S, S).
+timesteps (B ints), then noise (B, 3, S, S), then (with shape negatives) per
+caption with a shape word, the mention replaced (one int) and the first
+replacement (one int); the N negatives use N different shapes.
 """
 
 from __future__ import annotations
@@ -26,10 +33,11 @@ import torch.nn.functional as F
 
 from ..clip.model import NoisedClip
 from ..clip.tokenizer import clip_tokenize_batch
+from ..data.shapes import SHAPES
 from ..diffusion import q_sample, sample_timesteps
 from ..diffusion.schedule import Schedule
 
-__all__ = ["ClipInputs", "clip_loss", "init_logit_scale", "make_clip_inputs", "TERMS"]
+__all__ = ["ClipInputs", "clip_loss", "init_logit_scale", "make_clip_inputs", "shape_negatives", "TERMS"]
 
 TERMS = ("loss", "acc_i2t", "acc_t2i")  # the logged terms, in order
 INITIAL_TEMPERATURE = 0.07  # CLIP's initial softmax temperature (logit scale 1/0.07)
@@ -41,6 +49,32 @@ class ClipInputs:
     t: torch.Tensor  # (B,) original timesteps
     tokens: torch.Tensor  # (B, L)
     lens: torch.Tensor  # (B,)
+    neg_tokens: torch.Tensor | None = None  # (B * N, L): N shape-swapped captions per image, image-major
+    neg_lens: torch.Tensor | None = None  # (B * N,)
+    neg_valid: torch.Tensor | None = None  # (B, N) bool: False where the caption names no shape
+
+
+def shape_negatives(captions: list[str], n: int, generator: torch.Generator) -> tuple[list[str], torch.Tensor]:
+    """N negatives per caption, image-major: the caption with one of its shape words (drawn
+    uniformly among its mentions) replaced by another shape, a different one for each of the N;
+    and a (len(captions), N) bool mask, False for captions without a shape word (their
+    "negatives" are the caption itself and must not be used)."""
+    if not 0 < n < len(SHAPES):
+        raise ValueError(f"n must be in 1..{len(SHAPES) - 1}, got {n}")
+    out, valid = [], torch.ones(len(captions), n, dtype=torch.bool)
+    for i, caption in enumerate(captions):
+        words = caption.split(" ")
+        mentions = [j for j, w in enumerate(words) if w in SHAPES]
+        if not mentions:
+            out += [caption] * n
+            valid[i] = False
+            continue
+        j = mentions[int(torch.randint(len(mentions), (1,), generator=generator))]
+        others = [s for s in SHAPES if s != words[j]]
+        first = int(torch.randint(len(others), (1,), generator=generator))
+        for k in range(n):
+            out.append(" ".join(words[:j] + [others[(first + k) % len(others)]] + words[j + 1:]))
+    return out, valid
 
 
 def make_clip_inputs(batch: dict, config, schedule: Schedule, tokenizer, generator: torch.Generator,
@@ -52,7 +86,14 @@ def make_clip_inputs(batch: dict, config, schedule: Schedule, tokenizer, generat
     t = sample_timesteps(x0.shape[0], config.clip.max_timestep or schedule.num_steps, generator)
     noise = torch.randn(x0.shape, generator=generator)
     x_t = q_sample(schedule, x0, t, noise)
-    return ClipInputs(x_t.to(device), t.to(device), tokens.to(device), lens.to(device))
+    inputs = ClipInputs(x_t.to(device), t.to(device), tokens.to(device), lens.to(device))
+    n = config.loss.clip_shape_negatives
+    if n:
+        negatives, valid = shape_negatives(list(batch["caption"]), n, generator)
+        neg_tokens, neg_lens = clip_tokenize_batch(tokenizer, negatives, config.clip.max_text_len)
+        inputs.neg_tokens, inputs.neg_lens = neg_tokens.to(device), neg_lens.to(device)
+        inputs.neg_valid = valid.to(device)
+    return inputs
 
 
 def _gather(z: torch.Tensor) -> torch.Tensor:
@@ -72,14 +113,28 @@ def clip_loss(model, inputs: ClipInputs) -> tuple[torch.Tensor, torch.Tensor]:
     ``model`` is the :class:`NoisedClip` or its DDP wrapper; accuracies count a row as right when
     its best column holds the same caption.
     """
-    z_image, z_text = model(inputs.x_t, inputs.t, inputs.tokens, inputs.lens)
+    B = inputs.tokens.shape[0]
+    if inputs.neg_tokens is None:
+        z_image, z_text = model(inputs.x_t, inputs.t, inputs.tokens, inputs.lens)
+    else:  # one text-tower call for the captions and their negatives
+        z_image, z_all = model(inputs.x_t, inputs.t, torch.cat([inputs.tokens, inputs.neg_tokens]),
+                               torch.cat([inputs.lens, inputs.neg_lens]))
+        z_text, z_neg = z_all[:B], z_all[B:].reshape(B, -1, z_all.shape[-1])
     z_image, z_text = _gather(z_image), _gather(z_text)
     tokens = _gather(inputs.tokens)
     clip = model.module if hasattr(model, "module") else model
-    logits = torch.exp(clip.logit_scale) * z_image.float() @ z_text.float().T  # (N, N)
+    scale = torch.exp(clip.logit_scale)
+    logits = scale * z_image.float() @ z_text.float().T  # (N, N)
     same = (tokens[:, None, :] == tokens[None, :, :]).all(-1).float()  # same caption
     target = same / same.sum(dim=1, keepdim=True)
-    loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target.T))
+    rows_logits, rows_target = logits, target
+    if inputs.neg_tokens is not None:
+        z_neg, valid = _gather(z_neg), _gather(inputs.neg_valid)
+        hard = scale * torch.einsum("nd,nkd->nk", z_image.float(), z_neg.float())  # (N, negatives)
+        hard = hard.masked_fill(~valid, -1e4)  # finite: a zero target times it stays 0
+        rows_logits = torch.cat([logits, hard], dim=1)
+        rows_target = torch.cat([target, torch.zeros_like(hard)], dim=1)
+    loss = 0.5 * (F.cross_entropy(rows_logits, rows_target) + F.cross_entropy(logits.T, target.T))
     with torch.no_grad():
         rows = torch.arange(logits.shape[0], device=logits.device)
         acc_i2t = same[rows, logits.argmax(dim=1)].mean()

@@ -121,9 +121,16 @@ class LossConfig:
     # reaches thousands at high t and so dominates the gradient. W > 0 caps that weight at W:
     # min(1/abar, W), still far above the eps-MSE's 1 where the caption decides the image.
     v_weight_max: float = 0.0
+    # Noised CLIP on Shapes captions only. N > 0 adds, for each image, N negatives to its row of
+    # the contrastive loss: its own caption with one shape word replaced by another shape. In a
+    # batch of random captions two rarely differ only in the shape, so without them colour and
+    # background separate the batch and the shape is barely learned (configs/clip-shapes.toml).
+    clip_shape_negatives: int = 0
 
     def __post_init__(self) -> None:
         _check(self.min_snr_gamma >= 0, "loss.min_snr_gamma must be >= 0 (0 = off)")
+        _check(0 <= self.clip_shape_negatives <= 4,
+               "loss.clip_shape_negatives must be in 0..4 (0 = off; Shapes has 5 shapes)")
         _check(self.v_weight_max == 0 or self.v_weight_max >= 1, "loss.v_weight_max must be 0 (off) or >= 1")
 
 
@@ -219,6 +226,8 @@ class TrainConfig:
         if self.clip is not None:
             _check(not self.activation_checkpointing, "activation_checkpointing is for diffusion models, not clip")
             _check(self.precision != "fp16", "clip training runs in fp32 or bf16")
+        else:
+            _check(not self.loss.clip_shape_negatives, "loss.clip_shape_negatives is for noised CLIP training")
         crop, unet = self.cond.crop_size, self.model.unet
         if self.loss.v_weight_max:
             _check(unet.prediction == "v" and not self.loss.min_snr_gamma,
