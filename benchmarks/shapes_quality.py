@@ -63,10 +63,11 @@ def sample_and_score(pipe, captions, scale, args, clip_scale: float = 0.0) -> di
                          guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None)
     up = StageSettings(args.up_sampler, args.up_steps, args.up_guidance_scale, args.up_temperature)
     start = time.perf_counter()
+    # With n > 1, CLIP reranking (GLIDE §3.2): the image of each caption's n the CLIP scores best,
+    # chosen before the upsampler.
     result = pipe([c for c, _ in captions], num_images=n, seed=args.seed, base=base, upsample=up,
-                  batch_size=args.batch_size, clip_guidance_scale=clip_scale, dtype=args.dtype)
-    if n > 1:  # CLIP reranking (GLIDE §3.2): keep the image of each caption's n the CLIP scores best
-        result = pipe.rerank(result, 1)
+                  batch_size=args.batch_size, clip_guidance_scale=clip_scale, dtype=args.dtype,
+                  rerank=1 if n > 1 else None)
     seconds = time.perf_counter() - start
     report = evaluate([spec for _, spec in captions], result.images)
     report["seconds"] = seconds

@@ -10,6 +10,7 @@ from PIL import Image
 
 from glide_diffusion.checkpoints import build_model, save_model
 from glide_diffusion.cli.main import main
+from glide_diffusion.pipelines import text2im
 from glide_diffusion.pipelines.text2im import StageSettings, Text2ImPipeline
 from glide_diffusion.presets import get_preset
 
@@ -317,6 +318,46 @@ def test_clip_rerank_keeps_the_best_scored_images(checkpoints, monkeypatch, tmp_
     bad = [a if a != "1" else "4" for a in args]  # --rerank 4 with -n 3
     assert main([a if a != str(out) else str(tmp_path / "bad") for a in bad]) != 0
     assert "--rerank must be in 1..3" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_rerank_before_upsampling_gives_the_images_of_reranking_after(checkpoints, monkeypatch):
+    from pathlib import Path
+
+    from glide_diffusion.clip import build_clip
+
+    vocab = Path(__file__).parents[1] / ".." / "shared" / "reference" / "vocab"
+    if not (vocab / "bpe_simple_vocab_16e6.txt.gz").is_file():
+        pytest.skip("the CLIP vocab file is not in ../shared/reference/vocab")
+    monkeypatch.setenv("GLIDE_VOCAB_DIR", str(vocab))
+    torch.manual_seed(0)
+    pipe = Text2ImPipeline.from_pretrained(*checkpoints, download=False)
+    prompts = ["a red circle", "a blue square"]
+    run = dict(num_images=3, seed=11, base=FAST_BASE, upsample=FAST_UP)
+    with pytest.raises(ValueError, match="noised CLIP"):
+        pipe(prompts, rerank=1, **run)
+    pipe.clip = build_clip("tiny").eval()
+    for bad in (0, 4, True, 1.0):
+        with pytest.raises(ValueError, match="rerank must be"):
+            pipe(prompts, rerank=bad, **run)
+    upsampled = []
+    real_stage = text2im.sample_stage
+    monkeypatch.setattr(text2im, "sample_stage", lambda stage, rows, *a, **k: (
+        upsampled.extend(rows) if stage is pipe.upsampler else None, real_stage(stage, rows, *a, **k))[1])
+    after = pipe.rerank(pipe(prompts, **run), 2)
+    assert len(upsampled) == 6
+    upsampled.clear()
+    before = pipe(prompts, rerank=2, **run)
+    assert len(upsampled) == 4  # only the kept images are upsampled
+    assert before.seeds == after.seeds and before.prompts == after.prompts
+    assert before.settings["clip_rerank"] == after.settings["clip_rerank"]
+    for x, y in zip(_arrays(before.low_res), _arrays(after.low_res)):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(_arrays(before.images), _arrays(after.images)):  # upsampled 4 at a time, not 6
+        assert _nearly_equal(x, y)
+    upsampled.clear()
+    chunked = pipe(prompts, rerank=2, batch_size=3, **run)  # batches need not follow the prompts
+    assert len(upsampled) == 4 and chunked.seeds == after.seeds
+    assert all(_nearly_equal(x, y) for x, y in zip(_arrays(chunked.images), _arrays(after.images)))
 
 
 def test_cli_model_families(monkeypatch):

@@ -204,6 +204,19 @@ def test_per_sample_noise_batch_independent_and_reproducible() -> None:
     assert torch.equal(b, sample_ddpm(toy_model, s, n3b.initial((3, 4, 4)), noise_fn=n3b))
 
 
+def test_per_sample_noise_select_goes_on_from_the_rows_state() -> None:
+    whole, ref = PerSampleNoise([3, 4, 5]), PerSampleNoise([3, 4, 5])
+    x = whole.initial((2, 2))
+    assert torch.equal(x, ref.initial((2, 2)))
+    sub = whole.select([2, 0])  # rows 2 and 0, their generators shared
+    assert sub.seeds == [5, 3] and len(sub) == 2
+    later = ref(x)
+    assert torch.equal(sub(x[:2]), later[[2, 0]])
+    assert torch.equal(whole(x)[1], later[1])  # row 1 was not drawn from by the subset
+    with pytest.raises(ValueError, match="at least one row"):
+        whole.select([])
+
+
 def test_per_sample_noise_checks_and_dtype() -> None:
     assert seeds_for(5, 3) == [5, 6, 7]
     noise = PerSampleNoise([1, 2])

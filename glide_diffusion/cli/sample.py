@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CLIP guidance of the base stage (GLIDE's notebook: 3 with -g 1); default 0 = off")
     p.add_argument("--rerank", type=int, default=None, metavar="K",
                    help="CLIP reranking: keep the K of the -n images per prompt that the noised CLIP "
-                        "scores best (GLIDE §3.2), best first")
+                        "scores best (GLIDE §3.2), best first; chosen at the base resolution, so only "
+                        "they are upsampled")
     p.add_argument("--clip", default=None,
                    help="the noised CLIP for --clip-guidance-scale and --rerank: 'released', a bundled name "
                         "(shapes-clip) or a .safetensors path (default: shapes-clip with --models shapes, "
@@ -56,9 +57,7 @@ def main(argv: Sequence[str]) -> int:
             pipe.clip, pipe.clip_tokenizer, pipe.clip_name = _load_clip(args, device)
         result = pipe(args.prompts, num_images=args.num_images, seed=args.seed, base=base, upsample=up,
                       dtype=args.dtype, batch_size=args.batch_size, clip_guidance_scale=args.clip_guidance_scale,
-                      progress=not args.no_progress)
-        if args.rerank:
-            result = pipe.rerank(result, args.rerank)
+                      rerank=args.rerank, progress=not args.no_progress)  # reranked before the upsampler
         return write_outputs(result, args)
 
     return run_command("sample", body)

@@ -89,6 +89,7 @@ class Text2ImPipeline:
         dtype: str = "fp32",
         batch_size: int | None = None,
         clip_guidance_scale: float = 0.0,
+        rerank: int | None = None,
         progress: bool = False,
         callback: Callable[[str, int, torch.Tensor], None] | None = None,
     ) -> Text2ImResult:
@@ -96,6 +97,9 @@ class Text2ImPipeline:
 
         Image k (counting over prompts, then samples) uses seed ``seed + k``: its
         noise comes from its own generator, so it does not change with the batch.
+        ``rerank=k``: CLIP reranking (see :meth:`rerank`) of the base stage's images, before
+        the upsampler, which then runs only on the k kept per prompt: the same images as
+        ``self.rerank(self(...), k)``, at k / num_images of the upsampler's cost.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         validate_request(
@@ -111,21 +115,36 @@ class Text2ImPipeline:
             isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
         ):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if rerank is not None:
+            if self.clip is None:
+                raise ValueError("CLIP reranking needs a noised CLIP: pass clip= (glide_diffusion.clip.load_clip())")
+            if isinstance(rerank, bool) or not isinstance(rerank, int) or not 1 <= rerank <= num_images:
+                raise ValueError(f"rerank must be an integer in 1..{num_images} (the images per prompt), "
+                                 f"got {rerank!r}")
         rows = [p for p in prompts for _ in range(num_images)]
         seeds = seeds_for(seed, len(rows))
+        noise = PerSampleNoise(seeds, self.base.device)  # one generator per row, through both stages
         step = batch_size or len(rows)
-        lows, finals = [], []
+        run = dict(dtype=dtype, progress=progress, callback=callback)
+        lows = []
         for i in range(0, len(rows), step):
-            chunk, noise = rows[i : i + step], PerSampleNoise(seeds[i : i + step], self.base.device)
-            run = dict(dtype=dtype, progress=progress, callback=callback)
+            chunk = rows[i : i + step]
             cond_fn = self._clip_cond_fn(chunk, clip_guidance_scale) if clip_guidance_scale else None
-            low = sample_stage(self.base, chunk, noise, base, cond_fn=cond_fn, **run)
-            final = low
-            if self.upsampler is not None:  # trained on 8-bit low-res images
-                final = sample_stage(self.upsampler, chunk, noise, upsample, low_res=quantize(low), **run)
-            lows.append(low)
-            finals.append(final)
-        low, final = torch.cat(lows), torch.cat(finals)
+            lows.append(sample_stage(self.base, chunk, noise.select(range(i, i + len(chunk))), base,
+                                     cond_fn=cond_fn, **run))
+        low = torch.cat(lows)
+        kept, scores = list(range(len(rows))), None
+        if rerank is not None:  # scored as the images are saved: 8-bit
+            kept, scores = self._best(quantize(low), rows, num_images, rerank)
+            low = low[kept]
+        final = low
+        if self.upsampler is not None:  # trained on 8-bit low-res images
+            finals = []
+            for i in range(0, len(kept), step):
+                idx = kept[i : i + step]
+                finals.append(sample_stage(self.upsampler, [rows[j] for j in idx], noise.select(idx), upsample,
+                                           low_res=quantize(low[i : i + step]), **run))
+            final = torch.cat(finals)
         settings = {
             "base_model": self.base.name,
             "upsample_model": self.upsampler.name if self.upsampler else None,
@@ -138,7 +157,9 @@ class Text2ImPipeline:
             "clip_guidance_scale": clip_guidance_scale,
             "clip_model": self.clip_name if clip_guidance_scale else None,
         }
-        return Text2ImResult(to_pil(final), to_pil(low), rows, seeds, settings)
+        if rerank is not None:
+            settings["clip_rerank"] = {"keep": rerank, "scores": scores, "clip_model": self.clip_name}
+        return Text2ImResult(to_pil(final), to_pil(low), [rows[j] for j in kept], [seeds[j] for j in kept], settings)
 
     @torch.inference_mode()
     def rerank(self, result: Text2ImResult, keep: int) -> Text2ImResult:
@@ -148,8 +169,6 @@ class Text2ImPipeline:
         ``exp(logit_scale) * z_image . z_text`` of the base model's images at t = 0
         (the resolution the CLIP was trained at), recorded in ``settings["clip_rerank"]``.
         """
-        from ..guidance.clip import clip_scores
-
         if self.clip is None:
             raise ValueError("CLIP reranking needs a noised CLIP: pass clip= (glide_diffusion.clip.load_clip())")
         # One group per requested prompt (rows come as prompt-major runs of num_images, or of
@@ -165,18 +184,27 @@ class Text2ImPipeline:
             raise ValueError(f"a result of {len(result.prompts)} images is not whole runs of {per} per prompt")
         if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= per:
             raise ValueError(f"keep must be an integer in 1..{per} (the images per prompt), got {keep!r}")
-        chosen, scores = [], []
-        for idx in groups:
-            images = torch.cat([from_pil(result.low_res[i]) for i in idx])
-            prompt = result.prompts[idx[0]]
-            s = clip_scores(self.clip, images, prompt, tokenizer=self.clip_tokenizer).float().cpu()
-            order = torch.argsort(s, descending=True, stable=True)[:keep].tolist()
-            chosen += [idx[j] for j in order]
-            scores += [float(s[j]) for j in order]
+        images = torch.cat([from_pil(im) for im in result.low_res])
+        chosen, scores = self._best(images, result.prompts, per, keep)
         settings = dict(result.settings, clip_rerank={"keep": keep, "scores": scores, "clip_model": self.clip_name})
         pick = lambda xs: [xs[i] for i in chosen]  # noqa: E731
         return Text2ImResult(pick(result.images), pick(result.low_res), pick(result.prompts),
                              pick(result.seeds), settings)
+
+    def _best(self, images: torch.Tensor, prompts: Sequence[str], per: int, keep: int
+              ) -> tuple[list[int], list[float]]:
+        """Indices of the ``keep`` best-scored images of each run of ``per`` (one prompt), best
+        first, and their scores. ``images``: (N, 3, H, W) in [-1, 1]."""
+        from ..guidance.clip import clip_scores
+
+        chosen, scores = [], []
+        for start in range(0, len(prompts), per):
+            s = clip_scores(self.clip, images[start : start + per], prompts[start],
+                            tokenizer=self.clip_tokenizer).float().cpu()
+            order = torch.argsort(s, descending=True, stable=True)[:keep].tolist()
+            chosen += [start + j for j in order]
+            scores += [float(s[j]) for j in order]
+        return chosen, scores
 
     def _clip_cond_fn(self, rows: Sequence[str], scale: float):
         """GLIDE's CLIP guidance for these captions: the mean moves along the similarity gradient."""

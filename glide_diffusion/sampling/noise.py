@@ -79,3 +79,16 @@ class PerSampleNoise:
         if like.shape[0] != len(self.seeds):
             raise ValueError(f"batch size {like.shape[0]} does not match the {len(self.seeds)} seeds")
         return self._draw(like.shape[1:], like.device, like.dtype)
+
+    def select(self, rows: Sequence[int]) -> "PerSampleNoise":
+        """The noise of some rows: a PerSampleNoise over the same generators, which go on
+        from where they are (so a stage run on a subset draws what it would have drawn
+        in the whole batch)."""
+        rows = list(rows)
+        if not rows:
+            raise ValueError("select needs at least one row")
+        out = object.__new__(PerSampleNoise)
+        out.seeds = [self.seeds[i] for i in rows]
+        out.device = self.device
+        out.generators = [self.generators[i] for i in rows]
+        return out
