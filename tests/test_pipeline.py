@@ -226,15 +226,21 @@ def test_batch_size_does_not_change_images(pipe):
         pipe("x", base=FAST_BASE, upsample=FAST_UP, batch_size=0)
 
 
-def test_clip_guided_sampling(checkpoints, monkeypatch):
+@pytest.fixture
+def clip_vocab(monkeypatch):
+    """The CLIP BPE vocab from ../shared/reference/vocab (never committed), for the CLIP tests."""
     from pathlib import Path
-
-    from glide_diffusion.clip import build_clip
 
     vocab = Path(__file__).parents[1] / ".." / "shared" / "reference" / "vocab"
     if not (vocab / "bpe_simple_vocab_16e6.txt.gz").is_file():
         pytest.skip("the CLIP vocab file is not in ../shared/reference/vocab")
     monkeypatch.setenv("GLIDE_VOCAB_DIR", str(vocab))
+    return vocab
+
+
+def test_clip_guided_sampling(checkpoints, clip_vocab):
+    from glide_diffusion.clip import build_clip
+
     torch.manual_seed(0)
     clip = build_clip("tiny").eval()
     pipe = Text2ImPipeline.from_pretrained(checkpoints[0], None, download=False)
@@ -247,16 +253,10 @@ def test_clip_guided_sampling(checkpoints, monkeypatch):
     assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(guided.images[0]))
 
 
-def test_cli_clip_guidance(checkpoints, tmp_path, monkeypatch, capsys):
-    from pathlib import Path
-
+def test_cli_clip_guidance(checkpoints, clip_vocab, tmp_path, capsys):
     from glide_diffusion.clip import build_clip
     from glide_diffusion.clip.loading import save_clip
 
-    vocab = Path(__file__).parents[1] / ".." / "shared" / "reference" / "vocab"
-    if not (vocab / "bpe_simple_vocab_16e6.txt.gz").is_file():
-        pytest.skip("the CLIP vocab file is not in ../shared/reference/vocab")
-    monkeypatch.setenv("GLIDE_VOCAB_DIR", str(vocab))
     clip_path = save_clip(tmp_path / "clip.safetensors", build_clip("tiny"))
     out = tmp_path / "out"
     rc = main(["sample", "a red circle", "--base", checkpoints[0], "--upsampler", "none", "--base-steps", "3",
@@ -267,18 +267,12 @@ def test_cli_clip_guidance(checkpoints, tmp_path, monkeypatch, capsys):
     assert settings["clip_guidance_scale"] == 3.0 and settings["clip_model"] == str(clip_path)
 
 
-def test_clip_rerank_keeps_the_best_scored_images(checkpoints, monkeypatch, tmp_path, capsys):
-    from pathlib import Path
-
+def test_clip_rerank_keeps_the_best_scored_images(checkpoints, clip_vocab, tmp_path, capsys):
     from glide_diffusion.clip import build_clip
     from glide_diffusion.clip.loading import save_clip
     from glide_diffusion.guidance.clip import clip_scores
     from glide_diffusion.pipelines.stage import from_pil
 
-    vocab = Path(__file__).parents[1] / ".." / "shared" / "reference" / "vocab"
-    if not (vocab / "bpe_simple_vocab_16e6.txt.gz").is_file():
-        pytest.skip("the CLIP vocab file is not in ../shared/reference/vocab")
-    monkeypatch.setenv("GLIDE_VOCAB_DIR", str(vocab))
     torch.manual_seed(0)
     clip = build_clip("tiny").eval()
     pipe = Text2ImPipeline.from_pretrained(checkpoints[0], None, download=False)
@@ -320,15 +314,9 @@ def test_clip_rerank_keeps_the_best_scored_images(checkpoints, monkeypatch, tmp_
     assert "--rerank must be in 1..3" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
-def test_rerank_before_upsampling_gives_the_images_of_reranking_after(checkpoints, monkeypatch):
-    from pathlib import Path
-
+def test_rerank_before_upsampling_gives_the_images_of_reranking_after(checkpoints, clip_vocab, monkeypatch):
     from glide_diffusion.clip import build_clip
 
-    vocab = Path(__file__).parents[1] / ".." / "shared" / "reference" / "vocab"
-    if not (vocab / "bpe_simple_vocab_16e6.txt.gz").is_file():
-        pytest.skip("the CLIP vocab file is not in ../shared/reference/vocab")
-    monkeypatch.setenv("GLIDE_VOCAB_DIR", str(vocab))
     torch.manual_seed(0)
     pipe = Text2ImPipeline.from_pretrained(*checkpoints, download=False)
     prompts = ["a red circle", "a blue square"]
