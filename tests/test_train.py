@@ -22,7 +22,7 @@ from glide_diffusion.checkpoints import load_model
 from glide_diffusion.cli.main import main as glide_main
 from glide_diffusion.train import ConfigError, TrainingDivergedError, apply_overrides, load_config, train
 from glide_diffusion.train.batch import apply_cfg_dropout, ema_update, lr_factor, make_inputs, step_generator
-from glide_diffusion.train.config import OptimConfig, config_from_dict, parse_override
+from glide_diffusion.train.config import OptimConfig, config_from_dict, merge_overrides, parse_override
 from glide_diffusion.train.init import check_same_architecture
 from glide_diffusion.train.loop import Trainer, _Batches
 from glide_diffusion.train.metrics import read_metrics
@@ -66,6 +66,12 @@ def test_config_file_overrides_and_round_trip(tmp_path):
     assert apply_overrides(c, ["model=tiny-inpaint"]).task == "inpaint"
     assert apply_overrides(c, ["model=tiny-upsample"]).low_res_size == 16
     assert parse_override("a.b=plain words") == {"a": {"b": "plain words"}}
+    # Merged in order, a later one winning; a table merged into a preset name sets its fields.
+    merged = merge_overrides({"model": {"preset": "tiny", "unet": {"dropout": 0.1}}},
+                             ["model.unet.dropout=0.2", "model=tiny-upsample", "model.unet.dropout=0.3"])
+    assert merged == {"model": {"preset": "tiny-upsample", "unet": {"dropout": 0.3}}}
+    c2 = load_config(TINY, ["model=tiny-upsample", "model.unet.dropout=0.3"])
+    assert c2.low_res_size == 16 and c2.model.unet.dropout == 0.3
 
 
 @pytest.mark.parametrize("override, message", [

@@ -116,6 +116,8 @@ def test_shape_negatives_enter_only_the_image_rows():
 
 def test_shape_negatives_config():
     assert load_config(TINY, [*TINY_CLIP, "loss.clip_shape_negatives=4"]).loss.clip_shape_negatives == 4
+    # Overrides are merged before they are checked: one may depend on a later one.
+    assert load_config(TINY, ["loss.clip_shape_negatives=4", *TINY_CLIP]).loss.clip_shape_negatives == 4
     with pytest.raises(ConfigError, match="clip_shape_negatives must be in"):
         load_config(TINY, [*TINY_CLIP, "loss.clip_shape_negatives=5"])
     with pytest.raises(ConfigError, match="for noised CLIP training"):

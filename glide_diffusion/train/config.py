@@ -9,7 +9,9 @@ fields). Command-line overrides use the same dotted paths::
 
     --set optim.lr=1e-4 --set data.size=100 --set model.unet.dropout=0.1
 
-Every value is checked against the field's type; an unknown key names the valid
+Overrides are merged into the file's values first, then everything is checked once,
+so the order of ``--set`` items matters only where two set the same key. Every value
+is checked against the field's type; an unknown key names the valid
 ones. The resolved config is plain JSON (:meth:`TrainConfig.to_dict`), saved in
 the run folder and in every checkpoint, and :func:`config_from_dict` reads it back.
 """
@@ -48,6 +50,7 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "load_config",
+    "merge_overrides",
     "parse_override",
 ]
 
@@ -398,8 +401,34 @@ def parse_override(item: str) -> dict[str, Any]:
     return out
 
 
+def merge_overrides(values: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A config dict (a TOML file's) with ``--set`` items merged in, in order (a later one wins).
+
+    Merged before anything is checked, so an override may depend on another given after it
+    (``loss.clip_shape_negatives=4 clip.preset=shapes``). A table merged into a preset name
+    (``model=base`` then ``model.unet.dropout=0.1``) sets fields of that preset.
+    """
+
+    def merge(node: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(node)
+        for key, value in update.items():
+            current = out.get(key)
+            if isinstance(value, Mapping) and isinstance(current, Mapping):
+                value = merge(current, value)
+            elif isinstance(value, Mapping) and isinstance(current, str):
+                value = merge({"preset": current}, value)
+            out[key] = value
+        return out
+
+    merged = dict(values)
+    for item in overrides:
+        merged = merge(merged, parse_override(item))
+    return merged
+
+
 def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
-    """Apply ``--set`` items in order (a later one wins)."""
+    """Apply ``--set`` items to a built config in order (a later one wins); each must leave a
+    valid config (:func:`load_config` merges them first)."""
     for item in overrides:
         update = parse_override(item)
         # Overriding a model field keeps the current model (not the library defaults).
@@ -408,7 +437,8 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
 
 
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a TOML file (or start from the defaults for ``None``), then apply overrides."""
+    """Read a TOML file (or start from the defaults for ``None``), merge the overrides in
+    (:func:`merge_overrides`), then build and check the config."""
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -419,6 +449,6 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
     try:
-        return apply_overrides(config_from_dict(values), overrides)
+        return config_from_dict(merge_overrides(values, overrides))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
