@@ -174,12 +174,19 @@ def test_cli_guidance_interval_must_be_two_numbers(checkpoints, capsys):
 def test_cli_recipe_sets_what_the_stage_options_leave_unset():
     from glide_diffusion.cli.common import stage_settings
     from glide_diffusion.cli.sample import build_parser
-    from glide_diffusion.pipelines.text2im import FAST_BASE, FAST_UPSAMPLE, OFFICIAL_BASE, OFFICIAL_UPSAMPLE
+    from glide_diffusion.pipelines.text2im import (FAST_BASE, FAST_UPSAMPLE, OFFICIAL_BASE, OFFICIAL_UPSAMPLE,
+                                                   SHAPES_BASE)
 
     def settings(*argv):
         return stage_settings(build_parser().parse_args(["x", *argv]))
 
     assert settings() == (FAST_BASE, FAST_UPSAMPLE)  # the default: the measured fast path
+    # The bundled Shapes base has its own measured default; --recipe and the options still win.
+    assert settings("--base", "shapes-base") == (SHAPES_BASE, FAST_UPSAMPLE)
+    assert SHAPES_BASE.guidance_scale == 5.0 and SHAPES_BASE.guidance_interval is None
+    assert settings("--base", "shapes-base", "--recipe", "fast") == (FAST_BASE, FAST_UPSAMPLE)
+    assert settings("--base", "shapes-base", "-g", "3")[0] == dataclasses.replace(SHAPES_BASE, guidance_scale=3.0)
+    assert settings("--base", "my.safetensors") == (FAST_BASE, FAST_UPSAMPLE)
     assert settings("--recipe", "official") == (OFFICIAL_BASE, OFFICIAL_UPSAMPLE)
     base, up = settings("--recipe", "official", "--base-steps", "50", "--guidance-interval", "0.2,0.9", "-g", "5")
     assert (base.sampler, base.steps, base.guidance_scale, base.guidance_interval) == ("ddpm", "50", 5.0, (0.2, 0.9))

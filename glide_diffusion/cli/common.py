@@ -50,18 +50,22 @@ def resolve_models(args: argparse.Namespace) -> None:
 
 
 def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings | None = None, up: StageSettings | None = None,
-                      recipes: dict[str, tuple[StageSettings, StageSettings]] | None = None) -> None:
+                      recipes: dict[str, tuple[StageSettings, StageSettings]] | None = None,
+                      model_recipes: dict[str, str] | None = None) -> None:
     """The sampling options, defaulting to the ``base`` and ``up`` settings; or, with ``recipes``
     (name -> (base, upsampler) settings, the first the default), a ``--recipe`` option that
-    gives the settings the per-stage options leave unset."""
+    gives the settings the per-stage options leave unset; ``model_recipes`` (base model name ->
+    recipe name) picks the default recipe for the base models measured with their own."""
     p.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image k uses seed+k (default: 0)")
     if recipes:
         names = list(recipes)
         listing = "; ".join(f"{n}: {_describe(*recipes[n])}" for n in names)
-        p.add_argument("--recipe", choices=names, default=names[0],
-                       help=f"sampling settings the options below override ({listing}; default: {names[0]})")
-        p.set_defaults(recipes=recipes)
+        own = "".join(f"{r} for {m}, " for m, r in (model_recipes or {}).items())
+        p.add_argument("--recipe", choices=names, default=None,
+                       help=f"sampling settings the options below override ({listing}; default: {own}"
+                            f"else {names[0]})")
+        p.set_defaults(recipes=recipes, model_recipes=model_recipes or {})
 
     def value(settings: StageSettings | None, field: str) -> tuple:
         """(argparse default, as the help shows it): unset under a recipe."""
@@ -114,17 +118,19 @@ def _interval(text: str) -> tuple[float, float]:
 
 
 def _describe(base: StageSettings, up: StageSettings) -> str:
-    """One line for --help: 'base dpm++2m 12 guided for t in [0.3, 1] T, upsampler dpm++2m 3'."""
+    """One line for --help: 'base dpm++2m 12 at guidance 3 guided for t in [0.3, 1] T, upsampler dpm++2m 3'."""
     interval = base.guidance_interval
     guided = "" if interval is None else " guided for t in [{:g}, {:g}] T".format(*interval)
-    return f"base {base.sampler} {base.steps}{guided}, upsampler {up.sampler} {up.steps}"
+    return (f"base {base.sampler} {base.steps} at guidance {base.guidance_scale:g}{guided}, "
+            f"upsampler {up.sampler} {up.steps}")
 
 
 def stage_settings(args: argparse.Namespace) -> tuple[StageSettings, StageSettings]:
     """The (base, upsampler) settings of the parsed options; unset ones from ``--recipe``."""
     recipes = getattr(args, "recipes", None)
     if recipes:
-        base, up = recipes[args.recipe]
+        name = args.recipe or args.model_recipes.get(getattr(args, "base", None), next(iter(recipes)))
+        base, up = recipes[name]
         given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
         return (dataclasses.replace(base, **given(sampler=args.base_sampler, steps=args.base_steps,
                                                   guidance_scale=args.guidance_scale,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from ..pipelines.text2im import RECIPES
+from ..pipelines.text2im import MODEL_RECIPES, RECIPES
 from .common import (
     add_model_args, add_sampling_args, resolve_models, device_arg, run_command, stage_settings, upsampler_arg,
     write_outputs,
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p, "text2im")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images sampled at once (default: all); results do not depend on it")
-    add_sampling_args(p, recipes=RECIPES)
+    add_sampling_args(p, recipes=RECIPES, model_recipes=MODEL_RECIPES)
     p.add_argument("--clip-guidance-scale", type=float, default=0.0,
                    help="CLIP guidance of the base stage (GLIDE's notebook: 3 with -g 1); default 0 = off")
     p.add_argument("--rerank", type=int, default=None, metavar="K",
