@@ -26,18 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     from ..checkpoints import CheckpointError
-    from ..train.config import ConfigError, apply_overrides, load_config
+    from ..train.config import ConfigError, load_config
 
     try:
-        config = load_config(args.config, args.overrides)
-        extra = []
+        extra = []  # the shorthand flags: overrides after the --set ones
         if args.out_dir is not None:
             extra.append(f"out_dir={_quote(args.out_dir)}")
         if args.max_steps is not None:
             extra.append(f"max_steps={args.max_steps}")
         if args.no_progress:
             extra.append("log.progress=false")
-        config = apply_overrides(config, extra)
+        config = load_config(args.config, [*args.overrides, *extra])
         if args.print_config:
             print(config.to_json())
             return 0

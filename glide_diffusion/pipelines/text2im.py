@@ -139,17 +139,18 @@ class Text2ImPipeline:
             lows.append(sample_stage(self.base, chunk, noise.select(range(i, i + len(chunk))), base,
                                      cond_fn=cond_fn, **run))
         low = torch.cat(lows)
+        low8 = quantize(low)  # as the images are saved: what reranking scores and the upsampler was trained on
         kept, scores = list(range(len(rows))), None
-        if rerank is not None:  # scored as the images are saved: 8-bit
-            kept, scores = self._best(quantize(low), rows, num_images, rerank)
-            low = low[kept]
+        if rerank is not None:
+            kept, scores = self._best(low8, rows, num_images, rerank)
+            low, low8 = low[kept], low8[kept]
         final = low
-        if self.upsampler is not None:  # trained on 8-bit low-res images
+        if self.upsampler is not None:
             finals = []
             for i in range(0, len(kept), step):
                 idx = kept[i : i + step]
                 finals.append(sample_stage(self.upsampler, [rows[j] for j in idx], noise.select(idx), upsample,
-                                           low_res=quantize(low[i : i + step]), **run))
+                                           low_res=low8[i : i + step], **run))
             final = torch.cat(finals)
         settings = {
             "base_model": self.base.name,
