@@ -273,6 +273,34 @@ def test_text_encoder_is_causal_and_reads_the_end_token():
     assert (a - c).abs().max() > 1e-3
 
 
+def test_bag_of_words_sums_a_vector_per_real_token_into_the_end_feature(tmp_path):
+    import dataclasses
+
+    config = dataclasses.replace(CLIP_PRESETS["tiny"], bag_of_words=True)
+    torch.manual_seed(0)
+    clip = build_clip(config).eval()
+    plain = build_clip("tiny").eval()
+    plain.load_state_dict({k: v for k, v in clip.state_dict().items() if "bag_of_words" not in k})
+    tokens = torch.randint(1, 1000, (2, 16))
+    lens = torch.tensor([5, 9])
+    bow = clip.text_encoder.bag_of_words.weight
+    with torch.no_grad():
+        bow.normal_()  # large enough to see
+        # the pooled end feature plus the sum of the first len tokens' vectors, before the output
+        h = plain.text_encoder(tokens, lens, return_probe_features=True)
+        added = torch.stack([bow[tokens[i, : lens[i]]].sum(0) for i in range(2)])
+        expected = clip.text_encoder.blocks["output"](h + added)
+        torch.testing.assert_close(clip.text_encoder(tokens, lens), expected)
+        padded = tokens.clone()
+        padded[0, 5:] = 7  # tokens past len - 1 change nothing, with or without the bag
+        torch.testing.assert_close(clip.text_encoder(padded, lens)[0], clip.text_encoder(tokens, lens)[0])
+    loaded = load_clip(save_clip(tmp_path / "bow.safetensors", clip))
+    assert loaded.config.bag_of_words
+    _assert_same_weights(clip, loaded)
+    with pytest.raises(ValueError, match="bag_of_words"):
+        dataclasses.replace(CLIP_PRESETS["tiny"], bag_of_words=1)
+
+
 # --- guidance and re-ranking ------------------------------------------------------------------
 
 

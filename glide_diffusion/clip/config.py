@@ -40,6 +40,11 @@ class ClipConfig:
     # n_timesteps, as the released one). Training draws t uniformly below it; CLIP guidance is
     # off at t >= it, where the encoder has not learned to read the image.
     max_timestep: int = 0
+    # Not in config.yaml: add a learned vector per caption token (start and end included,
+    # padding not), summed, to the text tower's pooled end-token feature. As the Shapes base
+    # model's text.bag_of_words: the pooled feature of the causal tower alone hardly reads the
+    # shape word (configs/clip-shapes.toml).
+    bag_of_words: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_timesteps", "image_size", "patch_size", "n_vocab", "max_text_len", "n_embd",
@@ -57,6 +62,8 @@ class ClipConfig:
         if not isinstance(self.max_timestep, int) or not 0 <= self.max_timestep <= self.n_timesteps:
             raise ValueError(f"ClipConfig.max_timestep must be 0 (all) or in 1..{self.n_timesteps}, "
                              f"got {self.max_timestep!r}")
+        if not isinstance(self.bag_of_words, bool):
+            raise ValueError(f"ClipConfig.bag_of_words must be true or false, got {self.bag_of_words!r}")
         if not self.logit_scale > 0:
             raise ValueError(f"logit_scale must be positive, got {self.logit_scale!r}")
 

@@ -233,7 +233,9 @@ class ImageEncoder(nn.Module):
 class TextEncoder(nn.Module):
     """Causal text tower: tokens (B, L) int64, lens (B,) -> (B, n_embd), un-normalised.
 
-    ``lens`` counts the start and end tokens; the output reads position ``len - 1``.
+    ``lens`` counts the start and end tokens; the output reads position ``len - 1``. With
+    ``config.bag_of_words`` the sum of a learned vector per token (the first ``len``) is added
+    to that feature before the output projection.
     """
 
     def __init__(self, config: ClipConfig) -> None:
@@ -246,6 +248,9 @@ class TextEncoder(nn.Module):
         blocks.update(_blocks(c.n_xf_blocks_text, width, c.n_head_text, c.n_head_state_text, causal=True))
         blocks["output"] = FeatureExtractor(width, c.n_embd)
         self.blocks = nn.ModuleDict(blocks)
+        self.bag_of_words = nn.Embedding(c.n_vocab, width) if c.bag_of_words else None
+        if self.bag_of_words is not None:
+            nn.init.normal_(self.bag_of_words.weight, std=0.02)
 
     def forward(self, tokens: torch.Tensor, lens: torch.Tensor, *,
                 return_probe_features: bool = False) -> torch.Tensor:
@@ -258,6 +263,9 @@ class TextEncoder(nn.Module):
         for i in range(self.n_blocks):
             h = self.blocks[f"block_{i}"](h)
         last = h[torch.arange(h.shape[0], device=h.device), lens - 1]  # (B, n_state): the end token
+        if self.bag_of_words is not None:
+            real = torch.arange(tokens.shape[1], device=tokens.device)[None] < lens[:, None]  # (B, L)
+            last = last + (self.bag_of_words(tokens) * real[..., None].to(last.dtype)).sum(1)
         return self.blocks["output"](last, return_probe_features)
 
 
