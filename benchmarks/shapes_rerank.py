@@ -119,7 +119,7 @@ def self_errors(base: str, images: torch.Tensor, captions: list[str], k: int, n_
     return errors_c, errors_u, abar[ts]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", default="shapes-base")
     p.add_argument("--n", type=int, default=500, help="one-object captions")
@@ -136,7 +136,7 @@ def main() -> None:
                    help="also choose by the base model's own caption score at K timesteps (0: off)")
     p.add_argument("--cache", default=None, help="keep the candidates here and reuse them")
     p.add_argument("--json", default=None)
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     data = candidates(args)
     exact, captions, k = data["exact"], data["captions"], args.k
@@ -177,6 +177,7 @@ def main() -> None:
         print(line)
     if args.json:
         atomic_write_text(args.json, json.dumps({"args": vars(args), "results": results}, indent=1))
+    return results
 
 
 if __name__ == "__main__":

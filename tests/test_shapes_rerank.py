@@ -1,0 +1,42 @@
+"""benchmarks/shapes_rerank.py: best-of-N choosers on one set of candidates, cached."""
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def rerank(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module("shapes_rerank")
+
+
+def test_choosers_score_the_same_cached_candidates(rerank, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "candidates.pt"
+    argv = ["--n", "3", "--n-two", "1", "--n-held-out", "1", "--k", "2", "--steps", "3", "--cache", str(cache)]
+    first = rerank.main(argv + ["--clip", "shapes-clip", "--self-timesteps", "2", "--json", str(tmp_path / "r.json")])
+    assert cache.exists() and not list(tmp_path.glob("*.tmp"))
+    for name in ("first", "clip:shapes-clip", "self:uniform", "self:snr", "self:x0", "self:cond_error"):
+        picks = np.array(first[name]["picks"])
+        assert picks.shape == (5,) and ((picks >= 0) & (picks < 2)).all()
+        for group in ("single", "two", "held_out"):  # no chooser beats the best candidate
+            assert first["oracle"][group] >= first[name][group]
+    assert (np.array(first["first"]["picks"]) == 0).all()
+
+    # Reused: no sampling on the second call, the same candidates and the same CLIP choice.
+    import glide_diffusion.pipelines.text2im as text2im
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled again")
+
+    monkeypatch.setattr(text2im.Text2ImPipeline, "__call__", no_sampling)
+    again = rerank.main(argv + ["--clip", "shapes-clip"])
+    assert again["clip:shapes-clip"] == first["clip:shapes-clip"] and again["oracle"] == first["oracle"]
+    # Other sampling arguments do not reuse it.
+    with pytest.raises(AssertionError, match="sampled again"):
+        rerank.main(argv[:-2] + ["--k", "3", "--cache", str(cache)])
+    assert "holds other candidates" in capsys.readouterr().out
