@@ -32,11 +32,13 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from glide_diffusion.checkpoints import atomic_write_text, load_model
+from glide_diffusion.checkpoints import atomic_write, atomic_write_text, load_model
+from glide_diffusion.diffusion.gaussian import q_sample
 from glide_diffusion.eval.shapes_eval import HELD_OUT_PAIRS, evaluate
 from glide_diffusion.pipelines.stage import from_pil
 from glide_diffusion.pipelines.text2im import Stage, StageSettings, Text2ImPipeline
@@ -68,9 +70,7 @@ def candidates(args) -> dict:
            "exact": np.array([s["exact"] for s in report["scores"]]).reshape(len(caps), args.k),
            "scores": report["scores"], "seconds": seconds}
     if args.cache:
-        tmp = f"{args.cache}.tmp"
-        torch.save(out, tmp)
-        os.replace(tmp, args.cache)
+        atomic_write(Path(args.cache), lambda tmp: torch.save(out, tmp))
     return out
 
 
@@ -93,27 +93,27 @@ def self_errors(base: str, images: torch.Tensor, captions: list[str], k: int, n_
                 batch: int = 400) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The eps-prediction errors of every candidate with its caption and with the empty caption
     at n_t evenly spaced timesteps -> (errors_c, errors_u) each (C*N, n_t), and abar at them."""
-    from glide_diffusion.diffusion.schedule import make_schedule
-
     model, config = load_model(base)
     stage = Stage(model, config, base)
-    d = config.diffusion
-    abar = torch.tensor(make_schedule(d.noise_schedule, d.steps, str(d.steps)).alphas_cumprod, dtype=torch.float32)
-    ts = torch.linspace(0, d.steps - 1, n_t + 2)[1:-1].round().long()
+    steps = config.diffusion.steps
+    schedule = stage.schedule(str(steps))
+    abar = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32)
+    ts = torch.linspace(0, steps - 1, n_t + 2)[1:-1].round().long()
     rows = [c for c in captions for _ in range(k)]
     errors_c, errors_u = torch.zeros(len(rows), n_t), torch.zeros(len(rows), n_t)
     empty = stage.encode([""])
-    shape = images.shape[1:]
+    shape, channels = images.shape[1:], images.shape[1]
     for i in range(0, len(rows), batch):
         x0 = images[i:i + batch].float()
         n = x0.shape[0]
         text = TextCondition.cat([stage.encode(rows[i:i + batch]), empty.repeat(n)])
-        caption_index = torch.arange(i, i + n) // k  # the same noise for a caption's candidates
+        # the same noise for a caption's candidates: drawn once per caption, repeated for each
+        caption_index, counts = torch.unique_consecutive(torch.arange(i, i + n) // k, return_counts=True)
         for j, t in enumerate(ts):
             eps = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(c) * 1000 + j))
-                               for c in caption_index])
-            x_t = abar[t].sqrt() * x0 + (1 - abar[t]).sqrt() * eps
-            out = stage.model(torch.cat([x_t, x_t]), torch.full((2 * n,), int(t)), text=text).float()[:, :3]
+                               for c in caption_index]).repeat_interleave(counts, dim=0)
+            x_t = q_sample(schedule, x0, int(t), eps)
+            out = stage.model(torch.cat([x_t, x_t]), torch.full((2 * n,), int(t)), text=text).float()[:, :channels]
             errors_c[i:i + n, j] = ((out[:n] - eps) ** 2).mean((1, 2, 3))
             errors_u[i:i + n, j] = ((out[n:] - eps) ** 2).mean((1, 2, 3))
     return errors_c, errors_u, abar[ts]
