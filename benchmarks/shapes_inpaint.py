@@ -14,6 +14,9 @@ Two methods, the same cases and seeds (GLIDE §4.3's comparison):
 - replace:   the plain text-to-image base and upsampler, known pixels only projected
   into the predicted x0 at every step (no fine-tuning).
 
+With ``--candidates N`` each case paints N images at the base resolution and keeps the one
+the ``--rerank-clip`` noised CLIP scores best against the caption (best of N).
+
     python benchmarks/shapes_inpaint.py                                # bundled Shapes models, 200 cases
     python benchmarks/shapes_inpaint.py --n 50 --base-steps 25 --base-sampler dpm++2m
     python benchmarks/shapes_inpaint.py --inpaint runs/inpaint-shapes/checkpoints/step_00001500/ema.safetensors \\
@@ -62,7 +65,7 @@ def cases(n: int, seed: int, resolution: int) -> list[tuple[Image.Image, np.ndar
 
 
 def run(pipe: InpaintPipeline, items, args) -> dict:
-    base = StageSettings(args.base_sampler, args.base_steps, args.guidance_scale)
+    base = StageSettings(args.base_sampler, args.base_steps, args.guidance_scale, candidates=args.candidates)
     up = StageSettings(args.up_sampler, args.up_steps, 1.0, INPAINT_UPSAMPLE_DEFAULTS.temperature)
     images, kept = [], 0
     start = time.perf_counter()
@@ -96,18 +99,25 @@ def main() -> None:
     p.add_argument("--base-steps", default=OFFICIAL_BASE.steps)
     p.add_argument("--up-sampler", default=INPAINT_UPSAMPLE_DEFAULTS.sampler)
     p.add_argument("--up-steps", default=INPAINT_UPSAMPLE_DEFAULTS.steps)
+    p.add_argument("--candidates", type=int, default=1, help="best of N by --rerank-clip (1: off)")
+    p.add_argument("--rerank-clip", default="shapes-clip-rerank", help="noised CLIP for --candidates")
     p.add_argument("--json", help="also write the reports here")
     args = p.parse_args()
 
     none = lambda s: None if s.lower() == "none" else s  # noqa: E731
     pipes = {"finetuned": (args.inpaint, none(args.upsample_inpaint)), "replace": (args.base, none(args.upsampler))}
     reports = {}
-    print(f"{args.n} cases; base {args.base_sampler} {args.base_steps} (guidance {args.guidance_scale}), "
+    best = f", best of {args.candidates} by {args.rerank_clip}" if args.candidates > 1 else ""
+    print(f"{args.n} cases; base {args.base_sampler} {args.base_steps} (guidance {args.guidance_scale}{best}), "
           f"upsampler {args.up_sampler} {args.up_steps}")
     print(f"{'method':<10} {'exact':>6} {'shape':>6} {'colour':>6} {'size':>6} {'position':>8} {'bg':>6} "
           f"{'unmasked identical':>18} {'s':>6}")
     for method in args.methods:
         pipe = InpaintPipeline.from_pretrained(*pipes[method], download=False)
+        if args.candidates > 1:
+            from glide_diffusion.clip.loading import load_clip
+
+            pipe.rerank_clip, pipe.rerank_clip_name = load_clip(args.rerank_clip), args.rerank_clip
         size = pipe.output_size
         r = run(pipe, cases(args.n, args.seed, size), args)
         reports[method] = r

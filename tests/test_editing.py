@@ -62,6 +62,38 @@ def test_inpainting_is_deterministic(stages):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_best_of_candidates_keeps_the_images_the_clip_scores_best(stages):
+    import dataclasses
+
+    from glide_diffusion.clip import build_clip
+    from glide_diffusion.clip.config import get_clip_preset
+    from glide_diffusion.guidance.clip import clip_scores
+    from glide_diffusion.pipelines.stage import from_pil
+
+    pipe = InpaintPipeline(stages["tiny-inpaint"], stages["tiny-upsample-inpaint"])
+    image = _picture(64)
+    fill = mask_from_rects([(16, 16, 48, 48)], image.size)
+    best3 = dataclasses.replace(BASE, candidates=3)
+    with pytest.raises(ValueError, match="candidates=3 keeps the best"):
+        pipe(image, fill, "a red circle", base=best3, upsample=UP)
+    torch.manual_seed(0)
+    words = dataclasses.replace(get_clip_preset("tiny"), tokenizer="shapes", n_vocab=296)  # no vocab file
+    pipe.rerank_clip, pipe.rerank_clip_name = build_clip(words).eval(), "tiny"
+    best = pipe(image, fill, "a red circle", num_images=2, seed=4, base=best3, upsample=UP)
+    everything = pipe(image, fill, "a red circle", num_images=6, seed=4, base=BASE, upsample=UP)
+    # The CLIP scored the base stage's images as saved: the input pasted back on the known pixels.
+    shown = torch.cat([from_pil(im) for im in everything.low_res])
+    known = torch.from_numpy(~mask_from_rects([(4, 4, 12, 12)], (16, 16)))
+    shown = torch.where(known, from_pil(image.resize((16, 16), Image.BICUBIC)), shown)
+    top = torch.argsort(clip_scores(pipe.rerank_clip, shown, "a red circle"), descending=True, stable=True)[:2]
+    assert best.seeds == [everything.seeds[j] for j in top.tolist()]
+    assert best.settings["clip_rerank"]["of"] == 6 and best.settings["clip_rerank"]["clip_model"] == "tiny"
+    for b, j in zip(best.images, top.tolist()):  # the kept ones upsampled with their own noise
+        a, e = np.asarray(b).astype(int), np.asarray(everything.images[j]).astype(int)
+        assert (np.abs(a - e) > 2).mean() < 0.01
+        np.testing.assert_array_equal(np.asarray(b)[~fill], np.asarray(image)[~fill])
+
+
 def test_mask_inputs_and_bad_masks():
     white = Image.new("L", (8, 8), 0)
     white.paste(255, (0, 0, 4, 8))
@@ -157,6 +189,23 @@ def test_cli_inpaint_and_edit(checkpoints, tmp_path, capsys):
     keep[:8, :8] = False
     np.testing.assert_array_equal(np.asarray(out.convert("RGB"))[keep], np.asarray(Image.open(image))[keep])
     assert out.text["prompt"] == "a red circle"
+    # Best of 2 by a noised CLIP (here a random one with the file-free Shapes word tokenizer).
+    import dataclasses
+    import json
+
+    from glide_diffusion.clip import build_clip
+    from glide_diffusion.clip.config import get_clip_preset
+    from glide_diffusion.clip.loading import save_clip
+
+    clip = save_clip(tmp_path / "clip.safetensors", build_clip(
+        dataclasses.replace(get_clip_preset("tiny"), tokenizer="shapes", n_vocab=296)))
+    rc = main(["inpaint", str(image), "a red circle", "--rect", "0,0,8,8", "--candidates", "2", "--clip", str(clip),
+               "--base", checkpoints["tiny-inpaint"], "--upsampler", "none", "--no-progress",
+               "-o", str(tmp_path / "best")])
+    assert rc == 0, capsys.readouterr().err
+    (png,) = (tmp_path / "best").glob("*.png")
+    settings = json.loads(Image.open(png).text["settings"])
+    assert settings["base"]["candidates"] == 2 and settings["clip_rerank"]["clip_model"] == str(clip)
     rc = main(["edit", str(image), "a blue square", "--strength", "0.5", "--base", checkpoints["tiny"],
                "--upsampler", checkpoints["tiny-upsample"], *common])
     assert rc == 0, capsys.readouterr().err
@@ -168,6 +217,7 @@ def test_cli_inpaint_and_edit(checkpoints, tmp_path, capsys):
     (["inpaint", "IMAGE", "x", "--mask", "SMALL"], "the mask is 8x8 but the image is 64x64"),
     (["inpaint", "IMAGE", "x", "--mask", "BLACK"], "no pixels to fill"),
     (["inpaint", "NOFILE", "x", "--rect", "0,0,4,4"], "cannot read image"),
+    (["inpaint", "IMAGE", "x", "--rect", "0,0,4,4", "--candidates", "0"], "candidates must be an integer in 1..64"),
     (["edit", "IMAGE", "x", "--strength", "1.5"], "strength"),
     (["edit", "IMAGE", "x", "--strength", "0"], "strength"),
 ])

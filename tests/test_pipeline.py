@@ -81,6 +81,9 @@ def _nearly_equal(a, b):
         ({"dtype": "fp64"}, "dtype must be"),
         ({"base": StageSettings("ddpm", "4", 3.0, guidance_interval=(0.8, 0.2))}, "guidance interval"),
         ({"base": StageSettings("ddpm", "4", 3.0, guidance_interval=(0.0, 1.5))}, "guidance interval"),
+        ({"base": StageSettings("ddpm", "4", 3.0, candidates=0)}, "candidates must be"),
+        ({"base": StageSettings("ddpm", "4", 3.0, candidates=2)}, "candidates=2 keeps the best"),  # no CLIP
+        ({"upsample": StageSettings("ddim", "3", candidates=2)}, "base stage only"),
     ],
 )
 def test_bad_requests_fail_before_work(pipe, kwargs, match):
@@ -196,6 +199,8 @@ def test_cli_recipe_sets_what_the_stage_options_leave_unset():
     assert up.guidance_scale == FAST_UPSAMPLE.guidance_scale
     _, up = settings("--up-guidance-scale", "2")
     assert up == dataclasses.replace(FAST_UPSAMPLE, guidance_scale=2.0)
+    assert settings("--base", "shapes-base", "--candidates", "1")[0] == dataclasses.replace(SHAPES_BASE, candidates=1)
+    assert settings("--candidates", "3")[0] == dataclasses.replace(FAST_BASE, candidates=3)
 
 
 def test_cli_edit_and_inpaint_default_to_the_official_recipe():
@@ -355,6 +360,69 @@ def test_rerank_before_upsampling_gives_the_images_of_reranking_after(checkpoint
     assert all(_nearly_equal(x, y) for x, y in zip(_arrays(chunked.images), _arrays(after.images)))
 
 
+def test_best_of_candidates_is_reranking_of_all_of_them(checkpoints, clip_vocab, tmp_path, capsys):
+    from glide_diffusion.clip import build_clip
+    from glide_diffusion.clip.loading import save_clip
+    from glide_diffusion.guidance.clip import clip_scores
+    from glide_diffusion.pipelines.stage import from_pil
+
+    torch.manual_seed(0)
+    guide, judge = build_clip("tiny").eval(), build_clip("tiny").eval()
+    pipe = Text2ImPipeline.from_pretrained(*checkpoints, download=False)
+    pipe.clip, pipe.rerank_clip, pipe.rerank_clip_name = guide, judge, "judge"
+    prompts = ["a red circle", "a blue square"]
+    best3 = dataclasses.replace(FAST_BASE, candidates=3)
+    best = pipe(prompts, num_images=2, seed=3, base=best3, upsample=FAST_UP)
+    assert best.prompts == ["a red circle"] * 2 + ["a blue square"] * 2 and len(best.images) == 4
+    everything = pipe(prompts, num_images=6, seed=3, base=FAST_BASE, upsample=FAST_UP)
+    for p, first in (("a red circle", 0), ("a blue square", 6)):  # the reranking CLIP chose, not the guiding one
+        scores = clip_scores(judge, torch.cat([from_pil(im) for im in everything.low_res[first:first + 6]]), p)
+        top = torch.argsort(scores, descending=True, stable=True)[:2].tolist()
+        assert [s for s, q in zip(best.seeds, best.prompts) if q == p] == [everything.seeds[first + j] for j in top]
+    assert best.settings["clip_rerank"]["of"] == 6 and best.settings["clip_rerank"]["clip_model"] == "judge"
+    assert best.settings["base"]["candidates"] == 3
+    assert pipe(prompts, num_images=2, seed=3, base=best3, rerank=1).seeds == best.seeds[::2]  # best 1 of 6
+    clip_path = save_clip(tmp_path / "judge.safetensors", judge)
+    loaded = Text2ImPipeline.from_pretrained(*checkpoints, download=False, rerank_clip=str(clip_path))
+    assert loaded.rerank_clip_name == str(clip_path)
+    assert loaded(prompts, num_images=2, seed=3, base=best3, upsample=FAST_UP).seeds == best.seeds
+    # Inpainting and editing sample one image per request: best-of-N is refused, not ignored.
+    with pytest.raises(ValueError, match="candidates .* is for text-to-image"):
+        text2im.validate_request(["x"], 1, 0, best3, FAST_UP, "fp32", torch.device("cpu"))
+
+    out = tmp_path / "out"
+    args = ["sample", "a red circle", "--base", checkpoints[0], "--upsampler", "none", "--base-steps", "3",
+            "--candidates", "2", "--clip", str(clip_path), "-o", str(out), "--no-progress"]
+    assert main(args) == 0, capsys.readouterr().err
+    (png,) = out.glob("*.png")
+    settings = json.loads(Image.open(png).text["settings"])
+    assert settings["base"]["candidates"] == 2 and settings["clip_rerank"]["of"] == 2
+    bad = [a if a != str(out) else str(tmp_path / "bad") for a in args]
+    assert main([a if a != "2" else "0" for a in bad]) != 0
+    assert "candidates must be an integer in 1..64" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_cli_picks_the_reranking_clip_of_the_base_model(monkeypatch):
+    from glide_diffusion import bundled
+    from glide_diffusion.cli import sample as sample_cli
+    from glide_diffusion.cli.common import resolve_models
+
+    def choices(argv, reranks=True, ships=bundled.NAMES):
+        monkeypatch.setattr(bundled, "available", lambda: list(ships))
+        args = sample_cli.build_parser().parse_args(["x", *argv])
+        resolve_models(args)
+        return sample_cli._clip_choices(args, reranks)
+
+    assert choices(["--models", "shapes"]) == (None, "shapes-clip-rerank")
+    assert choices(["--models", "shapes", "--clip-guidance-scale", "3"]) == ("shapes-clip", "shapes-clip-rerank")
+    assert choices(["--models", "shapes", "--clip-guidance-scale", "3"], reranks=False) == ("shapes-clip", None)
+    assert choices(["--models", "shapes", "--clip", "c.safetensors"]) == (None, "c.safetensors")
+    no_judge = [n for n in bundled.NAMES if n != "shapes-clip-rerank"]
+    assert choices(["--models", "shapes"], ships=no_judge) == (None, "shapes-clip")
+    assert choices(["--models", "glide", "--clip-guidance-scale", "3"]) == ("released", "released")
+    assert choices(["--models", "glide"], reranks=False) == (None, None)
+
+
 def test_cli_model_families(monkeypatch):
     from glide_diffusion.cli import edit as edit_cli
     from glide_diffusion.cli import sample as sample_cli
@@ -419,4 +487,5 @@ def test_shapes_family_guides_with_the_bundled_shapes_clip(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     (png,) = out.glob("*.png")
     settings = json.loads(Image.open(png).text["settings"])
-    assert settings["clip_model"] == "shapes-clip" and settings["clip_rerank"]["clip_model"] == "shapes-clip"
+    judge = "shapes-clip-rerank" if "shapes-clip-rerank" in bundled.available() else "shapes-clip"
+    assert settings["clip_model"] == "shapes-clip" and settings["clip_rerank"]["clip_model"] == judge

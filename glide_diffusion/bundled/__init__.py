@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).parent
-NAMES = ("shapes-base", "shapes-upsample", "shapes-inpaint", "shapes-upsample-inpaint", "shapes-clip")
+NAMES = ("shapes-base", "shapes-upsample", "shapes-inpaint", "shapes-upsample-inpaint", "shapes-clip",
+         "shapes-clip-rerank")
 
 
 def bundled_path(name: str) -> Path:

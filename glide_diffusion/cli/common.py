@@ -121,7 +121,8 @@ def _describe(base: StageSettings, up: StageSettings) -> str:
     """One line for --help: 'base dpm++2m 12 at guidance 3 guided for t in [0.3, 1] T, upsampler dpm++2m 3'."""
     interval = base.guidance_interval
     guided = "" if interval is None else " guided for t in [{:g}, {:g}] T".format(*interval)
-    return (f"base {base.sampler} {base.steps} at guidance {base.guidance_scale:g}{guided}, "
+    best = f", best of {base.candidates} by CLIP" if base.candidates > 1 else ""
+    return (f"base {base.sampler} {base.steps} at guidance {base.guidance_scale:g}{guided}{best}, "
             f"upsampler {up.sampler} {up.steps}")
 
 
@@ -134,13 +135,20 @@ def stage_settings(args: argparse.Namespace) -> tuple[StageSettings, StageSettin
         given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
         return (dataclasses.replace(base, **given(sampler=args.base_sampler, steps=args.base_steps,
                                                   guidance_scale=args.guidance_scale,
-                                                  guidance_interval=args.guidance_interval)),
+                                                  guidance_interval=args.guidance_interval,
+                                                  candidates=getattr(args, "candidates", None))),
                 dataclasses.replace(up, **given(sampler=args.up_sampler, steps=args.up_steps,
                                                 guidance_scale=args.up_guidance_scale,
                                                 temperature=args.up_temperature)))
     return (StageSettings(args.base_sampler, args.base_steps, args.guidance_scale, 1.0,
-                          guidance_interval=args.guidance_interval),
+                          guidance_interval=args.guidance_interval, candidates=_given(args, "candidates", 1)),
             StageSettings(args.up_sampler, args.up_steps, args.up_guidance_scale, args.up_temperature))
+
+
+def _given(args: argparse.Namespace, name: str, default):
+    """An option's value where the command has the option and it was given, else ``default``."""
+    value = getattr(args, name, None)
+    return default if value is None else value
 
 
 def upsampler_arg(args: argparse.Namespace) -> str | None:

@@ -48,6 +48,12 @@ def inpaint_parser() -> argparse.ArgumentParser:
                    help="outpainting: grow the canvas by these margins (pixels) and fill them")
     add_model_args(p, "inpaint")
     add_sampling_args(p, OFFICIAL_BASE, INPAINT_UPSAMPLE_DEFAULTS)
+    p.add_argument("--candidates", type=int, default=None, metavar="C",
+                   help="best of C: paint C images for each one asked for and keep the one the noised CLIP "
+                        "scores best against the prompt (default: 1, off)")
+    p.add_argument("--clip", default=None,
+                   help="the noised CLIP for --candidates: 'released', a bundled name or a .safetensors path "
+                        "(default: shapes-clip-rerank with --models shapes, else released)")
     return p
 
 
@@ -101,6 +107,11 @@ def inpaint_main(argv: Sequence[str]) -> int:
             raise ValueError("say what to repaint: --mask, --rect, --extend, or a transparent image")
         pipe = InpaintPipeline.from_pretrained(args.base, upsampler_arg(args), device=device,
                                                cache_dir=args.cache_dir, download=not args.no_download)
+        if base.candidates > 1:
+            from .sample import _load_clip
+
+            choice = args.clip or ("shapes-clip-rerank" if args.models == "shapes" else "released")
+            pipe.rerank_clip, pipe.rerank_clip_tokenizer, pipe.rerank_clip_name = _load_clip(args, choice, device)
         result = pipe(image, fill, args.prompt, num_images=args.num_images, seed=args.seed, base=base,
                       upsample=up, dtype=args.dtype, progress=not args.no_progress)
         return write_outputs(result, args, suffix="-inpaint")

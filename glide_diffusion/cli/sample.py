@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from ..pipelines.text2im import MODEL_RECIPES, RECIPES
+from .. import bundled
+from ..pipelines.text2im import MODEL_RECIPES, RECIPES, RERANK_CLIPS
 from .common import (
     add_model_args, add_sampling_args, resolve_models, device_arg, run_command, stage_settings, upsampler_arg,
     write_outputs,
@@ -21,14 +22,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(p, recipes=RECIPES, model_recipes=MODEL_RECIPES)
     p.add_argument("--clip-guidance-scale", type=float, default=0.0,
                    help="CLIP guidance of the base stage (GLIDE's notebook: 3 with -g 1); default 0 = off")
+    p.add_argument("--candidates", type=int, default=None, metavar="C",
+                   help="best of C: sample C images for each one asked for and keep the one the reranking "
+                        "CLIP scores best; 1 = off (default: from --recipe)")
     p.add_argument("--rerank", type=int, default=None, metavar="K",
                    help="CLIP reranking: keep the K of the -n images per prompt that the noised CLIP "
                         "scores best (GLIDE §3.2), best first; chosen at the base resolution, so only "
                         "they are upsampled")
     p.add_argument("--clip", default=None,
-                   help="the noised CLIP for --clip-guidance-scale and --rerank: 'released', a bundled name "
-                        "(shapes-clip) or a .safetensors path (default: shapes-clip with --models shapes, "
-                        "else released)")
+                   help="the noised CLIP for --clip-guidance-scale, --rerank and --candidates: 'released', a "
+                        "bundled name (shapes-clip, shapes-clip-rerank) or a .safetensors path (default: for "
+                        "guidance shapes-clip with --models shapes, else released; for reranking the base "
+                        "model's own where one is bundled (shapes-clip-rerank for shapes-base), else the same)")
     return p
 
 
@@ -45,7 +50,7 @@ def main(argv: Sequence[str]) -> int:
         if args.batch_size is not None and args.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
         validate_request(args.prompts, args.num_images, args.seed, base, up, args.dtype, device,
-                         upsample_steps=1000 if upsampler else None)
+                         upsample_steps=1000 if upsampler else None, reranks=True)
         if args.clip_guidance_scale < 0:
             raise ValueError(f"--clip-guidance-scale must be >= 0, got {args.clip_guidance_scale}")
         if args.rerank is not None and not 1 <= args.rerank <= args.num_images:
@@ -53,8 +58,11 @@ def main(argv: Sequence[str]) -> int:
         pipe = Text2ImPipeline.from_pretrained(
             args.base, upsampler, device=device, cache_dir=args.cache_dir, download=not args.no_download
         )
-        if args.clip_guidance_scale or args.rerank:
-            pipe.clip, pipe.clip_tokenizer, pipe.clip_name = _load_clip(args, device)
+        guide_clip, rerank_clip = _clip_choices(args, reranks=args.rerank is not None or base.candidates > 1)
+        if guide_clip:
+            pipe.clip, pipe.clip_tokenizer, pipe.clip_name = _load_clip(args, guide_clip, device)
+        if rerank_clip and rerank_clip != guide_clip:
+            pipe.rerank_clip, pipe.rerank_clip_tokenizer, pipe.rerank_clip_name = _load_clip(args, rerank_clip, device)
         result = pipe(args.prompts, num_images=args.num_images, seed=args.seed, base=base, upsample=up,
                       dtype=args.dtype, batch_size=args.batch_size, clip_guidance_scale=args.clip_guidance_scale,
                       rerank=args.rerank, progress=not args.no_progress)  # reranked before the upsampler
@@ -63,15 +71,22 @@ def main(argv: Sequence[str]) -> int:
     return run_command("sample", body)
 
 
-def _load_clip(args, device):
-    """The released noised CLIP (fetched into the cache when missing) or one of ours, and its tokenizer."""
+def _clip_choices(args, reranks: bool) -> tuple[str | None, str | None]:
+    """The noised CLIPs to load: (for guidance, for reranking), None where not used."""
+    guide = args.clip or ("shapes-clip" if args.models == "shapes" else "released")
+    own = RERANK_CLIPS.get(args.base)
+    rerank = args.clip or (own if own in bundled.available() else guide)
+    return (guide if args.clip_guidance_scale else None), (rerank if reranks else None)
+
+
+def _load_clip(args, choice: str, device):
+    """The released noised CLIP (fetched into the cache when missing) or one of ours, its tokenizer and name."""
     from ..clip.loading import load_clip
     from ..clip.tokenizer import clip_tokenizer_for
     from ..hub.cache import released_path
     from ..hub.download import download_released
 
     names = ["clip-image-enc", "clip-text-enc", "clip-bpe"]
-    choice = args.clip or ("shapes-clip" if args.models == "shapes" else "released")
     if choice == "released":
         missing = [n for n in names if not released_path(n, args.cache_dir).exists()]
         if missing and not args.no_download:

@@ -119,12 +119,15 @@ def replace_known(source: torch.Tensor, known: torch.Tensor) -> Callable[[torch.
 class InpaintPipeline:
     """``pipeline(image, fill_mask, prompt) -> InpaintResult``."""
 
-    def __init__(self, base: Stage, upsampler: Stage | None = None):
+    def __init__(self, base: Stage, upsampler: Stage | None = None, rerank_clip=None, rerank_clip_tokenizer=None):
+        """``rerank_clip``: a noised CLIP (and its tokenizer) for ``base.candidates`` > 1."""
         if base.config.kind not in ("inpaint", "base"):
             raise ValueError(f"the base stage needs an inpainting (or text-to-image) model, got {base.config.kind}")
         if upsampler is not None and upsampler.config.kind not in ("upsample-inpaint", "upsample"):
             raise ValueError(f"the upsampling stage needs an upsampler, got a {upsampler.config.kind} model")
         self.base, self.upsampler = base, upsampler
+        self.rerank_clip, self.rerank_clip_tokenizer = rerank_clip, rerank_clip_tokenizer
+        self.rerank_clip_name: str | None = None  # recorded in the settings
 
     @classmethod
     def from_pretrained(cls, base: str = "base-inpaint", upsampler: str | None = "upsample-inpaint", *,
@@ -153,7 +156,9 @@ class InpaintPipeline:
 
         The image must be square; it is resized to the models' resolutions, and
         the output has the final stage's resolution (its unmasked pixels are the
-        resized input's).
+        resized input's). ``base.candidates=c`` > 1: ``c * num_images`` images are painted at
+        the base resolution (image k with seed ``seed + k``), composited, and the
+        ``num_images`` the reranking CLIP scores best against ``prompt`` go on, best first.
         """
         image, _ = split_alpha(image)
         if image.size[0] != image.size[1]:
@@ -165,14 +170,24 @@ class InpaintPipeline:
         check_fill(fill)
         validate_request([prompt], num_images, seed, base, upsample, dtype, self.base.device,
                          self.base.config.diffusion.steps,
-                         self.upsampler.config.diffusion.steps if self.upsampler else None)
-        rows, seeds = [prompt] * num_images, seeds_for(seed, num_images)
+                         self.upsampler.config.diffusion.steps if self.upsampler else None, reranks=True)
+        if base.candidates > 1 and self.rerank_clip is None:
+            raise ValueError(f"base.candidates={base.candidates} keeps the best of each {base.candidates} by a "
+                             "noised CLIP: pass rerank_clip= (glide_diffusion.clip.load_clip(); for the Shapes "
+                             "models 'shapes-clip-rerank')")
+        per = num_images * base.candidates
+        rows, seeds = [prompt] * per, seeds_for(seed, per)
         noise, run = PerSampleNoise(seeds, self.base.device), dict(dtype=dtype, progress=progress)
 
         low = self._stage(self.base, image, fill, rows, noise, base, run)
+        kept, scores = list(range(per)), None
+        if base.candidates > 1:
+            kept, scores = self._best(image, fill, low, prompt, num_images)
+            low, rows = low[kept], rows[:num_images]
         final = low
         if self.upsampler is not None:
-            final = self._stage(self.upsampler, image, fill, rows, noise, upsample, run, low_res=quantize(low))
+            final = self._stage(self.upsampler, image, fill, rows, noise.select(kept), upsample, run,
+                                low_res=quantize(low))
         size = self.output_size
         source = to_uint8(resized(image, size))[0]
         keep = known_at(fill, size)[0, 0].bool().numpy()[..., None]
@@ -180,7 +195,22 @@ class InpaintPipeline:
         settings = {"base_model": self.base.name, "upsample_model": self.upsampler.name if self.upsampler else None,
                     "base": asdict(base), "upsample": asdict(upsample) if self.upsampler else None,
                     "dtype": dtype, "seed": seed, "num_images": num_images, "task": "inpaint"}
-        return InpaintResult(composited, [Image.fromarray(a) for a in to_uint8(low)], rows, seeds, settings)
+        if scores is not None:
+            settings["clip_rerank"] = {"keep": num_images, "of": per, "scores": scores,
+                                       "clip_model": self.rerank_clip_name}
+        return InpaintResult(composited, [Image.fromarray(a) for a in to_uint8(low)], rows,
+                             [seeds[j] for j in kept], settings)
+
+    def _best(self, image, fill, low: torch.Tensor, prompt: str, keep: int) -> tuple[list[int], list[float]]:
+        """The ``keep`` base-stage images the reranking CLIP scores best (best first), composited
+        onto the input and quantized as they are saved, and their scores."""
+        from ..guidance.clip import clip_scores
+
+        known = known_at(fill, low.shape[-1]).to(low.device)
+        shown = quantize(low * (1 - known) + resized(image, low.shape[-1]).to(low.device) * known)
+        s = clip_scores(self.rerank_clip, shown, prompt, tokenizer=self.rerank_clip_tokenizer).float().cpu()
+        order = torch.argsort(s, descending=True, stable=True)[:keep].tolist()
+        return order, [float(s[j]) for j in order]
 
     @staticmethod
     def _stage(stage: Stage, image, fill, rows, noise, settings, run, **cond) -> torch.Tensor:

@@ -41,6 +41,9 @@ class StageSettings:
     # Guide only the steps with t in [lo*T, hi*T] (fractions of the T diffusion steps;
     # Kynkäänniemi et al. 2024); the others run the conditional model alone. None: every step.
     guidance_interval: tuple[float, float] | None = None
+    # Text-to-image base stage only: sample this many images for each one asked for and keep the
+    # one a noised CLIP scores best (GLIDE §3.2's CLIP reranking as best-of-N); 1 = off.
+    candidates: int = 1
 
     def guidance_bounds(self, diffusion_steps: int) -> tuple[float, float] | None:
         """The guidance interval in original timesteps of a ``diffusion_steps`` process, or None."""
@@ -62,6 +65,8 @@ class StageSettings:
             raise ValueError(f"{stage}: temperature must be in (0, 10], got {self.temperature}")
         if not 0 <= self.eta <= 1:
             raise ValueError(f"{stage}: eta must be in [0, 1], got {self.eta}")
+        if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or not 1 <= self.candidates <= 64:
+            raise ValueError(f"{stage}: candidates must be an integer in 1..64, got {self.candidates!r}")
         if self.guidance_interval is not None:
             lo, hi = self.guidance_interval
             if not 0 <= lo <= hi <= 1:

@@ -20,8 +20,8 @@ from ..sampling.noise import PerSampleNoise, seeds_for
 from .stage import Stage, StageSettings, load_stages, from_pil, quantize, sample_stage, to_pil
 
 __all__ = ["BASE_DEFAULTS", "UPSAMPLE_DEFAULTS", "FAST_BASE", "FAST_UPSAMPLE", "OFFICIAL_BASE", "OFFICIAL_UPSAMPLE",
-           "MODEL_RECIPES", "RECIPES", "SHAPES_BASE", "Stage", "StageSettings", "Text2ImPipeline", "Text2ImResult",
-           "validate_request"]
+           "MODEL_RECIPES", "RECIPES", "RERANK_CLIPS", "SHAPES_BASE", "Stage", "StageSettings", "Text2ImPipeline",
+           "Text2ImResult", "validate_request"]
 
 MAX_SEED = 2**63 - 1
 
@@ -43,6 +43,8 @@ RECIPES = {"fast": (FAST_BASE, FAST_UPSAMPLE), "official": (OFFICIAL_BASE, OFFIC
            "shapes": (SHAPES_BASE, FAST_UPSAMPLE)}
 # The recipe ``glide sample`` uses for a base model unless --recipe says otherwise.
 MODEL_RECIPES = {"shapes-base": "shapes"}
+# The noised CLIP ``glide sample`` reranks a base model's images with unless --clip says otherwise.
+RERANK_CLIPS = {"shapes-base": "shapes-clip-rerank"}
 # Text-to-image defaults: the fast path. Editing and inpainting keep the official recipe
 # (pipelines/edit.py, pipelines/inpaint.py): fewer steps were not measured there.
 BASE_DEFAULTS, UPSAMPLE_DEFAULTS = RECIPES["fast"]
@@ -60,15 +62,21 @@ class Text2ImResult:
 class Text2ImPipeline:
     """``pipeline(prompts) -> Text2ImResult``: GLIDE's text-to-image sampling."""
 
-    def __init__(self, base: Stage, upsampler: Stage | None = None, clip=None, clip_tokenizer=None):
+    def __init__(self, base: Stage, upsampler: Stage | None = None, clip=None, clip_tokenizer=None,
+                 rerank_clip=None, rerank_clip_tokenizer=None):
         """``clip``: an optional noised CLIP (``glide_diffusion.clip``) for CLIP guidance of the base
-        stage, with its tokenizer (default: found in ``$GLIDE_VOCAB_DIR`` or the cache)."""
+        stage and CLIP reranking, with its tokenizer (default: the one its config names, the CLIP
+        BPE found in ``$GLIDE_VOCAB_DIR`` or the cache). ``rerank_clip``: another noised CLIP
+        (and tokenizer) for reranking only, e.g. one trained on nearly clean images
+        (``shapes-clip-rerank``) beside one trained for guidance (``shapes-clip``)."""
         if base.config.kind != "base":
             raise ValueError(f"the base stage needs a text-to-image model, got a {base.config.kind} model")
         if upsampler is not None and upsampler.config.kind != "upsample":
             raise ValueError(f"the upsampling stage needs an upsampler, got a {upsampler.config.kind} model")
         self.base, self.upsampler, self.clip, self.clip_tokenizer = base, upsampler, clip, clip_tokenizer
+        self.rerank_clip, self.rerank_clip_tokenizer = rerank_clip, rerank_clip_tokenizer
         self.clip_name: str | None = None  # recorded in the settings when the CLIP is used
+        self.rerank_clip_name: str | None = None
 
     @classmethod
     def from_pretrained(
@@ -79,9 +87,18 @@ class Text2ImPipeline:
         device: str | torch.device = "cpu",
         cache_dir: str | None = None,
         download: bool = True,
+        rerank_clip: str | None = None,
     ) -> "Text2ImPipeline":
-        """Load released names (``"base"``, ``"upsample"``) or checkpoint paths."""
-        return cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download))
+        """Load released names (``"base"``, ``"upsample"``), bundled names (``"shapes-base"``) or
+        checkpoint paths; ``rerank_clip``: a bundled noised CLIP's name or a path, for settings
+        with ``candidates`` > 1 (the ``shapes`` recipe: ``rerank_clip="shapes-clip-rerank"``)."""
+        pipe = cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download))
+        if rerank_clip is not None:
+            from ..clip.loading import load_clip
+
+            pipe.rerank_clip = load_clip(rerank_clip, device=device)
+            pipe.rerank_clip_name = rerank_clip
+        return pipe
 
     @torch.inference_mode()
     def __call__(
@@ -106,12 +123,16 @@ class Text2ImPipeline:
         ``rerank=k``: CLIP reranking (see :meth:`rerank`) of the base stage's images, before
         the upsampler, which then runs only on the k kept per prompt: the same images as
         ``self.rerank(self(...), k)``, at k / num_images of the upsampler's cost.
+        ``base.candidates=c`` > 1 (best of c): ``c * num_images`` images are sampled for each
+        prompt (image k, counting over them, uses seed ``seed + k``) and the ``num_images`` (or
+        ``rerank``) the reranking CLIP (``rerank_clip``, else ``clip``) scores best are kept.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         validate_request(
             prompts, num_images, seed, base, upsample, dtype, self.base.device,
             self.base.config.diffusion.steps,
             self.upsampler.config.diffusion.steps if self.upsampler else None,
+            reranks=True,
         )
         if clip_guidance_scale and self.clip is None:
             raise ValueError("CLIP guidance needs a noised CLIP: pass clip= (glide_diffusion.clip.load_clip())")
@@ -122,12 +143,18 @@ class Text2ImPipeline:
         ):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if rerank is not None:
-            if self.clip is None:
-                raise ValueError("CLIP reranking needs a noised CLIP: pass clip= (glide_diffusion.clip.load_clip())")
             if isinstance(rerank, bool) or not isinstance(rerank, int) or not 1 <= rerank <= num_images:
                 raise ValueError(f"rerank must be an integer in 1..{num_images} (the images per prompt), "
                                  f"got {rerank!r}")
-        rows = [p for p in prompts for _ in range(num_images)]
+        if base.candidates > 1 and rerank is None:
+            rerank = num_images
+        if rerank is not None and self._reranker()[0] is None:
+            why = f"base.candidates={base.candidates} keeps the best of each {base.candidates} by" \
+                if base.candidates > 1 else "CLIP reranking needs"
+            raise ValueError(f"{why} a noised CLIP: pass rerank_clip= or clip= "
+                             "(glide_diffusion.clip.load_clip(); for the Shapes models 'shapes-clip-rerank')")
+        per = num_images * base.candidates  # images sampled for each prompt
+        rows = [p for p in prompts for _ in range(per)]
         seeds = seeds_for(seed, len(rows))
         noise = PerSampleNoise(seeds, self.base.device)  # one generator per row, through both stages
         step = batch_size or len(rows)
@@ -142,7 +169,7 @@ class Text2ImPipeline:
         low8 = quantize(low)  # as the images are saved: what reranking scores and the upsampler was trained on
         kept, scores = list(range(len(rows))), None
         if rerank is not None:
-            kept, scores = self._best(low8, rows, num_images, rerank)
+            kept, scores = self._best(low8, rows, per, rerank)
             low, low8 = low[kept], low8[kept]
         final = low
         if self.upsampler is not None:
@@ -165,7 +192,8 @@ class Text2ImPipeline:
             "clip_model": self.clip_name if clip_guidance_scale else None,
         }
         if rerank is not None:
-            settings["clip_rerank"] = {"keep": rerank, "scores": scores, "clip_model": self.clip_name}
+            settings["clip_rerank"] = {"keep": rerank, "of": per, "scores": scores,
+                                       "clip_model": self._reranker()[2]}
         return Text2ImResult(to_pil(final), to_pil(low), [rows[j] for j in kept], [seeds[j] for j in kept], settings)
 
     @torch.inference_mode()
@@ -176,8 +204,9 @@ class Text2ImPipeline:
         ``exp(logit_scale) * z_image . z_text`` of the base model's images at t = 0
         (the resolution the CLIP was trained at), recorded in ``settings["clip_rerank"]``.
         """
-        if self.clip is None:
-            raise ValueError("CLIP reranking needs a noised CLIP: pass clip= (glide_diffusion.clip.load_clip())")
+        if self._reranker()[0] is None:
+            raise ValueError("CLIP reranking needs a noised CLIP: pass rerank_clip= or clip= "
+                             "(glide_diffusion.clip.load_clip())")
         # One group per requested prompt (rows come as prompt-major runs of num_images, or of
         # the kept count once reranked), so a prompt given twice is reranked twice, not pooled.
         settings = result.settings
@@ -193,7 +222,8 @@ class Text2ImPipeline:
             raise ValueError(f"keep must be an integer in 1..{per} (the images per prompt), got {keep!r}")
         images = torch.cat([from_pil(im) for im in result.low_res])
         chosen, scores = self._best(images, result.prompts, per, keep)
-        settings = dict(result.settings, clip_rerank={"keep": keep, "scores": scores, "clip_model": self.clip_name})
+        settings = dict(result.settings, clip_rerank={"keep": keep, "of": per, "scores": scores,
+                                                      "clip_model": self._reranker()[2]})
         pick = lambda xs: [xs[i] for i in chosen]  # noqa: E731
         return Text2ImResult(pick(result.images), pick(result.low_res), pick(result.prompts),
                              pick(result.seeds), settings)
@@ -204,14 +234,20 @@ class Text2ImPipeline:
         first, and their scores. ``images``: (N, 3, H, W) in [-1, 1]."""
         from ..guidance.clip import clip_scores
 
+        clip, tokenizer, _ = self._reranker()
         chosen, scores = [], []
         for start in range(0, len(prompts), per):
-            s = clip_scores(self.clip, images[start : start + per], prompts[start],
-                            tokenizer=self.clip_tokenizer).float().cpu()
+            s = clip_scores(clip, images[start : start + per], prompts[start], tokenizer=tokenizer).float().cpu()
             order = torch.argsort(s, descending=True, stable=True)[:keep].tolist()
             chosen += [start + j for j in order]
             scores += [float(s[j]) for j in order]
         return chosen, scores
+
+    def _reranker(self):
+        """(CLIP, tokenizer, name) that reranks: ``rerank_clip`` where set, else ``clip``."""
+        if self.rerank_clip is not None:
+            return self.rerank_clip, self.rerank_clip_tokenizer, self.rerank_clip_name
+        return self.clip, self.clip_tokenizer, self.clip_name
 
     def _clip_cond_fn(self, rows: Sequence[str], scale: float):
         """GLIDE's CLIP guidance for these captions: the mean moves along the similarity gradient."""
@@ -230,18 +266,26 @@ def validate_request(
     device: torch.device,
     base_steps: int = 1000,
     upsample_steps: int | None = 1000,
+    *,
+    reranks: bool = False,
 ) -> None:
-    """Raise a clear error for a request that cannot run, before any work is done."""
+    """Raise a clear error for a request that cannot run, before any work is done. ``reranks``:
+    the pipeline keeps the best of ``base.candidates`` (text-to-image); elsewhere it must be 1."""
     if not prompts:
         raise ValueError("give at least one prompt")
     if not all(isinstance(p, str) for p in prompts):
         raise TypeError("prompts must be strings")
     if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= 1024:
         raise ValueError(f"num_images must be an integer in [1, 1024], got {num_images!r}")
-    batch = len(prompts) * num_images
+    base.validate("base", base_steps)
+    if base.candidates != 1 and not reranks:
+        raise ValueError(f"base: candidates (best of N by a noised CLIP) is for text-to-image sampling; "
+                         f"got {base.candidates}, expected 1")
+    if upsample.candidates != 1:
+        raise ValueError(f"upsample: candidates applies to the base stage only; got {upsample.candidates}")
+    batch = len(prompts) * num_images * base.candidates
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - batch:
         raise ValueError(f"seed must be an integer in [0, 2**63 - 1 - number of images], got {seed!r}")
     check_dtype(dtype, device)
-    base.validate("base", base_steps)
     if upsample_steps is not None:
         upsample.validate("upsample", upsample_steps)
