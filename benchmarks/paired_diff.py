@@ -13,8 +13,9 @@ where they disagree (McNemar), and is smaller than that of two independent sampl
 Runs with the same --seed but different caption counts share their first one-object
 captions and seeds (image k has seed + k, one-object captions come first, and the first
 m of n test captions are the m test captions); those are compared, and the header says so.
-A run with --rerank N draws N images per caption (seeds seed + N*i + j), so against a run
-with another N the captions are paired but the noise is not; the header says that too.
+A run with --rerank N (shapes_inpaint.py: --candidates N) draws N images per caption (seeds
+seed + N*i + j), so against a run with another N the captions are paired but the noise is
+not; the header says that too.
 """
 
 from __future__ import annotations
@@ -70,10 +71,10 @@ def shared_captions(args_a: dict, args_b: dict, len_a: int, len_b: int) -> tuple
 
 def noise_note(args_a: dict, args_b: dict) -> str | None:
     """A warning when the two runs drew different starting noise for the same caption (--rerank)."""
-    n_a, n_b = args_a.get("rerank") or 1, args_b.get("rerank") or 1
+    n_a, n_b = (args.get("rerank") or args.get("candidates") or 1 for args in (args_a, args_b))
     if n_a == n_b:
         return None
-    return (f"A draws {n_a} and B {n_b} image(s) per caption (--rerank), so their seeds differ: "
+    return (f"A draws {n_a} and B {n_b} image(s) per caption (--rerank, --candidates), so their seeds differ: "
             "paired by caption, not by noise")
 
 

@@ -70,7 +70,8 @@ def run(pipe: InpaintPipeline, items, args) -> dict:
     images, kept = [], 0
     start = time.perf_counter()
     for k, (canvas, fill, caption, _) in enumerate(items):
-        result = pipe(canvas, fill, caption, seed=args.seed + k, base=base, upsample=up)
+        # Case k draws its candidates from seeds seed + k*N .. seed + k*N + N-1: no two cases share one.
+        result = pipe(canvas, fill, caption, seed=args.seed + k * args.candidates, base=base, upsample=up)
         out = result.images[0]
         size = out.size[0]
         source = np.asarray(canvas.resize((size, size), Image.BICUBIC) if canvas.size[0] != size else canvas)
