@@ -186,7 +186,7 @@ def test_cli_recipe_sets_what_the_stage_options_leave_unset():
     assert settings() == (FAST_BASE, FAST_UPSAMPLE)  # the default: the measured fast path
     # The bundled Shapes base has its own measured default; --recipe and the options still win.
     assert settings("--base", "shapes-base") == (SHAPES_BASE, FAST_UPSAMPLE)
-    assert SHAPES_BASE.guidance_scale == 5.0 and SHAPES_BASE.guidance_interval is None
+    assert SHAPES_BASE.guidance_scale == 5.0 and SHAPES_BASE.guidance_interval is None and SHAPES_BASE.candidates == 4
     assert settings("--base", "shapes-base", "--recipe", "fast") == (FAST_BASE, FAST_UPSAMPLE)
     assert settings("--base", "shapes-base", "-g", "3")[0] == dataclasses.replace(SHAPES_BASE, guidance_scale=3.0)
     assert settings("--base", "my.safetensors") == (FAST_BASE, FAST_UPSAMPLE)
@@ -467,6 +467,8 @@ def test_bundled_shapes_models_sample_by_default(tmp_path):
     settings = json.loads(im.text["settings"])
     assert im.size == (128, 128) and settings["base_model"] == "shapes-base"
     assert settings["upsample_model"] == "shapes-upsample"
+    if "shapes-clip-rerank" in bundled.available():  # the shapes recipe: best of 4 by the reranking CLIP
+        assert settings["clip_rerank"]["of"] == 4 and settings["clip_rerank"]["clip_model"] == "shapes-clip-rerank"
     # The evaluator reads what the bundled models draw reliably (model cards: background
     # 100%, colour ~80% of test captions); this seed's image is right on both.
     from glide_diffusion.eval.shapes_eval import score
