@@ -119,6 +119,17 @@ def self_errors(base: str, images: torch.Tensor, captions: list[str], k: int, n_
     return errors_c, errors_u, abar[ts]
 
 
+def attribute_gains(scores: list[dict], k: int, picks: np.ndarray, single: np.ndarray) -> dict:
+    """Paired gain of the chosen candidate over the first on each attribute the evaluator scores,
+    over the one-object captions (mean and standard error, in fractions)."""
+    out = {}
+    for name in ("shape", "colour", "size", "count"):
+        right = np.array([[bool(scores[i * k + j].get(name)) for j in range(k)] for i in range(len(picks))])
+        d = (right[np.arange(len(picks)), picks].astype(float) - right[:, 0])[single]
+        out[name] = {"diff": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d)))}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", default="shapes-base")
@@ -174,6 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
             r["paired_vs_first"] = {"diff": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d)))}
             se = r["paired_vs_first"]["se"]
             line += f"   (one-object {100 * d.mean():+.1f} points on the first, SE {100 * se:.1f})"
+            r["attributes_vs_first"] = attribute_gains(data["scores"], k, np.array(r["picks"]), groups["single"])
+            line += "\n" + " " * 32 + "   ".join(f"{a} {100 * g['diff']:+.1f} (SE {100 * g['se']:.1f})"
+                                                for a, g in r["attributes_vs_first"].items())
         print(line)
     if args.json:
         atomic_write_text(args.json, json.dumps({"args": vars(args), "results": results}, indent=1))

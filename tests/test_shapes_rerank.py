@@ -27,6 +27,12 @@ def test_choosers_score_the_same_cached_candidates(rerank, tmp_path, monkeypatch
             assert first["oracle"][group] >= first[name][group]
     assert (np.array(first["first"]["picks"]) == 0).all()
 
+    # Attribute gains over the first candidate, paired, from the evaluator's per-candidate scores.
+    scores = [{"shape": j == 1, "colour": True, "size": j == 0, "count": True} for _ in range(3) for j in range(2)]
+    gains = rerank.attribute_gains(scores, 2, np.array([1, 1, 0]), np.array([True, True, False]))
+    assert gains["shape"]["diff"] == 1.0 and gains["size"]["diff"] == -1.0 and gains["colour"]["diff"] == 0.0
+    assert set(first["clip:shapes-clip"]["attributes_vs_first"]) == {"shape", "colour", "size", "count"}
+
     # Reused: no sampling on the second call, the same candidates and the same CLIP choice.
     import glide_diffusion.pipelines.text2im as text2im
 
