@@ -259,3 +259,8 @@ def test_cli_inpaint_uses_the_bundled_shapes_models_by_default(tmp_path, capsys)
                                   np.asarray(Image.open(image).convert("RGB"))[keep])
     settings = out.text["settings"]
     assert "shapes-inpaint" in settings and "shapes-upsample-inpaint" in settings
+    if "shapes-clip-rerank" in bundled.available():  # best of 4 by the bundled reranking CLIP
+        import json
+
+        rerank = json.loads(settings)["clip_rerank"]
+        assert rerank["of"] == 4 and rerank["clip_model"] == "shapes-clip-rerank"
