@@ -151,6 +151,25 @@ def _given(args: argparse.Namespace, name: str, default):
     return default if value is None else value
 
 
+def load_clip_option(args: argparse.Namespace, choice: str, device):
+    """The released noised CLIP (fetched into the cache when missing) or one of ours, its tokenizer and name."""
+    from ..clip.loading import load_clip
+    from ..clip.tokenizer import clip_tokenizer_for
+    from ..hub.cache import released_path
+    from ..hub.download import download_released
+
+    names = ["clip-image-enc", "clip-text-enc", "clip-bpe"]
+    if choice == "released":
+        missing = [n for n in names if not released_path(n, args.cache_dir).exists()]
+        if missing and not args.no_download:
+            download_released(missing, args.cache_dir)
+        clip = load_clip(cache_dir=args.cache_dir, device=device)
+    else:
+        clip = load_clip(choice, device=device)
+    bpe = released_path("clip-bpe", args.cache_dir)
+    return clip, clip_tokenizer_for(clip.config, bpe.parent if bpe.exists() else None), choice
+
+
 def upsampler_arg(args: argparse.Namespace) -> str | None:
     return None if args.upsampler.lower() == "none" else args.upsampler
 

@@ -9,14 +9,14 @@ from typing import Sequence
 from .. import bundled
 from ..pipelines.inpaint import INPAINT_UPSAMPLE_DEFAULTS
 from ..pipelines.text2im import OFFICIAL_BASE, OFFICIAL_UPSAMPLE
+from .common import (
+    add_model_args, add_sampling_args, resolve_models, device_arg, load_clip_option, run_command, stage_settings,
+    upsampler_arg, write_outputs,
+)
 
 # Inpainting models painted best of N by default, by their bundled reranking CLIP (README "Status":
 # 83.5% exact against 73.0% for one image on 200 Shapes cases).
 INPAINT_CANDIDATES = {"shapes-inpaint": (4, "shapes-clip-rerank")}
-from .common import (
-    add_model_args, add_sampling_args, resolve_models, device_arg, run_command, stage_settings, upsampler_arg,
-    write_outputs,
-)
 
 
 def _rect(text: str) -> tuple[int, int, int, int]:
@@ -117,10 +117,9 @@ def inpaint_main(argv: Sequence[str]) -> int:
         pipe = InpaintPipeline.from_pretrained(args.base, upsampler_arg(args), device=device,
                                                cache_dir=args.cache_dir, download=not args.no_download)
         if base.candidates > 1:
-            from .sample import _load_clip
-
             choice = args.clip or ("shapes-clip-rerank" if args.models == "shapes" else "released")
-            pipe.rerank_clip, pipe.rerank_clip_tokenizer, pipe.rerank_clip_name = _load_clip(args, choice, device)
+            pipe.rerank_clip, pipe.rerank_clip_tokenizer, pipe.rerank_clip_name = load_clip_option(
+                args, choice, device)
         result = pipe(image, fill, args.prompt, num_images=args.num_images, seed=args.seed, base=base,
                       upsample=up, dtype=args.dtype, progress=not args.no_progress)
         return write_outputs(result, args, suffix="-inpaint")

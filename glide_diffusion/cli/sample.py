@@ -8,8 +8,8 @@ from typing import Sequence
 from .. import bundled
 from ..pipelines.text2im import MODEL_RECIPES, RECIPES, RERANK_CLIPS
 from .common import (
-    add_model_args, add_sampling_args, resolve_models, device_arg, run_command, stage_settings, upsampler_arg,
-    write_outputs,
+    add_model_args, add_sampling_args, resolve_models, device_arg, load_clip_option, run_command, stage_settings,
+    upsampler_arg, write_outputs,
 )
 
 
@@ -60,9 +60,10 @@ def main(argv: Sequence[str]) -> int:
         )
         guide_clip, rerank_clip = _clip_choices(args, reranks=args.rerank is not None or base.candidates > 1)
         if guide_clip:
-            pipe.clip, pipe.clip_tokenizer, pipe.clip_name = _load_clip(args, guide_clip, device)
+            pipe.clip, pipe.clip_tokenizer, pipe.clip_name = load_clip_option(args, guide_clip, device)
         if rerank_clip and rerank_clip != guide_clip:
-            pipe.rerank_clip, pipe.rerank_clip_tokenizer, pipe.rerank_clip_name = _load_clip(args, rerank_clip, device)
+            pipe.rerank_clip, pipe.rerank_clip_tokenizer, pipe.rerank_clip_name = load_clip_option(
+                args, rerank_clip, device)
         result = pipe(args.prompts, num_images=args.num_images, seed=args.seed, base=base, upsample=up,
                       dtype=args.dtype, batch_size=args.batch_size, clip_guidance_scale=args.clip_guidance_scale,
                       rerank=args.rerank, progress=not args.no_progress)  # reranked before the upsampler
@@ -77,22 +78,3 @@ def _clip_choices(args, reranks: bool) -> tuple[str | None, str | None]:
     own = RERANK_CLIPS.get(args.base)
     rerank = args.clip or (own if own in bundled.available() else guide)
     return (guide if args.clip_guidance_scale else None), (rerank if reranks else None)
-
-
-def _load_clip(args, choice: str, device):
-    """The released noised CLIP (fetched into the cache when missing) or one of ours, its tokenizer and name."""
-    from ..clip.loading import load_clip
-    from ..clip.tokenizer import clip_tokenizer_for
-    from ..hub.cache import released_path
-    from ..hub.download import download_released
-
-    names = ["clip-image-enc", "clip-text-enc", "clip-bpe"]
-    if choice == "released":
-        missing = [n for n in names if not released_path(n, args.cache_dir).exists()]
-        if missing and not args.no_download:
-            download_released(missing, args.cache_dir)
-        clip = load_clip(cache_dir=args.cache_dir, device=device)
-    else:
-        clip = load_clip(choice, device=device)
-    bpe = released_path("clip-bpe", args.cache_dir)
-    return clip, clip_tokenizer_for(clip.config, bpe.parent if bpe.exists() else None), choice

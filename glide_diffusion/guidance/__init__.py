@@ -2,13 +2,14 @@
 gradient guidance (``cond_fn`` builders, incl. noised-CLIP guidance), and CLIP re-ranking."""
 
 from .cfg import classifier_free_guidance
-from .clip import clip_cond_fn, clip_rerank, clip_scores
+from .clip import clip_best, clip_cond_fn, clip_rerank, clip_scores
 from .gradient import LogProbFn, combine_cond_fns, scaled_cond_fn
 
 __all__ = [
     "LogProbFn",
     "classifier_free_guidance",
     "clip_cond_fn",
+    "clip_best",
     "clip_rerank",
     "clip_scores",
     "combine_cond_fns",

@@ -19,7 +19,7 @@ from ..clip.tokenizer import ClipTokenizer, clip_tokenize_batch, clip_tokenizer_
 from ..sampling.samplers import CondFn
 from .gradient import scaled_cond_fn
 
-__all__ = ["Prompts", "clip_text_embeddings", "clip_cond_fn", "clip_scores", "clip_rerank"]
+__all__ = ["Prompts", "clip_text_embeddings", "clip_cond_fn", "clip_scores", "clip_best", "clip_rerank"]
 
 Prompts = Union[str, Sequence[str], tuple[torch.Tensor, torch.Tensor]]
 """A prompt, a list of prompts, or already padded CLIP ``(tokens (B, L), lens (B,))``."""
@@ -112,13 +112,22 @@ def clip_scores(
     return torch.cat(scores)
 
 
+def clip_best(
+    clip: NoisedClip, images: torch.Tensor, prompt: Prompts, k: int, *,
+    tokenizer: ClipTokenizer | None = None, batch_size: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (k,) int64 of the k images best matching ``prompt`` by :func:`clip_scores`, best first
+    (ties keep the earlier image first), and their scores (k,) float32, on the CPU."""
+    if not 1 <= k <= images.shape[0]:
+        raise ValueError(f"k must be in 1..{images.shape[0]}, got {k}")
+    scores = clip_scores(clip, images, prompt, tokenizer=tokenizer, batch_size=batch_size).float().cpu()
+    order = torch.argsort(scores, descending=True, stable=True)[:k]
+    return order, scores[order]
+
+
 def clip_rerank(
     clip: NoisedClip, images: torch.Tensor, prompt: Prompts, k: int, *,
     tokenizer: ClipTokenizer | None = None, batch_size: int = 32,
 ) -> torch.Tensor:
-    """Indices (k,) int64 of the k images best matching ``prompt`` by :func:`clip_scores`, best first
-    (ties keep the earlier image first)."""
-    if not 1 <= k <= images.shape[0]:
-        raise ValueError(f"k must be in 1..{images.shape[0]}, got {k}")
-    scores = clip_scores(clip, images, prompt, tokenizer=tokenizer, batch_size=batch_size)
-    return torch.argsort(scores, descending=True, stable=True)[:k].cpu()
+    """Indices (k,) int64 of the k images best matching ``prompt`` (:func:`clip_best`)."""
+    return clip_best(clip, images, prompt, k, tokenizer=tokenizer, batch_size=batch_size)[0]

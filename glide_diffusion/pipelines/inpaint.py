@@ -204,13 +204,12 @@ class InpaintPipeline:
     def _best(self, image, fill, low: torch.Tensor, prompt: str, keep: int) -> tuple[list[int], list[float]]:
         """The ``keep`` base-stage images the reranking CLIP scores best (best first), composited
         onto the input and quantized as they are saved, and their scores."""
-        from ..guidance.clip import clip_scores
+        from ..guidance.clip import clip_best
 
         known = known_at(fill, low.shape[-1]).to(low.device)
         shown = quantize(low * (1 - known) + resized(image, low.shape[-1]).to(low.device) * known)
-        s = clip_scores(self.rerank_clip, shown, prompt, tokenizer=self.rerank_clip_tokenizer).float().cpu()
-        order = torch.argsort(s, descending=True, stable=True)[:keep].tolist()
-        return order, [float(s[j]) for j in order]
+        order, scores = clip_best(self.rerank_clip, shown, prompt, keep, tokenizer=self.rerank_clip_tokenizer)
+        return order.tolist(), scores.tolist()
 
     @staticmethod
     def _stage(stage: Stage, image, fill, rows, noise, settings, run, **cond) -> torch.Tensor:

@@ -233,15 +233,14 @@ class Text2ImPipeline:
               ) -> tuple[list[int], list[float]]:
         """Indices of the ``keep`` best-scored images of each run of ``per`` (one prompt), best
         first, and their scores. ``images``: (N, 3, H, W) in [-1, 1]."""
-        from ..guidance.clip import clip_scores
+        from ..guidance.clip import clip_best
 
         clip, tokenizer, _ = self._reranker()
         chosen, scores = [], []
         for start in range(0, len(prompts), per):
-            s = clip_scores(clip, images[start : start + per], prompts[start], tokenizer=tokenizer).float().cpu()
-            order = torch.argsort(s, descending=True, stable=True)[:keep].tolist()
-            chosen += [start + j for j in order]
-            scores += [float(s[j]) for j in order]
+            order, s = clip_best(clip, images[start : start + per], prompts[start], keep, tokenizer=tokenizer)
+            chosen += [start + j for j in order.tolist()]
+            scores += s.tolist()
         return chosen, scores
 
     def _reranker(self):
