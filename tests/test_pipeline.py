@@ -214,6 +214,25 @@ def test_cli_edit_and_inpaint_default_to_the_official_recipe():
     assert base == OFFICIAL_BASE
 
 
+def test_cli_inpaint_samples_the_bundled_model_as_measured():
+    from glide_diffusion.cli.common import resolve_models, stage_settings
+    from glide_diffusion.cli.edit import inpaint_parser
+    from glide_diffusion.pipelines.inpaint import INPAINT_UPSAMPLE_DEFAULTS, SHAPES_INPAINT
+    from glide_diffusion.pipelines.text2im import OFFICIAL_BASE
+
+    def settings(*argv):
+        args = inpaint_parser().parse_args(["in.png", "x", *argv])
+        resolve_models(args)
+        return stage_settings(args)
+
+    assert settings("--models", "shapes") == (SHAPES_INPAINT, INPAINT_UPSAMPLE_DEFAULTS)
+    assert SHAPES_INPAINT.candidates == 4 and SHAPES_INPAINT.sampler == "dpm++2m"
+    assert settings("--models", "shapes", "--candidates", "1", "--base-steps", "50")[0] == dataclasses.replace(
+        SHAPES_INPAINT, candidates=1, steps="50")
+    assert settings("--models", "shapes", "--recipe", "official")[0] == OFFICIAL_BASE
+    assert settings("--models", "glide")[0] == OFFICIAL_BASE
+
+
 def test_cli_missing_weights_says_how_to_get_them(tmp_path, capsys):
     rc = main(["sample", "x", "--models", "glide", "--cache-dir", str(tmp_path), "--no-download", "--no-progress"])
     assert rc == 2

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Sequence
 
-from .. import bundled
-from ..pipelines.inpaint import INPAINT_UPSAMPLE_DEFAULTS
+from ..pipelines.inpaint import INPAINT_MODEL_RECIPES, INPAINT_RECIPES, INPAINT_RERANK_CLIPS
 from ..pipelines.text2im import OFFICIAL_BASE, OFFICIAL_UPSAMPLE
 from .common import (
     add_model_args, add_sampling_args, resolve_models, device_arg, load_clip_option, run_command, stage_settings,
     upsampler_arg, write_outputs,
 )
-
-# Inpainting models painted best of N by default, by their bundled reranking CLIP (README "Status":
-# 83.5% exact against 73.0% for one image on 200 Shapes cases).
-INPAINT_CANDIDATES = {"shapes-inpaint": (4, "shapes-clip-rerank")}
 
 
 def _rect(text: str) -> tuple[int, int, int, int]:
@@ -53,10 +47,10 @@ def inpaint_parser() -> argparse.ArgumentParser:
     p.add_argument("--extend", type=_margins, metavar="N|L,T,R,B",
                    help="outpainting: grow the canvas by these margins (pixels) and fill them")
     add_model_args(p, "inpaint")
-    add_sampling_args(p, OFFICIAL_BASE, INPAINT_UPSAMPLE_DEFAULTS)
+    add_sampling_args(p, recipes=INPAINT_RECIPES, model_recipes=INPAINT_MODEL_RECIPES)
     p.add_argument("--candidates", type=int, default=None, metavar="C",
                    help="best of C: paint C images for each one asked for and keep the one the noised CLIP "
-                        "scores best against the prompt (default: 4 for the bundled shapes-inpaint, else 1)")
+                        "scores best against the prompt; 1 = off (default: from --recipe: 4 for shapes-inpaint)")
     p.add_argument("--clip", default=None,
                    help="the noised CLIP for --candidates: 'released', a bundled name or a .safetensors path "
                         "(default: shapes-clip-rerank with --models shapes, else released)")
@@ -92,9 +86,6 @@ def inpaint_main(argv: Sequence[str]) -> int:
     args = inpaint_parser().parse_args(argv)
     resolve_models(args)
     base, up = stage_settings(args)
-    own = INPAINT_CANDIDATES.get(args.base)
-    if args.candidates is None and own and own[1] in bundled.available():
-        base = dataclasses.replace(base, candidates=own[0])
 
     def body():
         import numpy as np
@@ -117,7 +108,8 @@ def inpaint_main(argv: Sequence[str]) -> int:
         pipe = InpaintPipeline.from_pretrained(args.base, upsampler_arg(args), device=device,
                                                cache_dir=args.cache_dir, download=not args.no_download)
         if base.candidates > 1:
-            choice = args.clip or ("shapes-clip-rerank" if args.models == "shapes" else "released")
+            own = INPAINT_RERANK_CLIPS.get(args.base)
+            choice = args.clip or own or ("shapes-clip-rerank" if args.models == "shapes" else "released")
             pipe.rerank_clip, pipe.rerank_clip_tokenizer, pipe.rerank_clip_name = load_clip_option(
                 args, choice, device)
         result = pipe(image, fill, args.prompt, num_images=args.num_images, seed=args.seed, base=base,
