@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import tomllib
 from pathlib import Path
 
 import torch
@@ -54,14 +55,22 @@ def training_summary(run: Path, step: int) -> dict:
 ATTRIBUTES = ("background", "colour", "size", "shape", "position", "count")
 
 
-def train_command(run: Path, world_size: int) -> str:
-    config = f"configs/{run.name}.toml"
+def committed_config(run: Path, given: Path | None) -> tuple[Path, Path]:
+    """The committed config that trains ``run`` (``given``, else configs/<run folder>.toml) and the
+    out_dir it names, where its one-command reproduction writes."""
+    path = given or Path("configs") / f"{run.name}.toml"
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: name the committed config that trained {run} with --config")
+    return path, Path(tomllib.loads(path.read_text())["out_dir"])
+
+
+def train_command(config: Path, world_size: int) -> str:
     if world_size > 1:
         return f"torchrun --standalone --nproc_per_node {world_size} -m glide_diffusion.cli.main train {config}"
     return f"glide train {config}"
 
 
-def card(name: str, run: Path, ckpt: Path, config: dict, kind: str, summary: dict, params: int,
+def card(name: str, reproduce: tuple[Path, Path], ckpt: Path, config: dict, kind: str, summary: dict, params: int,
          evaluation: dict | None, notes: str | None) -> str:
     rows = [("parameters", f"{params:,}")]
     if config.get("clip"):
@@ -108,8 +117,8 @@ def card(name: str, run: Path, ckpt: Path, config: dict, kind: str, summary: dic
     lines = [f"# {name}", "", f"A GLIDE-style {kind} model trained on the procedural Shapes dataset",
              "(`glide_diffusion.data.shapes`, training split: the five held-out colour-shape pairs never seen).",
              "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
-             f"Reproduce: `{train_command(run, summary['world_size'])}` then",
-             f"`python scripts/bundle_model.py {run} {name}` (checkpoint `{ckpt.name}`).",
+             f"Reproduce: `{train_command(reproduce[0], summary['world_size'])}` then",
+             f"`python scripts/bundle_model.py {reproduce[1]} {name}` (checkpoint `{ckpt.name}`).",
              "Weights are stored in float16 and loaded as float32."]
     if notes:
         lines += ["", "## Notes", "", notes]
@@ -134,6 +143,9 @@ def main() -> None:
     p.add_argument("run", type=Path, help="the training run's out_dir")
     p.add_argument("name", choices=NAMES)
     p.add_argument("--checkpoint", type=Path, help="a checkpoint directory (default: the newest)")
+    p.add_argument("--config", type=Path,
+                   help="the committed config that trains this model, for the card "
+                        "(default: configs/<run folder>.toml)")
     p.add_argument("--eval", type=Path, help="benchmarks/shapes_quality.py --json output to quote")
     p.add_argument("--notes", help="free text for the card (e.g. how the machine was shared)")
     p.add_argument("--card-only", action="store_true",
@@ -141,6 +153,7 @@ def main() -> None:
                         "so rewriting the same weights would still change the file in the history)")
     args = p.parse_args()
 
+    reproduce = committed_config(args.run, args.config)
     ckpt = args.checkpoint or newest_checkpoint(args.run)
     config = json.loads((ckpt / "config.json").read_text())
     step = int(ckpt.name.split("_")[-1])
@@ -161,7 +174,7 @@ def main() -> None:
         kind = model_config.kind
     params = sum(p.numel() for p in model.parameters())
     evaluation = json.loads(args.eval.read_text()) if args.eval else None
-    text = card(args.name, args.run, ckpt, config, kind, summary, params, evaluation, args.notes)
+    text = card(args.name, reproduce, ckpt, config, kind, summary, params, evaluation, args.notes)
     atomic_write_text(out.with_suffix(".md"), text)
     print(f"{out} ({out.stat().st_size / 1e6:.1f} MB) and {out.with_suffix('.md')}")
 
