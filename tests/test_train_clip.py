@@ -175,3 +175,36 @@ def test_clip_timesteps_stay_below_max_timestep():
     inputs = make_clip_inputs(batch, config, schedule, clip_tokenizer_for(config.clip),
                               torch.Generator().manual_seed(0), torch.device("cpu"))
     assert int(inputs.t.min()) == 0 and int(inputs.t.max()) == 499
+
+
+def _gather_grad_worker(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from glide_diffusion.train.clip_task import _gather
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        full = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
+        z = full[4 * rank:4 * (rank + 1)].clone().requires_grad_(True)
+        gathered = _gather(z)
+        loss = torch.nn.functional.cross_entropy(gathered @ gathered.T, torch.arange(8))
+        loss.backward()
+        torch.save({"loss": loss.detach(), "grad": z.grad, "gathered": gathered.detach()}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gathered_rows_carry_the_global_gradient(tmp_path):
+    """Two processes gathering their rows get the loss of one process with all of them, and gradients that
+    DDP's average over the processes turns into that process's."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gather_grad_worker, args=(f"file://{tmp_path / 'store'}", str(tmp_path / "out")), nprocs=2)
+    full = torch.randn(8, 5, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(full @ full.T, torch.arange(8))
+    loss.backward()
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"out.{rank}")
+        torch.testing.assert_close(got["gathered"], full.detach())
+        torch.testing.assert_close(got["loss"], loss.detach())
+        torch.testing.assert_close(got["grad"] / 2, full.grad[4 * rank:4 * (rank + 1)])

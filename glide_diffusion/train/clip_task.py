@@ -96,15 +96,36 @@ def make_clip_inputs(batch: dict, config, schedule: Schedule, tokenizer, generat
     return inputs
 
 
+class _GatherRows(torch.autograd.Function):
+    """All ranks' rows (every rank the same number), in rank order. Every rank computes the same
+    loss of them, so the backward sums the ranks' gradients and keeps this rank's rows: the
+    gradient of the global loss, as one process with the whole batch would have it."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(z) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, z.contiguous())
+        ctx.rows = slice(dist.get_rank() * z.shape[0], (dist.get_rank() + 1) * z.shape[0])
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rows]
+
+
 def _gather(z: torch.Tensor) -> torch.Tensor:
-    """All ranks' rows, this rank's with gradients (others' too, via the autograd all_gather)."""
+    """All ranks' rows, this rank's with gradients (others' too: see :class:`_GatherRows`)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return z
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(z))
+    return _GatherRows.apply(z)
 
 
 def clip_loss(model, inputs: ClipInputs) -> tuple[torch.Tensor, torch.Tensor]:
