@@ -21,6 +21,7 @@ colour-shape pairs among them, as shapes_quality.py; two-object and held-out pai
     python benchmarks/shapes_rerank.py --base shapes-base --n 500 --k 4 --clip shapes-clip \\
         --cache runs/eval/rerank_candidates.pt --json runs/eval/rerank.json
     python benchmarks/shapes_rerank.py ... --self-timesteps 32      # + the diffusion classifier (slow)
+    python benchmarks/shapes_rerank.py ... --k 8 --first 4          # best of 8, and of only the first 4
 
 With --cache the candidates (and their scores) are kept in a file and reused when the
 sampling arguments match, so more choosers can be scored later on the same images.
@@ -75,17 +76,17 @@ def candidates(args) -> dict:
 
 
 @torch.no_grad()
-def clip_choice(name: str, images: torch.Tensor, captions: list[str], k: int) -> np.ndarray:
-    """Each caption's candidate the noised CLIP scores highest at t = 0 -> (C,) indices."""
+def clip_score_matrix(name: str, images: torch.Tensor, captions: list[str], k: int) -> np.ndarray:
+    """The noised CLIP's score at t = 0 of every caption's candidates -> (C, k); a caption's
+    choice is its row's argmax (the first of equal scores, as the pipelines choose)."""
     from glide_diffusion.clip.loading import load_clip
     from glide_diffusion.clip.tokenizer import clip_tokenizer_for
     from glide_diffusion.guidance.clip import clip_scores
 
     clip = load_clip(name).eval()
     tokenizer = clip_tokenizer_for(clip.config)
-    picks = [int(clip_scores(clip, images[i * k:(i + 1) * k], c, tokenizer=tokenizer).argmax())
-             for i, c in enumerate(captions)]
-    return np.array(picks)
+    return np.stack([clip_scores(clip, images[i * k:(i + 1) * k], c, tokenizer=tokenizer).float().numpy()
+                     for i, c in enumerate(captions)])
 
 
 @torch.no_grad()
@@ -143,6 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--scale", type=float, default=5.0, help="classifier-free guidance scale")
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--clip", nargs="*", default=[], help="noised CLIPs to choose with (bundled names or files)")
+    p.add_argument("--first", nargs="*", type=int, default=[], metavar="J",
+                   help="also report the oracle and each CLIP's choice among only the first J candidates")
     p.add_argument("--self-timesteps", type=int, default=0, metavar="K",
                    help="also choose by the base model's own caption score at K timesteps (0: off)")
     p.add_argument("--cache", default=None, help="keep the candidates here and reuse them")
@@ -166,8 +169,14 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"first": report(np.zeros(len(captions), dtype=int)),
                "oracle": {g: float(exact[m].max(1).mean()) if m.any() else None for g, m in groups.items()},
                "per_sample": {g: float(exact[m].mean()) if m.any() else None for g, m in groups.items()}}
+    for j in args.first:  # as if only the first j had been sampled (seeds as --k, so not those of a --k j run)
+        results[f"oracle, first {j}"] = {g: float(exact[m, :j].max(1).mean()) if m.any() else None
+                                          for g, m in groups.items()}
     for name in args.clip:
-        results[f"clip:{name}"] = report(clip_choice(name, data["images"], captions, k))
+        scores = clip_score_matrix(name, data["images"], captions, k)
+        results[f"clip:{name}"] = report(scores.argmax(1))
+        for j in args.first:
+            results[f"clip:{name}, first {j}"] = report(scores[:, :j].argmax(1))
     if args.self_timesteps:
         errors_c, errors_u, abar = self_errors(args.base, data["images"], captions, k, args.self_timesteps)
         gain = errors_u - errors_c

@@ -40,8 +40,11 @@ def test_choosers_score_the_same_cached_candidates(rerank, tmp_path, monkeypatch
         raise AssertionError("sampled again")
 
     monkeypatch.setattr(text2im.Text2ImPipeline, "__call__", no_sampling)
-    again = rerank.main(argv + ["--clip", "shapes-clip"])
+    again = rerank.main(argv + ["--clip", "shapes-clip", "--first", "1"])
     assert again["clip:shapes-clip"] == first["clip:shapes-clip"] and again["oracle"] == first["oracle"]
+    # Among only the first candidate: the oracle is the first's score, every choice the first.
+    assert again["oracle, first 1"] == {g: first["first"][g] for g in ("single", "two", "held_out")}
+    assert again["clip:shapes-clip, first 1"]["picks"] == first["first"]["picks"]
     # Other sampling arguments do not reuse it.
     with pytest.raises(AssertionError, match="sampled again"):
         rerank.main(argv[:-2] + ["--k", "3", "--cache", str(cache)])
