@@ -117,8 +117,10 @@ def main() -> None:
         pipe = InpaintPipeline.from_pretrained(*pipes[method], download=False)
         if args.candidates > 1:
             from glide_diffusion.clip.loading import load_clip
+            from glide_diffusion.clip.tokenizer import clip_tokenizer_for
 
             pipe.rerank_clip, pipe.rerank_clip_name = load_clip(args.rerank_clip), args.rerank_clip
+            pipe.rerank_clip_tokenizer = clip_tokenizer_for(pipe.rerank_clip.config)  # once, not per case
         size = pipe.output_size
         r = run(pipe, cases(args.n, args.seed, size), args)
         reports[method] = r

@@ -151,6 +151,16 @@ def _given(args: argparse.Namespace, name: str, default):
     return default if value is None else value
 
 
+def rerank_clip_choice(args: argparse.Namespace, fallback: str) -> str:
+    """The noised CLIP that chooses among candidates: --clip, else the base model's own bundled
+    reranking CLIP (``RERANK_CLIPS``), else ``fallback``."""
+    from .. import bundled
+    from ..pipelines.text2im import RERANK_CLIPS
+
+    own = RERANK_CLIPS.get(args.base)
+    return args.clip or (own if own in bundled.available() else fallback)
+
+
 def load_clip_option(args: argparse.Namespace, choice: str, device):
     """The released noised CLIP (fetched into the cache when missing) or one of ours, its tokenizer and name."""
     from ..clip.loading import load_clip

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from ..pipelines.inpaint import INPAINT_MODEL_RECIPES, INPAINT_RECIPES, INPAINT_RERANK_CLIPS
+from ..pipelines.inpaint import INPAINT_MODEL_RECIPES, INPAINT_RECIPES
 from ..pipelines.text2im import OFFICIAL_BASE, OFFICIAL_UPSAMPLE
 from .common import (
-    add_model_args, add_sampling_args, resolve_models, device_arg, load_clip_option, run_command, stage_settings,
-    upsampler_arg, write_outputs,
+    add_model_args, add_sampling_args, resolve_models, device_arg, load_clip_option, rerank_clip_choice, run_command,
+    stage_settings, upsampler_arg, write_outputs,
 )
 
 
@@ -108,8 +108,7 @@ def inpaint_main(argv: Sequence[str]) -> int:
         pipe = InpaintPipeline.from_pretrained(args.base, upsampler_arg(args), device=device,
                                                cache_dir=args.cache_dir, download=not args.no_download)
         if base.candidates > 1:
-            own = INPAINT_RERANK_CLIPS.get(args.base)
-            choice = args.clip or own or ("shapes-clip-rerank" if args.models == "shapes" else "released")
+            choice = rerank_clip_choice(args, "shapes-clip-rerank" if args.models == "shapes" else "released")
             pipe.rerank_clip, pipe.rerank_clip_tokenizer, pipe.rerank_clip_name = load_clip_option(
                 args, choice, device)
         result = pipe(image, fill, args.prompt, num_images=args.num_images, seed=args.seed, base=base,

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from .. import bundled
-from ..pipelines.text2im import MODEL_RECIPES, RECIPES, RERANK_CLIPS
+from ..pipelines.text2im import MODEL_RECIPES, RECIPES
 from .common import (
-    add_model_args, add_sampling_args, resolve_models, device_arg, load_clip_option, run_command, stage_settings,
-    upsampler_arg, write_outputs,
+    add_model_args, add_sampling_args, resolve_models, device_arg, load_clip_option, rerank_clip_choice, run_command,
+    stage_settings, upsampler_arg, write_outputs,
 )
 
 
@@ -75,6 +74,4 @@ def main(argv: Sequence[str]) -> int:
 def _clip_choices(args, reranks: bool) -> tuple[str | None, str | None]:
     """The noised CLIPs to load: (for guidance, for reranking), None where not used."""
     guide = args.clip or ("shapes-clip" if args.models == "shapes" else "released")
-    own = RERANK_CLIPS.get(args.base)
-    rerank = args.clip or (own if own in bundled.available() else guide)
-    return (guide if args.clip_guidance_scale else None), (rerank if reranks else None)
+    return (guide if args.clip_guidance_scale else None), (rerank_clip_choice(args, guide) if reranks else None)

@@ -36,10 +36,9 @@ SHAPES_INPAINT = StageSettings("dpm++2m", "25", 3.0, 1.0, candidates=4)
 # Named (base, upsampler) settings ``glide inpaint --recipe`` picks from; the first is the default.
 INPAINT_RECIPES = {"official": (OFFICIAL_BASE, INPAINT_UPSAMPLE_DEFAULTS),
                    "shapes": (SHAPES_INPAINT, INPAINT_UPSAMPLE_DEFAULTS)}
-# The recipe ``glide inpaint`` uses for an inpainting model unless --recipe says otherwise, and
-# the noised CLIP it chooses that model's candidates with unless --clip says otherwise.
+# The recipe ``glide inpaint`` uses for an inpainting model unless --recipe says otherwise (its
+# reranking CLIP: text2im.RERANK_CLIPS).
 INPAINT_MODEL_RECIPES = {"shapes-inpaint": "shapes"}
-INPAINT_RERANK_CLIPS = {"shapes-inpaint": "shapes-clip-rerank"}
 
 
 @dataclass

@@ -41,7 +41,7 @@ class StageSettings:
     # Guide only the steps with t in [lo*T, hi*T] (fractions of the T diffusion steps;
     # Kynkäänniemi et al. 2024); the others run the conditional model alone. None: every step.
     guidance_interval: tuple[float, float] | None = None
-    # Text-to-image base stage only: sample this many images for each one asked for and keep the
+    # Base stage of text-to-image and inpainting only: sample this many images for each one asked for and keep the
     # one a noised CLIP scores best (GLIDE §3.2's CLIP reranking as best-of-N); 1 = off.
     candidates: int = 1
 

@@ -44,10 +44,11 @@ RECIPES = {"fast": (FAST_BASE, FAST_UPSAMPLE), "official": (OFFICIAL_BASE, OFFIC
            "shapes": (SHAPES_BASE, FAST_UPSAMPLE)}
 # The recipe ``glide sample`` uses for a base model unless --recipe says otherwise.
 MODEL_RECIPES = {"shapes-base": "shapes"}
-# The noised CLIP ``glide sample`` reranks a base model's images with unless --clip says otherwise.
-RERANK_CLIPS = {"shapes-base": "shapes-clip-rerank"}
-# Text-to-image defaults: the fast path. Editing and inpainting keep the official recipe
-# (pipelines/edit.py, pipelines/inpaint.py): fewer steps were not measured there.
+# The noised CLIP ``glide sample`` and ``glide inpaint`` choose a model's candidates with unless --clip
+# says otherwise.
+RERANK_CLIPS = {"shapes-base": "shapes-clip-rerank", "shapes-inpaint": "shapes-clip-rerank"}
+# Text-to-image defaults: the fast path. Editing keeps the official recipe, and so does inpainting
+# with the released models (pipelines/edit.py, pipelines/inpaint.py): fewer steps were not measured there.
 BASE_DEFAULTS, UPSAMPLE_DEFAULTS = RECIPES["fast"]
 
 
@@ -270,7 +271,7 @@ def validate_request(
     reranks: bool = False,
 ) -> None:
     """Raise a clear error for a request that cannot run, before any work is done. ``reranks``:
-    the pipeline keeps the best of ``base.candidates`` (text-to-image); elsewhere it must be 1."""
+    the pipeline keeps the best of ``base.candidates`` (text-to-image, inpainting); elsewhere it must be 1."""
     if not prompts:
         raise ValueError("give at least one prompt")
     if not all(isinstance(p, str) for p in prompts):
@@ -279,7 +280,7 @@ def validate_request(
         raise ValueError(f"num_images must be an integer in [1, 1024], got {num_images!r}")
     base.validate("base", base_steps)
     if base.candidates != 1 and not reranks:
-        raise ValueError(f"base: candidates (best of N by a noised CLIP) is for text-to-image sampling; "
+        raise ValueError(f"base: candidates (best of N by a noised CLIP) is for text-to-image and inpainting; "
                          f"got {base.candidates}, expected 1")
     if upsample.candidates != 1:
         raise ValueError(f"upsample: candidates applies to the base stage only; got {upsample.candidates}")
