@@ -1,5 +1,6 @@
 """Text -> image end to end on tiny random models, through the API and the CLI."""
 
+import argparse
 import dataclasses
 import json
 
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 
 from glide_diffusion.checkpoints import build_model, save_model
+from glide_diffusion.cli.common import compile_stages
 from glide_diffusion.cli.main import main
 from glide_diffusion.pipelines import text2im
 from glide_diffusion.pipelines.text2im import StageSettings, Text2ImPipeline
@@ -510,3 +512,41 @@ def test_shapes_family_guides_with_the_bundled_shapes_clip(tmp_path, capsys):
     settings = json.loads(Image.open(png).text["settings"])
     judge = "shapes-clip-rerank" if "shapes-clip-rerank" in bundled.available() else "shapes-clip"
     assert settings["clip_model"] == "shapes-clip" and settings["clip_rerank"]["clip_model"] == judge
+
+
+def _compiled_pipe(checkpoints, monkeypatch, backend):
+    """A fresh pipeline whose stages go through torch.compile with ``backend``."""
+    calls, real_compile = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(model) or real_compile(
+        model, backend=backend, **kw))
+    fresh = Text2ImPipeline.from_pretrained(*checkpoints, download=False)
+    compile_stages(fresh, argparse.Namespace(compile=True))  # what --compile does
+    assert calls == [fresh.base.model, fresh.upsampler.model]
+    return fresh
+
+
+def test_compiled_stages_sample_the_same_images(pipe, checkpoints, monkeypatch):
+    """--compile goes through torch.compile; here with dynamo's eager backend (no C++ build in
+    the test suite), which traces each step as inductor would but runs the same kernels."""
+    run = dict(num_images=2, seed=4, base=dataclasses.replace(FAST_BASE, guidance_interval=(0.5, 1.0)),
+               upsample=FAST_UP)
+    compiled = _compiled_pipe(checkpoints, monkeypatch, "eager")(["a red circle"], **run)
+    plain = pipe(["a red circle"], **run)
+    for x, y in zip(_arrays(plain.images), _arrays(compiled.images)):
+        np.testing.assert_array_equal(x, y)
+    torch._dynamo.reset()
+
+
+def test_compiled_stages_fall_back_to_eager_where_the_backend_fails(pipe, checkpoints, monkeypatch):
+    tried = []
+
+    def broken_backend(gm, example_inputs):
+        tried.append(gm)
+        raise RuntimeError("no C++ compiler found")
+
+    compiled = _compiled_pipe(checkpoints, monkeypatch, broken_backend)("a blue square", seed=2, base=FAST_BASE)
+    plain = pipe("a blue square", seed=2, base=FAST_BASE)
+    assert tried  # the backend was tried
+    np.testing.assert_array_equal(_arrays(plain.images)[0], _arrays(compiled.images)[0])
+    assert not torch._dynamo.config.suppress_errors  # the fallback is the step's, not the process's
+    torch._dynamo.reset()

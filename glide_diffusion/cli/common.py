@@ -101,6 +101,9 @@ def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings | None = N
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES),
                    help="model precision (bf16 on recent CPUs, fp16 on CUDA)")
+    p.add_argument("--compile", action="store_true",
+                   help="sample through torch.compile: each step faster, after a minute or two of building "
+                        "kernels per stage; pays for many images, not one (README \"Benchmarks\")")
     p.add_argument("--cache-dir", default=None,
                    help="where released files live (default: $GLIDE_CACHE_DIR or the user cache)")
     p.add_argument("--no-download", action="store_true", help="never download missing released files")
@@ -182,6 +185,14 @@ def load_clip_option(args: argparse.Namespace, choice: str, device):
 
 def upsampler_arg(args: argparse.Namespace) -> str | None:
     return None if args.upsampler.lower() == "none" else args.upsampler
+
+
+def compile_stages(pipe, args: argparse.Namespace) -> None:
+    """With --compile, sample the pipeline's stages through torch.compile."""
+    if args.compile:
+        for stage in (pipe.base, pipe.upsampler):
+            if stage is not None:
+                stage.compile()
 
 
 def device_arg(args: argparse.Namespace):

@@ -8,8 +8,8 @@ from typing import Sequence
 from ..pipelines.inpaint import INPAINT_MODEL_RECIPES, INPAINT_RECIPES
 from ..pipelines.text2im import OFFICIAL_BASE, OFFICIAL_UPSAMPLE
 from .common import (
-    add_model_args, add_sampling_args, resolve_models, device_arg, load_clip_option, rerank_clip_choice, run_command,
-    stage_settings, upsampler_arg, write_outputs,
+    add_model_args, add_sampling_args, compile_stages, resolve_models, device_arg, load_clip_option, rerank_clip_choice,
+    run_command, stage_settings, upsampler_arg, write_outputs,
 )
 
 
@@ -107,6 +107,7 @@ def inpaint_main(argv: Sequence[str]) -> int:
             raise ValueError("say what to repaint: --mask, --rect, --extend, or a transparent image")
         pipe = InpaintPipeline.from_pretrained(args.base, upsampler_arg(args), device=device,
                                                cache_dir=args.cache_dir, download=not args.no_download)
+        compile_stages(pipe, args)
         if base.candidates > 1:
             choice = rerank_clip_choice(args, "shapes-clip-rerank" if args.models == "shapes" else "released")
             pipe.rerank_clip, pipe.rerank_clip_tokenizer, pipe.rerank_clip_name = load_clip_option(
@@ -132,6 +133,7 @@ def edit_main(argv: Sequence[str]) -> int:
         image = _open_image(args.image)
         pipe = EditPipeline.from_pretrained(args.base, upsampler_arg(args), device=device,
                                             cache_dir=args.cache_dir, download=not args.no_download)
+        compile_stages(pipe, args)
         result = pipe(image, args.prompt, strength=args.strength, num_images=args.num_images, seed=args.seed,
                       base=base, upsample=up, dtype=args.dtype, progress=not args.no_progress)
         return write_outputs(result, args, suffix="-edit")

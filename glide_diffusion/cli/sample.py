@@ -7,8 +7,8 @@ from typing import Sequence
 
 from ..pipelines.text2im import MODEL_RECIPES, RECIPES
 from .common import (
-    add_model_args, add_sampling_args, resolve_models, device_arg, load_clip_option, rerank_clip_choice, run_command,
-    stage_settings, upsampler_arg, write_outputs,
+    add_model_args, add_sampling_args, compile_stages, resolve_models, device_arg, load_clip_option, rerank_clip_choice,
+    run_command, stage_settings, upsampler_arg, write_outputs,
 )
 
 
@@ -57,6 +57,7 @@ def main(argv: Sequence[str]) -> int:
         pipe = Text2ImPipeline.from_pretrained(
             args.base, upsampler, device=device, cache_dir=args.cache_dir, download=not args.no_download
         )
+        compile_stages(pipe, args)
         guide_clip, rerank_clip = _clip_choices(args, reranks=args.rerank is not None or base.candidates > 1)
         if guide_clip:
             pipe.clip, pipe.clip_tokenizer, pipe.clip_name = load_clip_option(args, guide_clip, device)
