@@ -13,11 +13,15 @@ does not depend on the weights), measured in one run:
 Every step of a sampler costs one model call, so by default each path's step is timed
 (minimum of --repeats) and the total is steps x s/step (plus the caption encoding);
 --full runs every step of both recipes through the real samplers instead (about 15
-minutes on a 2-core CPU for the plain recipe). Also reported: each step's share of
-the machine's measured matrix-product throughput, and the peak memory.
+minutes on a 2-core CPU for the plain recipe). --compile runs the fast path through
+torch.compile, as ``glide sample --compile``; its first call (building the kernels) is
+reported apart. Also reported: each step's share of the machine's measured
+matrix-product throughput, the relative error of the fast step's eps against an fp32
+eager step on the same inputs, and the peak memory.
 
     python benchmarks/sampling_speed.py
     python benchmarks/sampling_speed.py --base-steps 25 --up-steps 10 --full
+    python benchmarks/sampling_speed.py --compile
 """
 
 from __future__ import annotations
@@ -90,27 +94,37 @@ def stage(name, settings, plain_settings, batch, args, device, low_dtype):
     dtype = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(low_dtype, "fp32")
     with torch.inference_mode():  # the caption in fp32 (once per run), as the pipelines do
         start = time.perf_counter()
-        text = model.encode_text(tokens, mask)
-        text = text.kv_to(low_dtype) if low_dtype is not None else text
+        text32 = model.encode_text(tokens, mask)
+        text = text32.kv_to(low_dtype) if low_dtype is not None else text32
         row["encode_s"] = time.perf_counter() - start
-    with torch.inference_mode(), autocast(device, dtype):
-        row["fast_s_step"], _ = timed(lambda: model(x, t, text=text, **kw).float(), args.repeats, device)
+        ref = model(x, t, text=text32, **kw).float()  # fp32, eager: what the fast step's error is against
+    step_model = model
+    if args.compile:  # as Stage.compile: eager where the backend cannot build kernels
+        step_model = torch.compile(model)
+    with torch.inference_mode(), autocast(device, dtype), torch._dynamo.config.patch(suppress_errors=True):
+        if args.compile:  # the first call builds the kernels: timed apart, not in the totals
+            start = time.perf_counter()
+            step_model(x, t, text=text, **kw).float()
+            row["compile_s"] = time.perf_counter() - start
+        row["fast_s_step"], out = timed(lambda: step_model(x, t, text=text, **kw).float(), args.repeats, device)
+        eps = slice(0, 3)
+        row["fast_eps_rel_err"] = ((out[:, eps] - ref[:, eps]).norm() / ref[:, eps].norm()).item()
         bounds = settings.guidance_bounds(config.diffusion.steps) if guided else None
         n_guided = n_fast
         if bounds is not None:  # steps outside the interval: one conditional pass over half the batch
             half, text1 = x.shape[0] // 2, text.head(x.shape[0] // 2)
             kw1 = {k: v[:half] for k, v in kw.items()}
-            row["fast_s_step_unguided"], _ = timed(lambda: model(x[:half], t[:half], text=text1, **kw1).float(),
+            row["fast_s_step_unguided"], _ = timed(lambda: step_model(x[:half], t[:half], text=text1, **kw1).float(),
                                                    args.repeats, device)
             steps = make_schedule(config.diffusion.noise_schedule, config.diffusion.steps, settings.steps).timestep_map
             n_guided = int(sum(bounds[0] <= ts <= bounds[1] for ts in steps))
             row["guided_steps"] = n_guided
             row["fast_sampler"] += f" cfg on t in [{bounds[0]:g}, {bounds[1]:g}]"
         if args.full:
-            call = lambda x_t, t_: model(x_t, t_, text=text, **kw).float()  # noqa: E731
+            call = lambda x_t, t_: step_model(x_t, t_, text=text, **kw).float()  # noqa: E731
             cond = None
             if bounds is not None:
-                cond = lambda x_t, t_: model(x_t, t_, text=text1, **kw1).float()  # noqa: E731
+                cond = lambda x_t, t_: step_model(x_t, t_, text=text1, **kw1).float()  # noqa: E731
             row["fast_total_s"] = row["encode_s"] + run_sampler(call, config, settings, x, guided, cond)
     row.setdefault("plain_total_s", n_plain * row["plain_s_step"])
     row.setdefault("fast_total_s", row["encode_s"] + n_guided * row["fast_s_step"]
@@ -127,10 +141,12 @@ def main():
     p.add_argument("--guidance-interval", type=float, nargs=2, default=FAST_BASE.guidance_interval,
                    metavar=("LO", "HI"),
                    help=f"fast path: guide only t in [LO*T, HI*T]; 0 1 = every step "
-                        f"(default: {FAST_BASE.guidance_interval})")
+                        f"(default: {FAST_BASE.guidance_interval or 'every step'})")
     p.add_argument("--up-sampler", default=FAST_UPSAMPLE.sampler)
     p.add_argument("--up-steps", default=FAST_UPSAMPLE.steps)
     p.add_argument("--repeats", type=int, default=2, help="timed steps per path (the minimum is used)")
+    p.add_argument("--compile", action="store_true",
+                   help="fast path through torch.compile (as glide sample --compile); its build time apart")
     p.add_argument("--full", action="store_true", help="run every step of both recipes instead of steps x s/step")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tiny", action="store_true", help="the tiny test architectures instead (a smoke test)")
@@ -158,16 +174,19 @@ def main():
             stage(names[1], fast[1], OFFICIAL_UPSAMPLE, 1, args, device, low_dtype)]
     peak = peaks.get("low", peaks["fp32"])
     print(f"{'stage':<13} {'plain':>12} {'s/step':>7} {'fast':>14} {'s/step':>7} {'dtype':>5} {'% of peak':>9} "
-          f"{'plain s':>8} {'fast s':>7}")
+          f"{'eps err':>8} {'plain s':>8} {'fast s':>7}")
     for r in rows:
         print(f"{r['stage']:<13} {r['plain_sampler']:>12} {r['plain_s_step']:>7.3f} {r['fast_sampler']:>14} "
               f"{r['fast_s_step']:>7.3f} {r['dtype']:>5} {100 * r['gflop'] / r['fast_s_step'] / peak:>8.0f}% "
-              f"{r['plain_total_s']:>8.1f} {r['fast_total_s']:>7.1f}")
+              f"{r['fast_eps_rel_err']:>8.1e} {r['plain_total_s']:>8.1f} {r['fast_total_s']:>7.1f}")
     plain_total = sum(r["plain_total_s"] for r in rows)
     fast_total = sum(r["fast_total_s"] for r in rows)
     how = "every step run" if args.full else "steps x measured s/step"
     print(f"one image, base + upsampler ({how}): plain {plain_total:.1f} s, fast {fast_total:.1f} s, "
           f"{plain_total / fast_total:.1f}x faster; peak memory {peak_memory_mb(device):.0f} MB")
+    if args.compile:
+        print("torch.compile's first call, once per process and input shape, not in the totals: "
+              + ", ".join(f"{r['stage']} {r['compile_s']:.0f} s" for r in rows))
     if args.json:
         report = {"device": name, "torch": torch.__version__, "matmul_gflops": peaks, "rows": rows,
                   "plain_total_s": plain_total, "fast_total_s": fast_total}
