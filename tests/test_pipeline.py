@@ -550,3 +550,13 @@ def test_compiled_stages_fall_back_to_eager_where_the_backend_fails(pipe, checkp
     np.testing.assert_array_equal(_arrays(plain.images)[0], _arrays(compiled.images)[0])
     assert not torch._dynamo.config.suppress_errors  # the fallback is the step's, not the process's
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++2m"])
+def test_same_seed_same_image_for_every_sampler(pipe, sampler):
+    base, up = StageSettings(sampler, "4", 3.0), StageSettings(sampler, "3", 1.0, 0.997)
+    a, b = (pipe(["a red circle", "a blue square"], seed=11, base=base, upsample=up) for _ in range(2))
+    for x, y in zip(_arrays(a.images), _arrays(b.images)):
+        np.testing.assert_array_equal(x, y)
+    other = pipe(["a red circle", "a blue square"], seed=12, base=base, upsample=up)
+    assert not np.array_equal(_arrays(a.images)[0], _arrays(other.images)[0])
