@@ -37,6 +37,7 @@ import torch
 from glide_diffusion.checkpoints import atomic_write_text, build_model
 from glide_diffusion.diffusion import make_schedule
 from glide_diffusion.guidance import classifier_free_guidance
+from glide_diffusion.pipelines.stage import compile_step
 from glide_diffusion.pipelines.text2im import FAST_BASE, FAST_UPSAMPLE, OFFICIAL_BASE, OFFICIAL_UPSAMPLE
 from glide_diffusion.precision import autocast, native_bf16_cpu
 from glide_diffusion.presets import get_preset
@@ -98,10 +99,8 @@ def stage(name, settings, plain_settings, batch, args, device, low_dtype):
         text = text32.kv_to(low_dtype) if low_dtype is not None else text32
         row["encode_s"] = time.perf_counter() - start
         ref = model(x, t, text=text32, **kw).float()  # fp32, eager: what the fast step's error is against
-    step_model = model
-    if args.compile:  # as Stage.compile: eager where the backend cannot build kernels
-        step_model = torch.compile(model)
-    with torch.inference_mode(), autocast(device, dtype), torch._dynamo.config.patch(suppress_errors=True):
+    step_model = compile_step(model) if args.compile else model  # as Stage.compile
+    with torch.inference_mode(), autocast(device, dtype):
         if args.compile:  # the first call builds the kernels: timed apart, not in the totals
             start = time.perf_counter()
             step_model(x, t, text=text, **kw).float()

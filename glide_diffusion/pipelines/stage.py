@@ -74,6 +74,19 @@ class StageSettings:
                                  f"(fractions of the diffusion steps), got {lo}, {hi}")
 
 
+def compile_step(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
+    """``model`` through ``torch.compile``, as a sampling step calls it. Where the backend cannot
+    build its kernels (no C++ compiler, an unsupported platform) the call runs eagerly: slower,
+    not stopped; that fallback is the call's, not the process's (dynamo logs the error once)."""
+    compiled = torch.compile(model)
+
+    def call(*args, **kwargs) -> torch.Tensor:
+        with torch._dynamo.config.patch(suppress_errors=True):
+            return compiled(*args, **kwargs)
+
+    return call
+
+
 class Stage:
     """A loaded model with its diffusion process and tokenizer."""
 
@@ -82,23 +95,18 @@ class Stage:
         self.model = model.to(memory_format=torch.channels_last)
         self.config, self.name = config, name
         self.tokenizer = tokenizer_for(config.unet.text, vocab_dir)
-        self._step_model = None  # the torch.compile'd model, after compile()
+        self._compiled: Callable[..., torch.Tensor] | None = None  # after compile()
 
     def compile(self) -> "Stage":
-        """Sample through ``torch.compile(model)`` from now on: fused kernels, built on the first
-        step of each new input shape (a minute or two per stage on a 2-core CPU), then each
-        step faster (README "Benchmarks"). Where the backend cannot build its kernels (no C++
-        compiler, an unsupported platform) the steps run eagerly: slower, not stopped."""
-        self._step_model = torch.compile(self.model)
+        """Sample through ``torch.compile(model)`` from now on (:func:`compile_step`): fused
+        kernels, built on the first step of each new input shape (a minute or two per stage on a
+        2-core CPU), then each step faster (README "Benchmarks")."""
+        self._compiled = compile_step(self.model)
         return self
 
     def step(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
         """One model call of a sampling step, compiled after ``compile()``."""
-        if self._step_model is None:
-            return self.model(x, t, **kwargs)
-        # The eager fallback is this call's, not the process's (dynamo logs the error once).
-        with torch._dynamo.config.patch(suppress_errors=True):
-            return self._step_model(x, t, **kwargs)
+        return (self._compiled or self.model)(x, t, **kwargs)
 
     @property
     def device(self) -> torch.device:
