@@ -27,7 +27,7 @@ from glide_diffusion.clip import (
     load_clip,
     save_clip,
 )
-from glide_diffusion.clip.tokenizer import CLIP_BPE_FILE, clip_tokenize_batch, load_clip_tokenizer
+from glide_diffusion.clip.tokenizer import clip_tokenize_batch, load_clip_tokenizer
 from glide_diffusion.guidance.clip import clip_cond_fn, clip_rerank, clip_scores
 from glide_diffusion.hub.cache import released_path
 
@@ -36,12 +36,11 @@ META = json.loads((DATA / "golden" / "clip_small.json").read_text())
 ATOL = RTOL = 1e-5
 
 
-def _vocab_dir() -> Path | None:
-    env = os.environ.get("GLIDE_VOCAB_DIR")
-    for c in [Path(env)] if env else [Path(__file__).parents[1] / ".." / "shared" / "reference" / "vocab"]:
-        if (c / f"{CLIP_BPE_FILE}.gz").is_file() or (c / CLIP_BPE_FILE).is_file():
-            return c
-    return None
+def _vocab_dir() -> Path:
+    """$GLIDE_VOCAB_DIR if set, else the package's own copy of the CLIP BPE file."""
+    from glide_diffusion import vocab as shipped
+
+    return Path(os.environ.get("GLIDE_VOCAB_DIR") or shipped.HERE)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +126,6 @@ class _FoldedTokenizer:
         return row + [0] * (text_ctx - len(row)), len(row)
 
 
-@pytest.mark.skipif(_vocab_dir() is None, reason="CLIP BPE file not found")
 def test_golden_prompts_through_tokenizer(golden):
     clip, io = golden
     tok = _FoldedTokenizer(load_clip_tokenizer(_vocab_dir()))

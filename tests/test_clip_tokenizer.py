@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from glide_diffusion import vocab as shipped
+from glide_diffusion.clip import tokenizer as ct
 from glide_diffusion.clip.tokenizer import (
     CLIP_BPE_FILE,
     ClipTokenizer,
@@ -24,20 +26,8 @@ DATA = Path(__file__).parent / "data"
 CASES = json.loads((DATA / "tokenizer" / "clip_simple.json").read_text())
 
 
-def _reference_vocab_dir() -> Path | None:
-    env = os.environ.get("GLIDE_VOCAB_DIR")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).parents[1] / ".." / "shared" / "reference" / "vocab")
-    for c in candidates:
-        if (c / f"{CLIP_BPE_FILE}.gz").is_file() or (c / CLIP_BPE_FILE).is_file():
-            return c
-    return None
-
-
-VOCAB_DIR = _reference_vocab_dir()
-pytestmark = pytest.mark.skipif(
-    VOCAB_DIR is None, reason=f"{CLIP_BPE_FILE}(.gz) not found in $GLIDE_VOCAB_DIR or ../shared/reference/vocab"
-)
+# The package's own copy (glide_diffusion/vocab/), or $GLIDE_VOCAB_DIR to test another.
+VOCAB_DIR = Path(os.environ.get("GLIDE_VOCAB_DIR") or shipped.HERE)
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +84,26 @@ def test_vocab_search(tmp_path, monkeypatch):
                       if (VOCAB_DIR / f"{CLIP_BPE_FILE}.gz").is_file() else (VOCAB_DIR / CLIP_BPE_FILE).read_bytes())
     assert find_clip_vocab() == plain  # from $GLIDE_VOCAB_DIR, uncompressed also accepted
     monkeypatch.delenv("GLIDE_VOCAB_DIR")
-    monkeypatch.setenv("GLIDE_CACHE_DIR", str(tmp_path / "cache"))
-    with pytest.raises(VocabNotFoundError, match="cache"):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GLIDE_CACHE_DIR", str(cache))
+    (cache / "vocab").mkdir(parents=True)
+    (cache / "vocab" / CLIP_BPE_FILE).write_bytes(plain.read_bytes())
+    assert find_clip_vocab() == ct.shipped_clip_vocab() == shipped.HERE / f"{CLIP_BPE_FILE}.gz"  # before the cache
+    monkeypatch.setattr(shipped, "HERE", tmp_path / "not-shipped")  # an installation without the copy
+    assert ct.shipped_clip_vocab() is None
+    assert find_clip_vocab() == cache / "vocab" / CLIP_BPE_FILE
+    (cache / "vocab" / CLIP_BPE_FILE).unlink()
+    with pytest.raises(VocabNotFoundError, match="cache") as ei:
         find_clip_vocab()
+    assert "not-shipped" in str(ei.value)
+
+
+def test_shipped_copy_is_the_default(monkeypatch):
+    monkeypatch.delenv("GLIDE_VOCAB_DIR", raising=False)
+    monkeypatch.setenv("GLIDE_CACHE_DIR", "/nonexistent/glide-cache")
+    tok = load_clip_tokenizer()
+    case = CASES["prompts"][0]
+    assert tok.encode(case["prompt"]) == case["tokens"]
 
 
 def test_wrong_file_refused(tmp_path):

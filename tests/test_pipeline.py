@@ -261,14 +261,12 @@ def test_batch_size_does_not_change_images(pipe):
 
 @pytest.fixture
 def clip_vocab(monkeypatch):
-    """The CLIP BPE vocab from ../shared/reference/vocab (never committed), for the CLIP tests."""
-    from pathlib import Path
+    """The CLIP tests' tokenizer file: the package's own copy, found without $GLIDE_VOCAB_DIR."""
+    from glide_diffusion.clip.tokenizer import shipped_clip_vocab
 
-    vocab = Path(__file__).parents[1] / ".." / "shared" / "reference" / "vocab"
-    if not (vocab / "bpe_simple_vocab_16e6.txt.gz").is_file():
-        pytest.skip("the CLIP vocab file is not in ../shared/reference/vocab")
-    monkeypatch.setenv("GLIDE_VOCAB_DIR", str(vocab))
-    return vocab
+    monkeypatch.delenv("GLIDE_VOCAB_DIR", raising=False)
+    assert shipped_clip_vocab() is not None
+    return shipped_clip_vocab().parent
 
 
 def test_clip_guided_sampling(checkpoints, clip_vocab):

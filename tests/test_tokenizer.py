@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from glide_diffusion import vocab as shipped
 from glide_diffusion.text import tokenizer as tk
 from glide_diffusion.text.tokenizer import (
     SHAPES_WORDS,
@@ -27,42 +28,24 @@ REFERENCE = json.loads((Path(__file__).parent / "data" / "tokenizer" / "glide_bp
 PROMPTS = REFERENCE["prompts"]
 
 
-def _reference_vocab_dir() -> Path | None:
-    env = os.environ.get("GLIDE_VOCAB_DIR")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).parents[1] / ".." / "shared" / "reference" / "vocab")
-    for c in candidates:
-        if all((c / n).is_file() or (c / f"{n}.gz").is_file() for n in ("encoder.json", "vocab.bpe")):
-            return c.resolve()
-    return None
-
-
-VOCAB_DIR = _reference_vocab_dir()
-needs_vocab = pytest.mark.skipif(
-    VOCAB_DIR is None,
-    reason="GPT-2 vocab files not found in $GLIDE_VOCAB_DIR or ../shared/reference/vocab "
-    "(put encoder.json[.gz] and vocab.bpe[.gz] there, or run `glide download vocab`)",
-)
+# The package's own copy of the GPT-2 files (glide_diffusion/vocab/), or $GLIDE_VOCAB_DIR to test another.
+VOCAB_DIR = Path(os.environ.get("GLIDE_VOCAB_DIR") or shipped.HERE).resolve()
 
 
 @pytest.fixture(scope="module")
 def gpt2() -> GPT2Tokenizer:
-    if VOCAB_DIR is None:
-        pytest.skip("GPT-2 vocab files not available")
     return get_tokenizer("gpt2", vocab_dir=VOCAB_DIR)
 
 
 # --- GPT-2 BPE against glide_text2im's own encoder -----------------------------------------------
 
 
-@needs_vocab
 def test_reference_metadata(gpt2):
     assert (gpt2.n_vocab, gpt2.pad_token) == (REFERENCE["n_vocab"], REFERENCE["end_token"]) == (50257, 50256)
     assert len(PROMPTS) == 63
     assert isinstance(gpt2, Tokenizer)
 
 
-@needs_vocab
 @pytest.mark.parametrize("case", PROMPTS, ids=[str(p["id"]) for p in PROMPTS])
 def test_matches_glide_bpe(gpt2, case):
     tokens = gpt2.encode(case["prompt"])
@@ -74,13 +57,11 @@ def test_matches_glide_bpe(gpt2, case):
     assert mask == case["mask_128"]
 
 
-@needs_vocab
 def test_endoftext_is_ordinary_text(gpt2):
     tokens = gpt2.encode("a <|endoftext|> b")
     assert 50256 not in tokens and len(tokens) > 3
 
 
-@needs_vocab
 def test_gzip_and_plain_files_give_same_encoding(gpt2, tmp_path):
     for name in ("encoder.json", "vocab.bpe"):
         src = VOCAB_DIR / name
@@ -102,19 +83,31 @@ def _fill(directory: Path) -> Path:
     return directory
 
 
-@needs_vocab
 def test_vocab_dir_search_order(tmp_path, monkeypatch):
     arg, env, cache = tmp_path / "arg", tmp_path / "env", tmp_path / "cache"
     monkeypatch.setenv("GLIDE_CACHE_DIR", str(cache))
     monkeypatch.delenv("GLIDE_VOCAB_DIR", raising=False)
-    assert tk.find_vocab_dir() is None
+    assert tk.find_vocab_dir() == tk.shipped_vocab_dir() == shipped.HERE  # the package's copy
     _fill(cache / "vocab")
+    assert tk.find_vocab_dir() == shipped.HERE  # before the cache
+    monkeypatch.setattr(shipped, "HERE", tmp_path / "not-shipped")  # an installation without it
+    assert tk.shipped_vocab_dir() is None
     assert tk.find_vocab_dir() == cache / "vocab"
+    shutil.rmtree(cache)
+    assert tk.find_vocab_dir() is None
     _fill(env)
     monkeypatch.setenv("GLIDE_VOCAB_DIR", str(env))
     assert tk.find_vocab_dir() == env
     _fill(arg)
     assert tk.find_vocab_dir(arg) == arg
+
+
+def test_shipped_vocab_is_the_default(monkeypatch):
+    monkeypatch.delenv("GLIDE_VOCAB_DIR", raising=False)
+    monkeypatch.setenv("GLIDE_CACHE_DIR", "/nonexistent/glide-cache")
+    monkeypatch.setattr(tk.tiktoken, "get_encoding", lambda name: pytest.fail("tiktoken download attempted"))
+    tok = get_tokenizer("gpt2")
+    assert tok.encode(PROMPTS[0]["prompt"]) == PROMPTS[0]["tokens"]
 
 
 def test_named_vocab_dir_without_files_is_an_error(tmp_path, monkeypatch):
@@ -126,7 +119,6 @@ def test_named_vocab_dir_without_files_is_an_error(tmp_path, monkeypatch):
         get_tokenizer("gpt2")
 
 
-@needs_vocab
 def test_wrong_vocab_file_is_rejected(tmp_path):
     _fill(tmp_path)
     (tmp_path / "vocab.bpe.gz").unlink()
@@ -143,6 +135,7 @@ def test_offline_without_files_explains_where_to_put_them(tmp_path, monkeypatch)
 
     monkeypatch.setenv("GLIDE_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("GLIDE_VOCAB_DIR", raising=False)
+    monkeypatch.setattr(shipped, "HERE", tmp_path / "not-shipped")  # an installation without the copy
     monkeypatch.setattr(tk.tiktoken, "get_encoding", offline)
     tk._encoding_from_tiktoken.cache_clear()
     try:
@@ -154,7 +147,7 @@ def test_offline_without_files_explains_where_to_put_them(tmp_path, monkeypatch)
     assert str(tmp_path / "vocab") in msg
     assert "encoder.json" in msg and "vocab.bpe" in msg
     assert "GLIDE_VOCAB_DIR" in msg and "glide download vocab" in msg
-    assert "ConnectionError" in msg
+    assert "ConnectionError" in msg and "not-shipped" in msg
 
 
 # --- ByteTokenizer, registry, batching -------------------------------------------------------
@@ -197,7 +190,6 @@ def test_tokenize_batch_warns_on_truncation():
     assert tokens.tolist() == [[97, 98, 99, 100]] and mask.all()
 
 
-@needs_vocab
 def test_tokenize_batch_gpt2_long_prompt(gpt2):
     long = next(p for p in PROMPTS if p["n_tokens"] > 128)
     with pytest.warns(UserWarning, match=f"has {long['n_tokens']} tokens; truncated to the context length 128"):
@@ -206,7 +198,6 @@ def test_tokenize_batch_gpt2_long_prompt(gpt2):
     assert tokens[1].eq(50256).all() and not mask[1].any()
 
 
-@needs_vocab
 def test_downloaded_vocab_is_found_in_cache(tmp_path, monkeypatch):
     """`glide download vocab` (against a local mirror) fills <cache>/vocab for get_tokenizer."""
     from glide_diffusion.hub import download_released
@@ -219,6 +210,7 @@ def test_downloaded_vocab_is_found_in_cache(tmp_path, monkeypatch):
             (VOCAB_DIR / f"{name}.gz").read_bytes())
     monkeypatch.setenv("GLIDE_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("GLIDE_VOCAB_DIR", raising=False)
+    monkeypatch.setattr(shipped, "HERE", tmp_path / "not-shipped")  # else the package's copy comes first
     with LocalServer(files) as srv:
         paths = download_released(["gpt2-encoder", "gpt2-vocab"], base_url=srv.url("/gpt2"), progress=False)
     assert paths == [tmp_path / "vocab" / "encoder.json", tmp_path / "vocab" / "vocab.bpe"]

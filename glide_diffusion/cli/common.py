@@ -165,13 +165,16 @@ def rerank_clip_choice(args: argparse.Namespace, fallback: str) -> str:
 
 
 def load_clip_option(args: argparse.Namespace, choice: str, device):
-    """The released noised CLIP (fetched into the cache when missing) or one of ours, its tokenizer and name."""
+    """The released noised CLIP (fetched into the cache when missing) or one of ours, its tokenizer and name.
+
+    The CLIP BPE file ships in the package; only an installation without it fetches ``clip-bpe``."""
     from ..clip.loading import load_clip
-    from ..clip.tokenizer import clip_tokenizer_for
+    from ..clip.tokenizer import clip_tokenizer_for, shipped_clip_vocab
     from ..hub.cache import released_path
     from ..hub.download import download_released
 
-    names = ["clip-image-enc", "clip-text-enc", "clip-bpe"]
+    need_bpe = shipped_clip_vocab() is None
+    names = ["clip-image-enc", "clip-text-enc", *(["clip-bpe"] if need_bpe else [])]
     if choice == "released":
         missing = [n for n in names if not released_path(n, args.cache_dir).exists()]
         if missing and not args.no_download:
@@ -180,7 +183,8 @@ def load_clip_option(args: argparse.Namespace, choice: str, device):
     else:
         clip = load_clip(choice, device=device)
     bpe = released_path("clip-bpe", args.cache_dir)
-    return clip, clip_tokenizer_for(clip.config, bpe.parent if bpe.exists() else None), choice
+    vocab_dir = bpe.parent if need_bpe and bpe.exists() else None  # None: $GLIDE_VOCAB_DIR, shipped, cache
+    return clip, clip_tokenizer_for(clip.config, vocab_dir), choice
 
 
 def upsampler_arg(args: argparse.Namespace) -> str | None:

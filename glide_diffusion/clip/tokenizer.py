@@ -15,7 +15,14 @@ Where ``bpe_simple_vocab_16e6.txt(.gz)`` comes from, in order:
 
 1. the ``vocab_dir`` argument, else ``$GLIDE_VOCAB_DIR`` (if either is given,
    the file must be there: a wrong path is an error, not a silent fallback);
-2. ``<glide cache dir>/vocab`` (filled by ``glide download clip-bpe``).
+2. the copy shipped in the package (``glide_diffusion/vocab/``, MIT, see its
+   ``LICENSE``);
+3. ``<glide cache dir>/vocab`` (filled by ``glide download clip-bpe``), for an
+   installation without the shipped copy.
+
+The shipped copy comes before the cache for the reason the GPT-2 files' does
+(:mod:`glide_diffusion.text.tokenizer`): the file is checked against the same
+SHA-256 wherever it comes from, so a normal installation need not read the cache.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from pathlib import Path
 import regex
 import torch
 
+from glide_diffusion import vocab as shipped
 from glide_diffusion.hub.cache import cache_dir
 from glide_diffusion.text.tokenizer import VOCAB_ENV, VocabNotFoundError
 
@@ -41,13 +49,14 @@ __all__ = [
     "CLIP_BPE_FILE",
     "CLIP_BPE_SHA256",
     "find_clip_vocab",
+    "shipped_clip_vocab",
     "load_clip_tokenizer",
     "clip_tokenize_batch",
     "bytes_to_unicode",
 ]
 
 CLIP_BPE_FILE = "bpe_simple_vocab_16e6.txt"
-# SHA-256 of the decompressed file shipped with glide-text2im (shared/reference/vocab).
+# SHA-256 of the decompressed file shipped with glide-text2im (and with this package).
 CLIP_BPE_SHA256 = "67603cfda2e032ad77b5f8808af37789d590db664b26df8705d2bf8b3c553fc8"
 _N_MERGES = 49152 - 256 - 2  # the official code uses merges[1 : 49152 - 256 - 2 + 1]
 
@@ -212,20 +221,32 @@ def _clip_bpe_path(directory: Path) -> Path | None:
     return None
 
 
+def shipped_clip_vocab() -> Path | None:
+    """The package's own ``bpe_simple_vocab_16e6.txt.gz``, or None where this installation lacks it."""
+    return shipped.shipped_file(CLIP_BPE_FILE)
+
+
 def find_clip_vocab(vocab_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Path of ``bpe_simple_vocab_16e6.txt(.gz)``: ``vocab_dir``, else ``$GLIDE_VOCAB_DIR``, else the cache.
+    """Path of ``bpe_simple_vocab_16e6.txt(.gz)``: ``vocab_dir``, else ``$GLIDE_VOCAB_DIR``, else the
+    package's copy, else the cache.
 
     Raises:
         VocabNotFoundError: with the places searched and how to get the file.
     """
     if vocab_dir is None:
         vocab_dir = os.environ.get(VOCAB_ENV) or None
-    place = Path(vocab_dir).expanduser() if vocab_dir is not None else cache_dir() / "vocab"
-    found = _clip_bpe_path(place)
+    if vocab_dir is not None:
+        place = Path(vocab_dir).expanduser()
+        found = _clip_bpe_path(place)
+        reason = f"{place} has no {CLIP_BPE_FILE}(.gz)"
+    else:
+        place = cache_dir() / "vocab"
+        found = shipped_clip_vocab() or _clip_bpe_path(place)
+        reason = f"this installation lacks the package's copy ({shipped.HERE}), and {place} has no {CLIP_BPE_FILE}(.gz)"
     if found is None:
         raise VocabNotFoundError(
-            f"CLIP BPE file for the noised CLIP's tokenizer not found: {place} has no "
-            f"{CLIP_BPE_FILE}(.gz).\nPut it there (or in the directory named by ${VOCAB_ENV}), or run:\n"
+            f"CLIP BPE file for the noised CLIP's tokenizer not found: {reason}.\n"
+            f"Put it in {place} (or in the directory named by ${VOCAB_ENV}), or run:\n"
             f"    glide download clip-bpe"
         )
     return found

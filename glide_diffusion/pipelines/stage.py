@@ -146,19 +146,23 @@ def load_stages(
 
 
 def _ensure_released(source: str, cache_dir, download: bool) -> str | None:
-    """For a released name: fetch its weights and the GPT-2 vocab when missing; the vocab folder."""
+    """For a released name: fetch its weights when missing, and the GPT-2 vocab too where this
+    installation lacks the package's copy; the vocab folder to use (None: the tokenizer's search)."""
     from ..hub.cache import released_path
     from ..hub.download import download_released
     from ..presets import RELEASED_PRESETS
+    from ..text.tokenizer import shipped_vocab_dir
 
     if source not in RELEASED_PRESETS:
         return None
-    names = [source, "gpt2-encoder", "gpt2-vocab"]
-    missing = [n for n in names if not released_path(n, cache_dir).exists()]
+    vocab_names = [] if shipped_vocab_dir() is not None else ["gpt2-encoder", "gpt2-vocab"]
+    missing = [n for n in [source, *vocab_names] if not released_path(n, cache_dir).exists()]
     if missing and download:
         download_released(missing, cache_dir)
+    if not vocab_names:
+        return None
     vocab = released_path("gpt2-vocab", cache_dir).parent
-    return str(vocab) if all(released_path(n, cache_dir).exists() for n in names[1:]) else None
+    return str(vocab) if all(released_path(n, cache_dir).exists() for n in vocab_names) else None
 
 
 def sample_stage(

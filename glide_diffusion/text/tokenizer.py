@@ -18,8 +18,16 @@ Where the GPT-2 files come from (``encoder.json`` and ``vocab.bpe``, plain or
 
 1. the ``vocab_dir`` argument, else ``$GLIDE_VOCAB_DIR`` (if either is given,
    the files must be there: a wrong path is an error, not a silent fallback);
-2. ``<glide cache dir>/vocab`` (filled by ``glide download vocab``);
-3. ``tiktoken.get_encoding("gpt2")``, which downloads into tiktoken's own cache.
+2. the copy shipped in the package (``glide_diffusion/vocab/``, MIT, see its
+   ``LICENSE``);
+3. ``<glide cache dir>/vocab`` (filled by ``glide download vocab``), for an
+   installation without the shipped copy;
+4. ``tiktoken.get_encoding("gpt2")``, which downloads into tiktoken's own cache.
+
+The shipped copy comes before the cache: every source is checked against the
+same SHA-256, so both would give the same encoding, and reading the package's
+own files first means a normal installation never depends on the cache (a
+damaged or half-copied file there cannot break it) nor on the network.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import tiktoken
 import tiktoken.load
 import torch
 
+from glide_diffusion import vocab as shipped
 from glide_diffusion.hub.cache import cache_dir
 from glide_diffusion.hub.released import RELEASED
 
@@ -54,6 +63,7 @@ __all__ = [
     "VOCAB_ENV",
     "GPT2_PATTERN",
     "find_vocab_dir",
+    "shipped_vocab_dir",
     "load_gpt2_encoding",
     "get_tokenizer",
     "tokenizer_for",
@@ -243,6 +253,11 @@ def _has_vocab(directory: Path) -> bool:
     return all(_vocab_file(directory, name) is not None for name in _GPT2_FILES)
 
 
+def shipped_vocab_dir() -> Path | None:
+    """The package's own folder of GPT-2 files, or None where this installation lacks them."""
+    return shipped.HERE if _has_vocab(shipped.HERE) else None
+
+
 def _search_locations(vocab_dir: str | os.PathLike[str] | None) -> tuple[list[Path], bool]:
     """(directories to look in, whether the caller named one explicitly)."""
     if vocab_dir is not None:
@@ -250,7 +265,7 @@ def _search_locations(vocab_dir: str | os.PathLike[str] | None) -> tuple[list[Pa
     env = os.environ.get(VOCAB_ENV)
     if env:
         return [Path(env).expanduser()], True
-    return [cache_dir() / "vocab"], False
+    return [shipped.HERE, cache_dir() / "vocab"], False
 
 
 def _missing_message(places: list[Path], reason: str) -> str:
@@ -263,7 +278,8 @@ def _missing_message(places: list[Path], reason: str) -> str:
 
 
 def find_vocab_dir(vocab_dir: str | os.PathLike[str] | None = None) -> Path | None:
-    """The directory holding ``encoder.json`` and ``vocab.bpe``, or None if none does.
+    """The first directory holding ``encoder.json`` and ``vocab.bpe`` (the argument or
+    ``$GLIDE_VOCAB_DIR``, else the package's copy, else the cache), or None if none does.
 
     Raises:
         VocabNotFoundError: if ``vocab_dir`` (or ``$GLIDE_VOCAB_DIR``) was given
@@ -339,7 +355,8 @@ def _encoding_from_tiktoken() -> tiktoken.Encoding:
 
 
 def load_gpt2_encoding(vocab_dir: str | os.PathLike[str] | None = None) -> tiktoken.Encoding:
-    """The GPT-2 tiktoken encoding, from local files if found, else tiktoken's download.
+    """The GPT-2 tiktoken encoding, from local files if found (the package ships them), else
+    tiktoken's download.
 
     Built once per source and cached (building takes about a second).
 
@@ -353,9 +370,9 @@ def load_gpt2_encoding(vocab_dir: str | os.PathLike[str] | None = None) -> tikto
     try:
         return _encoding_from_tiktoken()
     except Exception as e:  # tiktoken surfaces network failures as assorted types
-        places, _ = _search_locations(None)
-        reason = f"none in the cache, and tiktoken could not download them ({type(e).__name__}: {e})"
-        raise VocabNotFoundError(_missing_message(places, reason)) from e
+        reason = (f"this installation lacks the package's copy ({shipped.HERE}), none in the cache, and "
+                  f"tiktoken could not download them ({type(e).__name__}: {e})")
+        raise VocabNotFoundError(_missing_message([cache_dir() / "vocab"], reason)) from e
 
 
 # --- registry and batching ----------------------------------------------------------------
