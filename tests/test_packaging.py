@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -78,3 +81,79 @@ def test_released_clip_fetches_only_its_weights(tmp_path, monkeypatch):
     with pytest.raises(VocabNotFoundError, match="glide download clip-bpe"):  # the fake download wrote nothing
         load_clip_option(args, "released", "cpu")
     assert asked == ["clip-image-enc", "clip-text-enc", "clip-bpe"]
+
+
+# --- sampling without the training packages ------------------------------------------------------
+
+CORE_MODULES = [
+    "glide_diffusion.cli.main", "glide_diffusion.cli.sample", "glide_diffusion.cli.edit",
+    "glide_diffusion.cli.common", "glide_diffusion.pipelines.text2im", "glide_diffusion.pipelines.inpaint",
+    "glide_diffusion.pipelines.edit", "glide_diffusion.pipelines.output", "glide_diffusion.checkpoints",
+    "glide_diffusion.hub", "glide_diffusion.hub.download", "glide_diffusion.clip.loading",
+    "glide_diffusion.clip.tokenizer", "glide_diffusion.guidance", "glide_diffusion.text.tokenizer",
+    "glide_diffusion.bundled", "glide_diffusion.vocab",
+]
+
+
+def _train_only_packages() -> list[str]:
+    """Import names of the [train] extra's packages (their distribution names, lower-cased)."""
+    import re
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        tomllib = pytest.importorskip("tomli")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    names = [re.match(r"[A-Za-z0-9_.-]+", r).group().lower().replace("-", "_")
+             for r in project["optional-dependencies"]["train"]]
+    assert {"fsspec", "webdataset", "braceexpand"} <= set(names)
+    core = {re.match(r"[A-Za-z0-9_.-]+", r).group().lower() for r in project["dependencies"]}
+    assert not core & set(names)
+    return names
+
+
+def _run_without_train_packages(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter where importing any [train] package fails."""
+    blocker = f"import sys\nfor _n in {_train_only_packages()!r}:\n    sys.modules[_n] = None\n"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "GLIDE_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("GLIDE_VOCAB_DIR", None)
+    return subprocess.run([sys.executable, "-c", blocker + textwrap.dedent(code)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_sampling_and_editing_never_import_training_packages(tmp_path):
+    out = tmp_path / "out"
+    proc = _run_without_train_packages(f"""
+        import contextlib, importlib, io
+        for m in {CORE_MODULES!r}:
+            importlib.import_module(m)
+        from glide_diffusion.cli.main import main
+        for command in ("inpaint", "edit"):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+                main([command, "--help"])
+        rc = main(["sample", "a red circle", "--upsampler", "none", "--base-steps", "2", "--candidates", "1",
+                   "--no-download", "--no-progress", "-o", {str(out)!r}])
+        assert rc == 0, rc
+        try:  # the check of the check: the image loaders do need fsspec
+            import glide_diffusion.data.folder
+        except ImportError:
+            print("blocked")
+    """, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "blocked", proc.stdout
+    assert [p.name for p in out.glob("*.png")] == ["a-red-circle-0.png"]
+
+
+def test_training_without_its_packages_is_one_line_naming_the_extra(tmp_path):
+    proc = _run_without_train_packages(f"""
+        import sys
+        from glide_diffusion.cli.main import main
+        sys.exit(main(["train", {str(ROOT / "configs" / "tiny-test.toml")!r}, "--set", 'data.kind="folder"',
+                       "--set", 'data.path="."', "--out-dir", "run", "--max-steps", "1"]))
+    """, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "glide train: error: training needs 'fsspec', which is not installed; "
+        "install the training extras: pip install 'glide-diffusion[train]'"]
+    assert not (tmp_path / "run").exists()  # nothing written before the check

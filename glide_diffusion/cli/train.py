@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Sequence
+
+# Imported only by training and its data loaders, installed by the [train] extra
+# (pyproject.toml); sampling and editing never import them.
+TRAIN_PACKAGES = ("fsspec", "webdataset", "braceexpand", "tomli")
+TRAIN_INSTALL = "pip install 'glide-diffusion[train]'"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] not in TRAIN_PACKAGES:
+            raise
+        print(f"glide train: error: training needs {e.name!r}, which is not installed; "
+              f"install the training extras: {TRAIN_INSTALL}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..checkpoints import CheckpointError
     from ..train.config import ConfigError, load_config
+    from ..train.loop import TrainingDivergedError, train
 
     try:
         extra = []  # the shorthand flags: overrides after the --set ones
@@ -40,8 +58,10 @@ def main(argv: Sequence[str]) -> int:
         if args.print_config:
             print(config.to_json())
             return 0
-        from ..train.loop import TrainingDivergedError, train
-
+        # The image loaders import their [train] packages: fail here, before the run writes anything.
+        loader = {"folder": "folder", "manifest": "folder", "webdataset": "webdataset"}.get(config.data.kind)
+        if loader is not None:
+            importlib.import_module(f"glide_diffusion.data.{loader}")
         result = train(config)
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
         print(f"glide train: error: {e}", file=sys.stderr)
