@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["HERE", "FILES", "shipped_file"]
+__all__ = ["FILES", "HERE", "shipped_file"]
 
 HERE = Path(__file__).parent
 FILES = ("encoder.json.gz", "vocab.bpe.gz", "bpe_simple_vocab_16e6.txt.gz")
