@@ -381,7 +381,7 @@ def test_rerank_before_upsampling_gives_the_images_of_reranking_after(checkpoint
     assert all(_nearly_equal(x, y) for x, y in zip(_arrays(chunked.images), _arrays(after.images)))
 
 
-def test_best_of_candidates_is_reranking_of_all_of_them(checkpoints, clip_vocab, tmp_path, capsys):
+def test_best_of_candidates_keeps_the_best_of_each_group(checkpoints, clip_vocab, tmp_path, capsys):
     from glide_diffusion.clip import build_clip
     from glide_diffusion.clip.loading import save_clip
     from glide_diffusion.guidance.clip import clip_scores
@@ -398,11 +398,14 @@ def test_best_of_candidates_is_reranking_of_all_of_them(checkpoints, clip_vocab,
     everything = pipe(prompts, num_images=6, seed=3, base=FAST_BASE, upsample=FAST_UP)
     for p, first in (("a red circle", 0), ("a blue square", 6)):  # the reranking CLIP chose, not the guiding one
         scores = clip_scores(judge, torch.cat([from_pil(im) for im in everything.low_res[first:first + 6]]), p)
-        top = torch.argsort(scores, descending=True, stable=True)[:2].tolist()
+        top = [g * 3 + int(torch.argmax(scores[g * 3:(g + 1) * 3])) for g in range(2)]  # best of each 3, in order
         assert [s for s, q in zip(best.seeds, best.prompts) if q == p] == [everything.seeds[first + j] for j in top]
+        assert top[0] < 3 <= top[1]  # one from each group, not the best two of all six
     assert best.settings["clip_rerank"]["of"] == 6 and best.settings["clip_rerank"]["clip_model"] == "judge"
-    assert best.settings["base"]["candidates"] == 3
-    assert pipe(prompts, num_images=2, seed=3, base=best3, rerank=1).seeds == best.seeds[::2]  # best 1 of 6
+    assert best.settings["base"]["candidates"] == 3 and best.settings["clip_rerank"]["best_of"] == 3
+    reranked = pipe(prompts, num_images=2, seed=3, base=best3, rerank=1)  # the better of the two group winners
+    scores = best.settings["clip_rerank"]["scores"]
+    assert reranked.seeds == [best.seeds[i + int(scores[i + 1] > scores[i])] for i in (0, 2)]
     clip_path = save_clip(tmp_path / "judge.safetensors", judge)
     loaded = Text2ImPipeline.from_pretrained(*checkpoints, download=False, rerank_clip=str(clip_path))
     assert loaded.rerank_clip_name == str(clip_path)

@@ -166,8 +166,8 @@ class InpaintPipeline:
         The image must be square; it is resized to the models' resolutions, and
         the output has the final stage's resolution (its unmasked pixels are the
         resized input's). ``base.candidates=c`` > 1: ``c * num_images`` images are painted at
-        the base resolution (image k with seed ``seed + k``), composited, and the
-        ``num_images`` the reranking CLIP scores best against ``prompt`` go on, best first.
+        the base resolution (image k with seed ``seed + k``) in groups of c, composited, and of
+        each group the one the reranking CLIP scores best against ``prompt`` goes on.
         """
         image, _ = split_alpha(image)
         if image.size[0] != image.size[1]:
@@ -191,7 +191,7 @@ class InpaintPipeline:
         low = self._stage(self.base, image, fill, rows, noise, base, run)
         kept, scores = list(range(per)), None
         if base.candidates > 1:
-            kept, scores = self._best(image, fill, low, prompt, num_images)
+            kept, scores = self._best(image, fill, low, prompt, base.candidates)
             low, rows = low[kept], rows[:num_images]
         final = low
         if self.upsampler is not None:
@@ -205,20 +205,21 @@ class InpaintPipeline:
                     "base": asdict(base), "upsample": asdict(upsample) if self.upsampler else None,
                     "dtype": dtype, "seed": seed, "num_images": num_images, "task": "inpaint"}
         if scores is not None:
-            settings["clip_rerank"] = {"keep": num_images, "of": per, "scores": scores,
+            settings["clip_rerank"] = {"keep": num_images, "of": per, "best_of": base.candidates, "scores": scores,
                                        "clip_model": self.rerank_clip_name}
         return InpaintResult(composited, [Image.fromarray(a) for a in to_uint8(low)], rows,
                              [seeds[j] for j in kept], settings)
 
-    def _best(self, image, fill, low: torch.Tensor, prompt: str, keep: int) -> tuple[list[int], list[float]]:
-        """The ``keep`` base-stage images the reranking CLIP scores best (best first), composited
-        onto the input and quantized as they are saved, and their scores."""
-        from ..guidance.clip import clip_best
+    def _best(self, image, fill, low: torch.Tensor, prompt: str, group: int) -> tuple[list[int], list[float]]:
+        """Of each run of ``group`` base-stage images, the index of the one the reranking CLIP
+        scores best, composited onto the input and quantized as they are saved; and its score."""
+        from ..guidance.clip import clip_scores
 
         known = known_at(fill, low.shape[-1]).to(low.device)
         shown = quantize(low * (1 - known) + resized(image, low.shape[-1]).to(low.device) * known)
-        order, scores = clip_best(self.rerank_clip, shown, prompt, keep, tokenizer=self.rerank_clip_tokenizer)
-        return order.tolist(), scores.tolist()
+        scores = clip_scores(self.rerank_clip, shown, prompt, tokenizer=self.rerank_clip_tokenizer).float().cpu()
+        best, index = scores.view(-1, group).max(dim=1)  # the first of equal scores
+        return (index + torch.arange(0, len(scores), group)).tolist(), best.tolist()
 
     @staticmethod
     def _stage(stage: Stage, image, fill, rows, noise, settings, run, **cond) -> torch.Tensor:

@@ -129,8 +129,9 @@ class Text2ImPipeline:
         the upsampler, which then runs only on the k kept per prompt: the same images as
         ``self.rerank(self(...), k)``, at k / num_images of the upsampler's cost.
         ``base.candidates=c`` > 1 (best of c): ``c * num_images`` images are sampled for each
-        prompt (image k, counting over them, uses seed ``seed + k``) and the ``num_images`` (or
-        ``rerank``) the reranking CLIP (``rerank_clip``, else ``clip``) scores best are kept.
+        prompt (image k, counting over them, uses seed ``seed + k``) in groups of c, and of each
+        group the one the reranking CLIP (``rerank_clip``, else ``clip``) scores best is kept;
+        ``rerank`` then orders those.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         validate_request(
@@ -151,9 +152,7 @@ class Text2ImPipeline:
             if isinstance(rerank, bool) or not isinstance(rerank, int) or not 1 <= rerank <= num_images:
                 raise ValueError(f"rerank must be an integer in 1..{num_images} (the images per prompt), "
                                  f"got {rerank!r}")
-        if base.candidates > 1 and rerank is None:
-            rerank = num_images
-        if rerank is not None and self._reranker()[0] is None:
+        if (rerank is not None or base.candidates > 1) and self._reranker()[0] is None:
             why = f"base.candidates={base.candidates} keeps the best of each {base.candidates} by" \
                 if base.candidates > 1 else "CLIP reranking needs"
             raise ValueError(f"{why} a noised CLIP: pass rerank_clip= or clip= "
@@ -173,8 +172,12 @@ class Text2ImPipeline:
         low = torch.cat(lows)
         low8 = quantize(low)  # as the images are saved: what reranking scores and the upsampler was trained on
         kept, scores = list(range(len(rows))), None
+        if base.candidates > 1:  # the best of each group of c
+            kept, scores = self._best(low8, rows, base.candidates, 1)
         if rerank is not None:
-            kept, scores = self._best(low8, rows, per, rerank)
+            order, scores = self._best(low8[kept], [rows[j] for j in kept], num_images, rerank)
+            kept = [kept[j] for j in order]
+        if scores is not None:
             low, low8 = low[kept], low8[kept]
         final = low
         if self.upsampler is not None:
@@ -196,9 +199,9 @@ class Text2ImPipeline:
             "clip_guidance_scale": clip_guidance_scale,
             "clip_model": self.clip_name if clip_guidance_scale else None,
         }
-        if rerank is not None:
-            settings["clip_rerank"] = {"keep": rerank, "of": per, "scores": scores,
-                                       "clip_model": self._reranker()[2]}
+        if scores is not None:
+            settings["clip_rerank"] = {"keep": rerank or num_images, "of": per, "best_of": base.candidates,
+                                       "scores": scores, "clip_model": self._reranker()[2]}
         return Text2ImResult(to_pil(final), to_pil(low), [rows[j] for j in kept], [seeds[j] for j in kept], settings)
 
     @torch.inference_mode()
