@@ -184,7 +184,7 @@ def test_cli_inpaint_and_edit(checkpoints, tmp_path, capsys):
     rc = main(["inpaint", str(image), "a red circle", "--mask", str(tmp_path / "mask.png"), "--rect", "0,0,8,8",
                "--base", checkpoints["tiny-inpaint"], "--upsampler", checkpoints["tiny-upsample-inpaint"], *common])
     assert rc == 0, capsys.readouterr().err
-    out = Image.open(tmp_path / "out" / "a-red-circle-0-inpaint.png")
+    (out,) = map(Image.open, (tmp_path / "out").glob("a-red-circle-*-0-seed0-inpaint.png"))
     keep = np.ones((64, 64), bool)
     keep[16:48, 16:48] = False
     keep[:8, :8] = False
@@ -210,7 +210,8 @@ def test_cli_inpaint_and_edit(checkpoints, tmp_path, capsys):
     rc = main(["edit", str(image), "a blue square", "--strength", "0.5", "--base", checkpoints["tiny"],
                "--upsampler", checkpoints["tiny-upsample"], *common])
     assert rc == 0, capsys.readouterr().err
-    assert Image.open(tmp_path / "out" / "a-blue-square-0-edit.png").size == (64, 64)
+    (edited,) = (tmp_path / "out").glob("a-blue-square-*-0-seed0-edit.png")
+    assert Image.open(edited).size == (64, 64)
 
 
 @pytest.mark.parametrize("args, match", [

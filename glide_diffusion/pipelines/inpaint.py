@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..precision import resolve_dtype
 from ..sampling.noise import PerSampleNoise, seeds_for
+from .captions import warn_captions
 from .stage import Stage, StageSettings, from_pil, load_stages, quantize, sample_stage, to_uint8
 from .text2im import OFFICIAL_BASE, validate_request
 
@@ -140,8 +142,10 @@ class InpaintPipeline:
 
     @classmethod
     def from_pretrained(cls, base: str = "base-inpaint", upsampler: str | None = "upsample-inpaint", *,
-                        device="cpu", cache_dir=None, download=True) -> "InpaintPipeline":
-        return cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download))
+                        device="cpu", cache_dir=None, download=True,
+                        base_config=None, upsampler_config=None) -> "InpaintPipeline":
+        return cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download,
+                                 base_config=base_config, upsampler_config=upsampler_config))
 
     @property
     def output_size(self) -> int:
@@ -158,7 +162,7 @@ class InpaintPipeline:
         seed: int = 0,
         base: StageSettings = OFFICIAL_BASE,
         upsample: StageSettings = INPAINT_UPSAMPLE_DEFAULTS,
-        dtype: str = "fp32",
+        dtype: str = "auto",
         progress: bool = False,
     ) -> InpaintResult:
         """Paint ``prompt`` into ``image`` where ``fill`` (bool (H, W)) is True.
@@ -180,6 +184,8 @@ class InpaintPipeline:
         validate_request([prompt], num_images, seed, base, upsample, dtype, self.base.device,
                          self.base.config.diffusion.steps,
                          self.upsampler.config.diffusion.steps if self.upsampler else None, reranks=True)
+        dtype = resolve_dtype(dtype, self.base.device)
+        warn_captions([prompt], self.base.config.unet.text.tokenizer)
         if base.candidates > 1 and self.rerank_clip is None:
             raise ValueError(f"base.candidates={base.candidates} keeps the best of each {base.candidates} by a "
                              "noised CLIP: pass rerank_clip= (glide_diffusion.clip.load_clip(); for the Shapes "
