@@ -261,3 +261,26 @@ def test_vocab_files_verified_by_size(tmp_path):
             download_released(["gpt2-encoder"], tmp_path, base_url=srv.url("/v"), progress=False)
     assert not (tmp_path / "vocab" / "encoder.json").exists()
     assert not os.path.exists(tmp_path / "vocab" / "encoder.json.part")
+
+
+def test_failed_download_of_a_new_file_leaves_no_empty_folders(tmp_path):
+    dest = tmp_path / "cache" / "checkpoints" / "base.pt"
+    with pytest.raises(DownloadError):
+        _get(dest, f"http://127.0.0.1:{closed_port()}/base.pt")
+    with LocalServer({}) as srv, pytest.raises(DownloadError, match="404"):
+        _get(dest, srv.url("/base.pt"))
+    assert list(tmp_path.iterdir()) == []
+    # A partial download is kept, with its folder, to resume.
+    with LocalServer({"/base.pt": PAYLOAD}, mode="truncate", truncate_at=100_000) as srv:
+        with pytest.raises(DownloadError, match="resume"):
+            _get(dest, srv.url("/base.pt"))
+    assert [p.name for p in dest.parent.iterdir()] == ["base.pt.part"]
+
+
+def test_vocab_files_verified_by_size(tmp_path):
+    files = {f"/v/{rf.file_name}": b"not a vocab" for rf in resolve_names(["vocab"])}
+    with LocalServer(files) as srv:
+        with pytest.raises(DownloadError, match="expected"):
+            download_released(["gpt2-encoder"], tmp_path, base_url=srv.url("/v"), progress=False)
+    assert not (tmp_path / "vocab" / "encoder.json").exists()
+    assert not os.path.exists(tmp_path / "vocab" / "encoder.json.part")

@@ -3,7 +3,8 @@
 ``download_file`` streams into ``<dest>.part``, resumes an existing part with
 an HTTP Range request, checks the size (and optional SHA-256), fsyncs, and
 only then renames the part to ``dest``. A file under the final name is always
-complete. A connection failure keeps the part, so running again resumes.
+complete. A connection failure keeps the part, so running again resumes; a
+failure that keeps nothing removes the folders the call created.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ def download_file(
     Raises:
         DownloadError: on network or HTTP errors, or if the received file has
             the wrong size or hash. The part file is kept when it is a
-            resumable prefix and deleted when it cannot be.
+            resumable prefix and deleted when it cannot be; folders this call
+            created are removed again when they are left empty.
+        OSError: ``dest``'s folder cannot be created or written.
     """
     dest = Path(dest)
     own_session = session is None
@@ -77,21 +80,43 @@ def download_file(
     try:
         if dest.is_file() and _existing_ok(sess, url, dest, expected_size, timeout):
             return dest
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        part = dest.with_name(dest.name + ".part")
-        for _ in range(3):  # a restart happens at most once or twice
-            try:
-                _fetch_into(sess, url, dest, part, expected_size, progress, chunk_size, timeout)
-                break
-            except _Restart:
-                continue
-        else:
-            raise DownloadError(f"could not download {url}: the server kept answering inconsistently")
-        _finish(part, dest, url, sha256)
+        created = _missing_folders(dest.parent)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            part = dest.with_name(dest.name + ".part")
+            for _ in range(3):  # a restart happens at most once or twice
+                try:
+                    _fetch_into(sess, url, dest, part, expected_size, progress, chunk_size, timeout)
+                    break
+                except _Restart:
+                    continue
+            else:
+                raise DownloadError(f"could not download {url}: the server kept answering inconsistently")
+            _finish(part, dest, url, sha256)
+        except BaseException:
+            _remove_if_empty(created)  # a kept part file keeps its folders
+            raise
         return dest
     finally:
         if own_session:
             sess.close()
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (a part file to resume), or never made
+            pass
 
 
 def _existing_ok(sess: requests.Session, url: str, dest: Path, expected: int | None, timeout: float) -> bool:
