@@ -363,25 +363,51 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def cli_download(argv: Sequence[str] | None = None) -> int:
     """``glide download [NAMES...] [--cache-dir DIR] [--base-url URL] [--no-progress]``.
 
-    Prints where each file landed; returns 0 on success, 1 on failure (with the
-    error message on stderr, no traceback).
+    Tries every file, one after the other, and reports each: ``NAME: PATH (downloaded)``
+    or ``NAME: PATH (already present)`` on stdout, ``glide download: error: NAME: why``
+    on stderr (no traceback). Returns 0 when every file is in the cache, 1 when any
+    failed (run again: partial downloads resume), 2 for an unknown name.
     """
+    prefix = "glide download: error:"
     args = _parser().parse_args(argv)
     try:
         files = resolve_names(args.names)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    for rf in files:
-        try:
-            (path,) = download_released(
-                [rf.name], args.cache_dir, base_url=args.base_url, progress=not args.no_progress
-            )
-        except DownloadError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        print(f"{rf.name}: {path}", flush=True)
-    return 0
+        print(f"{prefix} {e}", file=sys.stderr)
+        return 2
+    base_url = args.base_url if args.base_url is not None else os.environ.get(BASE_URL_ENV) or None
+    failed = []
+    with requests.Session() as sess:
+        for rf in files:
+            dest = released_path(rf.name, args.cache_dir)
+            before = _identity(dest)
+            try:
+                download_file(_release_url(rf, base_url), dest, expected_size=rf.size, sha256=rf.sha256,
+                              progress=not args.no_progress, session=sess)
+            except DownloadError as e:
+                failed.append(rf.name)
+                print(f"{prefix} {rf.name}: {e}", file=sys.stderr, flush=True)
+                continue
+            except OSError as e:  # the cache folder cannot be made or written
+                failed.append(rf.name)
+                print(f"{prefix} {rf.name}: cannot write {e.filename or dest}: {e.strerror or e}",
+                      file=sys.stderr, flush=True)
+                continue
+            status = "already present" if before is not None and before == _identity(dest) else "downloaded"
+            print(f"{rf.name}: {dest} ({status})", flush=True)
+    if failed and len(files) > 1:
+        done = len(files) - len(failed)
+        print(f"{prefix} {len(failed)} of {len(files)} files failed ({', '.join(failed)}); "
+              f"{done} {'is' if done == 1 else 'are'} in the cache", file=sys.stderr)
+    return 1 if failed else 0
