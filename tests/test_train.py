@@ -514,3 +514,48 @@ def test_sample_grid_uses_whole_images_when_training_crops(tmp_path):
               "cond.crop_size=8", "max_steps=1", "sample.every=1", "sample.steps='2'", "sample.seeds=[0]"))
     grid = Image.open(tmp_path / "samples" / "step_00000001.png")
     assert grid.size[1] == 2 * 16  # condition row + one seed, each 16 px
+
+
+# --- what the command says: resume, compile, errors ---------------------------------------
+
+
+def test_resume_is_announced_with_its_checkpoint(tmp_path, capsys):
+    assert glide_main(["train", str(TINY), "--out-dir", str(tmp_path), "--max-steps", "2"]) == 0
+    assert "resuming" not in capsys.readouterr().err  # a fresh run resumes nothing
+    assert glide_main(["train", str(TINY), "--out-dir", str(tmp_path), "--max-steps", "3"]) == 0
+    err = capsys.readouterr().err
+    assert f"glide train: resuming from step 2: {tmp_path / 'checkpoints' / 'step_00000002'}\n" in err
+
+
+def test_compile_is_announced_before_the_first_step(tmp_path, monkeypatch, capsys):
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend="eager", **kw))
+    said = []
+    import glide_diffusion.train.loop as loop
+
+    real_step = loop.Trainer.train_step
+
+    def step(self, *a, **k):
+        said.append("step")
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(loop.Trainer, "train_step", step)
+    train(cfg(tmp_path / "compiled", "compile=true", "max_steps=1"), messages=said.append)
+    assert said[0].startswith("compiling the model (the first step takes a minute or two)") and said[1] == "step"
+    said.clear()
+    train(cfg(tmp_path / "eager", "max_steps=1"), messages=said.append)
+    assert said == ["step"]
+    torch._dynamo.reset()
+    # The command prints it under its name.
+    assert glide_main(["train", str(TINY), "--out-dir", str(tmp_path / "cli"), "--max-steps", "1",
+                       "--set", "compile=true"]) == 0
+    assert "glide train: compiling the model (the first step takes a minute or two)" in capsys.readouterr().err
+    torch._dynamo.reset()
+
+
+def test_a_finished_run_says_there_is_nothing_to_train(tmp_path):
+    train(cfg(tmp_path, "max_steps=2"))
+    said = []
+    r = train(cfg(tmp_path, "max_steps=2"), messages=said.append)
+    assert r.step == 2 and said[-1] == ("nothing to train: the run is at step 2 and max_steps is 2; "
+                                        "raise max_steps (--max-steps) to train further")

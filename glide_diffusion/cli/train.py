@@ -23,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _say(message: str) -> None:
+    print(f"glide train: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     from ..checkpoints import CheckpointError
@@ -42,7 +46,7 @@ def main(argv: Sequence[str]) -> int:
             return 0
         from ..train.loop import TrainingDivergedError, train
 
-        result = train(config)
+        result = train(config, messages=_say)
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
         print(f"glide train: error: {e}", file=sys.stderr)
         return 2

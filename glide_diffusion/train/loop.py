@@ -109,9 +109,15 @@ class _Batches:
         raise RuntimeError(f"the dataset yields no data at global position {position}")
 
 
+def _print_message(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 class Trainer:
-    def __init__(self, config: TrainConfig, dataset_factory: DatasetFactory | None = None):
+    def __init__(self, config: TrainConfig, dataset_factory: DatasetFactory | None = None,
+                 messages: Callable[[str], None] | None = None):
         self.config = config
+        self._messages = messages or _print_message
         try:
             self.info = tdist.setup(config.device)
             self.device = self.info.device
@@ -140,6 +146,11 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.last_checkpoint: Path | None = None
         self._build_model()
+
+    def say(self, message: str) -> None:
+        """A line for the person running the training (rank 0 only)."""
+        if self.info.is_main:
+            self._messages(message)
 
     # -- construction ---------------------------------------------------------
 
@@ -212,6 +223,7 @@ class Trainer:
                 warnings.warn(f"skipping unreadable checkpoint {path}: {e}")
                 continue
             self._restore(ck, path)
+            self.say(f"resuming from step {self.step}: {path}")
             return
 
     def _restore(self, ck: dict, path: Path) -> None:
@@ -351,10 +363,14 @@ class Trainer:
     def run(self) -> TrainResult:
         c, info = self.config, self.info
         self.resume()
+        if self.step >= c.max_steps:
+            self.say(f"nothing to train: the run is at step {self.step} and max_steps is {c.max_steps}; "
+                     f"raise max_steps (--max-steps) to train further")
         model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
             if info.distributed else self.model
         fallback = contextlib.nullcontext()
-        if c.compile:
+        if c.compile and self.step < c.max_steps:
+            self.say("compiling the model (the first step takes a minute or two)")
             model = torch.compile(model)
             # Where inductor cannot build its kernels (no C++ compiler, an unsupported
             # platform), dynamo logs the error and runs the model eagerly: slower, not stopped.
@@ -405,15 +421,18 @@ class Trainer:
                            self.resumed_from, last["loss"] if last else None, ips)
 
 
-def train(config: TrainConfig, *, dataset_factory: DatasetFactory | None = None) -> TrainResult:
+def train(config: TrainConfig, *, dataset_factory: DatasetFactory | None = None,
+          messages: Callable[[str], None] | None = None) -> TrainResult:
     """Train (or resume) per ``config``; under torchrun, one call per process.
 
     ``dataset_factory(config, rank, world_size, start, low_res)`` replaces the
-    data factory (tests). The process group, if this call created one, is
-    destroyed before returning, also on errors.
+    data factory (tests). ``messages`` receives the lines meant for the person
+    running it (resuming from a checkpoint, compiling; rank 0 only; default: print
+    to stderr). The process group, if this call created one, is destroyed before
+    returning, also on errors.
     """
     try:
-        result = Trainer(config, dataset_factory).run()
+        result = Trainer(config, dataset_factory, messages).run()
     except BaseException:
         tdist.cleanup(wait=False)  # the other processes may be anywhere: no barrier
         raise
