@@ -9,6 +9,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -559,3 +560,58 @@ def test_a_finished_run_says_there_is_nothing_to_train(tmp_path):
     r = train(cfg(tmp_path, "max_steps=2"), messages=said.append)
     assert r.step == 2 and said[-1] == ("nothing to train: the run is at step 2 and max_steps is 2; "
                                         "raise max_steps (--max-steps) to train further")
+
+
+# --- one run per folder ---------------------------------------------------------------------
+
+
+def test_a_second_run_on_the_same_folder_refuses_then_resume_works_after_a_kill(tmp_path, capsys):
+    cmd = [sys.executable, "-m", "glide_diffusion.cli.main", "train", str(TINY), "--out-dir", str(tmp_path),
+           "--set", "ckpt.every=2", "--set", "debug.step_sleep=0.05", "--max-steps", "100000"]
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not list_checkpoints(tmp_path) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert list_checkpoints(tmp_path), "no checkpoint written"
+        metrics = (tmp_path / "metrics.jsonl").stat().st_size
+        assert glide_main(["train", str(TINY), "--out-dir", str(tmp_path), "--max-steps", "3"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("glide train: error: "), err
+        assert str(tmp_path) in err and f"pid {proc.pid} on host {socket.gethostname()}" in err
+        assert (tmp_path / "metrics.jsonl").stat().st_size >= metrics  # not truncated by the refused run
+        assert proc.poll() is None  # the first run goes on
+    finally:
+        proc.kill()  # SIGKILL: the OS drops the lock with the process
+        proc.wait()
+    newest = list_checkpoints(tmp_path)[-1][0]
+    assert glide_main(["train", str(TINY), "--out-dir", str(tmp_path), "--max-steps", str(newest + 1)]) == 0
+    assert f"glide train: resuming from step {newest}:" in capsys.readouterr().err
+
+
+def test_the_run_lock_is_held_by_the_process_not_by_children_it_forks(tmp_path):
+    """DataLoader workers are forked with the lock's file open; if they kept the lock, a killed
+    run would block its own resume until they noticed and exited."""
+    from glide_diffusion.train.lock import RunLockedError, lock_run_dir
+
+    script = (
+        "import os, signal, sys, time\n"
+        "from glide_diffusion.train.lock import lock_run_dir\n"
+        "held = lock_run_dir(sys.argv[1]); held.__enter__()\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    null = os.open(os.devnull, os.O_RDWR); os.dup2(null, 1); os.dup2(null, 2)  # free the test's pipes\n"
+        "    time.sleep(30); os._exit(0)\n"
+        "print(child, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=subprocess_env(), capture_output=True,
+                         text=True, timeout=60)
+    child = int(out.stdout.split()[0])
+    try:
+        with lock_run_dir(tmp_path):
+            with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
+                with lock_run_dir(tmp_path):
+                    pass
+    finally:
+        os.kill(child, signal.SIGKILL)

@@ -44,13 +44,13 @@ def main(argv: Sequence[str]) -> int:
         if args.print_config:
             print(config.to_json())
             return 0
-        from ..train.loop import TrainingDivergedError, train
+        from ..train.loop import RunLockedError, TrainingDivergedError, train
 
         result = train(config, messages=_say)
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
         print(f"glide train: error: {e}", file=sys.stderr)
         return 2
-    except TrainingDivergedError as e:
+    except (TrainingDivergedError, RunLockedError) as e:
         print(f"glide train: error: {e}", file=sys.stderr)
         return 1
     if result.checkpoint is not None and _is_main():

@@ -39,11 +39,13 @@ from ..text.tokenizer import tokenizer_for
 from . import dist as tdist
 from .batch import ema_update, enable_activation_checkpointing, lr_factor, make_inputs, step_generator
 from .config import ConfigError, TrainConfig, config_from_dict
+from .lock import RunLockedError, lock_run_dir
 from .metrics import MetricsWriter, truncate_metrics
 from .state import (clean_stray, get_rng_state, list_checkpoints, prune, read_checkpoint,
                     save_checkpoint, set_rng_state)
 
-__all__ = ["DatasetFactory", "TrainResult", "TrainingDivergedError", "build_train_dataset", "mse_weights", "train"]
+__all__ = ["DatasetFactory", "RunLockedError", "TrainResult", "TrainingDivergedError", "build_train_dataset",
+           "mse_weights", "train"]
 
 # (config, rank, world_size, start, low_res) -> an index-stream IterableDataset
 DatasetFactory = Callable[[TrainConfig, int, int, int, "int | None"], IterableDataset]
@@ -360,7 +362,32 @@ class Trainer:
 
     # -- the run --------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _locked_out_dir(self) -> Iterator[None]:
+        """Hold out_dir's lock (rank 0) for the block; every process raises if rank 0 cannot."""
+        with contextlib.ExitStack() as stack:
+            failure = None
+            if self.info.is_main:
+                try:
+                    stack.enter_context(lock_run_dir(self.out_dir))
+                except RunLockedError as e:
+                    failure = ("locked", str(e))
+                except OSError as e:  # a file where the folder should be, no permission, ...
+                    where = f" ({e.filename})" if e.filename and Path(e.filename) != self.out_dir else ""
+                    failure = ("config", f"cannot use {self.out_dir} as the run folder: {e.strerror or e}{where}")
+            failure = tdist.all_gather_objects(failure)[0]  # rank 0's outcome, on every process
+            if failure is not None:
+                kind, message = failure
+                raise (RunLockedError if kind == "locked" else ConfigError)(message)
+            yield
+
     def run(self) -> TrainResult:
+        """Train from out_dir's newest checkpoint (if any) to max_steps; out_dir is locked
+        meanwhile, so a second run on it raises :class:`RunLockedError`."""
+        with self._locked_out_dir():
+            return self._run()
+
+    def _run(self) -> TrainResult:
         c, info = self.config, self.info
         self.resume()
         if self.step >= c.max_steps:
@@ -429,7 +456,8 @@ def train(config: TrainConfig, *, dataset_factory: DatasetFactory | None = None,
     data factory (tests). ``messages`` receives the lines meant for the person
     running it (resuming from a checkpoint, compiling; rank 0 only; default: print
     to stderr). The process group, if this call created one, is destroyed before
-    returning, also on errors.
+    returning, also on errors. A second run on the same ``out_dir`` while this
+    one holds it raises :class:`RunLockedError`.
     """
     try:
         result = Trainer(config, dataset_factory, messages).run()
