@@ -554,12 +554,51 @@ def test_compile_is_announced_before_the_first_step(tmp_path, monkeypatch, capsy
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("steps", ["0", "-3"])
+def test_max_steps_below_one_is_an_error(tmp_path, capsys, steps):
+    with pytest.raises(SystemExit) as e:
+        glide_main(["train", str(TINY), "--out-dir", str(tmp_path / "run"), "--max-steps", steps])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"glide train: error: argument --max-steps: must be at least 1, got {steps}" in err
+    assert "max_steps" not in err
+    assert glide_main(["train", str(TINY), "--out-dir", str(tmp_path / "run"), "--set", f"max_steps={steps}"]) == 2
+    assert "glide train: error: " in (err := capsys.readouterr().err) and "max_steps must be >= 1" in err
+    assert not (tmp_path / "run").exists()  # nothing started
+    with pytest.raises(ConfigError, match="max_steps must be >= 1"):
+        cfg(tmp_path, f"max_steps={steps}")
+
+
 def test_a_finished_run_says_there_is_nothing_to_train(tmp_path):
     train(cfg(tmp_path, "max_steps=2"))
     said = []
     r = train(cfg(tmp_path, "max_steps=2"), messages=said.append)
     assert r.step == 2 and said[-1] == ("nothing to train: the run is at step 2 and max_steps is 2; "
                                         "raise max_steps (--max-steps) to train further")
+
+
+def test_command_errors_start_with_its_name_and_use_its_option_names(tmp_path, capsys):
+    def error(*argv):
+        try:
+            rc = glide_main(["train", *argv])
+        except SystemExit as e:
+            rc = e.code
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err, err
+        lines = [line for line in err.splitlines() if line and not line.startswith(("usage:", " ", "[rank"))]
+        assert lines and all(line.startswith("glide train: error: ") for line in lines), err
+        return lines[0][len("glide train: error: "):]
+
+    assert error(str(tmp_path / "nope.toml")) == f"config file not found: {tmp_path / 'nope.toml'}"
+    assert error(str(tmp_path)) == f"config file {tmp_path} is a folder, not a file"
+    assert error(str(TINY), "--set", "lr") == "--set 'lr' is not KEY=VALUE (e.g. --set optim.lr=1e-4)"
+    assert "valid keys" in error(str(TINY), "--set", "optim.lrr=1")
+    assert error(str(TINY), "--out-dir", "") == "argument --out-dir: must not be empty"
+    (tmp_path / "file").write_text("")
+    assert error(str(TINY), "--out-dir", str(tmp_path / "file")).startswith(
+        f"cannot use {tmp_path / 'file'} as the run folder")
+    assert "image folder" in error(str(TINY), "--out-dir", str(tmp_path / "run"), "--set", 'data.kind="folder"',
+                                   "--set", f"data.path={tmp_path / 'no-images'}")
 
 
 # --- one run per folder ---------------------------------------------------------------------
