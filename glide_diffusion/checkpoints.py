@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -24,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .presets import RELEASED_PRESETS, ModelConfig, get_preset
+from .presets import PRESETS, RELEASED_PRESETS, ModelConfig, get_preset
 from .unet.model import GlideUNet
 
 FORMAT = "glide-diffusion/1"
@@ -60,8 +61,10 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``; no partial file is ever left at ``path``."""
+def atomic_write(path: Path, write, *, overwrite: bool = True) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``; no partial file is ever left at ``path``.
+    ``overwrite=False``: raise FileExistsError rather than replace a file at ``path`` (atomically:
+    the temporary file is hard-linked into place, which fails where a file exists)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -70,7 +73,11 @@ def atomic_write(path: Path, write) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode a plain open() would
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -106,15 +113,21 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig 
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on the pickle protocol says nothing about the file
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch's message advises weights_only=False: wrong for a corrupt or untrusted file, so keep only the cause.
+        cause = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), None)
         raise CheckpointError(
-            f"{path}: refused to load: the file is not a plain weights file (its pickle asks to "
-            f"run code or build objects weights_only loading forbids), or it is corrupt. "
-            f"Details: {str(e).splitlines()[0]}"
+            f"{path}: refused to load: not a plain PyTorch weights file (corrupt, truncated, or its pickle "
+            f"asks to build objects or run code, which is never done here)" + (f"; {cause}" if cause else "")
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt?): {e}") from e
+    except MemoryError:
+        raise
+    except Exception as e:  # torch.load on arbitrary bytes raises KeyError, IndexError, RuntimeError, ...
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
+                              f"{type(e).__name__}: {e}") from e
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -192,8 +205,9 @@ def load_model(
     config = config or saved or implied
     if config is None:
         raise CheckpointError(
-            f"{path}: the file does not record its configuration; pass config= (a preset name such as "
-            f"{', '.join(sorted(RELEASED_PRESETS.values()))}, or a ModelConfig)"
+            f"{path}: the file does not record its model configuration; name its preset "
+            f"({', '.join(sorted(PRESETS))}): --config PRESET for the base model or --up-config PRESET for "
+            f"the upsampler on the command line, config= in Python"
         )
     with torch.device("meta"):
         model = new_unet(config)

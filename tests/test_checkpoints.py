@@ -91,7 +91,7 @@ def test_mismatched_checkpoint_names_missing_and_unexpected_keys(tmp_path):
 
 def test_pt_without_config_asks_for_one(tmp_path):
     torch.save(build_model("tiny").state_dict(), tmp_path / "m.pt")
-    with pytest.raises(CheckpointError, match="pass config="):
+    with pytest.raises(CheckpointError, match="--config PRESET for the base model"):
         load_model(tmp_path / "m.pt")
 
 

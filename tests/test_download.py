@@ -233,23 +233,75 @@ def test_download_released_uses_base_url(tmp_path, monkeypatch):
 def test_cli_download_end_to_end(tmp_path, capsys):
     with LocalServer(_mirror()) as srv:
         rc = cli_download(["--cache-dir", str(tmp_path), "--base-url", srv.url("/mirror"), "--no-progress"])
+        out = capsys.readouterr().out
+        assert rc == 0
+        for name in ("base", "upsample"):
+            path = tmp_path / "checkpoints" / f"{name}.pt"
+            assert f"{name}: {path} (downloaded)\n" in out
+        assert (tmp_path / "checkpoints" / "base.pt").read_bytes() == PAYLOAD
+        # Again: nothing to fetch.
+        assert cli_download(["--cache-dir", str(tmp_path), "--base-url", srv.url("/mirror"), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert rc == 0
-    for name in ("base", "upsample"):
-        path = tmp_path / "checkpoints" / f"{name}.pt"
-        assert f"{name}: {path}" in out
-    assert (tmp_path / "checkpoints" / "base.pt").read_bytes() == PAYLOAD
+    assert out.count("(already present)\n") == 2 and "downloaded" not in out
 
 
-def test_cli_download_failure_is_one_line_on_stderr(tmp_path, capsys):
-    rc = cli_download(["base-inpaint", "--cache-dir", str(tmp_path),
+def test_cli_download_failure_message_starts_with_the_command(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    rc = cli_download(["base-inpaint", "--cache-dir", str(cache),
                        "--base-url", f"http://127.0.0.1:{closed_port()}", "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 1
-    assert err.startswith("error: ") and "Traceback" not in err
-    assert str(tmp_path / "checkpoints" / "base_inpaint.pt") in err
-    assert cli_download(["nope", "--cache-dir", str(tmp_path)]) == 1
-    assert "valid names" in capsys.readouterr().err
+    assert err.startswith("glide download: error: base-inpaint: could not download ") and "Traceback" not in err
+    assert str(cache / "checkpoints" / "base_inpaint.pt") in err
+    assert not cache.exists()  # no empty folders left behind
+    assert cli_download(["nope", "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("glide download: error: unknown released file 'nope'") and "valid names" in err
+
+
+def test_cli_download_tries_every_file_and_reports_each(tmp_path, capsys):
+    present = tmp_path / "checkpoints" / "base.pt"
+    present.parent.mkdir()
+    present.write_bytes(PAYLOAD)
+    with LocalServer(_mirror()) as srv:  # the mirror has no base_inpaint.pt
+        rc = cli_download(["base-inpaint", "base", "clip-text-enc", "upsample", "--cache-dir", str(tmp_path),
+                           "--base-url", srv.url("/mirror"), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    ck = tmp_path / "checkpoints"
+    assert out.splitlines() == [f"base: {ck / 'base.pt'} (already present)",
+                                f"upsample: {ck / 'upsample.pt'} (downloaded)"]
+    lines = err.splitlines()
+    assert lines[0].startswith("glide download: error: base-inpaint: could not download ") and "404" in lines[0]
+    assert lines[1].startswith("glide download: error: clip-text-enc: could not download ") and "404" in lines[1]
+    assert lines[-1] == ("glide download: error: 2 of 4 files failed (base-inpaint, clip-text-enc); "
+                         "2 are in the cache")
+    assert (ck / "upsample.pt").read_bytes() == PAYLOAD[::-1]
+    assert sorted(p.name for p in ck.iterdir()) == ["base.pt", "upsample.pt"]
+
+
+def test_cli_download_reports_a_cache_it_cannot_write(tmp_path, capsys):
+    (tmp_path / "cache").write_text("a file, not a folder")
+    with LocalServer(_mirror()) as srv:
+        rc = cli_download(["base", "--cache-dir", str(tmp_path / "cache"), "--base-url", srv.url("/mirror"),
+                           "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert err.startswith(f"glide download: error: base: cannot write {tmp_path / 'cache' / 'checkpoints'}")
+
+
+def test_failed_download_of_a_new_file_leaves_no_empty_folders(tmp_path):
+    dest = tmp_path / "cache" / "checkpoints" / "base.pt"
+    with pytest.raises(DownloadError):
+        _get(dest, f"http://127.0.0.1:{closed_port()}/base.pt")
+    with LocalServer({}) as srv, pytest.raises(DownloadError, match="404"):
+        _get(dest, srv.url("/base.pt"))
+    assert list(tmp_path.iterdir()) == []
+    # A partial download is kept, with its folder, to resume.
+    with LocalServer({"/base.pt": PAYLOAD}, mode="truncate", truncate_at=100_000) as srv:
+        with pytest.raises(DownloadError, match="resume"):
+            _get(dest, srv.url("/base.pt"))
+    assert [p.name for p in dest.parent.iterdir()] == ["base.pt.part"]
 
 
 def test_vocab_files_verified_by_size(tmp_path):

@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -59,8 +60,9 @@ def test_sizes_and_rerun_determinism(pipe):
 
 
 def test_an_image_does_not_change_with_the_batch(pipe):
-    batch = pipe("a green star", num_images=3, seed=100, base=FAST_BASE, upsample=FAST_UP)
-    single = pipe("a green star", num_images=1, seed=101, base=FAST_BASE, upsample=FAST_UP)
+    # fp32: the random tiny models amplify bf16's batch-dependent rounding into other images.
+    batch = pipe("a green star", num_images=3, seed=100, base=FAST_BASE, upsample=FAST_UP, dtype="fp32")
+    single = pipe("a green star", num_images=1, seed=101, base=FAST_BASE, upsample=FAST_UP, dtype="fp32")
     assert _nearly_equal(_arrays(batch.images)[1], _arrays(single.images)[0])
 
 
@@ -74,15 +76,15 @@ def _nearly_equal(a, b):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"base": StageSettings("ddpm", "4", -1.0)}, "guidance scale"),
+        ({"base": StageSettings("ddpm", "4", -1.0)}, "guidance_scale"),
         ({"base": StageSettings("ddpm", "abc", 3.0)}, "bad steps"),
         ({"base": StageSettings("euler", "4", 3.0)}, "unknown sampler"),
         ({"seed": -1}, "seed"),
         ({"num_images": 0}, "num_images"),
         ({"dtype": "fp16"}, "fp16 needs a CUDA"),
         ({"dtype": "fp64"}, "dtype must be"),
-        ({"base": StageSettings("ddpm", "4", 3.0, guidance_interval=(0.8, 0.2))}, "guidance interval"),
-        ({"base": StageSettings("ddpm", "4", 3.0, guidance_interval=(0.0, 1.5))}, "guidance interval"),
+        ({"base": StageSettings("ddpm", "4", 3.0, guidance_interval=(0.8, 0.2))}, "guidance_interval"),
+        ({"base": StageSettings("ddpm", "4", 3.0, guidance_interval=(0.0, 1.5))}, "guidance_interval"),
         ({"base": StageSettings("ddpm", "4", 3.0, candidates=0)}, "candidates must be"),
         ({"base": StageSettings("ddpm", "4", 3.0, candidates=2)}, "candidates=2 keeps the best"),  # no CLIP
         ({"upsample": StageSettings("ddim", "3", candidates=2)}, "base stage only"),
@@ -136,7 +138,8 @@ def test_cli_sample_writes_pngs_with_metadata(checkpoints, tmp_path, capsys):
     ])
     assert rc == 0
     pngs = sorted(out.glob("*.png"))
-    assert [p.name for p in pngs] == ["a-red-circle-3.png", "a-red-circle-4.png"]
+    assert [re.sub("-[0-9a-f]{8}-", "-HASH-", p.name) for p in pngs] == [
+        "a-red-circle-HASH-0-seed3.png", "a-red-circle-HASH-1-seed4.png"]
     im = Image.open(pngs[0])
     assert im.size == (64, 64)
     assert im.text["prompt"] == "a red circle" and im.text["seed"] == "3"
@@ -152,10 +155,10 @@ def test_cli_sample_writes_pngs_with_metadata(checkpoints, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, match",
     [
-        (["-g", "-2"], "guidance scale"),
+        (["-g", "-2"], "-g/--guidance-scale must be"),
         (["--base-steps", "0"], "bad steps"),
-        (["--guidance-interval", "0.9,0.1"], "guidance interval"),
-        (["--seed", "-5"], "seed"),
+        (["--guidance-interval", "0.9,0.1"], "--guidance-interval must"),
+        (["--seed", "-5"], "--seed must be"),
         (["--dtype", "fp16"], "fp16"),
         (["--device", "cuda"], "CUDA is not available"),
     ],
@@ -250,8 +253,9 @@ def test_cli_help_and_unknown_command(capsys):
 
 
 def test_batch_size_does_not_change_images(pipe):
-    a = pipe(["a red circle", "a blue square"], num_images=2, seed=5, base=FAST_BASE, upsample=FAST_UP)
-    b = pipe(["a red circle", "a blue square"], num_images=2, seed=5, base=FAST_BASE, upsample=FAST_UP, batch_size=3)
+    run = dict(num_images=2, seed=5, base=FAST_BASE, upsample=FAST_UP, dtype="fp32")  # as above
+    a = pipe(["a red circle", "a blue square"], **run)
+    b = pipe(["a red circle", "a blue square"], batch_size=3, **run)
     assert b.settings["batch_size"] == 3
     for x, y in zip(_arrays(a.images), _arrays(b.images)):
         assert _nearly_equal(x, y)
@@ -294,7 +298,8 @@ def test_cli_clip_guidance(checkpoints, clip_vocab, tmp_path, capsys):
                "--clip-guidance-scale", "3", "--clip", str(clip_path), "-g", "1", "-o", str(out), "--no-progress",
                "--cache-dir", str(tmp_path / "cache")])
     assert rc == 0, capsys.readouterr().err
-    settings = json.loads(Image.open(out / "a-red-circle-0.png").text["settings"])
+    (png,) = out.glob("a-red-circle-*-0-seed0.png")
+    settings = json.loads(Image.open(png).text["settings"])
     assert settings["clip_guidance_scale"] == 3.0 and settings["clip_model"] == str(clip_path)
 
 
@@ -351,7 +356,7 @@ def test_rerank_before_upsampling_gives_the_images_of_reranking_after(checkpoint
     torch.manual_seed(0)
     pipe = Text2ImPipeline.from_pretrained(*checkpoints, download=False)
     prompts = ["a red circle", "a blue square"]
-    run = dict(num_images=3, seed=11, base=FAST_BASE, upsample=FAST_UP)
+    run = dict(num_images=3, seed=11, base=FAST_BASE, upsample=FAST_UP, dtype="fp32")  # batch-independent rounding
     with pytest.raises(ValueError, match="noised CLIP"):
         pipe(prompts, rerank=1, **run)
     pipe.clip = build_clip("tiny").eval()
@@ -379,7 +384,7 @@ def test_rerank_before_upsampling_gives_the_images_of_reranking_after(checkpoint
     assert all(_nearly_equal(x, y) for x, y in zip(_arrays(chunked.images), _arrays(after.images)))
 
 
-def test_best_of_candidates_is_reranking_of_all_of_them(checkpoints, clip_vocab, tmp_path, capsys):
+def test_best_of_candidates_keeps_the_best_of_each_group(checkpoints, clip_vocab, tmp_path, capsys):
     from glide_diffusion.clip import build_clip
     from glide_diffusion.clip.loading import save_clip
     from glide_diffusion.guidance.clip import clip_scores
@@ -396,11 +401,14 @@ def test_best_of_candidates_is_reranking_of_all_of_them(checkpoints, clip_vocab,
     everything = pipe(prompts, num_images=6, seed=3, base=FAST_BASE, upsample=FAST_UP)
     for p, first in (("a red circle", 0), ("a blue square", 6)):  # the reranking CLIP chose, not the guiding one
         scores = clip_scores(judge, torch.cat([from_pil(im) for im in everything.low_res[first:first + 6]]), p)
-        top = torch.argsort(scores, descending=True, stable=True)[:2].tolist()
+        top = [g * 3 + int(torch.argmax(scores[g * 3:(g + 1) * 3])) for g in range(2)]  # best of each 3, in order
         assert [s for s, q in zip(best.seeds, best.prompts) if q == p] == [everything.seeds[first + j] for j in top]
+        assert top[0] < 3 <= top[1]  # one from each group, not the best two of all six
     assert best.settings["clip_rerank"]["of"] == 6 and best.settings["clip_rerank"]["clip_model"] == "judge"
-    assert best.settings["base"]["candidates"] == 3
-    assert pipe(prompts, num_images=2, seed=3, base=best3, rerank=1).seeds == best.seeds[::2]  # best 1 of 6
+    assert best.settings["base"]["candidates"] == 3 and best.settings["clip_rerank"]["best_of"] == 3
+    reranked = pipe(prompts, num_images=2, seed=3, base=best3, rerank=1)  # the better of the two group winners
+    scores = best.settings["clip_rerank"]["scores"]
+    assert reranked.seeds == [best.seeds[i + int(scores[i + 1] > scores[i])] for i in (0, 2)]
     clip_path = save_clip(tmp_path / "judge.safetensors", judge)
     loaded = Text2ImPipeline.from_pretrained(*checkpoints, download=False, rerank_clip=str(clip_path))
     assert loaded.rerank_clip_name == str(clip_path)

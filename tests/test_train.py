@@ -9,6 +9,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -514,3 +515,142 @@ def test_sample_grid_uses_whole_images_when_training_crops(tmp_path):
               "cond.crop_size=8", "max_steps=1", "sample.every=1", "sample.steps='2'", "sample.seeds=[0]"))
     grid = Image.open(tmp_path / "samples" / "step_00000001.png")
     assert grid.size[1] == 2 * 16  # condition row + one seed, each 16 px
+
+
+# --- what the command says: resume, compile, errors ---------------------------------------
+
+
+def test_resume_is_announced_with_its_checkpoint(tmp_path, capsys):
+    assert glide_main(["train", str(TINY), "--out-dir", str(tmp_path), "--max-steps", "2"]) == 0
+    assert "resuming" not in capsys.readouterr().err  # a fresh run resumes nothing
+    assert glide_main(["train", str(TINY), "--out-dir", str(tmp_path), "--max-steps", "3"]) == 0
+    err = capsys.readouterr().err
+    assert f"glide train: resuming from step 2: {tmp_path / 'checkpoints' / 'step_00000002'}\n" in err
+
+
+def test_compile_is_announced_before_the_first_step(tmp_path, monkeypatch, capsys):
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend="eager", **kw))
+    said = []
+    import glide_diffusion.train.loop as loop
+
+    real_step = loop.Trainer.train_step
+
+    def step(self, *a, **k):
+        said.append("step")
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(loop.Trainer, "train_step", step)
+    train(cfg(tmp_path / "compiled", "compile=true", "max_steps=1"), messages=said.append)
+    assert said[0].startswith("compiling the model (the first step takes a minute or two)") and said[1] == "step"
+    said.clear()
+    train(cfg(tmp_path / "eager", "max_steps=1"), messages=said.append)
+    assert said == ["step"]
+    torch._dynamo.reset()
+    # The command prints it under its name.
+    assert glide_main(["train", str(TINY), "--out-dir", str(tmp_path / "cli"), "--max-steps", "1",
+                       "--set", "compile=true"]) == 0
+    assert "glide train: compiling the model (the first step takes a minute or two)" in capsys.readouterr().err
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("steps", ["0", "-3"])
+def test_max_steps_below_one_is_an_error(tmp_path, capsys, steps):
+    with pytest.raises(SystemExit) as e:
+        glide_main(["train", str(TINY), "--out-dir", str(tmp_path / "run"), "--max-steps", steps])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"glide train: error: argument --max-steps: must be at least 1, got {steps}" in err
+    assert "max_steps" not in err
+    assert glide_main(["train", str(TINY), "--out-dir", str(tmp_path / "run"), "--set", f"max_steps={steps}"]) == 2
+    assert "glide train: error: " in (err := capsys.readouterr().err) and "max_steps must be >= 1" in err
+    assert not (tmp_path / "run").exists()  # nothing started
+    with pytest.raises(ConfigError, match="max_steps must be >= 1"):
+        cfg(tmp_path, f"max_steps={steps}")
+
+
+def test_a_finished_run_says_there_is_nothing_to_train(tmp_path):
+    train(cfg(tmp_path, "max_steps=2"))
+    said = []
+    r = train(cfg(tmp_path, "max_steps=2"), messages=said.append)
+    assert r.step == 2 and said[-1] == ("nothing to train: the run is at step 2 and max_steps is 2; "
+                                        "raise max_steps (--max-steps) to train further")
+
+
+def test_command_errors_start_with_its_name_and_use_its_option_names(tmp_path, capsys):
+    def error(*argv):
+        try:
+            rc = glide_main(["train", *argv])
+        except SystemExit as e:
+            rc = e.code
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err, err
+        lines = [line for line in err.splitlines() if line and not line.startswith(("usage:", " ", "[rank"))]
+        assert lines and all(line.startswith("glide train: error: ") for line in lines), err
+        return lines[0][len("glide train: error: "):]
+
+    assert error(str(tmp_path / "nope.toml")) == f"config file not found: {tmp_path / 'nope.toml'}"
+    assert error(str(tmp_path)) == f"config file {tmp_path} is a folder, not a file"
+    assert error(str(TINY), "--set", "lr") == "--set 'lr' is not KEY=VALUE (e.g. --set optim.lr=1e-4)"
+    assert "valid keys" in error(str(TINY), "--set", "optim.lrr=1")
+    assert error(str(TINY), "--out-dir", "") == "argument --out-dir: must not be empty"
+    (tmp_path / "file").write_text("")
+    assert error(str(TINY), "--out-dir", str(tmp_path / "file")).startswith(
+        f"cannot use {tmp_path / 'file'} as the run folder")
+    assert "image folder" in error(str(TINY), "--out-dir", str(tmp_path / "run"), "--set", 'data.kind="folder"',
+                                   "--set", f"data.path={tmp_path / 'no-images'}")
+
+
+# --- one run per folder ---------------------------------------------------------------------
+
+
+def test_a_second_run_on_the_same_folder_refuses_then_resume_works_after_a_kill(tmp_path, capsys):
+    cmd = [sys.executable, "-m", "glide_diffusion.cli.main", "train", str(TINY), "--out-dir", str(tmp_path),
+           "--set", "ckpt.every=2", "--set", "debug.step_sleep=0.05", "--max-steps", "100000"]
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not list_checkpoints(tmp_path) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert list_checkpoints(tmp_path), "no checkpoint written"
+        metrics = (tmp_path / "metrics.jsonl").stat().st_size
+        assert glide_main(["train", str(TINY), "--out-dir", str(tmp_path), "--max-steps", "3"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("glide train: error: "), err
+        assert str(tmp_path) in err and f"pid {proc.pid} on host {socket.gethostname()}" in err
+        assert (tmp_path / "metrics.jsonl").stat().st_size >= metrics  # not truncated by the refused run
+        assert proc.poll() is None  # the first run goes on
+    finally:
+        proc.kill()  # SIGKILL: the OS drops the lock with the process
+        proc.wait()
+    newest = list_checkpoints(tmp_path)[-1][0]
+    assert glide_main(["train", str(TINY), "--out-dir", str(tmp_path), "--max-steps", str(newest + 1)]) == 0
+    assert f"glide train: resuming from step {newest}:" in capsys.readouterr().err
+
+
+def test_the_run_lock_is_held_by_the_process_not_by_children_it_forks(tmp_path):
+    """DataLoader workers are forked with the lock's file open; if they kept the lock, a killed
+    run would block its own resume until they noticed and exited."""
+    from glide_diffusion.train.lock import RunLockedError, lock_run_dir
+
+    script = (
+        "import os, signal, sys, time\n"
+        "from glide_diffusion.train.lock import lock_run_dir\n"
+        "held = lock_run_dir(sys.argv[1]); held.__enter__()\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    null = os.open(os.devnull, os.O_RDWR); os.dup2(null, 1); os.dup2(null, 2)  # free the test's pipes\n"
+        "    time.sleep(30); os._exit(0)\n"
+        "print(child, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=subprocess_env(), capture_output=True,
+                         text=True, timeout=60)
+    child = int(out.stdout.split()[0])
+    try:
+        with lock_run_dir(tmp_path):
+            with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
+                with lock_run_dir(tmp_path):
+                    pass
+    finally:
+        os.kill(child, signal.SIGKILL)

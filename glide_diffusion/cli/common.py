@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Callable
 
 from .. import bundled
-from ..pipelines.stage import StageSettings
-from ..precision import DTYPES
+from ..pipelines.stage import SettingError, StageSettings
+from ..precision import DTYPE_CHOICES
+from ..presets import PRESETS
 
 
 # Model families: the (base, upsampler) a command uses unless --base/--upsampler say otherwise.
@@ -39,6 +40,12 @@ def add_model_args(p: argparse.ArgumentParser, task: str) -> None:
                    help="base model: a released or bundled name, or a checkpoint path (default: from --models)")
     p.add_argument("--upsampler", default=None,
                    help="upsampler: a released or bundled name, a path, or 'none' (default: from --models)")
+    presets = sorted(PRESETS)
+    p.add_argument("--config", choices=presets, default=None, metavar="PRESET",
+                   help="the base model's preset, for a .pt state dict that does not record its configuration "
+                        f"({', '.join(presets)})")
+    p.add_argument("--up-config", choices=presets, default=None, metavar="PRESET",
+                   help="the upsampler's preset, likewise")
     p.set_defaults(model_task=task)
 
 
@@ -97,10 +104,14 @@ def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings | None = N
     p.add_argument("--up-guidance-scale", type=float, default=ug,
                    help=f"classifier-free guidance scale of the upsampler (1 = conditional only; default: {ug_help})")
     p.add_argument("-o", "--output", default="samples", help="output folder (default: ./samples)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files of the same name in the output folder (default: never; a name in use "
+                        "gets a counter)")
     p.add_argument("--npz", action="store_true", help="also write all images to samples.npz in the output folder")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES),
-                   help="model precision (bf16 on recent CPUs, fp16 on CUDA)")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="model precision; auto: bf16 on CPUs with native bf16, fp16 on CUDA, else fp32 "
+                        "(default: auto)")
     p.add_argument("--compile", action="store_true",
                    help="sample through torch.compile: each step faster, after a minute or two of building "
                         "kernels per stage; pays for many images, not one (README \"Benchmarks\")")
@@ -211,16 +222,40 @@ def device_arg(args: argparse.Namespace):
     return device
 
 
+# The option each library setting comes from (pipelines.stage.SettingError.name), for error messages.
+OPTIONS = {
+    "num_images": "-n/--num-images", "seed": "--seed", "batch_size": "--batch-size", "dtype": "--dtype",
+    "rerank": "--rerank", "clip_guidance_scale": "--clip-guidance-scale", "strength": "--strength",
+    "base.sampler": "--base-sampler", "base.steps": "--base-steps", "base.guidance_scale": "-g/--guidance-scale",
+    "base.guidance_interval": "--guidance-interval", "base.candidates": "--candidates",
+    "upsample.sampler": "--up-sampler", "upsample.steps": "--up-steps",
+    "upsample.guidance_scale": "--up-guidance-scale", "upsample.temperature": "--up-temperature",
+}
+
+
 def run_command(name: str, body: Callable[[], list[Path]]) -> int:
-    """Run ``body`` (which returns the files it wrote); expected errors become one line and exit 2."""
+    """Run ``body`` (which returns the files it wrote); expected errors become one line and exit 2,
+    and each distinct warning prints once as one line."""
     from ..checkpoints import CheckpointError
     from ..hub.download import DownloadError
 
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        if text not in seen:
+            seen.add(text)
+            print(f"glide {name}: warning: {text}", file=sys.stderr, flush=True)
+
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("always")
+            warnings.simplefilter("always")  # ``show`` keeps one of each
+            warnings.showwarning = show
             paths = body()
-    except (ValueError, TypeError, FileNotFoundError, CheckpointError, DownloadError) as e:
+    except SettingError as e:
+        print(f"glide {name}: error: {OPTIONS.get(e.name, e.name)} {e.problem}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, OSError, CheckpointError, DownloadError) as e:
         print(f"glide {name}: error: {e}", file=sys.stderr)
         return 2
     for path in paths:
@@ -228,11 +263,34 @@ def run_command(name: str, body: Callable[[], list[Path]]) -> int:
     return 0
 
 
+def check_output(args: argparse.Namespace) -> None:
+    """Fail before any work unless -o/--output is, or can become, a folder this process can write in."""
+    from ..pipelines.output import check_writable_dir
+
+    try:
+        check_writable_dir(Path(args.output))
+    except OSError as e:
+        raise ValueError(f"-o/--output: {e}") from None
+
+
 def write_outputs(result, args: argparse.Namespace, suffix: str = "") -> list[Path]:
+    """Save the result into -o/--output; where that fails after all, into a new temporary folder
+    (said in a warning), so the sampling is not lost."""
+    import tempfile
+
     from ..pipelines.output import save_npz, save_samples
 
-    paths = save_samples(result.images, result.prompts, result.seeds, result.settings, args.output, suffix=suffix)
-    if args.npz:
-        paths.append(save_npz(Path(args.output) / "samples.npz", result.images, result.prompts, result.seeds,
-                              result.settings))
-    return paths
+    def save(folder: Path) -> list[Path]:
+        paths = save_samples(result.images, result.prompts, result.seeds, result.settings, folder, suffix=suffix,
+                             overwrite=args.overwrite)
+        if args.npz:
+            paths.append(save_npz(folder / "samples.npz", result.images, result.prompts, result.seeds,
+                                  result.settings, overwrite=args.overwrite))
+        return paths
+
+    try:
+        return save(Path(args.output))
+    except OSError as e:
+        fallback = Path(tempfile.mkdtemp(prefix="glide-samples-"))
+        warnings.warn(f"could not write to {args.output} ({e.strerror or e}); saved in {fallback} instead")
+        return save(fallback)

@@ -8,8 +8,8 @@ from typing import Sequence
 from ..pipelines.inpaint import INPAINT_MODEL_RECIPES, INPAINT_RECIPES
 from ..pipelines.text2im import OFFICIAL_BASE, OFFICIAL_UPSAMPLE
 from .common import (
-    add_model_args, add_sampling_args, compile_stages, resolve_models, device_arg, load_clip_option, rerank_clip_choice,
-    run_command, stage_settings, upsampler_arg, write_outputs,
+    add_model_args, add_sampling_args, check_output, compile_stages, device_arg, load_clip_option, rerank_clip_choice,
+    resolve_models, run_command, stage_settings, upsampler_arg, write_outputs,
 )
 
 
@@ -93,6 +93,7 @@ def inpaint_main(argv: Sequence[str]) -> int:
         from ..pipelines.inpaint import InpaintPipeline, extend_canvas, mask_from_image, mask_from_rects, split_alpha
 
         device = device_arg(args)
+        check_output(args)
         image, transparent = split_alpha(_open_image(args.image))
         fill = np.zeros((image.size[1], image.size[0]), dtype=bool)
         if args.mask:
@@ -106,7 +107,8 @@ def inpaint_main(argv: Sequence[str]) -> int:
         if not (args.mask or args.rect or args.extend or transparent is not None):
             raise ValueError("say what to repaint: --mask, --rect, --extend, or a transparent image")
         pipe = InpaintPipeline.from_pretrained(args.base, upsampler_arg(args), device=device,
-                                               cache_dir=args.cache_dir, download=not args.no_download)
+                                               cache_dir=args.cache_dir, download=not args.no_download,
+                                               base_config=args.config, upsampler_config=args.up_config)
         compile_stages(pipe, args)
         if base.candidates > 1:
             choice = rerank_clip_choice(args, "shapes-clip-rerank" if args.models == "shapes" else "released")
@@ -128,11 +130,13 @@ def edit_main(argv: Sequence[str]) -> int:
         from ..pipelines.edit import EditPipeline
 
         device = device_arg(args)
+        check_output(args)
         if not 0 < args.strength <= 1:
             raise ValueError(f"--strength must be in (0, 1], got {args.strength}")
         image = _open_image(args.image)
         pipe = EditPipeline.from_pretrained(args.base, upsampler_arg(args), device=device,
-                                            cache_dir=args.cache_dir, download=not args.no_download)
+                                            cache_dir=args.cache_dir, download=not args.no_download,
+                                            base_config=args.config, upsampler_config=args.up_config)
         compile_stages(pipe, args)
         result = pipe(image, args.prompt, strength=args.strength, num_images=args.num_images, seed=args.seed,
                       base=base, upsample=up, dtype=args.dtype, progress=not args.no_progress)

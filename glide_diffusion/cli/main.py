@@ -27,7 +27,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unknown command {argv[0]!r}; choose from {', '.join(commands)}")
         parser.print_help()
         return 0 if argv else 2
-    return commands[argv[0]][1](argv[1:])
+    try:
+        return commands[argv[0]][1](argv[1:])
+    except KeyboardInterrupt:  # one line, not a traceback; nothing half-written is left (atomic writes)
+        print(f"\nglide {argv[0]}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _download(argv: Sequence[str]) -> int:

@@ -7,8 +7,8 @@ from typing import Sequence
 
 from ..pipelines.text2im import MODEL_RECIPES, RECIPES
 from .common import (
-    add_model_args, add_sampling_args, compile_stages, resolve_models, device_arg, load_clip_option, rerank_clip_choice,
-    run_command, stage_settings, upsampler_arg, write_outputs,
+    add_model_args, add_sampling_args, check_output, compile_stages, device_arg, load_clip_option, rerank_clip_choice,
+    resolve_models, run_command, stage_settings, upsampler_arg, write_outputs,
 )
 
 
@@ -46,6 +46,7 @@ def main(argv: Sequence[str]) -> int:
         from ..pipelines.text2im import Text2ImPipeline, validate_request
 
         device = device_arg(args)
+        check_output(args)
         if args.batch_size is not None and args.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
         validate_request(args.prompts, args.num_images, args.seed, base, up, args.dtype, device,
@@ -55,8 +56,8 @@ def main(argv: Sequence[str]) -> int:
         if args.rerank is not None and not 1 <= args.rerank <= args.num_images:
             raise ValueError(f"--rerank must be in 1..{args.num_images} (the images per prompt, -n), got {args.rerank}")
         pipe = Text2ImPipeline.from_pretrained(
-            args.base, upsampler, device=device, cache_dir=args.cache_dir, download=not args.no_download
-        )
+            args.base, upsampler, device=device, cache_dir=args.cache_dir, download=not args.no_download,
+            base_config=args.config, upsampler_config=args.up_config)
         compile_stages(pipe, args)
         guide_clip, rerank_clip = _clip_choices(args, reranks=args.rerank is not None or base.candidates > 1)
         if guide_clip:

@@ -22,11 +22,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="TOML config file (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field by its dotted path, e.g. --set optim.lr=1e-4 (repeatable)")
-    p.add_argument("--out-dir", help="same as --set out_dir=DIR")
-    p.add_argument("--max-steps", type=int, help="same as --set max_steps=N")
+    p.add_argument("--out-dir", type=_non_empty, help="same as --set out_dir=DIR")
+    p.add_argument("--max-steps", type=_positive_int, help="same as --set max_steps=N")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of steps, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_empty(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _say(message: str) -> None:
+    print(f"glide train: {message}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -43,10 +63,12 @@ def main(argv: Sequence[str]) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from ..checkpoints import CheckpointError
-    from ..train.config import ConfigError, load_config
-    from ..train.loop import TrainingDivergedError, train
+    from ..train.config import ConfigError, load_config, parse_override
+    from ..train.loop import RunLockedError, TrainingDivergedError, train
 
     try:
+        for item in args.overrides:  # syntax first, in the option's own terms
+            parse_override(item, what="--set")
         extra = []  # the shorthand flags: overrides after the --set ones
         if args.out_dir is not None:
             extra.append(f"out_dir={_quote(args.out_dir)}")
@@ -62,11 +84,11 @@ def _run(args: argparse.Namespace) -> int:
         loader = {"folder": "folder", "manifest": "folder", "webdataset": "webdataset"}.get(config.data.kind)
         if loader is not None:
             importlib.import_module(f"glide_diffusion.data.{loader}")
-        result = train(config)
+        result = train(config, messages=_say)
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
         print(f"glide train: error: {e}", file=sys.stderr)
         return 2
-    except TrainingDivergedError as e:
+    except (TrainingDivergedError, RunLockedError) as e:
         print(f"glide train: error: {e}", file=sys.stderr)
         return 1
     if result.checkpoint is not None and _is_main():

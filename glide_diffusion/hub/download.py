@@ -3,7 +3,8 @@
 ``download_file`` streams into ``<dest>.part``, resumes an existing part with
 an HTTP Range request, checks the size (and optional SHA-256), fsyncs, and
 only then renames the part to ``dest``. A file under the final name is always
-complete. A connection failure keeps the part, so running again resumes.
+complete. A connection failure keeps the part, so running again resumes; a
+failure that keeps nothing removes the folders the call created.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ def download_file(
     Raises:
         DownloadError: on network or HTTP errors, or if the received file has
             the wrong size or hash. The part file is kept when it is a
-            resumable prefix and deleted when it cannot be.
+            resumable prefix and deleted when it cannot be; folders this call
+            created are removed again when they are left empty.
+        OSError: ``dest``'s folder cannot be created or written.
     """
     dest = Path(dest)
     own_session = session is None
@@ -77,21 +80,43 @@ def download_file(
     try:
         if dest.is_file() and _existing_ok(sess, url, dest, expected_size, timeout):
             return dest
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        part = dest.with_name(dest.name + ".part")
-        for _ in range(3):  # a restart happens at most once or twice
-            try:
-                _fetch_into(sess, url, dest, part, expected_size, progress, chunk_size, timeout)
-                break
-            except _Restart:
-                continue
-        else:
-            raise DownloadError(f"could not download {url}: the server kept answering inconsistently")
-        _finish(part, dest, url, sha256)
+        created = _missing_folders(dest.parent)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            part = dest.with_name(dest.name + ".part")
+            for _ in range(3):  # a restart happens at most once or twice
+                try:
+                    _fetch_into(sess, url, dest, part, expected_size, progress, chunk_size, timeout)
+                    break
+                except _Restart:
+                    continue
+            else:
+                raise DownloadError(f"could not download {url}: the server kept answering inconsistently")
+            _finish(part, dest, url, sha256)
+        except BaseException:
+            _remove_if_empty(created)  # a kept part file keeps its folders
+            raise
         return dest
     finally:
         if own_session:
             sess.close()
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (a part file to resume), or never made
+            pass
 
 
 def _existing_ok(sess: requests.Session, url: str, dest: Path, expected: int | None, timeout: float) -> bool:
@@ -338,25 +363,51 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def cli_download(argv: Sequence[str] | None = None) -> int:
     """``glide download [NAMES...] [--cache-dir DIR] [--base-url URL] [--no-progress]``.
 
-    Prints where each file landed; returns 0 on success, 1 on failure (with the
-    error message on stderr, no traceback).
+    Tries every file, one after the other, and reports each: ``NAME: PATH (downloaded)``
+    or ``NAME: PATH (already present)`` on stdout, ``glide download: error: NAME: why``
+    on stderr (no traceback). Returns 0 when every file is in the cache, 1 when any
+    failed (run again: partial downloads resume), 2 for an unknown name.
     """
+    prefix = "glide download: error:"
     args = _parser().parse_args(argv)
     try:
         files = resolve_names(args.names)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    for rf in files:
-        try:
-            (path,) = download_released(
-                [rf.name], args.cache_dir, base_url=args.base_url, progress=not args.no_progress
-            )
-        except DownloadError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        print(f"{rf.name}: {path}", flush=True)
-    return 0
+        print(f"{prefix} {e}", file=sys.stderr)
+        return 2
+    base_url = args.base_url if args.base_url is not None else os.environ.get(BASE_URL_ENV) or None
+    failed = []
+    with requests.Session() as sess:
+        for rf in files:
+            dest = released_path(rf.name, args.cache_dir)
+            before = _identity(dest)
+            try:
+                download_file(_release_url(rf, base_url), dest, expected_size=rf.size, sha256=rf.sha256,
+                              progress=not args.no_progress, session=sess)
+            except DownloadError as e:
+                failed.append(rf.name)
+                print(f"{prefix} {rf.name}: {e}", file=sys.stderr, flush=True)
+                continue
+            except OSError as e:  # the cache folder cannot be made or written
+                failed.append(rf.name)
+                print(f"{prefix} {rf.name}: cannot write {e.filename or dest}: {e.strerror or e}",
+                      file=sys.stderr, flush=True)
+                continue
+            status = "already present" if before is not None and before == _identity(dest) else "downloaded"
+            print(f"{rf.name}: {dest} ({status})", flush=True)
+    if failed and len(files) > 1:
+        done = len(files) - len(failed)
+        print(f"{prefix} {len(failed)} of {len(files)} files failed ({', '.join(failed)}); "
+              f"{done} {'is' if done == 1 else 'are'} in the cache", file=sys.stderr)
+    return 1 if failed else 0

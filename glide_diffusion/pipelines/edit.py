@@ -17,9 +17,11 @@ from PIL import Image
 
 from ..diffusion.gaussian import q_sample
 from ..diffusion.schedule import Schedule
+from ..precision import resolve_dtype
 from ..sampling.noise import PerSampleNoise, seeds_for
 from .inpaint import resized, split_alpha
-from .stage import Stage, StageSettings, load_stages, quantize, sample_stage, to_pil
+from .captions import warn_captions
+from .stage import SettingError, Stage, StageSettings, load_stages, quantize, sample_stage, to_pil
 from .text2im import OFFICIAL_BASE, OFFICIAL_UPSAMPLE, Text2ImResult, validate_request
 
 
@@ -40,8 +42,10 @@ class EditPipeline:
 
     @classmethod
     def from_pretrained(cls, base: str = "base", upsampler: str | None = "upsample", *,
-                        device="cpu", cache_dir=None, download=True) -> "EditPipeline":
-        return cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download))
+                        device="cpu", cache_dir=None, download=True,
+                        base_config=None, upsampler_config=None) -> "EditPipeline":
+        return cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download,
+                                 base_config=base_config, upsampler_config=upsampler_config))
 
     @torch.inference_mode()
     def __call__(
@@ -54,17 +58,19 @@ class EditPipeline:
         seed: int = 0,
         base: StageSettings = OFFICIAL_BASE,
         upsample: StageSettings = OFFICIAL_UPSAMPLE,
-        dtype: str = "fp32",
+        dtype: str = "auto",
         progress: bool = False,
     ) -> Text2ImResult:
         if not (isinstance(strength, (int, float)) and math.isfinite(strength) and 0 < strength <= 1):
-            raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+            raise SettingError("strength", f"must be in (0, 1], got {strength!r}")
         image, _ = split_alpha(image)
         if image.size[0] != image.size[1]:
             raise ValueError(f"the image must be square, got {image.size[0]}x{image.size[1]}")
         validate_request([prompt], num_images, seed, base, upsample, dtype, self.base.device,
                          self.base.config.diffusion.steps,
                          self.upsampler.config.diffusion.steps if self.upsampler else None)
+        dtype = resolve_dtype(dtype, self.base.device)
+        warn_captions([prompt], self.base.config.unet.text.tokenizer)
         rows, seeds = [prompt] * num_images, seeds_for(seed, num_images)
         noise, run = PerSampleNoise(seeds, self.base.device), dict(dtype=dtype, progress=progress)
 

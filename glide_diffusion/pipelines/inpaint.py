@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..precision import resolve_dtype
 from ..sampling.noise import PerSampleNoise, seeds_for
+from .captions import warn_captions
 from .stage import Stage, StageSettings, from_pil, load_stages, quantize, sample_stage, to_uint8
 from .text2im import OFFICIAL_BASE, validate_request
 
@@ -140,8 +142,10 @@ class InpaintPipeline:
 
     @classmethod
     def from_pretrained(cls, base: str = "base-inpaint", upsampler: str | None = "upsample-inpaint", *,
-                        device="cpu", cache_dir=None, download=True) -> "InpaintPipeline":
-        return cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download))
+                        device="cpu", cache_dir=None, download=True,
+                        base_config=None, upsampler_config=None) -> "InpaintPipeline":
+        return cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download,
+                                 base_config=base_config, upsampler_config=upsampler_config))
 
     @property
     def output_size(self) -> int:
@@ -158,7 +162,7 @@ class InpaintPipeline:
         seed: int = 0,
         base: StageSettings = OFFICIAL_BASE,
         upsample: StageSettings = INPAINT_UPSAMPLE_DEFAULTS,
-        dtype: str = "fp32",
+        dtype: str = "auto",
         progress: bool = False,
     ) -> InpaintResult:
         """Paint ``prompt`` into ``image`` where ``fill`` (bool (H, W)) is True.
@@ -166,8 +170,8 @@ class InpaintPipeline:
         The image must be square; it is resized to the models' resolutions, and
         the output has the final stage's resolution (its unmasked pixels are the
         resized input's). ``base.candidates=c`` > 1: ``c * num_images`` images are painted at
-        the base resolution (image k with seed ``seed + k``), composited, and the
-        ``num_images`` the reranking CLIP scores best against ``prompt`` go on, best first.
+        the base resolution (image k with seed ``seed + k``) in groups of c, composited, and of
+        each group the one the reranking CLIP scores best against ``prompt`` goes on.
         """
         image, _ = split_alpha(image)
         if image.size[0] != image.size[1]:
@@ -180,6 +184,8 @@ class InpaintPipeline:
         validate_request([prompt], num_images, seed, base, upsample, dtype, self.base.device,
                          self.base.config.diffusion.steps,
                          self.upsampler.config.diffusion.steps if self.upsampler else None, reranks=True)
+        dtype = resolve_dtype(dtype, self.base.device)
+        warn_captions([prompt], self.base.config.unet.text.tokenizer)
         if base.candidates > 1 and self.rerank_clip is None:
             raise ValueError(f"base.candidates={base.candidates} keeps the best of each {base.candidates} by a "
                              "noised CLIP: pass rerank_clip= (glide_diffusion.clip.load_clip(); for the Shapes "
@@ -191,7 +197,7 @@ class InpaintPipeline:
         low = self._stage(self.base, image, fill, rows, noise, base, run)
         kept, scores = list(range(per)), None
         if base.candidates > 1:
-            kept, scores = self._best(image, fill, low, prompt, num_images)
+            kept, scores = self._best(image, fill, low, prompt, base.candidates)
             low, rows = low[kept], rows[:num_images]
         final = low
         if self.upsampler is not None:
@@ -205,20 +211,21 @@ class InpaintPipeline:
                     "base": asdict(base), "upsample": asdict(upsample) if self.upsampler else None,
                     "dtype": dtype, "seed": seed, "num_images": num_images, "task": "inpaint"}
         if scores is not None:
-            settings["clip_rerank"] = {"keep": num_images, "of": per, "scores": scores,
+            settings["clip_rerank"] = {"keep": num_images, "of": per, "best_of": base.candidates, "scores": scores,
                                        "clip_model": self.rerank_clip_name}
         return InpaintResult(composited, [Image.fromarray(a) for a in to_uint8(low)], rows,
                              [seeds[j] for j in kept], settings)
 
-    def _best(self, image, fill, low: torch.Tensor, prompt: str, keep: int) -> tuple[list[int], list[float]]:
-        """The ``keep`` base-stage images the reranking CLIP scores best (best first), composited
-        onto the input and quantized as they are saved, and their scores."""
-        from ..guidance.clip import clip_best
+    def _best(self, image, fill, low: torch.Tensor, prompt: str, group: int) -> tuple[list[int], list[float]]:
+        """Of each run of ``group`` base-stage images, the index of the one the reranking CLIP
+        scores best, composited onto the input and quantized as they are saved; and its score."""
+        from ..guidance.clip import clip_scores
 
         known = known_at(fill, low.shape[-1]).to(low.device)
         shown = quantize(low * (1 - known) + resized(image, low.shape[-1]).to(low.device) * known)
-        order, scores = clip_best(self.rerank_clip, shown, prompt, keep, tokenizer=self.rerank_clip_tokenizer)
-        return order.tolist(), scores.tolist()
+        scores = clip_scores(self.rerank_clip, shown, prompt, tokenizer=self.rerank_clip_tokenizer).float().cpu()
+        best, index = scores.view(-1, group).max(dim=1)  # the first of equal scores
+        return (index + torch.arange(0, len(scores), group)).tolist(), best.tolist()
 
     @staticmethod
     def _stage(stage: Stage, image, fill, rows, noise, settings, run, **cond) -> torch.Tensor:

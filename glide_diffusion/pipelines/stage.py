@@ -53,25 +53,38 @@ class StageSettings:
         return lo * diffusion_steps, hi * diffusion_steps
 
     def validate(self, stage: str, num_steps: int) -> None:
+        """Raise :class:`SettingError` (named ``"<stage>.<field>"``) for a setting that cannot run."""
+        def bad(name: str, problem: str) -> SettingError:
+            return SettingError(f"{stage}.{name}", problem)
+
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"{stage}: unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
+            raise bad("sampler", f"must be one of {', '.join(SAMPLERS)}, got {self.sampler!r} (unknown sampler)")
         try:
             space_timesteps(num_steps, self.steps)
         except ValueError as e:
-            raise ValueError(f"{stage}: bad steps {self.steps!r}: {e}") from None
+            raise bad("steps", f"is not a respacing (bad steps {self.steps!r}): {e}") from None
         if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
-            raise ValueError(f"{stage}: guidance scale must be a finite number >= 0, got {self.guidance_scale}")
+            raise bad("guidance_scale", f"must be a finite number >= 0, got {self.guidance_scale}")
         if not 0 < self.temperature <= 10 or not math.isfinite(self.temperature):
-            raise ValueError(f"{stage}: temperature must be in (0, 10], got {self.temperature}")
+            raise bad("temperature", f"must be in (0, 10], got {self.temperature}")
         if not 0 <= self.eta <= 1:
-            raise ValueError(f"{stage}: eta must be in [0, 1], got {self.eta}")
+            raise bad("eta", f"must be in [0, 1], got {self.eta}")
         if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or not 1 <= self.candidates <= 64:
-            raise ValueError(f"{stage}: candidates must be an integer in 1..64, got {self.candidates!r}")
+            raise bad("candidates", f"must be an integer in 1..64, got {self.candidates!r}")
         if self.guidance_interval is not None:
             lo, hi = self.guidance_interval
             if not 0 <= lo <= hi <= 1:
-                raise ValueError(f"{stage}: guidance interval must satisfy 0 <= lo <= hi <= 1 "
-                                 f"(fractions of the diffusion steps), got {lo}, {hi}")
+                raise bad("guidance_interval", "must satisfy 0 <= lo <= hi <= 1 (fractions of the diffusion "
+                                               f"steps), got {lo}, {hi}")
+
+
+class SettingError(ValueError):
+    """A request setting that cannot run. ``name``: the parameter (``"num_images"``, or
+    ``"base.guidance_scale"`` for a stage's), so a front end can name its own option for it."""
+
+    def __init__(self, name: str, problem: str):
+        super().__init__(f"{name} {problem}")
+        self.name, self.problem = name, problem
 
 
 def compile_step(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
@@ -126,23 +139,27 @@ class Stage:
 
 
 def load_stage(
-    source: str, *, device: str | torch.device = "cpu", cache_dir: str | None = None, download: bool = True
+    source: str, *, device: str | torch.device = "cpu", cache_dir: str | None = None, download: bool = True,
+    config: ModelConfig | str | None = None,
 ) -> Stage:
-    """A released name (fetched into the cache when missing, unless ``download`` is False) or a checkpoint path."""
+    """A released name (fetched into the cache when missing, unless ``download`` is False) or a checkpoint path;
+    ``config``: the preset or config of a ``.pt`` state dict that does not record its own."""
     from ..checkpoints import load_model
 
     vocab_dir = _ensure_released(source, cache_dir, download)
-    model, config = load_model(source, device=device, cache_dir=cache_dir)
+    model, config = load_model(source, config=config, device=device, cache_dir=cache_dir)
     return Stage(model, config, str(source), vocab_dir)
 
 
 def load_stages(
     base: str, upsampler: str | None, *, device: str | torch.device = "cpu", cache_dir: str | None = None,
-    download: bool = True,
+    download: bool = True, base_config: ModelConfig | str | None = None,
+    upsampler_config: ModelConfig | str | None = None,
 ) -> tuple[Stage, Stage | None]:
     """The (base, upsampler) stages of a pipeline's ``from_pretrained``; no upsampler when it is None or empty."""
     kw = dict(device=device, cache_dir=cache_dir, download=download)
-    return load_stage(base, **kw), (load_stage(upsampler, **kw) if upsampler else None)
+    return (load_stage(base, config=base_config, **kw),
+            load_stage(upsampler, config=upsampler_config, **kw) if upsampler else None)
 
 
 def _ensure_released(source: str, cache_dir, download: bool) -> str | None:

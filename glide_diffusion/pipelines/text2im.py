@@ -15,9 +15,11 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
-from ..precision import check_dtype
+from ..precision import check_dtype, resolve_dtype
+from ..presets import ModelConfig
 from ..sampling.noise import PerSampleNoise, seeds_for
-from .stage import Stage, StageSettings, load_stages, from_pil, quantize, sample_stage, to_pil
+from .captions import warn_captions
+from .stage import SettingError, Stage, StageSettings, load_stages, from_pil, quantize, sample_stage, to_pil
 
 __all__ = ["BASE_DEFAULTS", "UPSAMPLE_DEFAULTS", "FAST_BASE", "FAST_UPSAMPLE", "OFFICIAL_BASE", "OFFICIAL_UPSAMPLE",
            "MODEL_RECIPES", "RECIPES", "RERANK_CLIPS", "SHAPES_BASE", "Stage", "StageSettings", "Text2ImPipeline",
@@ -93,11 +95,15 @@ class Text2ImPipeline:
         cache_dir: str | None = None,
         download: bool = True,
         rerank_clip: str | None = None,
+        base_config: ModelConfig | str | None = None,
+        upsampler_config: ModelConfig | str | None = None,
     ) -> "Text2ImPipeline":
         """Load released names (``"base"``, ``"upsample"``), bundled names (``"shapes-base"``) or
         checkpoint paths; ``rerank_clip``: a bundled noised CLIP's name or a path, for settings
-        with ``candidates`` > 1 (the ``shapes`` recipe: ``rerank_clip="shapes-clip-rerank"``)."""
-        pipe = cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download))
+        with ``candidates`` > 1 (the ``shapes`` recipe: ``rerank_clip="shapes-clip-rerank"``);
+        ``base_config``, ``upsampler_config``: presets of ``.pt`` state dicts that record none."""
+        pipe = cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download,
+                                base_config=base_config, upsampler_config=upsampler_config))
         if rerank_clip is not None:
             from ..clip.loading import load_clip
 
@@ -114,7 +120,7 @@ class Text2ImPipeline:
         seed: int = 0,
         base: StageSettings = BASE_DEFAULTS,
         upsample: StageSettings = UPSAMPLE_DEFAULTS,
-        dtype: str = "fp32",
+        dtype: str = "auto",
         batch_size: int | None = None,
         clip_guidance_scale: float = 0.0,
         rerank: int | None = None,
@@ -129,8 +135,9 @@ class Text2ImPipeline:
         the upsampler, which then runs only on the k kept per prompt: the same images as
         ``self.rerank(self(...), k)``, at k / num_images of the upsampler's cost.
         ``base.candidates=c`` > 1 (best of c): ``c * num_images`` images are sampled for each
-        prompt (image k, counting over them, uses seed ``seed + k``) and the ``num_images`` (or
-        ``rerank``) the reranking CLIP (``rerank_clip``, else ``clip``) scores best are kept.
+        prompt (image k, counting over them, uses seed ``seed + k``) in groups of c, and of each
+        group the one the reranking CLIP (``rerank_clip``, else ``clip``) scores best is kept;
+        ``rerank`` then orders those.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         validate_request(
@@ -139,21 +146,21 @@ class Text2ImPipeline:
             self.upsampler.config.diffusion.steps if self.upsampler else None,
             reranks=True,
         )
+        dtype = resolve_dtype(dtype, self.base.device)
+        warn_captions(prompts, self.base.config.unet.text.tokenizer)
         if clip_guidance_scale and self.clip is None:
             raise ValueError("CLIP guidance needs a noised CLIP: pass clip= (glide_diffusion.clip.load_clip())")
         if not math.isfinite(clip_guidance_scale) or clip_guidance_scale < 0:
-            raise ValueError(f"clip_guidance_scale must be a finite number >= 0, got {clip_guidance_scale}")
+            raise SettingError("clip_guidance_scale", f"must be a finite number >= 0, got {clip_guidance_scale}")
         if batch_size is not None and (
             isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
         ):
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise SettingError("batch_size", f"must be a positive integer, got {batch_size!r}")
         if rerank is not None:
             if isinstance(rerank, bool) or not isinstance(rerank, int) or not 1 <= rerank <= num_images:
-                raise ValueError(f"rerank must be an integer in 1..{num_images} (the images per prompt), "
+                raise SettingError("rerank", f"must be an integer in 1..{num_images} (the images per prompt), "
                                  f"got {rerank!r}")
-        if base.candidates > 1 and rerank is None:
-            rerank = num_images
-        if rerank is not None and self._reranker()[0] is None:
+        if (rerank is not None or base.candidates > 1) and self._reranker()[0] is None:
             why = f"base.candidates={base.candidates} keeps the best of each {base.candidates} by" \
                 if base.candidates > 1 else "CLIP reranking needs"
             raise ValueError(f"{why} a noised CLIP: pass rerank_clip= or clip= "
@@ -173,8 +180,12 @@ class Text2ImPipeline:
         low = torch.cat(lows)
         low8 = quantize(low)  # as the images are saved: what reranking scores and the upsampler was trained on
         kept, scores = list(range(len(rows))), None
+        if base.candidates > 1:  # the best of each group of c
+            kept, scores = self._best(low8, rows, base.candidates, 1)
         if rerank is not None:
-            kept, scores = self._best(low8, rows, per, rerank)
+            order, scores = self._best(low8[kept], [rows[j] for j in kept], num_images, rerank)
+            kept = [kept[j] for j in order]
+        if scores is not None:
             low, low8 = low[kept], low8[kept]
         final = low
         if self.upsampler is not None:
@@ -196,9 +207,9 @@ class Text2ImPipeline:
             "clip_guidance_scale": clip_guidance_scale,
             "clip_model": self.clip_name if clip_guidance_scale else None,
         }
-        if rerank is not None:
-            settings["clip_rerank"] = {"keep": rerank, "of": per, "scores": scores,
-                                       "clip_model": self._reranker()[2]}
+        if scores is not None:
+            settings["clip_rerank"] = {"keep": rerank or num_images, "of": per, "best_of": base.candidates,
+                                       "scores": scores, "clip_model": self._reranker()[2]}
         return Text2ImResult(to_pil(final), to_pil(low), [rows[j] for j in kept], [seeds[j] for j in kept], settings)
 
     @torch.inference_mode()
@@ -227,8 +238,9 @@ class Text2ImPipeline:
             raise ValueError(f"keep must be an integer in 1..{per} (the images per prompt), got {keep!r}")
         images = torch.cat([from_pil(im) for im in result.low_res])
         chosen, scores = self._best(images, result.prompts, per, keep)
-        settings = dict(result.settings, clip_rerank={"keep": keep, "of": per, "scores": scores,
-                                                      "clip_model": self._reranker()[2]})
+        best_of = (result.settings.get("base") or {}).get("candidates", 1)
+        settings = dict(result.settings, clip_rerank={"keep": keep, "of": per * best_of, "best_of": best_of,
+                                                      "scores": scores, "clip_model": self._reranker()[2]})
         pick = lambda xs: [xs[i] for i in chosen]  # noqa: E731
         return Text2ImResult(pick(result.images), pick(result.low_res), pick(result.prompts),
                              pick(result.seeds), settings)
@@ -280,7 +292,7 @@ def validate_request(
     if not all(isinstance(p, str) for p in prompts):
         raise TypeError("prompts must be strings")
     if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= 1024:
-        raise ValueError(f"num_images must be an integer in [1, 1024], got {num_images!r}")
+        raise SettingError("num_images", f"must be an integer in [1, 1024], got {num_images!r}")
     base.validate("base", base_steps)
     if base.candidates != 1 and not reranks:
         raise ValueError(f"base: candidates (best of N by a noised CLIP) is for text-to-image and inpainting; "
@@ -289,7 +301,7 @@ def validate_request(
         raise ValueError(f"upsample: candidates applies to the base stage only; got {upsample.candidates}")
     batch = len(prompts) * num_images * base.candidates
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - batch:
-        raise ValueError(f"seed must be an integer in [0, 2**63 - 1 - number of images], got {seed!r}")
+        raise SettingError("seed", f"must be an integer in [0, 2**63 - 1 - number of images], got {seed!r}")
     check_dtype(dtype, device)
     if upsample_steps is not None:
         upsample.validate("upsample", upsample_steps)

@@ -427,11 +427,11 @@ def tokenize_batch(
     if isinstance(prompts, str):
         raise TypeError("prompts must be a sequence of strings, not a single string")
     rows, masks = [], []
-    for i, prompt in enumerate(prompts):
+    for prompt in prompts:
         tokens = tokenizer.encode(prompt)
         if len(tokens) > context_length:
-            warnings.warn(
-                f"prompt {i} ({prompt[:40]!r}{'...' if len(prompt) > 40 else ''}) has "
+            warnings.warn(  # no row index in the text: one caption warns once, however many rows repeat it
+                f"the caption {prompt[:40]!r}{'...' if len(prompt) > 40 else ''} has "
                 f"{len(tokens)} tokens; truncated to the context length {context_length}",
                 stacklevel=2,
             )

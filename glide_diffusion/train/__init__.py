@@ -5,10 +5,11 @@ See :mod:`glide_diffusion.train.config` for the schema and
 """
 
 from .config import ConfigError, TrainConfig, apply_overrides, config_from_dict, load_config
-from .loop import TrainingDivergedError, TrainResult, build_train_dataset, train
+from .loop import RunLockedError, TrainingDivergedError, TrainResult, build_train_dataset, train
 
 __all__ = [
     "ConfigError",
+    "RunLockedError",
     "TrainConfig",
     "TrainResult",
     "TrainingDivergedError",

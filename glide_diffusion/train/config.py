@@ -216,7 +216,7 @@ class TrainConfig:
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def __post_init__(self) -> None:
-        _check(self.max_steps >= 0, "max_steps must be >= 0")
+        _check(self.max_steps >= 1, "max_steps must be >= 1")
         _check(self.batch_size > 0, "batch_size must be > 0")
         _check(self.grad_accum > 0, "grad_accum must be > 0")
         _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
@@ -376,18 +376,20 @@ def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None)
     return _apply(base or TrainConfig(), values)
 
 
-def parse_override(item: str) -> dict[str, Any]:
+def parse_override(item: str, what: str = "override") -> dict[str, Any]:
     """``"optim.lr=1e-4"`` -> ``{"optim": {"lr": 1e-4}}``.
 
     The value is read as a TOML value (numbers, booleans, ``[lists]``, quoted
     strings); anything that is not valid TOML is taken as a plain string.
+    ``what`` names the item in errors (the command line's ``--set``).
     """
+    example = "optim.lr=1e-4" if what == "override" else f"{what} optim.lr=1e-4"
     if "=" not in item:
-        raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. optim.lr=1e-4)")
+        raise ConfigError(f"{what} {item!r} is not KEY=VALUE (e.g. {example})")
     key, raw = item.split("=", 1)
     key, raw = key.strip(), raw.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {item!r}: bad key {key!r}")
+        raise ConfigError(f"{what} {item!r}: bad key {key!r}")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -442,12 +444,16 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a folder, not a file")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
             values = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from None
     try:
         return config_from_dict(merge_overrides(values, overrides))
     except ConfigError as e:

@@ -39,11 +39,13 @@ from ..text.tokenizer import tokenizer_for
 from . import dist as tdist
 from .batch import ema_update, enable_activation_checkpointing, lr_factor, make_inputs, step_generator
 from .config import ConfigError, TrainConfig, config_from_dict
+from .lock import RunLockedError, lock_run_dir
 from .metrics import MetricsWriter, truncate_metrics
 from .state import (clean_stray, get_rng_state, list_checkpoints, prune, read_checkpoint,
                     save_checkpoint, set_rng_state)
 
-__all__ = ["DatasetFactory", "TrainResult", "TrainingDivergedError", "build_train_dataset", "mse_weights", "train"]
+__all__ = ["DatasetFactory", "RunLockedError", "TrainResult", "TrainingDivergedError", "build_train_dataset",
+           "mse_weights", "train"]
 
 # (config, rank, world_size, start, low_res) -> an index-stream IterableDataset
 DatasetFactory = Callable[[TrainConfig, int, int, int, "int | None"], IterableDataset]
@@ -109,9 +111,15 @@ class _Batches:
         raise RuntimeError(f"the dataset yields no data at global position {position}")
 
 
+def _print_message(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 class Trainer:
-    def __init__(self, config: TrainConfig, dataset_factory: DatasetFactory | None = None):
+    def __init__(self, config: TrainConfig, dataset_factory: DatasetFactory | None = None,
+                 messages: Callable[[str], None] | None = None):
         self.config = config
+        self._messages = messages or _print_message
         try:
             self.info = tdist.setup(config.device)
             self.device = self.info.device
@@ -140,6 +148,11 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.last_checkpoint: Path | None = None
         self._build_model()
+
+    def say(self, message: str) -> None:
+        """A line for the person running the training (rank 0 only)."""
+        if self.info.is_main:
+            self._messages(message)
 
     # -- construction ---------------------------------------------------------
 
@@ -212,6 +225,7 @@ class Trainer:
                 warnings.warn(f"skipping unreadable checkpoint {path}: {e}")
                 continue
             self._restore(ck, path)
+            self.say(f"resuming from step {self.step}: {path}")
             return
 
     def _restore(self, ck: dict, path: Path) -> None:
@@ -348,13 +362,42 @@ class Trainer:
 
     # -- the run --------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _locked_out_dir(self) -> Iterator[None]:
+        """Hold out_dir's lock (rank 0) for the block; every process raises if rank 0 cannot."""
+        with contextlib.ExitStack() as stack:
+            failure = None
+            if self.info.is_main:
+                try:
+                    stack.enter_context(lock_run_dir(self.out_dir))
+                except RunLockedError as e:
+                    failure = ("locked", str(e))
+                except OSError as e:  # a file where the folder should be, no permission, ...
+                    where = f" ({e.filename})" if e.filename and Path(e.filename) != self.out_dir else ""
+                    failure = ("config", f"cannot use {self.out_dir} as the run folder: {e.strerror or e}{where}")
+            failure = tdist.all_gather_objects(failure)[0]  # rank 0's outcome, on every process
+            if failure is not None:
+                kind, message = failure
+                raise (RunLockedError if kind == "locked" else ConfigError)(message)
+            yield
+
     def run(self) -> TrainResult:
+        """Train from out_dir's newest checkpoint (if any) to max_steps; out_dir is locked
+        meanwhile, so a second run on it raises :class:`RunLockedError`."""
+        with self._locked_out_dir():
+            return self._run()
+
+    def _run(self) -> TrainResult:
         c, info = self.config, self.info
         self.resume()
+        if self.step >= c.max_steps:
+            self.say(f"nothing to train: the run is at step {self.step} and max_steps is {c.max_steps}; "
+                     f"raise max_steps (--max-steps) to train further")
         model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
             if info.distributed else self.model
         fallback = contextlib.nullcontext()
-        if c.compile:
+        if c.compile and self.step < c.max_steps:
+            self.say("compiling the model (the first step takes a minute or two)")
             model = torch.compile(model)
             # Where inductor cannot build its kernels (no C++ compiler, an unsupported
             # platform), dynamo logs the error and runs the model eagerly: slower, not stopped.
@@ -405,15 +448,19 @@ class Trainer:
                            self.resumed_from, last["loss"] if last else None, ips)
 
 
-def train(config: TrainConfig, *, dataset_factory: DatasetFactory | None = None) -> TrainResult:
+def train(config: TrainConfig, *, dataset_factory: DatasetFactory | None = None,
+          messages: Callable[[str], None] | None = None) -> TrainResult:
     """Train (or resume) per ``config``; under torchrun, one call per process.
 
     ``dataset_factory(config, rank, world_size, start, low_res)`` replaces the
-    data factory (tests). The process group, if this call created one, is
-    destroyed before returning, also on errors.
+    data factory (tests). ``messages`` receives the lines meant for the person
+    running it (resuming from a checkpoint, compiling; rank 0 only; default: print
+    to stderr). The process group, if this call created one, is destroyed before
+    returning, also on errors. A second run on the same ``out_dir`` while this
+    one holds it raises :class:`RunLockedError`.
     """
     try:
-        result = Trainer(config, dataset_factory).run()
+        result = Trainer(config, dataset_factory, messages).run()
     except BaseException:
         tdist.cleanup(wait=False)  # the other processes may be anywhere: no barrier
         raise
