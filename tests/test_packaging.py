@@ -142,7 +142,8 @@ def test_sampling_and_editing_never_import_training_packages(tmp_path):
     """, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "blocked", proc.stdout
-    assert [p.name for p in out.glob("*.png")] == ["a-red-circle-0.png"]
+    (image,) = out.glob("*.png")
+    assert image.name.startswith("a-red-circle")
 
 
 def test_training_without_its_packages_is_one_line_naming_the_extra(tmp_path):
