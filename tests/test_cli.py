@@ -191,3 +191,20 @@ def test_errors_name_the_cli_options(tiny, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("glide sample: error: ") and expected in err, err
         assert "num_images" not in err and "base.candidates" not in err
+
+
+# --- precision ------------------------------------------------------------------------------------
+
+
+def test_the_default_dtype_is_the_fastest_the_device_runs_well(tiny, tmp_path, monkeypatch):
+    from glide_diffusion import precision
+
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(precision, "native_bf16_cpu", lambda: native)
+        assert precision.resolve_dtype("auto", "cpu") == expected
+        out = tmp_path / expected
+        assert sample(tiny, out, "a red circle") == 0
+        (png,) = out.glob("*.png")
+        assert json.loads(Image.open(png).text["settings"])["dtype"] == expected  # what ran, not "auto"
+    assert precision.resolve_dtype("auto", "cuda") == "fp16"
+    assert precision.resolve_dtype("fp32", "cuda") == "fp32"
