@@ -2,8 +2,8 @@
 
 The released GLIDE (filtered) presets reproduce glide-text2im's
 ``model_and_diffusion_defaults()`` / ``model_and_diffusion_defaults_upsampler()``
-exactly (``tests/test_presets.py`` checks every key and shape against the
-manifests of the released files). A preset change is a reviewed diff.
+exactly (``tests/test_unet.py`` builds each and checks every key and shape
+against the manifests of the released files). A preset change is a reviewed diff.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Contract tests for the Shapes dataset (/work/shared/specs/shapes.md)."""
+"""Contract tests for the Shapes dataset (docs/shapes.md)."""
 
 import json
 import math

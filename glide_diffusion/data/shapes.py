@@ -1,6 +1,6 @@
 """The Shapes text-image dataset: public API and the deterministic index stream.
 
-Contract: ``/work/shared/specs/shapes.md``. The pieces live in
+Contract: ``docs/shapes.md``. The pieces live in
 ``shapes_scene`` (palette, geometry, scene sampler), ``shapes_captions``
 (templates, parser) and ``shapes_render`` (rasteriser); this module re-exports
 them and adds :class:`ShapesDataset` and :func:`test_captions`.

@@ -1,6 +1,6 @@
 """Shapes captions: template sampling (true of the scene) and a parser back to attributes.
 
-Implements the "Captions" section of ``/work/shared/specs/shapes.md``. A caption
+Implements the "Captions" section of ``docs/shapes.md``. A caption
 specifies some attributes and leaves the rest open; :class:`CaptionSpec` records
 exactly which, so an evaluator scores only what a caption asks for and measures
 the spread of what it leaves open.

@@ -1,7 +1,7 @@
 """Rasterise a Shapes scene: exact geometry at k x supersampling, then a box-filter downsample.
 
 Implements the shape definitions of the "Objects" section and the anti-aliasing
-rule of "Canvas and coordinates" in ``/work/shared/specs/shapes.md``. Coverage
+rule of "Canvas and coordinates" in ``docs/shapes.md``. Coverage
 is computed analytically at the centres of the k x k sub-pixels of each output
 pixel and averaged (a box filter), so object interiors and the background get
 their exact palette RGB and edges are linear blends of the two.

@@ -1,7 +1,7 @@
 """Shapes scenes: the palette, the geometry words and the scene sampler.
 
 Implements the "Canvas and coordinates", "Objects" and "Splits and held-out
-compositions" sections of ``/work/shared/specs/shapes.md``. Every coordinate
+compositions" sections of ``docs/shapes.md``. Every coordinate
 is a fraction of the canvas side R, so a scene is resolution-free; the origin
 is the top-left corner and y grows downwards.
 """

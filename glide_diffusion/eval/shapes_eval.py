@@ -2,7 +2,7 @@
 
 No learned model: the background, objects, colours, shapes, sizes, positions
 and relations are recovered with the palette and geometry of
-``/work/shared/specs/shapes.md`` (see :mod:`shapes_segment` for pixels and
+``docs/shapes.md`` (see :mod:`shapes_segment` for pixels and
 :mod:`shapes_features` for shapes). Works on any generator's output.
 """
 

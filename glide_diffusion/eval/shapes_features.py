@@ -1,6 +1,6 @@
 """Shape features and classification of one segmented Shapes object.
 
-Reference values follow from the geometry in ``/work/shared/specs/shapes.md``
+Reference values follow from the geometry in ``docs/shapes.md``
 ("Objects"), for a box of side s:
 
 | shape    | area / s^2        | fill = area / bbox | y-skewness |

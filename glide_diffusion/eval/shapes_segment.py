@@ -2,7 +2,7 @@
 
 Used by :mod:`glide_diffusion.eval.shapes_eval`. Rendered edges are linear
 blends ``B + alpha (C - B)`` of the background B and an object colour C (spec
-``/work/shared/specs/shapes.md``, "Canvas": box-filter anti-aliasing), so each
+``docs/shapes.md``, "Canvas": box-filter anti-aliasing), so each
 pixel is projected onto the segment from B to every palette colour; the
 best-fitting colour gives the pixel's label and ``alpha`` its coverage.
 """

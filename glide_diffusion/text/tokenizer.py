@@ -174,7 +174,7 @@ class ByteTokenizer:
 
 
 # The "shapes" vocabulary: every word of the Shapes caption grammar
-# (../shared/specs/shapes.md). Part of the checkpoint contract of models trained
+# (docs/shapes.md). Part of the checkpoint contract of models trained
 # with it: append only, never reorder.
 SHAPES_WORDS: tuple[str, ...] = (
     "a", "an", "the", "of", "that", "is", "photo", "image",
