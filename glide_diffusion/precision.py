@@ -27,7 +27,7 @@ def native_bf16_cpu() -> bool:
 def resolve_dtype(dtype: str, device: torch.device | str) -> str:
     """``dtype`` itself, or for "auto": fp16 on CUDA, bf16 on a CPU with native bf16, else fp32.
 
-    bf16 keeps Shapes quality within noise of fp32 and the eps error near 1% (docs: results).
+    bf16 keeps Shapes quality within noise of fp32 (docs/results.md, "Precision: bf16 against fp32").
     """
     if dtype != "auto":
         return dtype

@@ -114,7 +114,7 @@ def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings | None = N
                         "(default: auto)")
     p.add_argument("--compile", action="store_true",
                    help="sample through torch.compile: each step faster, after a minute or two of building "
-                        "kernels per stage; pays for many images, not one (README \"Benchmarks\")")
+                        "kernels per stage; pays for many images, not one (docs/results.md)")
     p.add_argument("--cache-dir", default=None,
                    help="where released files live (default: $GLIDE_CACHE_DIR or the user cache)")
     p.add_argument("--no-download", action="store_true", help="never download missing released files")

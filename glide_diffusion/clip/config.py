@@ -112,9 +112,7 @@ CLIP_PRESETS: dict[str, ClipConfig] = {
     # The bundled Shapes CLIP: 32 px images (8x8 patches of 4 px + the timestep token), the
     # Shapes word tokenizer, 4+4 blocks of width 128 (~1.7 M parameters); the same noise
     # schedule as the Shapes base model it guides. Trained on t < 500 only: on that schedule a
-    # 32 px Shapes image is pure noise above t ~ 600, and with timesteps drawn from the whole
-    # schedule the contrastive loss did not learn (300 steps: loss 3.3, 8% of a batch of 32
-    # matched, against 2.4 and 25% below t = 500, and 1.5 and 50% below t = 300).
+    # 32 px Shapes image is pure noise above t ~ 600 (docs/results.md, "The noised CLIPs").
     "shapes": ClipConfig(
         image_size=32, patch_size=4, n_vocab=296, max_text_len=24, n_embd=128,
         n_head_state_text=32, n_head_text=4, n_xf_blocks_text=4,

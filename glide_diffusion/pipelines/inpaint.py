@@ -32,8 +32,8 @@ from .text2im import OFFICIAL_BASE, validate_request
 
 # The inpainting notebook samples the upsampler with "fast27" ancestral steps.
 INPAINT_UPSAMPLE_DEFAULTS = StageSettings("ddpm", "fast27", 1.0, 0.997)
-# The bundled Shapes inpainting model as its 200-case bar was measured (README "Status";
-# benchmarks/shapes_inpaint.py): DPM-Solver++(2M) 25 steps at guidance 3, best of 4 by CLIP.
+# The bundled Shapes inpainting model as its bar was measured (docs/results.md, "Inpainting"):
+# DPM-Solver++(2M) 25 steps at guidance 3, best of 4 by CLIP.
 SHAPES_INPAINT = StageSettings("dpm++2m", "25", 3.0, 1.0, candidates=4)
 # Named (base, upsampler) settings ``glide inpaint --recipe`` picks from; the first is the default.
 INPAINT_RECIPES = {"official": (OFFICIAL_BASE, INPAINT_UPSAMPLE_DEFAULTS),

@@ -113,7 +113,7 @@ class Stage:
     def compile(self) -> "Stage":
         """Sample through ``torch.compile(model)`` from now on (:func:`compile_step`): fused
         kernels, built on the first step of each new input shape (a minute or two per stage on a
-        2-core CPU), then each step faster (README "Benchmarks")."""
+        2-core CPU), then each step faster (docs/results.md, "Sampling speed")."""
         self._compiled = compile_step(self.model)
         return self
 

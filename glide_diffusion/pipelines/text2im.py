@@ -31,18 +31,12 @@ MAX_SEED = 2**63 - 1
 # The official recipe (GLIDE's notebooks): base DDPM 100 steps, upsampler DDIM "fast27".
 OFFICIAL_BASE = StageSettings("ddpm", "100", 3.0, 1.0)
 OFFICIAL_UPSAMPLE = StageSettings("ddim", "fast27", 1.0, 0.997)
-# The fast path, chosen by measurement (README "Benchmarks"): DPM-Solver++(2M), 15 base steps
-# guided at every step, 3 upsampler steps. On the released architectures
-# (benchmarks/sampling_speed.py) 23x faster than the official recipe in bf16; on the bundled
-# Shapes base within noise of DDPM 100 at guidance 3 and 5 (benchmarks/shapes_quality.py). The
-# previous default, 12 steps guided only for t >= 0.3 T, lost 7 to 9 points there: that base
-# settles the shape below t = 300.
+# The fast path: DPM-Solver++(2M), 15 base steps guided at every step, 3 upsampler steps: the
+# fewest steps within noise of the official recipe (docs/results.md, "The fast default's quality").
 FAST_BASE = StageSettings("dpm++2m", "15", 3.0, 1.0)
 FAST_UPSAMPLE = StageSettings("dpm++2m", "3", 1.0, 0.997)
-# The bundled Shapes base (README "Training"): DPM-Solver++(2M) 25 steps guided at every step, at
-# scale 5, best of 4 by the bundled reranking CLIP, shapes-clip-rerank: 90.7% exact through the
-# upsampler on 600 one-object test captions (README "Status"), against 85.8% for one image with
-# FAST_BASE (guidance 3).
+# The bundled Shapes base: DPM-Solver++(2M) 25 steps guided at every step, at scale 5, best of 4
+# by shapes-clip-rerank: what scored best on it (docs/results.md, "Sampling the Shapes base").
 SHAPES_BASE = StageSettings("dpm++2m", "25", 5.0, 1.0, candidates=4)
 # Named (base, upsampler) settings: what ``glide sample --recipe`` picks from.
 RECIPES = {"fast": (FAST_BASE, FAST_UPSAMPLE), "official": (OFFICIAL_BASE, OFFICIAL_UPSAMPLE),

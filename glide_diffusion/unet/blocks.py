@@ -45,10 +45,9 @@ def _attention_for_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -
     """softmax(q k^T / sqrt(ch)) v written out, softmax in float32 (or float64).
 
     On CPU, SDPA's flash kernel is fast forward but slow backward at the Shapes models'
-    sizes: the bundled base config trained at 64 images/s with it and 71-92 with this
-    (2 processes on 2 cores, alternating runs; README "Training"). The (B, heads, HW, L)
-    weights it keeps for backward are small there. Sampling (no gradients) keeps SDPA, and
-    so does training with ``GLIDE_SDPA_BACKWARD=1`` in the environment
+    sizes (docs/results.md, "Training throughput"). The (B, heads, HW, L) weights it keeps
+    for backward are small there. Sampling (no gradients) keeps SDPA, and so does training
+    with ``GLIDE_SDPA_BACKWARD=1`` in the environment
     (``benchmarks/train_throughput.py --attention both`` compares the two).
     """
     scores = q @ k.transpose(-1, -2)
@@ -149,9 +148,8 @@ class ResBlock(nn.Module):
         h = conv(h)
         # Under autocast the convolutions return bf16/fp16; the norm, its scale and shift and
         # the residual sum run in the parameters' dtype (float32) and are rounded once, at
-        # the next convolution's input: together with the caption encoded in float32, that
-        # took the bf16 error of eps on the released base from ~1.3% to ~0.9%
-        # (benchmarks/step_time.py).
+        # the next convolution's input: with the caption encoded in float32, that keeps the bf16
+        # error of eps under 1% (docs/results.md, "One denoising step").
         dtype = self.out_layers[-1].weight.dtype
         emb_out = self.emb_layers(emb).to(dtype)[..., None, None]  # (B, C', 1, 1)
         if self.use_scale_shift_norm:

@@ -26,16 +26,12 @@ class TextConfig:
     tokenizer: str = "gpt2"  # name in glide_diffusion.text.tokenizer's registry
     # The caption feature added to the timestep embedding. "last" (GLIDE): the transformer's
     # output at the last context slot. "mean": the mean of its outputs over the caption's
-    # tokens (the last slot for the empty caption), so every word keeps an equal share. (On
-    # the Shapes base it did not make the UNet read the object words: high_noise_probe.py.)
+    # tokens (the last slot for the empty caption), so every word keeps an equal share.
     pool: str = "last"
     # Not in GLIDE. True adds a bag of words to the caption feature: a learned vector per
     # token id (N(0, 1) init), summed over the caption's tokens, so the empty caption adds
-    # nothing. Why (the Shapes base, README "Training"): the transformer's pooled feature
-    # (last slot or mean) collapsed onto the word that lowers the loss most (the background,
-    # which covers most pixels) within 50 steps, and the UNet never learned the object's
-    # words; with the bag, changing one object word moved the x0 estimate at t = 999 by
-    # 0.03-0.05 after 600 steps, against 0.0001-0.0014 without it.
+    # nothing. Why: without it the pooled feature collapses onto the background word and the
+    # object words go unread (docs/results.md, "How the Shapes base learned to read its captions").
     bag_of_words: bool = False
 
     def __post_init__(self) -> None:
@@ -78,23 +74,14 @@ class UNetConfig:
     prediction: str = "eps"
     # Groups of every GroupNorm. ADM/GLIDE: 32, i.e. 6 channels per group at 192 channels; at
     # 32 channels that is one channel per group (instance norm). Parameter shapes do not depend
-    # on it. (On the Shapes base config, 8 groups trained to a higher loss than 32 over the
-    # same first 750 steps and batches.) With one channel per group every norm removes each
-    # channel's spatial mean, the one before the output conv included, so a spatially flat,
-    # caption-dependent output (a background colour at high noise) is hard to express:
-    # trained on t >= 900 only (benchmarks/high_noise_probe.py), a 16-channel Shapes base
-    # with 16 groups ignored the background word at step 250 and its v-loss stayed ~0.5 to
-    # step 450; with 1 group it had learned it by step 250 (v-loss ~0.15, background MSE
-    # 0.003). Its object words stayed unread either way (without text.bag_of_words). Over
-    # all timesteps the opposite held: after 600 steps, x0 MSE at t = 100 was 0.011 with 16
-    # groups against 0.043-0.066 with 8, 4 or 1 (README "Training").
+    # on it. A trade-off: with one channel per group every norm removes each channel's spatial
+    # mean, so a flat, caption-dependent output is hard to express, yet on the Shapes base fewer
+    # groups denoised worse (docs/results.md, "How the Shapes base learned to read its captions").
     norm_groups: int = 32
     # CoordConv (Liu et al. 2018): two constant input channels, x and y from -1 (left, top) to
     # 1, appended last to the first convolution's input. The ADM UNet has no positional
     # input; at high noise, where the caption must decide where an object goes, it can tell
     # where it is only from the zero padding. Not in GLIDE (False keeps its architecture).
-    # (On the Shapes base they did not, alone, make position words steer the model within
-    # 40k training images: benchmarks/caption_sensitivity.py.)
     coord_channels: bool = False
     # Space-to-depth (pixel unshuffle) by this factor before the first convolution and
     # depth-to-space after the last: the UNet's top level runs at image_size / patch_size
