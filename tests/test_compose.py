@@ -415,13 +415,16 @@ def test_clip_guidance_and_reranking_of_a_composed_prompt(stages, clip):
 def test_shapes_captions_are_checked_term_by_term():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        warn_captions([parse_prompt("a red circle on the left :2 AND NOT a blue star")], "shapes", negative="red")
+        warn_captions([parse_prompt("a red circle on the left :3 AND NOT a blue star AND NOT green")], "shapes",
+                      negative="red")
     with pytest.warns(CaptionWarning) as record:
         warn_captions([parse_prompt("a green square AND a corgi")], "shapes", negative="a purple dog")
     messages = [str(w.message) for w in record]
     assert len(messages) == 2
     assert "'a corgi' is not a Shapes caption" in messages[0] and "'a green square" not in messages[0]
     assert "negative prompt 'a purple dog'" in messages[1] and "'dog'" in messages[1]
+    with pytest.warns(CaptionWarning, match="the negated term 'a cat' has words"):
+        warn_captions([parse_prompt("a red circle :2 AND NOT a cat")], "shapes")
 
 
 # --- the commands -----------------------------------------------------------------------------------

@@ -120,10 +120,10 @@ def parse_prompt(prompt: str, *, max_terms: int = MAX_TERMS, warn: bool = True) 
                                              "needs one positive term. To steer away from a caption alone, "
                                              "give it as the negative prompt (--negative, negative=)")
     if warn and math.isclose(sum(t.weight for t in terms), 0.0, abs_tol=1e-9):
-        warnings.warn(f"the weights of {prompt!r} sum to 0: eps = eps(neg) + s * sum w_k (eps(c_k) - eps(neg)) "
-                      "keeps no net weight on the terms; give the positive terms more weight, or use a "
-                      "negative prompt (--negative, negative=) to steer away from a caption",
-                      CompositionWarning, stacklevel=2)
+        warnings.warn(f"the weights of {prompt!r} sum to 0, so the guided prediction eps(neg) + s * sum w_k "
+                      "(eps(c_k) - eps(neg)) keeps no net weight on the terms (only their differences); where the "
+                      "images lose the positive terms, weigh them more ('A :2 AND NOT B') or steer away with a "
+                      "negative prompt (--negative, negative=)", CompositionWarning, stacklevel=2)
     return Composition(tuple(terms))
 
 
