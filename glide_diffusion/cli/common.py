@@ -103,6 +103,9 @@ def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings | None = N
                    help=f"scale of the upsampler's initial noise (default: {ut_help})")
     p.add_argument("--up-guidance-scale", type=float, default=ug,
                    help=f"classifier-free guidance scale of the upsampler (1 = conditional only; default: {ug_help})")
+    p.add_argument("--negative", default=None, metavar="TEXT",
+                   help="negative prompt: replaces the empty caption of classifier-free guidance, so the images "
+                        "move away from TEXT (every guided stage; default: the empty caption)")
     p.add_argument("-o", "--output", default="samples", help="output folder (default: ./samples)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace files of the same name in the output folder (default: never; a name in use "

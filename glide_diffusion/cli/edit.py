@@ -6,6 +6,7 @@ import argparse
 from typing import Sequence
 
 from ..pipelines.inpaint import INPAINT_MODEL_RECIPES, INPAINT_RECIPES
+from ..pipelines.prompts import parse_prompt
 from ..pipelines.text2im import OFFICIAL_BASE, OFFICIAL_UPSAMPLE
 from .common import (
     add_model_args, add_sampling_args, check_output, compile_stages, device_arg, load_clip_option, rerank_clip_choice,
@@ -39,7 +40,8 @@ def inpaint_parser() -> argparse.ArgumentParser:
                     "--rect boxes; a transparent image with no mask repaints its transparent pixels.",
     )
     p.add_argument("image", help="the image to edit (square; resized to the models' resolution)")
-    p.add_argument("prompt", help="what to paint into the masked region")
+    p.add_argument("prompt", help="what to paint into the masked region (upper-case AND/NOT compose it, as in "
+                                  "glide sample)")
     p.add_argument("--mask", help="mask PNG: white = fill, black = keep")
     p.add_argument("--rect", type=_rect, action="append", default=[], metavar="L,T,R,B",
                    help="a box to fill, in pixels (repeatable; combined with --mask)")
@@ -63,7 +65,8 @@ def edit_parser() -> argparse.ArgumentParser:
         description="Image-to-image (SDEdit): redraw an image toward a caption.",
     )
     p.add_argument("image", help="the image to edit (square; resized to the base model's resolution)")
-    p.add_argument("prompt", help="the caption to move the image toward")
+    p.add_argument("prompt", help="the caption to move the image toward (upper-case AND/NOT compose it, as in "
+                                  "glide sample)")
     p.add_argument("--strength", type=float, default=0.6,
                    help="in (0, 1]: how far the image is noised before denoising (1 = ignore it); default 0.6")
     add_model_args(p, "text2im")
@@ -94,6 +97,7 @@ def inpaint_main(argv: Sequence[str]) -> int:
 
         device = device_arg(args)
         check_output(args)
+        parse_prompt(args.prompt, warn=False)  # a malformed composition fails before the models load
         image, transparent = split_alpha(_open_image(args.image))
         fill = np.zeros((image.size[1], image.size[0]), dtype=bool)
         if args.mask:
@@ -115,7 +119,7 @@ def inpaint_main(argv: Sequence[str]) -> int:
             pipe.rerank_clip, pipe.rerank_clip_tokenizer, pipe.rerank_clip_name = load_clip_option(
                 args, choice, device)
         result = pipe(image, fill, args.prompt, num_images=args.num_images, seed=args.seed, base=base,
-                      upsample=up, dtype=args.dtype, progress=not args.no_progress)
+                      upsample=up, dtype=args.dtype, progress=not args.no_progress, negative=args.negative)
         return write_outputs(result, args, suffix="-inpaint")
 
     return run_command("inpaint", body)
@@ -131,6 +135,7 @@ def edit_main(argv: Sequence[str]) -> int:
 
         device = device_arg(args)
         check_output(args)
+        parse_prompt(args.prompt, warn=False)  # a malformed composition fails before the models load
         if not 0 < args.strength <= 1:
             raise ValueError(f"--strength must be in (0, 1], got {args.strength}")
         image = _open_image(args.image)
@@ -139,7 +144,8 @@ def edit_main(argv: Sequence[str]) -> int:
                                             base_config=args.config, upsampler_config=args.up_config)
         compile_stages(pipe, args)
         result = pipe(image, args.prompt, strength=args.strength, num_images=args.num_images, seed=args.seed,
-                      base=base, upsample=up, dtype=args.dtype, progress=not args.no_progress)
+                      base=base, upsample=up, dtype=args.dtype, progress=not args.no_progress,
+                      negative=args.negative)
         return write_outputs(result, args, suffix="-edit")
 
     return run_command("edit", body)

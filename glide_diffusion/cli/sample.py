@@ -14,7 +14,9 @@ from .common import (
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glide sample", description="Generate images from text with GLIDE.")
-    p.add_argument("prompts", nargs="+", metavar="PROMPT", help="one or more captions")
+    p.add_argument("prompts", nargs="+", metavar="PROMPT",
+                   help="one or more captions; upper-case AND/NOT compose one: 'A :1.5 AND B AND NOT C' "
+                        "(weights optional, default 1)")
     add_model_args(p, "text2im")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images sampled at once (default: all); results do not depend on it")
@@ -50,7 +52,7 @@ def main(argv: Sequence[str]) -> int:
         if args.batch_size is not None and args.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
         validate_request(args.prompts, args.num_images, args.seed, base, up, args.dtype, device,
-                         upsample_steps=1000 if upsampler else None, reranks=True)
+                         upsample_steps=1000 if upsampler else None, reranks=True, negative=args.negative)
         if args.clip_guidance_scale < 0:
             raise ValueError(f"--clip-guidance-scale must be >= 0, got {args.clip_guidance_scale}")
         if args.rerank is not None and not 1 <= args.rerank <= args.num_images:
@@ -67,7 +69,7 @@ def main(argv: Sequence[str]) -> int:
                 args, rerank_clip, device)
         result = pipe(args.prompts, num_images=args.num_images, seed=args.seed, base=base, upsample=up,
                       dtype=args.dtype, batch_size=args.batch_size, clip_guidance_scale=args.clip_guidance_scale,
-                      rerank=args.rerank, progress=not args.no_progress)  # reranked before the upsampler
+                      rerank=args.rerank, progress=not args.no_progress, negative=args.negative)  # reranked before the upsampler
         return write_outputs(result, args)
 
     return run_command("sample", body)

@@ -1,13 +1,14 @@
-"""Guidance as wrappers: classifier-free guidance (denoiser -> denoiser),
+"""Guidance as wrappers: classifier-free and composed guidance (denoiser -> denoiser),
 gradient guidance (``cond_fn`` builders, incl. noised-CLIP guidance), and CLIP re-ranking."""
 
-from .cfg import classifier_free_guidance
+from .cfg import classifier_free_guidance, composed_guidance
 from .clip import clip_best, clip_cond_fn, clip_rerank, clip_scores
 from .gradient import LogProbFn, combine_cond_fns, scaled_cond_fn
 
 __all__ = [
     "LogProbFn",
     "classifier_free_guidance",
+    "composed_guidance",
     "clip_cond_fn",
     "clip_best",
     "clip_rerank",

@@ -19,18 +19,25 @@ from ..clip.tokenizer import ClipTokenizer, clip_tokenize_batch, clip_tokenizer_
 from ..sampling.samplers import CondFn
 from .gradient import scaled_cond_fn
 
-__all__ = ["Prompts", "clip_text_embeddings", "clip_cond_fn", "clip_scores", "clip_best", "clip_rerank"]
+__all__ = ["Prompts", "clip_text_embeddings", "composed_text_embeddings", "clip_cond_fn", "clip_scores", "clip_best",
+           "clip_rerank"]
 
-Prompts = Union[str, Sequence[str], tuple[torch.Tensor, torch.Tensor]]
-"""A prompt, a list of prompts, or already padded CLIP ``(tokens (B, L), lens (B,))``."""
+Prompts = Union[str, Sequence[str], tuple[torch.Tensor, torch.Tensor], torch.Tensor]
+"""A prompt, a list of prompts, already padded CLIP ``(tokens (B, L), lens (B,))``, or text
+embeddings (B, n_embd) (e.g. :func:`composed_text_embeddings`)."""
 
 
 def clip_text_embeddings(clip: NoisedClip, prompts: Prompts, tokenizer: ClipTokenizer | None = None) -> torch.Tensor:
     """Unit text embeddings (B, n_embd), without autograd.
 
     Strings are tokenized with ``tokenizer`` (default: the one ``clip.config`` names);
-    a ``(tokens, lens)`` pair is used as is.
+    a ``(tokens, lens)`` pair is used as is, and so are embeddings (a floating-point tensor).
     """
+    if isinstance(prompts, torch.Tensor):
+        if not prompts.is_floating_point() or prompts.ndim != 2:
+            raise ValueError(f"text embeddings must be a float (B, n_embd) tensor, got {prompts.dtype} "
+                             f"{tuple(prompts.shape)}")
+        return prompts.to(clip.logit_scale.device)
     if isinstance(prompts, tuple) and len(prompts) == 2 and isinstance(prompts[0], torch.Tensor):
         tokens, lens = prompts
     else:
@@ -41,6 +48,30 @@ def clip_text_embeddings(clip: NoisedClip, prompts: Prompts, tokenizer: ClipToke
     device = clip.logit_scale.device
     with torch.no_grad():
         return clip.text_embeddings(tokens.to(device), lens.to(device))
+
+
+def composed_text_embeddings(
+    clip: NoisedClip, compositions: Sequence[Sequence[tuple[str, float]]], tokenizer: ClipTokenizer | None = None,
+) -> torch.Tensor:
+    """One text embedding (B, n_embd) per composition of (caption, weight) terms: the weighted mean
+    ``sum_k w_k z_k / sum_k w_k`` of the unit embeddings of its terms of weight > 0.
+
+    A CLIP logit is linear in the text embedding, so this embedding's logit for an image is the
+    same weighted mean of the positive terms' logits: what CLIP guidance climbs and reranking
+    sorts by for a composed prompt. Negated terms are left out (a noised CLIP scores what an
+    image shows, not what it lacks). One term of weight 1: its own embedding.
+    """
+    positive = [[(text, float(w)) for text, w in terms if w > 0] for terms in compositions]
+    if any(not terms for terms in positive):
+        raise ValueError("every composition needs a term of weight > 0")
+    texts = list(dict.fromkeys(text for terms in positive for text, _ in terms))
+    z = clip_text_embeddings(clip, texts, tokenizer)  # (T, D), each text once
+    index = {text: i for i, text in enumerate(texts)}
+    rows = []
+    for terms in positive:
+        w = torch.tensor([w for _, w in terms], dtype=z.dtype, device=z.device)
+        rows.append((w[:, None] * z[[index[text] for text, _ in terms]]).sum(dim=0) / w.sum())
+    return torch.stack(rows)
 
 
 def clip_cond_fn(

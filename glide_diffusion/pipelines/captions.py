@@ -8,6 +8,7 @@ from typing import Iterable
 
 from ..data.shapes_captions import parse_caption
 from ..text.tokenizer import SHAPES_WORDS
+from .prompts import Composition
 
 
 class CaptionWarning(UserWarning):
@@ -36,9 +37,26 @@ def caption_problem(prompt: str, tokenizer: str) -> str | None:
             "(--models glide on the command line)")
 
 
-def warn_captions(prompts: Iterable[str], tokenizer: str) -> None:
-    """One :class:`CaptionWarning` per distinct caption the model will not follow."""
-    for prompt in dict.fromkeys(prompts):
-        problem = caption_problem(prompt, tokenizer)
+def negative_problem(negative: str, tokenizer: str, what: str = "the negative prompt") -> str | None:
+    """Why a model whose tokenizer is ``tokenizer`` will not understand a negative prompt (or a
+    negated term), or None. It need not be a whole caption ("red"), so only its words are checked."""
+    if tokenizer != "shapes":
+        return None
+    unknown = [w for w in re.findall(r"\w+|[^\w\s]", negative.lower()) if w not in SHAPES_WORDS]
+    if not unknown:
+        return None
+    return (f"{what} {negative!r} has words the Shapes models never saw: "
+            f"{', '.join(map(repr, dict.fromkeys(unknown)))}; they do not steer these models")
+
+
+def warn_captions(prompts: Iterable[str | Composition], tokenizer: str, negative: str | None = None) -> None:
+    """One :class:`CaptionWarning` per distinct caption the model will not follow: a
+    composition's terms one by one (a negated term, like the negative prompt, by its words only)."""
+    terms = [t for p in prompts for t in (p if isinstance(p, Composition) else Composition.plain(p)).terms]
+    problems = [caption_problem(t.text, tokenizer) if t.weight >= 0 else
+                negative_problem(t.text, tokenizer, "the negated term") for t in terms]
+    if negative:
+        problems.append(negative_problem(negative, tokenizer))
+    for problem in dict.fromkeys(problems):
         if problem:
             warnings.warn(problem, CaptionWarning, stacklevel=3)

@@ -21,6 +21,7 @@ from ..precision import resolve_dtype
 from ..sampling.noise import PerSampleNoise, seeds_for
 from .inpaint import resized, split_alpha
 from .captions import warn_captions
+from .prompts import parse_prompt, prompt_settings, warn_unused_negative
 from .stage import SettingError, Stage, StageSettings, load_stages, quantize, sample_stage, to_pil
 from .text2im import OFFICIAL_BASE, OFFICIAL_UPSAMPLE, Text2ImResult, validate_request
 
@@ -60,7 +61,11 @@ class EditPipeline:
         upsample: StageSettings = OFFICIAL_UPSAMPLE,
         dtype: str = "auto",
         progress: bool = False,
+        negative: str | None = None,
     ) -> Text2ImResult:
+        """Redraw ``image`` toward ``prompt``; a composed prompt and ``negative`` work as in
+        :class:`~.text2im.Text2ImPipeline` (the base stage composes, the upsampler gets the
+        positive terms joined)."""
         if not (isinstance(strength, (int, float)) and math.isfinite(strength) and 0 < strength <= 1):
             raise SettingError("strength", f"must be in (0, 1], got {strength!r}")
         image, _ = split_alpha(image)
@@ -68,24 +73,28 @@ class EditPipeline:
             raise ValueError(f"the image must be square, got {image.size[0]}x{image.size[1]}")
         validate_request([prompt], num_images, seed, base, upsample, dtype, self.base.device,
                          self.base.config.diffusion.steps,
-                         self.upsampler.config.diffusion.steps if self.upsampler else None)
+                         self.upsampler.config.diffusion.steps if self.upsampler else None, negative=negative)
+        comp = parse_prompt(prompt)
         dtype = resolve_dtype(dtype, self.base.device)
-        warn_captions([prompt], self.base.config.unet.text.tokenizer)
+        warn_captions([comp], self.base.config.unet.text.tokenizer, negative)
+        warn_unused_negative(negative, [comp], base, upsample if self.upsampler else None)
         rows, seeds = [prompt] * num_images, seeds_for(seed, num_images)
-        noise, run = PerSampleNoise(seeds, self.base.device), dict(dtype=dtype, progress=progress)
+        noise = PerSampleNoise(seeds, self.base.device)
+        run = dict(dtype=dtype, progress=progress, negative=negative or "")
 
         full = self.base.schedule(base.steps)
         k = max(1, round(strength * full.num_steps))
         source = resized(image, self.base.image_size).to(self.base.device).expand(num_images, -1, -1, -1)
         x_start = q_sample(full, source, k - 1, noise.initial(source.shape[1:]))
-        low = sample_stage(self.base, rows, noise, base, schedule=truncate(full, k), x_T=x_start, **run)
+        low = sample_stage(self.base, [comp] * num_images, noise, base, schedule=truncate(full, k), x_T=x_start, **run)
         final = low
         if self.upsampler is not None:
-            final = sample_stage(self.upsampler, rows, noise, upsample, low_res=quantize(low), **run)
+            final = sample_stage(self.upsampler, [comp.caption] * num_images, noise, upsample, low_res=quantize(low),
+                                 **run)
         settings = {"base_model": self.base.name, "upsample_model": self.upsampler.name if self.upsampler else None,
                     "base": asdict(base), "upsample": asdict(upsample) if self.upsampler else None,
                     "dtype": dtype, "seed": seed, "num_images": num_images, "task": "edit",
-                    "strength": strength, "start_step": k}
+                    "strength": strength, "start_step": k, **prompt_settings([prompt], [comp], negative)}
         return Text2ImResult(to_pil(final), to_pil(low), rows, seeds, settings)
 
 

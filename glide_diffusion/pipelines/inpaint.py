@@ -27,6 +27,7 @@ from PIL import Image
 from ..precision import resolve_dtype
 from ..sampling.noise import PerSampleNoise, seeds_for
 from .captions import warn_captions
+from .prompts import Composition, clip_target, parse_prompt, prompt_settings, warn_unused_negative
 from .stage import Stage, StageSettings, from_pil, load_stages, quantize, sample_stage, to_uint8
 from .text2im import OFFICIAL_BASE, validate_request
 
@@ -164,6 +165,7 @@ class InpaintPipeline:
         upsample: StageSettings = INPAINT_UPSAMPLE_DEFAULTS,
         dtype: str = "auto",
         progress: bool = False,
+        negative: str | None = None,
     ) -> InpaintResult:
         """Paint ``prompt`` into ``image`` where ``fill`` (bool (H, W)) is True.
 
@@ -172,6 +174,9 @@ class InpaintPipeline:
         resized input's). ``base.candidates=c`` > 1: ``c * num_images`` images are painted at
         the base resolution (image k with seed ``seed + k``) in groups of c, composited, and of
         each group the one the reranking CLIP scores best against ``prompt`` goes on.
+        A composed ``prompt`` (``"A AND NOT B"``, :mod:`.prompts`) and ``negative`` work as in
+        :class:`~.text2im.Text2ImPipeline`: the base stage composes, the upsampler gets the
+        positive terms joined, reranking scores the positive terms.
         """
         image, _ = split_alpha(image)
         if image.size[0] != image.size[1]:
@@ -183,47 +188,54 @@ class InpaintPipeline:
         check_fill(fill)
         validate_request([prompt], num_images, seed, base, upsample, dtype, self.base.device,
                          self.base.config.diffusion.steps,
-                         self.upsampler.config.diffusion.steps if self.upsampler else None, reranks=True)
+                         self.upsampler.config.diffusion.steps if self.upsampler else None, reranks=True,
+                         negative=negative)
+        comp = parse_prompt(prompt)
         dtype = resolve_dtype(dtype, self.base.device)
-        warn_captions([prompt], self.base.config.unet.text.tokenizer)
+        warn_captions([comp], self.base.config.unet.text.tokenizer, negative)
+        warn_unused_negative(negative, [comp], base, upsample if self.upsampler else None)
         if base.candidates > 1 and self.rerank_clip is None:
             raise ValueError(f"base.candidates={base.candidates} keeps the best of each {base.candidates} by a "
                              "noised CLIP: pass rerank_clip= (glide_diffusion.clip.load_clip(); for the Shapes "
                              "models 'shapes-clip-rerank')")
         per = num_images * base.candidates
         rows, seeds = [prompt] * per, seeds_for(seed, per)
-        noise, run = PerSampleNoise(seeds, self.base.device), dict(dtype=dtype, progress=progress)
+        noise = PerSampleNoise(seeds, self.base.device)
+        run = dict(dtype=dtype, progress=progress, negative=negative or "")
 
-        low = self._stage(self.base, image, fill, rows, noise, base, run)
+        low = self._stage(self.base, image, fill, [comp] * per, noise, base, run)
         kept, scores = list(range(per)), None
         if base.candidates > 1:
-            kept, scores = self._best(image, fill, low, prompt, base.candidates)
+            kept, scores = self._best(image, fill, low, comp, base.candidates)
             low, rows = low[kept], rows[:num_images]
         final = low
         if self.upsampler is not None:
-            final = self._stage(self.upsampler, image, fill, rows, noise.select(kept), upsample, run,
-                                low_res=quantize(low))
+            final = self._stage(self.upsampler, image, fill, [comp.caption] * len(rows), noise.select(kept),
+                                upsample, run, low_res=quantize(low))
         size = self.output_size
         source = to_uint8(resized(image, size))[0]
         keep = known_at(fill, size)[0, 0].bool().numpy()[..., None]
         composited = [Image.fromarray(np.where(keep, source, out)) for out in to_uint8(final)]
         settings = {"base_model": self.base.name, "upsample_model": self.upsampler.name if self.upsampler else None,
                     "base": asdict(base), "upsample": asdict(upsample) if self.upsampler else None,
-                    "dtype": dtype, "seed": seed, "num_images": num_images, "task": "inpaint"}
+                    "dtype": dtype, "seed": seed, "num_images": num_images, "task": "inpaint",
+                    **prompt_settings([prompt], [comp], negative)}
         if scores is not None:
             settings["clip_rerank"] = {"keep": num_images, "of": per, "best_of": base.candidates, "scores": scores,
                                        "clip_model": self.rerank_clip_name}
         return InpaintResult(composited, [Image.fromarray(a) for a in to_uint8(low)], rows,
                              [seeds[j] for j in kept], settings)
 
-    def _best(self, image, fill, low: torch.Tensor, prompt: str, group: int) -> tuple[list[int], list[float]]:
+    def _best(self, image, fill, low: torch.Tensor, comp: Composition, group: int
+              ) -> tuple[list[int], list[float]]:
         """Of each run of ``group`` base-stage images, the index of the one the reranking CLIP
         scores best, composited onto the input and quantized as they are saved; and its score."""
         from ..guidance.clip import clip_scores
 
         known = known_at(fill, low.shape[-1]).to(low.device)
         shown = quantize(low * (1 - known) + resized(image, low.shape[-1]).to(low.device) * known)
-        scores = clip_scores(self.rerank_clip, shown, prompt, tokenizer=self.rerank_clip_tokenizer).float().cpu()
+        target = clip_target(self.rerank_clip, [comp], self.rerank_clip_tokenizer)
+        scores = clip_scores(self.rerank_clip, shown, target, tokenizer=self.rerank_clip_tokenizer).float().cpu()
         best, index = scores.view(-1, group).max(dim=1)  # the first of equal scores
         return (index + torch.arange(0, len(scores), group)).tolist(), best.tolist()
 

@@ -95,6 +95,9 @@ def save_samples(
             "settings": json.dumps(settings, sort_keys=True),
             "Software": "glide-diffusion",
         }
+        terms = (settings.get("terms") or {}).get(prompt)
+        if terms:  # a composed prompt: its parsed terms (text, weight), also under settings["terms"]
+            chunks["terms"] = json.dumps(terms)
         paths.append(save_png(image, out / sample_name(prompt, index, seed, settings, suffix), chunks,
                               overwrite=overwrite))
     return paths

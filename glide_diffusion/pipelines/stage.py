@@ -1,7 +1,7 @@
 """One sampling stage: a loaded model, how it samples, and the sampling call every pipeline shares.
 
 ``sample_stage`` encodes the captions once, wraps the model into a denoiser
-(classifier-free guided when the scale is not 1), and runs the chosen sampler;
+(classifier-free guided when the scale is not 1, composed for a composed prompt), and runs the chosen sampler;
 pipelines only decide the conditioning (low-res image, inpainting image and
 mask), the starting point and the x0 projection.
 """
@@ -17,13 +17,14 @@ import torch
 from PIL import Image
 
 from ..diffusion.schedule import Schedule, make_schedule, space_timesteps
-from ..guidance.cfg import classifier_free_guidance
+from ..guidance.cfg import composed_guidance
 from ..precision import DTYPES, autocast
 from ..presets import ModelConfig
 from ..sampling.noise import PerSampleNoise
 from ..sampling.samplers import SAMPLERS
 from ..text.tokenizer import tokenizer_for, tokenize_batch
 from ..unet.model import GlideUNet, TextCondition
+from .prompts import Composition
 
 X0Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -184,10 +185,11 @@ def _ensure_released(source: str, cache_dir, download: bool) -> str | None:
 
 def sample_stage(
     stage: Stage,
-    rows: Sequence[str],
+    rows: Sequence[str | Composition],
     noise: PerSampleNoise,
     settings: StageSettings,
     *,
+    negative: str = "",
     dtype: str = "fp32",
     progress: bool = False,
     callback: Callable[[str, int, torch.Tensor], None] | None = None,
@@ -197,42 +199,51 @@ def sample_stage(
     cond_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     **cond: torch.Tensor,
 ) -> torch.Tensor:
-    """Sample one image per caption in ``rows`` with ``stage``'s model -> (B, C, H, W) in [-1, 1].
+    """Sample one image per row of ``rows`` with ``stage``'s model -> (B, C, H, W) in [-1, 1].
 
+    A row is a caption (verbatim) or a :class:`~.prompts.Composition` of K terms; each image is
+    guided by :func:`~glide_diffusion.guidance.cfg.composed_guidance` at the settings' scale,
+    with ``negative`` (default: the empty caption) as its unconditional caption, over K + 1
+    model rows per image in one forward pass (the terms' rows of every image, then the B
+    negative rows). A caption at scale 1 runs the conditional model alone on B rows.
     ``cond`` holds the model's image conditions (``low_res``, ``inpaint_image``,
-    ``inpaint_mask``), one row per caption. ``schedule`` defaults to the
+    ``inpaint_mask``), one row per image. ``schedule`` defaults to the
     settings' respacing; ``x_T`` to ``temperature`` times fresh noise.
     ``x0_fn`` projects the predicted x0 and ``cond_fn`` adds gradient guidance
     (the samplers' hooks).
     """
     cfg = stage.config.unet
     amp = lambda: autocast(stage.device, dtype)  # noqa: E731
-    guided = settings.guidance_scale != 1.0
+    comps = [r if isinstance(r, Composition) else Composition.plain(r) for r in rows]
+    plain = not any(c.composed for c in comps)
+    guided = settings.guidance_scale != 1.0 or not plain
     # The caption is encoded once per run, so in float32 whatever the step's dtype; the
     # attention keys/values are then rounded once to the dtype attention runs in.
-    text = stage.encode(rows)
-    if guided:  # rows [cond; uncond], the empty caption encoded once
-        text = TextCondition.cat([text, stage.encode([""]).repeat(len(rows))])
+    text = stage.encode([term.text for c in comps for term in c.terms])  # image-major term rows
+    if guided:  # rows [terms; negative], the negative (or empty) caption encoded once
+        text = TextCondition.cat([text, stage.encode([negative]).repeat(len(rows))])
+        owner = torch.tensor([b for b, c in enumerate(comps) for _ in c.terms], device=stage.device)
+        cond = {k: torch.cat([v if plain else v[owner.to(v.device)], v]) for k, v in cond.items()}
     if dtype != "fp32":
         text = text.kv_to(DTYPES[dtype])
-    if guided:
-        cond = {k: torch.cat([v, v]) for k, v in cond.items()}
 
     def denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with amp():
             return stage.step(x, t, text=text, **cond).float()
 
     if guided:
+        weights = [c.weights for c in comps]
         interval, conditional = settings.guidance_bounds(stage.config.diffusion.steps), None
-        if interval is not None:
+        if interval is not None and plain:  # the unguided steps: the B caption rows alone
             text_c, cond_c = text.head(len(rows)), {k: v[: len(rows)] for k, v in cond.items()}
 
             def conditional(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 with amp():
                     return stage.step(x, t, text=text_c, **cond_c).float()
-
-        denoiser = classifier_free_guidance(denoiser, settings.guidance_scale, interval=interval,
-                                            conditional=conditional)
+        elif interval is not None:  # the composition at scale 1, on all rows
+            conditional = composed_guidance(denoiser, 1.0, weights)
+        denoiser = composed_guidance(denoiser, settings.guidance_scale, weights, interval=interval,
+                                     conditional=conditional)
     if x_T is None:
         x_T = noise.initial((cfg.in_channels, cfg.image_size, cfg.image_size)) * settings.temperature
     label = f"{stage.config.kind} {cfg.image_size}px {settings.sampler} {settings.steps}" if progress else False

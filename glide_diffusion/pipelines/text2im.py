@@ -19,6 +19,7 @@ from ..precision import check_dtype, resolve_dtype
 from ..presets import ModelConfig
 from ..sampling.noise import PerSampleNoise, seeds_for
 from .captions import warn_captions
+from .prompts import Composition, clip_target, parse_prompts, prompt_settings, warn_unused_negative
 from .stage import SettingError, Stage, StageSettings, load_stages, from_pil, quantize, sample_stage, to_pil
 
 __all__ = ["BASE_DEFAULTS", "UPSAMPLE_DEFAULTS", "FAST_BASE", "FAST_UPSAMPLE", "OFFICIAL_BASE", "OFFICIAL_UPSAMPLE",
@@ -120,8 +121,15 @@ class Text2ImPipeline:
         rerank: int | None = None,
         progress: bool = False,
         callback: Callable[[str, int, torch.Tensor], None] | None = None,
+        negative: str | None = None,
     ) -> Text2ImResult:
         """Sample ``num_images`` images for each prompt, ``batch_size`` at a time (default: all).
+
+        A prompt with upper-case ``AND``/``NOT`` is composed (:mod:`.prompts`: ``"A :1.5 AND B AND
+        NOT C"``): the base stage is guided by all its terms at once (K + 1 model rows per image);
+        the upsampler is conditioned on its positive terms joined by " and ", and CLIP guidance and
+        reranking score the weighted mean of its positive terms' CLIP logits. ``negative``: the
+        caption that replaces the empty one in classifier-free guidance, in both stages.
 
         Image k (counting over prompts, then samples) uses seed ``seed + k``: its
         noise comes from its own generator, so it does not change with the batch.
@@ -138,10 +146,12 @@ class Text2ImPipeline:
             prompts, num_images, seed, base, upsample, dtype, self.base.device,
             self.base.config.diffusion.steps,
             self.upsampler.config.diffusion.steps if self.upsampler else None,
-            reranks=True,
+            reranks=True, negative=negative,
         )
+        comps = parse_prompts(prompts)
         dtype = resolve_dtype(dtype, self.base.device)
-        warn_captions(prompts, self.base.config.unet.text.tokenizer)
+        warn_captions(comps, self.base.config.unet.text.tokenizer, negative)
+        warn_unused_negative(negative, comps, base, upsample if self.upsampler else None)
         if clip_guidance_scale and self.clip is None:
             raise ValueError("CLIP guidance needs a noised CLIP: pass clip= (glide_diffusion.clip.load_clip())")
         if not math.isfinite(clip_guidance_scale) or clip_guidance_scale < 0:
@@ -161,13 +171,14 @@ class Text2ImPipeline:
                              "(glide_diffusion.clip.load_clip(); for the Shapes models 'shapes-clip-rerank')")
         per = num_images * base.candidates  # images sampled for each prompt
         rows = [p for p in prompts for _ in range(per)]
+        crows = [c for c in comps for _ in range(per)]
         seeds = seeds_for(seed, len(rows))
         noise = PerSampleNoise(seeds, self.base.device)  # one generator per row, through both stages
         step = batch_size or len(rows)
-        run = dict(dtype=dtype, progress=progress, callback=callback)
+        run = dict(dtype=dtype, progress=progress, callback=callback, negative=negative or "")
         lows = []
         for i in range(0, len(rows), step):
-            chunk = rows[i : i + step]
+            chunk = crows[i : i + step]
             cond_fn = self._clip_cond_fn(chunk, clip_guidance_scale) if clip_guidance_scale else None
             lows.append(sample_stage(self.base, chunk, noise.select(range(i, i + len(chunk))), base,
                                      cond_fn=cond_fn, **run))
@@ -175,9 +186,9 @@ class Text2ImPipeline:
         low8 = quantize(low)  # as the images are saved: what reranking scores and the upsampler was trained on
         kept, scores = list(range(len(rows))), None
         if base.candidates > 1:  # the best of each group of c
-            kept, scores = self._best(low8, rows, base.candidates, 1)
+            kept, scores = self._best(low8, crows, base.candidates, 1)
         if rerank is not None:
-            order, scores = self._best(low8[kept], [rows[j] for j in kept], num_images, rerank)
+            order, scores = self._best(low8[kept], [crows[j] for j in kept], num_images, rerank)
             kept = [kept[j] for j in order]
         if scores is not None:
             low, low8 = low[kept], low8[kept]
@@ -186,7 +197,7 @@ class Text2ImPipeline:
             finals = []
             for i in range(0, len(kept), step):
                 idx = kept[i : i + step]
-                finals.append(sample_stage(self.upsampler, [rows[j] for j in idx], noise.select(idx), upsample,
+                finals.append(sample_stage(self.upsampler, [crows[j].caption for j in idx], noise.select(idx), upsample,
                                            low_res=low8[i : i + step], **run))
             final = torch.cat(finals)
         settings = {
@@ -200,6 +211,7 @@ class Text2ImPipeline:
             "batch_size": step,
             "clip_guidance_scale": clip_guidance_scale,
             "clip_model": self.clip_name if clip_guidance_scale else None,
+            **prompt_settings(prompts, comps, negative),
         }
         if scores is not None:
             settings["clip_rerank"] = {"keep": rerank or num_images, "of": per, "best_of": base.candidates,
@@ -231,7 +243,7 @@ class Text2ImPipeline:
         if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= per:
             raise ValueError(f"keep must be an integer in 1..{per} (the images per prompt), got {keep!r}")
         images = torch.cat([from_pil(im) for im in result.low_res])
-        chosen, scores = self._best(images, result.prompts, per, keep)
+        chosen, scores = self._best(images, parse_prompts(result.prompts, warn=False), per, keep)
         best_of = (result.settings.get("base") or {}).get("candidates", 1)
         settings = dict(result.settings, clip_rerank={"keep": keep, "of": per * best_of, "best_of": best_of,
                                                       "scores": scores, "clip_model": self._reranker()[2]})
@@ -239,7 +251,7 @@ class Text2ImPipeline:
         return Text2ImResult(pick(result.images), pick(result.low_res), pick(result.prompts),
                              pick(result.seeds), settings)
 
-    def _best(self, images: torch.Tensor, prompts: Sequence[str], per: int, keep: int
+    def _best(self, images: torch.Tensor, prompts: Sequence[Composition], per: int, keep: int
               ) -> tuple[list[int], list[float]]:
         """Indices of the ``keep`` best-scored images of each run of ``per`` (one prompt), best
         first, and their scores. ``images``: (N, 3, H, W) in [-1, 1]."""
@@ -248,7 +260,8 @@ class Text2ImPipeline:
         clip, tokenizer, _ = self._reranker()
         chosen, scores = [], []
         for start in range(0, len(prompts), per):
-            order, s = clip_best(clip, images[start : start + per], prompts[start], keep, tokenizer=tokenizer)
+            target = clip_target(clip, [prompts[start]], tokenizer)
+            order, s = clip_best(clip, images[start : start + per], target, keep, tokenizer=tokenizer)
             chosen += [start + j for j in order.tolist()]
             scores += s.tolist()
         return chosen, scores
@@ -259,11 +272,12 @@ class Text2ImPipeline:
             return self.rerank_clip, self.rerank_clip_tokenizer, self.rerank_clip_name
         return self.clip, self.clip_tokenizer, self.clip_name
 
-    def _clip_cond_fn(self, rows: Sequence[str], scale: float):
-        """GLIDE's CLIP guidance for these captions: the mean moves along the similarity gradient."""
+    def _clip_cond_fn(self, rows: Sequence[Composition], scale: float):
+        """GLIDE's CLIP guidance for these prompts: the mean moves along the similarity gradient."""
         from ..guidance.clip import clip_cond_fn
 
-        return clip_cond_fn(self.clip, list(rows), scale, tokenizer=self.clip_tokenizer)
+        return clip_cond_fn(self.clip, clip_target(self.clip, rows, self.clip_tokenizer), scale,
+                            tokenizer=self.clip_tokenizer)
 
 
 def validate_request(
@@ -278,13 +292,18 @@ def validate_request(
     upsample_steps: int | None = 1000,
     *,
     reranks: bool = False,
+    negative: str | None = None,
 ) -> None:
     """Raise a clear error for a request that cannot run, before any work is done. ``reranks``:
-    the pipeline keeps the best of ``base.candidates`` (text-to-image, inpainting); elsewhere it must be 1."""
+    the pipeline keeps the best of ``base.candidates`` (text-to-image, inpainting); elsewhere it must be 1.
+    Composed prompts must parse (:class:`~.prompts.CompositionError` points at the character)."""
     if not prompts:
         raise ValueError("give at least one prompt")
     if not all(isinstance(p, str) for p in prompts):
         raise TypeError("prompts must be strings")
+    parse_prompts(prompts, warn=False)
+    if negative is not None and not isinstance(negative, str):
+        raise TypeError(f"the negative prompt must be a string, got {type(negative).__name__}")
     if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= 1024:
         raise SettingError("num_images", f"must be an integer in [1, 1024], got {num_images!r}")
     base.validate("base", base_steps)
