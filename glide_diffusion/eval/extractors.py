@@ -150,7 +150,7 @@ def to_pixels(images) -> torch.Tensor:
 def feature_batches(extractor: FeatureExtractor, images, *, batch_size: int = 64,
                     resolution: int | None = None) -> Iterator[torch.Tensor]:
     """Features (B, D) float32 on the CPU of consecutive batches of ``images`` (an array, a
-    memory-mapped array from ``np.load(..., mmap_mode="r")``, or a tensor)."""
+    memory-mapped ``.npy`` from ``np.load(..., mmap_mode="r")``, or a tensor)."""
     n, _ = check_images(images, resolution)
     for start in range(0, n, batch_size):
         pixels = to_pixels(images[start:start + batch_size]).to(extractor.device)
