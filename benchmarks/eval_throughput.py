@@ -88,14 +88,14 @@ def main(argv=None) -> int:
             continue
         for R in args.resolutions:
             images = renders(args.n_images, R)
-            s = timed(lambda: extract_features(ex, images, batch_size=args.batch), args.repeats)
+            s = timed(lambda ex=ex, images=images: extract_features(ex, images, batch_size=args.batch), args.repeats)
             result["extract_images_per_s"][f"{name} @ {R}px"] = args.n_images / s
             print(f"{name} @ {R}px: {args.n_images / s:.1f} images/s", flush=True)
 
     for R in args.resolutions:
         images = renders(args.n_shapes, R)
-        for label, fn in (("analyze", lambda: [analyze(im) for im in images]),
-                          ("analyze + fidelity", lambda: [fidelity(im) for im in images])):
+        for label, fn in (("analyze", lambda images=images: [analyze(im) for im in images]),
+                          ("analyze + fidelity", lambda images=images: [fidelity(im) for im in images])):
             s = timed(fn, args.repeats)
             result["shapes_images_per_s"][f"{label} @ {R}px"] = args.n_shapes / s
             print(f"{label} @ {R}px: {args.n_shapes / s:.1f} images/s", flush=True)

@@ -95,7 +95,7 @@ def summarize_fidelity(scores: list[Fidelity]) -> dict:
     mae = np.array([s.mae for s in scores], dtype=np.float64)
     bg = np.array([s.background_mae for s in scores], dtype=np.float64)
     ok = ~np.isnan(mae)
-    stat = lambda f, a: float(f(a[~np.isnan(a)])) if (~np.isnan(a)).any() else float("nan")  # noqa: E731
+    stat = lambda f, a: float(f(a[~np.isnan(a)])) if (~np.isnan(a)).any() else float("nan")
     return {"n": int(ok.sum()), "undefined": int((~ok).sum()),
             "mae": stat(np.mean, mae), "mae_median": stat(np.median, mae),
             "background_mae": stat(np.mean, bg), "background_mae_median": stat(np.median, bg)}
