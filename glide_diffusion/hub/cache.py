@@ -4,6 +4,7 @@ Layout under the cache directory::
 
     <cache>/checkpoints/<file_name>   released model files (base.pt, ...)
     <cache>/vocab/<file_name>         tokenizer files (encoder.json, vocab.bpe, ...)
+    <cache>/eval/<file_name>          evaluation networks (inception-2015-12-05.pt)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ __all__ = ["CACHE_ENV", "cache_dir", "released_path", "find_released"]
 
 CACHE_ENV = "GLIDE_CACHE_DIR"
 
-_SUBDIRS = {"model": "checkpoints", "vocab": "vocab"}
+_SUBDIRS = {"model": "checkpoints", "vocab": "vocab", "eval": "eval"}
 
 
 def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:

@@ -1,9 +1,11 @@
-"""Registry of the files OpenAI released for GLIDE, and the vocab files it uses.
+"""Registry of the files OpenAI released for GLIDE, the vocab files it uses, and evaluation files.
 
 Model URLs are the ones in glide-text2im's ``download.py`` (also recorded in
 ``shared/reference/manifests/*.json``). The released checkpoints' sizes and
 hashes were never recorded (no network when the reference data was made), so
 model entries carry no ``size``/``sha256``; the vocab entries do where known.
+The one evaluation file, ``fid-inception``, is the standard FID network (see
+:mod:`glide_diffusion.eval.inception`); it is in neither group.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ class ReleasedFile:
         name: registry key, as typed on the command line (``glide download base``).
         file_name: name of the file on disk (and the last URL component).
         url: official download URL.
-        kind: ``"model"`` (stored under ``<cache>/checkpoints``) or ``"vocab"``
-            (stored under ``<cache>/vocab``).
+        kind: ``"model"`` (stored under ``<cache>/checkpoints``), ``"vocab"``
+            (stored under ``<cache>/vocab``) or ``"eval"`` (under ``<cache>/eval``).
         description: one line for humans.
         size: expected size in bytes, when known (verified after download).
         sha256: expected SHA-256 hex digest, when known (verified after download).
@@ -84,6 +86,18 @@ _FILES = [
         "vocab",
         "CLIP BPE merges (noised-CLIP text tokenizer)",
         size=1356917,
+    ),
+    # The FID Inception: NVIDIA's TorchScript translation of TensorFlow's
+    # inception-2015-12-05.tgz graph (the network of the original TTUR FID code), as StyleGAN2-ADA,
+    # StyleGAN3, EDM and clean-fid load it. Neither size nor hash could be recorded (no network
+    # where this entry was written); glide_diffusion.eval.inception checks the network's output
+    # width when loading.
+    ReleasedFile(
+        "fid-inception",
+        "inception-2015-12-05.pt",
+        "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt",
+        "eval",
+        "FID Inception-v3 (TorchScript, 2048-d pool features) for glide_diffusion.eval",
     ),
 ]
 
