@@ -26,16 +26,22 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import torch
 
 from glide_diffusion.checkpoints import load_model
-import numpy as np
-
 from glide_diffusion.data.shapes import image_to_tensor, sample_with_caption
 from glide_diffusion.data.shapes_captions import article
 from glide_diffusion.data.shapes_render import render_array
 from glide_diffusion.data.shapes_scene import (
-    BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Scene, object_position, sample_scene,
+    BACKGROUNDS,
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+    object_position,
+    sample_scene,
 )
 from glide_diffusion.diffusion import make_schedule
 from glide_diffusion.diffusion.gaussian import predict_x0_from_eps, q_sample
@@ -110,7 +116,7 @@ def main() -> None:
             out.append(caption(*w))
         return out
 
-    print(f"\nmean |change| of the x0 estimate when one word of those captions changes")
+    print("\nmean |change| of the x0 estimate when one word of those captions changes")
     print(f"{'t':>5} " + " ".join(f"{k:>10}" for k in choices))
     for t in args.gain_timesteps:  # the same noise for every caption at a given t
         ref = x0_estimate(target, full, t, seed=t)

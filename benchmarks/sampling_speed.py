@@ -33,6 +33,7 @@ import resource
 import time
 
 import torch
+from step_time import inputs, matmul_gflops, plain_path, randomize_, step_gflop, timed
 
 from glide_diffusion.checkpoints import atomic_write_text, build_model
 from glide_diffusion.diffusion import make_schedule
@@ -42,8 +43,6 @@ from glide_diffusion.pipelines.text2im import FAST_BASE, FAST_UPSAMPLE, OFFICIAL
 from glide_diffusion.precision import autocast, native_bf16_cpu
 from glide_diffusion.presets import get_preset
 from glide_diffusion.sampling import SAMPLERS
-
-from step_time import inputs, matmul_gflops, plain_path, randomize_, step_gflop, timed
 
 
 def peak_memory_mb(device: torch.device) -> float:

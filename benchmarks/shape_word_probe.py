@@ -30,7 +30,13 @@ import numpy as np
 
 import glide_diffusion.data.shapes as shapes
 from glide_diffusion.data.shapes_scene import (
-    POSITIONS, SHAPES, SIZE_JITTER, SIZE_SIDE, Scene, ShapeObject, place_in_cell,
+    POSITIONS,
+    SHAPES,
+    SIZE_JITTER,
+    SIZE_SIDE,
+    Scene,
+    ShapeObject,
+    place_in_cell,
 )
 
 COLOUR, BACKGROUND, SIZE = "red", "white", "large"

@@ -20,7 +20,12 @@ import time
 import numpy as np
 
 from glide_diffusion.data.shapes import (
-    CaptionSpec, ObjectSpec, Scene, object_position, render_array, sample_with_caption,
+    CaptionSpec,
+    ObjectSpec,
+    Scene,
+    object_position,
+    render_array,
+    sample_with_caption,
 )
 from glide_diffusion.eval.shapes_eval import evaluate
 

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from shapes_quality import caption_set
 
 from glide_diffusion.checkpoints import atomic_write, atomic_write_text, load_model
 from glide_diffusion.diffusion.gaussian import q_sample
@@ -44,7 +45,6 @@ from glide_diffusion.eval.shapes_eval import HELD_OUT_PAIRS, evaluate
 from glide_diffusion.pipelines.stage import from_pil
 from glide_diffusion.pipelines.text2im import Stage, StageSettings, Text2ImPipeline
 from glide_diffusion.unet.model import TextCondition
-from shapes_quality import caption_set
 
 SAMPLING_ARGS = ("base", "n", "n_two", "n_held_out", "seed", "k", "sampler", "steps", "scale", "batch_size")
 

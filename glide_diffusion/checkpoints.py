@@ -18,8 +18,8 @@ import os
 import pickle
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from safetensors import SafetensorError

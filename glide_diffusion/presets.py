@@ -42,14 +42,14 @@ class ModelConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         return cls(
             unet=UNetConfig.from_dict(d["unet"]),
             diffusion=DiffusionConfig(**d.get("diffusion", {})),
         )
 
     @classmethod
-    def from_json(cls, s: str) -> "ModelConfig":
+    def from_json(cls, s: str) -> ModelConfig:
         return cls.from_dict(json.loads(s))
 
 

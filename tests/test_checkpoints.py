@@ -5,11 +5,10 @@ import pickle
 
 import pytest
 import torch
+from golden import golden_unet, model_kwargs
 
 from glide_diffusion.checkpoints import CheckpointError, build_model, load_model, read_state_dict, save_model
 from glide_diffusion.presets import ModelConfig, get_preset
-
-from golden import golden_unet, model_kwargs
 
 
 class _RunsCode:

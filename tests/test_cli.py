@@ -171,7 +171,8 @@ def test_a_warning_prints_once_as_one_line(tiny, tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["sample", "inpaint", "edit"])
 def test_ctrl_c_ends_with_one_line(command, monkeypatch, capsys):
-    from glide_diffusion.cli import edit, sample as sample_cli
+    from glide_diffusion.cli import edit
+    from glide_diffusion.cli import sample as sample_cli
 
     def interrupted(argv):
         raise KeyboardInterrupt

@@ -13,14 +13,19 @@ from PIL import Image
 
 from glide_diffusion.checkpoints import build_model, save_model
 from glide_diffusion.cli.main import main
-from glide_diffusion.diffusion import make_schedule
 from glide_diffusion.guidance import classifier_free_guidance, composed_guidance
 from glide_diffusion.pipelines import text2im
 from glide_diffusion.pipelines.captions import CaptionWarning, warn_captions
 from glide_diffusion.pipelines.edit import EditPipeline
 from glide_diffusion.pipelines.inpaint import InpaintPipeline, mask_from_rects
 from glide_diffusion.pipelines.prompts import (
-    MAX_TERMS, Composition, CompositionError, CompositionWarning, Term, parse_prompt, warn_unused_negative,
+    MAX_TERMS,
+    Composition,
+    CompositionError,
+    CompositionWarning,
+    Term,
+    parse_prompt,
+    warn_unused_negative,
 )
 from glide_diffusion.pipelines.stage import Stage, StageSettings, sample_stage
 from glide_diffusion.pipelines.text2im import Text2ImPipeline

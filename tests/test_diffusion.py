@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ GOLDEN = Path(__file__).parent / "data" / "golden"
 ATOL = 1e-5  # float32 values of order 1
 
 
-@lru_cache(maxsize=None)
+@cache
 def golden() -> tuple[dict, dict[str, torch.Tensor]]:
     meta = json.loads((GOLDEN / "diffusion.json").read_text())
     return meta, load_file(str(GOLDEN / "diffusion.safetensors"))

@@ -9,7 +9,11 @@ from glide_diffusion.checkpoints import build_model
 from glide_diffusion.diffusion import make_schedule
 from glide_diffusion.pipelines.edit import EditPipeline, truncate
 from glide_diffusion.pipelines.inpaint import (
-    InpaintPipeline, extend_canvas, mask_from_image, mask_from_rects, split_alpha,
+    InpaintPipeline,
+    extend_canvas,
+    mask_from_image,
+    mask_from_rects,
+    split_alpha,
 )
 from glide_diffusion.pipelines.stage import Stage, StageSettings
 from glide_diffusion.presets import get_preset

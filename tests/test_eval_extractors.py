@@ -13,7 +13,13 @@ from glide_diffusion.data.shapes_render import render_array
 from glide_diffusion.data.shapes_scene import sample_scene
 from glide_diffusion.eval.clip_score import clip_score, clip_score_from_embeddings
 from glide_diffusion.eval.extractors import (
-    ClipImageExtractor, FeatureExtractor, accumulate, check_images, extract_features, get_extractor, to_pixels,
+    ClipImageExtractor,
+    FeatureExtractor,
+    accumulate,
+    check_images,
+    extract_features,
+    get_extractor,
+    to_pixels,
 )
 from glide_diffusion.eval.inception import INCEPTION_DIM, load_inception, sha256_of
 from glide_diffusion.eval.reference import load_stats, save_stats

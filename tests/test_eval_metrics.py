@@ -15,7 +15,13 @@ import scipy.linalg
 import torch
 
 from glide_diffusion.eval.metrics import (
-    EvalWarning, density_coverage, fid, frechet_distance, kid, knn_radii, precision_recall,
+    EvalWarning,
+    density_coverage,
+    fid,
+    frechet_distance,
+    kid,
+    knn_radii,
+    precision_recall,
 )
 from glide_diffusion.eval.stats import FeatureAccumulator, feature_stats
 

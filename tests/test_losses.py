@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -32,13 +32,13 @@ from glide_diffusion.diffusion import (
 GOLDEN = Path(__file__).parent / "data" / "golden"
 
 
-@lru_cache(maxsize=None)
+@cache
 def golden() -> tuple[dict, dict[str, torch.Tensor]]:
     meta = json.loads((GOLDEN / "losses.json").read_text())
     return meta, load_file(str(GOLDEN / "losses.safetensors"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def schedule():
     # guided-diffusion "cosine" == glide "squaredcos_cap_v2"; SpacedDiffusion over all 1000 steps.
     return make_schedule("cosine", 1000, "")

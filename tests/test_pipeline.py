@@ -182,8 +182,13 @@ def test_cli_guidance_interval_must_be_two_numbers(checkpoints, capsys):
 def test_cli_recipe_sets_what_the_stage_options_leave_unset():
     from glide_diffusion.cli.common import stage_settings
     from glide_diffusion.cli.sample import build_parser
-    from glide_diffusion.pipelines.text2im import (FAST_BASE, FAST_UPSAMPLE, OFFICIAL_BASE, OFFICIAL_UPSAMPLE,
-                                                   SHAPES_BASE)
+    from glide_diffusion.pipelines.text2im import (
+        FAST_BASE,
+        FAST_UPSAMPLE,
+        OFFICIAL_BASE,
+        OFFICIAL_UPSAMPLE,
+        SHAPES_BASE,
+    )
 
     def settings(*argv):
         return stage_settings(build_parser().parse_args(["x", *argv]))
@@ -451,9 +456,9 @@ def test_cli_picks_the_reranking_clip_of_the_base_model(monkeypatch):
 
 
 def test_cli_model_families(monkeypatch):
+    from glide_diffusion import bundled
     from glide_diffusion.cli import edit as edit_cli
     from glide_diffusion.cli import sample as sample_cli
-    from glide_diffusion import bundled
     from glide_diffusion.cli.common import resolve_models
 
     def models(parser, argv):

@@ -12,7 +12,7 @@ because 1-ulp differences can compound over up to 100 steps).
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ ATOL = 1e-5
 LOOP_ATOL = 5e-5
 
 
-@lru_cache(maxsize=None)
+@cache
 def golden() -> tuple[dict, dict[str, torch.Tensor]]:
     meta = json.loads((GOLDEN / "diffusion.json").read_text())
     return meta, load_file(str(GOLDEN / "diffusion.safetensors"))

@@ -8,9 +8,26 @@ import pytest
 import torch
 
 from glide_diffusion.data.shapes import (
-    BACKGROUNDS, COLOURS, HELD_OUT_PAIRS, POSITIONS, RELATIONS, CaptionSpec, ObjectSpec, Scene,
-    ShapeObject, ShapesDataset, box_gap, object_position, parse_caption, relation_holds, render,
-    render_array, sample_caption, sample_caption_with_mentions, sample_scene, test_captions,
+    BACKGROUNDS,
+    COLOURS,
+    HELD_OUT_PAIRS,
+    POSITIONS,
+    RELATIONS,
+    CaptionSpec,
+    ObjectSpec,
+    Scene,
+    ShapeObject,
+    ShapesDataset,
+    box_gap,
+    object_position,
+    parse_caption,
+    relation_holds,
+    render,
+    render_array,
+    sample_caption,
+    sample_caption_with_mentions,
+    sample_scene,
+    test_captions,
 )
 from glide_diffusion.data.shapes_render import star_vertices
 

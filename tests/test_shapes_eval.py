@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 
 from glide_diffusion.data.shapes import (
-    BACKGROUNDS, POSITIONS, CaptionSpec, ObjectSpec, Scene, ShapeObject, object_position, render_array,
-    sample_scene, test_captions,
+    BACKGROUNDS,
+    POSITIONS,
+    CaptionSpec,
+    ObjectSpec,
+    Scene,
+    ShapeObject,
+    object_position,
+    render_array,
+    sample_scene,
+    test_captions,
 )
 from glide_diffusion.eval.shapes_eval import analyze, entropy_bits, evaluate, relation_between, score
 from glide_diffusion.eval.shapes_features import FILL, SKEW, features

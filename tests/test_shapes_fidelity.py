@@ -15,7 +15,11 @@ from glide_diffusion.data.shapes_render import render_array
 from glide_diffusion.data.shapes_scene import Scene, ShapeObject, sample_scene
 from glide_diffusion.eval.shapes_eval import analyze, evaluate
 from glide_diffusion.eval.shapes_fidelity import (
-    background_mask, detected_to_scene, evaluate_with_fidelity, fidelity, object_mask,
+    background_mask,
+    detected_to_scene,
+    evaluate_with_fidelity,
+    fidelity,
+    object_mask,
 )
 
 CENTRE_SQUARE = Scene("gray", (ShapeObject("square", "red", "small", 0.22, 0.5, 0.5),))

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from glide_diffusion.checkpoints import load_model
 from glide_diffusion.cli.main import main as glide_main
+from glide_diffusion.data.synthetic import SyntheticDataset
 from glide_diffusion.train import ConfigError, TrainingDivergedError, apply_overrides, load_config, train
 from glide_diffusion.train.batch import apply_cfg_dropout, ema_update, lr_factor, make_inputs, step_generator
 from glide_diffusion.train.config import OptimConfig, config_from_dict, merge_overrides, parse_override
@@ -28,7 +29,6 @@ from glide_diffusion.train.init import check_same_architecture
 from glide_diffusion.train.loop import Trainer, _Batches
 from glide_diffusion.train.metrics import read_metrics
 from glide_diffusion.train.state import list_checkpoints, load_state, read_checkpoint
-from glide_diffusion.data.synthetic import SyntheticDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny-test.toml"

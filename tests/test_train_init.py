@@ -10,7 +10,6 @@ from glide_diffusion.checkpoints import CheckpointError, build_model, save_model
 from glide_diffusion.presets import PRESETS, ModelConfig, get_preset
 from glide_diffusion.train.init import INPUT_CONV, init_model
 
-
 pytestmark = pytest.mark.usefixtures("small_cpu_work")
 
 

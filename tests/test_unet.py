@@ -4,13 +4,12 @@ import dataclasses
 
 import pytest
 import torch
+from golden import UNET_VARIANTS, golden_unet, manifest, model_kwargs
 
 from glide_diffusion.presets import PRESETS, RELEASED_PRESETS, get_preset
 from glide_diffusion.unet.blocks import timestep_embedding
 from glide_diffusion.unet.config import UNetConfig
 from glide_diffusion.unet.model import GlideUNet
-
-from golden import UNET_VARIANTS, golden_unet, manifest, model_kwargs
 
 # Official float32 outputs are O(1); switching conv backends moves them by <= 3e-6.
 ATOL = 1e-4
@@ -146,10 +145,9 @@ def test_config_validation():
 
 
 def test_v_prediction_returns_eps_and_keeps_the_weights_format(tmp_path):
-    from glide_diffusion.checkpoints import build_model, load_model, save_model
+    from glide_diffusion.checkpoints import CheckpointError, build_model, load_model, save_model
     from glide_diffusion.diffusion import make_schedule
     from glide_diffusion.train.init import check_same_architecture
-    from glide_diffusion.checkpoints import CheckpointError
 
     eps_cfg = get_preset("tiny")
     v_cfg = dataclasses.replace(eps_cfg, unet=dataclasses.replace(eps_cfg.unet, prediction="v"))

@@ -6,14 +6,13 @@ import argparse
 import dataclasses
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .. import bundled
 from ..pipelines.stage import SettingError, StageSettings
 from ..precision import DTYPE_CHOICES
 from ..presets import PRESETS
-
 
 # Model families: the (base, upsampler) a command uses unless --base/--upsampler say otherwise.
 # "shapes": the small models shipped inside the package (nothing to download);

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..pipelines.inpaint import INPAINT_MODEL_RECIPES, INPAINT_RECIPES
 from ..pipelines.prompts import parse_prompt
 from ..pipelines.text2im import OFFICIAL_BASE, OFFICIAL_UPSAMPLE
 from .common import (
-    add_model_args, add_sampling_args, check_output, compile_stages, device_arg, load_clip_option, rerank_clip_choice,
-    resolve_models, run_command, stage_settings, upsampler_arg, write_outputs,
+    add_model_args,
+    add_sampling_args,
+    check_output,
+    compile_stages,
+    device_arg,
+    load_clip_option,
+    rerank_clip_choice,
+    resolve_models,
+    run_command,
+    stage_settings,
+    upsampler_arg,
+    write_outputs,
 )
 
 

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..pipelines.text2im import MODEL_RECIPES, RECIPES
 from .common import (
-    add_model_args, add_sampling_args, check_output, compile_stages, device_arg, load_clip_option, rerank_clip_choice,
-    resolve_models, run_command, stage_settings, upsampler_arg, write_outputs,
+    add_model_args,
+    add_sampling_args,
+    check_output,
+    compile_stages,
+    device_arg,
+    load_clip_option,
+    rerank_clip_choice,
+    resolve_models,
+    run_command,
+    stage_settings,
+    upsampler_arg,
+    write_outputs,
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 # Imported only by training and its data loaders, installed by the [train] extra
 # (pyproject.toml); sampling and editing never import them.

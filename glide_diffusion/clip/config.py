@@ -87,7 +87,7 @@ class ClipConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ClipConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ClipConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -95,7 +95,7 @@ class ClipConfig:
         return cls(**d)
 
     @classmethod
-    def from_json(cls, s: str) -> "ClipConfig":
+    def from_json(cls, s: str) -> ClipConfig:
         return cls.from_dict(json.loads(s))
 
 

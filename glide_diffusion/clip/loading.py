@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
@@ -80,7 +80,8 @@ def load_clip(
         CheckpointError: unreadable or unsafe file, or keys/shapes that do not fit.
     """
     config = _config(config)
-    from glide_diffusion.bundled import NAMES as BUNDLED, bundled_path
+    from glide_diffusion.bundled import NAMES as BUNDLED
+    from glide_diffusion.bundled import bundled_path
 
     if str(image_source) in BUNDLED:
         image_source = bundled_path(str(image_source))

@@ -109,7 +109,7 @@ class ClipTokenizer:
         self._cache: dict[str, list[str]] = {s: [s] for s in _SPECIALS}
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> "ClipTokenizer":
+    def from_file(cls, path: str | os.PathLike[str]) -> ClipTokenizer:
         return cls(_read_merges(Path(path)))
 
     def bpe(self, word: str) -> list[str]:

@@ -20,13 +20,33 @@ import numpy as np
 import torch
 
 from glide_diffusion.data.shapes_captions import (
-    CaptionSpec, ObjectSpec, article, parse_caption, sample_caption, sample_caption_with_mentions,
+    CaptionSpec,
+    ObjectSpec,
+    article,
+    parse_caption,
+    sample_caption,
+    sample_caption_with_mentions,
 )
 from glide_diffusion.data.shapes_render import render, render_array
 from glide_diffusion.data.shapes_scene import (
-    ALL_PAIRS, BACKGROUNDS, COLOURS, HELD_OUT_PAIRS, POSITIONS, RELATIONS, SHAPES, SIZES, SPLITS,
-    TRAIN_PAIRS, Scene, ShapeObject, box_gap, object_position, relation_holds, sample_narrowed_scene,
-    sample_scene, sample_single_object,
+    ALL_PAIRS,
+    BACKGROUNDS,
+    COLOURS,
+    HELD_OUT_PAIRS,
+    POSITIONS,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    SPLITS,
+    TRAIN_PAIRS,
+    Scene,
+    ShapeObject,
+    box_gap,
+    object_position,
+    relation_holds,
+    sample_narrowed_scene,
+    sample_scene,
+    sample_single_object,
 )
 
 __all__ = [

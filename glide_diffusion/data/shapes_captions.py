@@ -15,7 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from glide_diffusion.data.shapes_scene import (
-    BACKGROUNDS, COLOURS, POSITIONS, RELATIONS, SHAPES, SIZES, Scene, object_position,
+    BACKGROUNDS,
+    COLOURS,
+    POSITIONS,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+    object_position,
 )
 
 # One-object templates and their probabilities. Colour is left out only by
@@ -53,7 +60,7 @@ class CaptionSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CaptionSpec":
+    def from_dict(cls, d: dict) -> CaptionSpec:
         objects = tuple(ObjectSpec(**o) for o in d["objects"])
         return cls(objects=objects, relation=d.get("relation"), background=d.get("background"))
 

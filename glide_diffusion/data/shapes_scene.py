@@ -77,7 +77,7 @@ class Scene:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Scene":
+    def from_dict(cls, d: dict) -> Scene:
         objects = tuple(ShapeObject(**o) for o in d["objects"])
         return cls(background=d["background"], objects=objects, relation=d.get("relation"))
 
@@ -85,7 +85,7 @@ class Scene:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Scene":
+    def from_json(cls, text: str) -> Scene:
         return cls.from_dict(json.loads(text))
 
 

@@ -15,7 +15,8 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Union
+from collections.abc import Callable
+from typing import NamedTuple, Union
 
 import numpy as np
 import torch

@@ -12,8 +12,8 @@ Notation (Ho et al. 2020, "DDPM"): ``beta_t`` the per-step noise variance,
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -170,7 +170,7 @@ class Schedule:
         cls,
         betas: np.ndarray | Sequence[float],
         timestep_map: np.ndarray | Sequence[int] | None = None,
-    ) -> "Schedule":
+    ) -> Schedule:
         """All tables from betas, with the same float64 operation order as the
         official ``GaussianDiffusion.__init__`` (DDPM eqs. 4, 6, 7)."""
         betas = np.array(betas, dtype=np.float64)
@@ -214,7 +214,7 @@ class Schedule:
     def num_steps(self) -> int:
         return len(self.betas)
 
-    def respace(self, section_counts: str | Sequence[int]) -> "Schedule":
+    def respace(self, section_counts: str | Sequence[int]) -> Schedule:
         """Keep a subset of steps (see :func:`space_timesteps`).
 
         New betas are ``1 - abar_i / abar_prev_kept`` so that the kept

@@ -18,11 +18,24 @@ import numpy as np
 
 from glide_diffusion.data.shapes_captions import CaptionSpec, ObjectSpec, parse_caption
 from glide_diffusion.data.shapes_scene import (
-    BACKGROUNDS, COLOURS, HELD_OUT_PAIRS, POSITIONS, SIZES, SIZE_SIDE, ShapeObject, object_position,
+    BACKGROUNDS,
+    COLOURS,
+    HELD_OUT_PAIRS,
+    POSITIONS,
+    SIZE_SIDE,
+    SIZES,
+    ShapeObject,
+    object_position,
 )
 from glide_diffusion.eval.shapes_features import box_from_features, classify_shape, features, size_word
 from glide_diffusion.eval.shapes_segment import (
-    COLOUR_NAMES, MAX_RESIDUAL, colour_alpha, dilate, find_background, label_components, to_array,
+    COLOUR_NAMES,
+    MAX_RESIDUAL,
+    colour_alpha,
+    dilate,
+    find_background,
+    label_components,
+    to_array,
 )
 
 MIN_AREA_FRACTION = 0.4 * 0.281 * (0.9 * SIZE_SIDE["small"]) ** 2  # 40% of the smallest star, / R^2

@@ -71,7 +71,7 @@ class FeatureStats:
         if self.features.ndim != 2 or self.features.shape[1] != self.dim:
             raise ValueError(f"features {self.features.shape} do not fit dim {self.dim}")
 
-    def replace(self, **changes) -> "FeatureStats":
+    def replace(self, **changes) -> FeatureStats:
         return dataclasses.replace(self, **changes)
 
 
@@ -132,7 +132,7 @@ class FeatureAccumulator:
         slots, first_from_end = np.unique(slot[keep][::-1], return_index=True)
         self._sample[slots] = rest[keep[::-1][first_from_end]]
 
-    def merge(self, other: "FeatureAccumulator") -> None:
+    def merge(self, other: FeatureAccumulator) -> None:
         """Absorb an accumulator over a disjoint image set: moments exactly, samples by a
         hypergeometric draw (each row of the union equally likely to be kept)."""
         if (other.dim, other.extractor, other.resolution) != (self.dim, self.extractor, self.resolution):

@@ -24,7 +24,8 @@ never waits for the device; called directly, the wrapper reads ``t`` instead.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 

@@ -10,7 +10,7 @@ apply it in the mean form (DDPM) or the score form (DDIM); see
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..data.shapes_captions import parse_caption
 from ..text.tokenizer import SHAPES_WORDS

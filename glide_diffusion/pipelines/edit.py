@@ -19,8 +19,8 @@ from ..diffusion.gaussian import q_sample
 from ..diffusion.schedule import Schedule
 from ..precision import resolve_dtype
 from ..sampling.noise import PerSampleNoise, seeds_for
-from .inpaint import resized, split_alpha
 from .captions import warn_captions
+from .inpaint import resized, split_alpha
 from .prompts import parse_prompt, prompt_settings, warn_unused_negative
 from .stage import SettingError, Stage, StageSettings, load_stages, quantize, sample_stage, to_pil
 from .text2im import OFFICIAL_BASE, OFFICIAL_UPSAMPLE, Text2ImResult, validate_request
@@ -44,7 +44,7 @@ class EditPipeline:
     @classmethod
     def from_pretrained(cls, base: str = "base", upsampler: str | None = "upsample", *,
                         device="cpu", cache_dir=None, download=True,
-                        base_config=None, upsampler_config=None) -> "EditPipeline":
+                        base_config=None, upsampler_config=None) -> EditPipeline:
         return cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download,
                                  base_config=base_config, upsampler_config=upsampler_config))
 

@@ -16,8 +16,8 @@ only get the x0 replacement, the "no fine-tuning" baseline the paper compares ag
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -144,7 +144,7 @@ class InpaintPipeline:
     @classmethod
     def from_pretrained(cls, base: str = "base-inpaint", upsampler: str | None = "upsample-inpaint", *,
                         device="cpu", cache_dir=None, download=True,
-                        base_config=None, upsampler_config=None) -> "InpaintPipeline":
+                        base_config=None, upsampler_config=None) -> InpaintPipeline:
         return cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download,
                                  base_config=base_config, upsampler_config=upsampler_config))
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 __all__ = ["MAX_TERMS", "Composition", "CompositionError", "CompositionWarning", "Term", "clip_target",
            "is_composed", "parse_prompt", "parse_prompts", "prompt_settings", "warn_unused_negative"]
@@ -47,7 +48,7 @@ class Composition:
     terms: tuple[Term, ...]
 
     @classmethod
-    def plain(cls, caption: str) -> "Composition":
+    def plain(cls, caption: str) -> Composition:
         """One caption, verbatim, weight 1: classifier-free guidance."""
         return cls((Term(caption, 1.0),))
 

@@ -9,8 +9,8 @@ mask), the starting point and the x0 projection.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from ..precision import DTYPES, autocast
 from ..presets import ModelConfig
 from ..sampling.noise import PerSampleNoise
 from ..sampling.samplers import SAMPLERS
-from ..text.tokenizer import tokenizer_for, tokenize_batch
+from ..text.tokenizer import tokenize_batch, tokenizer_for
 from ..unet.model import GlideUNet, TextCondition
 from .prompts import Composition
 
@@ -111,7 +111,7 @@ class Stage:
         self.tokenizer = tokenizer_for(config.unet.text, vocab_dir)
         self._compiled: Callable[..., torch.Tensor] | None = None  # after compile()
 
-    def compile(self) -> "Stage":
+    def compile(self) -> Stage:
         """Sample through ``torch.compile(model)`` from now on (:func:`compile_step`): fused
         kernels, built on the first step of each new input shape (a minute or two per stage on a
         2-core CPU), then each step faster (docs/results.md, "Sampling speed")."""

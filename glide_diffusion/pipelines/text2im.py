@@ -9,8 +9,8 @@ ancestral steps at guidance scale 3, upsampler "fast27" DDIM at temperature 0.99
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -20,7 +20,7 @@ from ..presets import ModelConfig
 from ..sampling.noise import PerSampleNoise, seeds_for
 from .captions import warn_captions
 from .prompts import Composition, clip_target, parse_prompts, prompt_settings, warn_unused_negative
-from .stage import SettingError, Stage, StageSettings, load_stages, from_pil, quantize, sample_stage, to_pil
+from .stage import SettingError, Stage, StageSettings, from_pil, load_stages, quantize, sample_stage, to_pil
 
 __all__ = ["BASE_DEFAULTS", "UPSAMPLE_DEFAULTS", "FAST_BASE", "FAST_UPSAMPLE", "OFFICIAL_BASE", "OFFICIAL_UPSAMPLE",
            "MODEL_RECIPES", "RECIPES", "RERANK_CLIPS", "SHAPES_BASE", "Stage", "StageSettings", "Text2ImPipeline",
@@ -92,7 +92,7 @@ class Text2ImPipeline:
         rerank_clip: str | None = None,
         base_config: ModelConfig | str | None = None,
         upsampler_config: ModelConfig | str | None = None,
-    ) -> "Text2ImPipeline":
+    ) -> Text2ImPipeline:
         """Load released names (``"base"``, ``"upsample"``), bundled names (``"shapes-base"``) or
         checkpoint paths; ``rerank_clip``: a bundled noised CLIP's name or a path, for settings
         with ``candidates`` > 1 (the ``shapes`` recipe: ``rerank_clip="shapes-clip-rerank"``);

@@ -11,7 +11,7 @@ the batch size (or the other prompts in the batch) does.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -80,7 +80,7 @@ class PerSampleNoise:
             raise ValueError(f"batch size {like.shape[0]} does not match the {len(self.seeds)} seeds")
         return self._draw(like.shape[1:], like.device, like.dtype)
 
-    def select(self, rows: Sequence[int]) -> "PerSampleNoise":
+    def select(self, rows: Sequence[int]) -> PerSampleNoise:
         """The noise of some rows: a PerSampleNoise over the same generators, which go on
         from where they are (so a stage run on a subset draws what it would have drawn
         in the whole batch)."""

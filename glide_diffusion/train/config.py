@@ -24,13 +24,14 @@ import os
 import sys
 import types
 import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
+from ..clip.config import ClipConfig, get_clip_preset
 from ..data.factory import KINDS as DATA_KINDS
 from ..data.factory import DataConfig
-from ..clip.config import ClipConfig, get_clip_preset
 from ..presets import ModelConfig, get_preset
 
 if sys.version_info >= (3, 11):

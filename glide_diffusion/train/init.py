@@ -9,7 +9,8 @@ fine-tuning the inpainting model computes exactly what its source computed.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

@@ -19,8 +19,8 @@ import errno
 import os
 import socket
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 try:
     import fcntl

@@ -19,9 +19,9 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -30,19 +30,18 @@ from torch.utils.data import IterableDataset
 from ..checkpoints import CheckpointError, build_model
 from ..data.factory import build_dataset, collate, make_loader
 from ..diffusion import hybrid_loss, make_schedule
-from ..diffusion.schedule import Schedule
 from ..diffusion.losses import min_snr_weights, v_weights
+from ..diffusion.schedule import Schedule
 from ..pipelines.text2im import StageSettings
-from ..precision import check_dtype
 from ..precision import autocast as precision_autocast
+from ..precision import check_dtype
 from ..text.tokenizer import tokenizer_for
 from . import dist as tdist
 from .batch import ema_update, enable_activation_checkpointing, lr_factor, make_inputs, step_generator
 from .config import ConfigError, TrainConfig, config_from_dict
 from .lock import RunLockedError, lock_run_dir
 from .metrics import MetricsWriter, truncate_metrics
-from .state import (clean_stray, get_rng_state, list_checkpoints, prune, read_checkpoint,
-                    save_checkpoint, set_rng_state)
+from .state import clean_stray, get_rng_state, list_checkpoints, prune, read_checkpoint, save_checkpoint, set_rng_state
 
 __all__ = ["DatasetFactory", "RunLockedError", "TrainResult", "TrainingDivergedError", "build_train_dataset",
            "mse_weights", "train"]

@@ -11,8 +11,8 @@ and inpainting the first row shows the conditioning input.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

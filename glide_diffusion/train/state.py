@@ -115,7 +115,7 @@ def save_checkpoint(
     step: int,
     model: torch.nn.Module,
     ema: torch.nn.Module,
-    model_config: "ModelConfig | ClipConfig",
+    model_config: ModelConfig | ClipConfig,
     config_json: str,
     state: dict[str, Any],
 ) -> Path:

@@ -165,7 +165,7 @@ class UNetConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "UNetConfig":
+    def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
         d = dict(d)
         text = TextConfig(**d.pop("text", {}))
         return cls(**d, text=text)
@@ -173,7 +173,7 @@ class UNetConfig:
     @classmethod
     def from_glide_options(
         cls, options: dict[str, Any], *, n_vocab: int = 50257, tokenizer: str = "gpt2"
-    ) -> "UNetConfig":
+    ) -> UNetConfig:
         """Build from glide-text2im's option dict (``model_and_diffusion_defaults()``)."""
         size = int(options["image_size"])
         mult = options.get("channel_mult", "")

@@ -15,7 +15,13 @@ from torch import nn
 
 from ..text.transformer import LayerNorm, Transformer
 from .blocks import (
-    AttentionBlock, Downsample, GroupNorm32, ResBlock, Upsample, full_precision, timestep_embedding,
+    AttentionBlock,
+    Downsample,
+    GroupNorm32,
+    ResBlock,
+    Upsample,
+    full_precision,
+    timestep_embedding,
 )
 from .config import UNetConfig
 
@@ -33,21 +39,21 @@ class TextCondition:
     xf_out: torch.Tensor
     kv: tuple[torch.Tensor, ...]
 
-    def repeat(self, n: int) -> "TextCondition":
+    def repeat(self, n: int) -> TextCondition:
         """Each row repeated n times consecutively (row i -> rows i*n .. i*n+n-1)."""
         rep = lambda t: t.repeat_interleave(n, dim=0)  # noqa: E731
         return TextCondition(rep(self.xf_proj), rep(self.xf_out), tuple(rep(k) for k in self.kv))
 
-    def kv_to(self, dtype: torch.dtype) -> "TextCondition":
+    def kv_to(self, dtype: torch.dtype) -> TextCondition:
         """The attention keys/values cast to ``dtype`` once (the dtype attention runs in), the rest kept."""
         return TextCondition(self.xf_proj, self.xf_out, tuple(k.to(dtype) for k in self.kv))
 
-    def head(self, n: int) -> "TextCondition":
+    def head(self, n: int) -> TextCondition:
         """The first n rows."""
         return TextCondition(self.xf_proj[:n], self.xf_out[:n], tuple(k[:n] for k in self.kv))
 
     @staticmethod
-    def cat(conds: "list[TextCondition]") -> "TextCondition":
+    def cat(conds: list[TextCondition]) -> TextCondition:
         return TextCondition(
             torch.cat([c.xf_proj for c in conds]),
             torch.cat([c.xf_out for c in conds]),
