@@ -1,5 +1,6 @@
 """Samplers (functions of a denoiser) and reproducible noise sources."""
 
+from .dpm_solver import dpmpp_2m_coefficients, sample_dpmpp_2m
 from .noise import NoiseFn, PerSampleNoise, seeds_for
 from .samplers import (
     SAMPLERS,
@@ -13,9 +14,6 @@ from .samplers import (
     sample_ddim,
     sample_ddpm,
 )
-
-# After .samplers, which registers the solver in SAMPLERS (dpm_solver imports its helpers).
-from .dpm_solver import dpmpp_2m_coefficients, sample_dpmpp_2m  # noqa: E402, I001
 
 __all__ = [
     "CondFn",

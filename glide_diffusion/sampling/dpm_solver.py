@@ -57,8 +57,8 @@ import torch
 
 from ..diffusion.gaussian import original_timesteps, predict_x0_from_eps, split_model_output
 from ..diffusion.schedule import Schedule
+from .common import Callback, CondFn, Denoiser, StepResult, X0Fn, _cond_grad, _run, _validate
 from .noise import NoiseFn
-from .samplers import Callback, CondFn, Denoiser, StepResult, X0Fn, _cond_grad, _run, _validate
 
 __all__ = ["DPMStepCoefs", "dpmpp_2m_coefficients", "sample_dpmpp_2m"]
 
