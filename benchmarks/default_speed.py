@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -51,7 +52,7 @@ def write_released(cache: Path) -> None:
         torch.manual_seed(0)
         model = build_model(preset)
         randomize_(model)
-        atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
+        atomic_write(path, lambda tmp, model=model: torch.save(model.state_dict(), tmp))
 
 
 def official_seconds(repeats: int) -> dict:
@@ -65,7 +66,7 @@ def official_seconds(repeats: int) -> dict:
         model.eval()
         x, t, tokens, mask, kw = inputs(config, batch, torch.device("cpu"))
         with plain_path(model), torch.no_grad():
-            s_step, _ = timed(lambda: model(x, t, tokens=tokens, mask=mask, **kw), repeats, torch.device("cpu"))
+            s_step, _ = timed(partial(model, x, t, tokens=tokens, mask=mask, **kw), repeats, torch.device("cpu"))
         steps = make_schedule(config.diffusion.noise_schedule, config.diffusion.steps, settings.steps).num_steps
         rows[preset] = {"s_step": s_step, "steps": steps, "total_s": s_step * steps}
         del model

@@ -131,8 +131,13 @@ def main() -> None:
         r = sample_and_score(pipe, captions, scale, args, clip_scale)
         reports[key] = r
         d = r["diversity"]
-        h = lambda k: f"{d[k]['entropy_bits'] + 0.0:.2f}" if k in d else "-"  # noqa: E731  (+ 0.0: no -0.00)
-        ex = lambda g: f"{r[g]['exact']:.3f}" if r[g].get("n") else "-"  # noqa: E731
+
+        def h(k: str, d: dict = d) -> str:
+            return f"{d[k]['entropy_bits'] + 0.0:.2f}" if k in d else "-"  # + 0.0: no -0.00
+
+        def ex(g: str, r: dict = r) -> str:
+            return f"{r[g]['exact']:.3f}" if r[g].get("n") else "-"
+
         print(f"{label:>10} {ex('single'):>11} {ex('two'):>11} {ex('held_out'):>14} "
               f"{h('colour'):>9} {h('size'):>7} {h('position'):>11} {h('background'):>6} {r['seconds']:>6.0f}",
               flush=True)

@@ -102,7 +102,10 @@ def main() -> None:
         ) / len(items)
         r["seconds"] = time.perf_counter() - start
         reports[str(strength)] = r
-        g = lambda k: r.get(k, float("nan"))  # noqa: E731  (an attribute no caption names)
+
+        def g(k: str, r: dict = r) -> float:
+            return r.get(k, float("nan"))  # nan: an attribute no caption names
+
         print(f"{strength:>8g} {r['exact']:>6.3f} {g('shape'):>6.3f} {g('colour'):>6.3f} {g('size'):>6.3f} "
               f"{g('position'):>8.3f} {g('count'):>6.3f} {r['other']:>6.3f} {r['seconds']:>5.0f}", flush=True)
     if args.json:

@@ -201,7 +201,7 @@ def test_the_default_dtype_is_the_fastest_the_device_runs_well(tiny, tmp_path, m
     from glide_diffusion import precision
 
     for native, expected in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(precision, "native_bf16_cpu", lambda: native)
+        monkeypatch.setattr(precision, "native_bf16_cpu", lambda native=native: native)
         assert precision.resolve_dtype("auto", "cpu") == expected
         out = tmp_path / expected
         assert sample(tiny, out, "a red circle") == 0

@@ -66,7 +66,7 @@ def test_gaussian_trajectory_is_second_order_accurate() -> None:
     for name, sampler in (("dpm", sample_dpmpp_2m), ("ddim", sample_ddim)):
         rel = []
 
-        def callback(i, x, x0):
+        def callback(i, x, x0, rel=rel):
             if i >= 2:  # targets t = 888 .. 111 (the last two steps go to t = 0, then to x0)
                 rel.append(abs(x.item() / math.sqrt(v[i] / v_T) - 1))
 

@@ -105,7 +105,10 @@ def test_metrics_reject_empty_and_mismatched_inputs():
 def numpy_mmd2_unbiased(x, y, degree=3, coef=1.0):
     """Unbiased MMD^2 (Gretton et al. 2012, eq. 3) with k(a, b) = (a . b / d + coef)^degree."""
     d, m, n = x.shape[1], len(x), len(y)
-    k = lambda a, b: (a @ b.T / d + coef) ** degree
+
+    def k(a, b):
+        return (a @ b.T / d + coef) ** degree
+
     kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
     return ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
             - 2 * kxy.mean())

@@ -468,7 +468,7 @@ def test_cli_model_families(monkeypatch):
 
     # The default: the bundled Shapes models where both ship, else the released GLIDE weights.
     for ships in (True, False):
-        monkeypatch.setattr(bundled, "available", lambda: list(bundled.NAMES) if ships else [])
+        monkeypatch.setattr(bundled, "available", lambda ships=ships: list(bundled.NAMES) if ships else [])
         family = {"shapes": ("shapes-base", "shapes-upsample"), "glide": ("base", "upsample")}
         assert models(sample_cli.build_parser(), ["x"]) == family["shapes" if ships else "glide"]
     monkeypatch.setattr(bundled, "available", lambda: ["shapes-base", "shapes-upsample"])

@@ -282,7 +282,7 @@ def test_grad_accumulation_matches_the_big_batch(tmp_path, monkeypatch):
         c = cfg(tmp_path / f"{accum}", f"batch_size={batch_size}", f"grad_accum={accum}", "optim.grad_clip=0.0",
                 "cond.cfg_dropout=0.0")
         t = Trainer(c, _labelled_factory)
-        t.train_step(t.model, _Batches(lambda pos: _labelled_factory(c, 0, 1, pos, None), batch_size, 0))
+        t.train_step(t.model, _Batches(lambda pos, c=c: _labelled_factory(c, 0, 1, pos, None), batch_size, 0))
         grads.append(torch.cat([p.grad.flatten() for p in t.model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 

@@ -79,7 +79,8 @@ def main(argv: Sequence[str]) -> int:
                 args, rerank_clip, device)
         result = pipe(args.prompts, num_images=args.num_images, seed=args.seed, base=base, upsample=up,
                       dtype=args.dtype, batch_size=args.batch_size, clip_guidance_scale=args.clip_guidance_scale,
-                      rerank=args.rerank, progress=not args.no_progress, negative=args.negative)  # reranked before the upsampler
+                      # reranked before the upsampler
+                      rerank=args.rerank, progress=not args.no_progress, negative=args.negative)
         return write_outputs(result, args)
 
     return run_command("sample", body)

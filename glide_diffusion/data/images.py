@@ -17,7 +17,6 @@ import logging
 import os
 import warnings
 from collections import Counter
-from typing import Union
 
 import fsspec
 import numpy as np
@@ -26,7 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
-ImageSource = Union[str, os.PathLike, bytes]
+ImageSource = str | os.PathLike | bytes
 
 # Downscale in integer box steps until within this factor of the target, then
 # BICUBIC: the same idea as guided-diffusion's repeated BOX halving.

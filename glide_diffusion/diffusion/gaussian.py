@@ -16,7 +16,7 @@ Conventions shared by every function here:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -40,8 +40,8 @@ __all__ = [
     "split_model_output",
 ]
 
-TimeIndex = Union[int, torch.Tensor]
-Coef = Union[float, torch.Tensor]
+TimeIndex = int | torch.Tensor
+Coef = float | torch.Tensor
 
 
 def f32(value: float) -> float:

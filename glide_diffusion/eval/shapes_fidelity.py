@@ -19,7 +19,9 @@ re-render: both scores are NaN and reports count such images apart.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +97,10 @@ def summarize_fidelity(scores: list[Fidelity]) -> dict:
     mae = np.array([s.mae for s in scores], dtype=np.float64)
     bg = np.array([s.background_mae for s in scores], dtype=np.float64)
     ok = ~np.isnan(mae)
-    stat = lambda f, a: float(f(a[~np.isnan(a)])) if (~np.isnan(a)).any() else float("nan")
+
+    def stat(f: Callable[[np.ndarray], Any], a: np.ndarray) -> float:
+        return float(f(a[~np.isnan(a)])) if (~np.isnan(a)).any() else float("nan")
+
     return {"n": int(ok.sum()), "undefined": int((~ok).sum()),
             "mae": stat(np.mean, mae), "mae_median": stat(np.median, mae),
             "background_mae": stat(np.mean, bg), "background_mae_median": stat(np.median, bg)}

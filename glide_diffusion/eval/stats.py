@@ -143,7 +143,10 @@ class FeatureAccumulator:
         self._combine(other.n, other._mean, other._m2)
         keep = min(self.max_features, n_self + other.n)
         from_self = int(self._rng.hypergeometric(n_self, other.n, keep)) if n_self else 0
-        pick = lambda s, k: s[np.sort(self._rng.choice(len(s), size=k, replace=False))]
+
+        def pick(s: np.ndarray, k: int) -> np.ndarray:
+            return s[np.sort(self._rng.choice(len(s), size=k, replace=False))]
+
         self._sample = np.concatenate([pick(self._sample, from_self), pick(other._sample, keep - from_self)])
 
     def stats(self) -> FeatureStats:

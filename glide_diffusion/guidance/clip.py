@@ -9,7 +9,6 @@ samplers hand a ``cond_fn``; see :mod:`glide_diffusion.sampling.samplers`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,7 @@ from .gradient import scaled_cond_fn
 __all__ = ["Prompts", "clip_text_embeddings", "composed_text_embeddings", "clip_cond_fn", "clip_scores", "clip_best",
            "clip_rerank"]
 
-Prompts = Union[str, Sequence[str], tuple[torch.Tensor, torch.Tensor], torch.Tensor]
+Prompts = str | Sequence[str] | tuple[torch.Tensor, torch.Tensor] | torch.Tensor
 """A prompt, a list of prompts, already padded CLIP ``(tokens (B, L), lens (B,))``, or text
 embeddings (B, n_embd) (e.g. :func:`composed_text_embeddings`)."""
 

@@ -217,7 +217,7 @@ class Trainer:
             for stray in clean_stray(self.out_dir):
                 warnings.warn(f"removed an incomplete checkpoint left by a killed run: {stray}")
         tdist.barrier()
-        for step, path in reversed(list_checkpoints(self.out_dir)):
+        for _step, path in reversed(list_checkpoints(self.out_dir)):
             try:
                 ck = read_checkpoint(path)
             except CheckpointError as e:
