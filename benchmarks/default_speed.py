@@ -38,7 +38,7 @@ from glide_diffusion.precision import native_bf16_cpu
 from glide_diffusion.presets import get_preset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from step_time import inputs, matmul_gflops, plain_path, randomize_, timed  # noqa: E402
+from step_time import inputs, matmul_gflops, plain_path, randomize_, timed
 
 CAPTION = "an oil painting of a corgi wearing a party hat"
 

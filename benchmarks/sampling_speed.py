@@ -88,7 +88,10 @@ def stage(name, settings, plain_settings, batch, args, device, low_dtype):
     with plain_path(model), torch.no_grad():
         row["plain_s_step"], _ = timed(lambda: model(x, t, tokens=tokens, mask=mask, **kw), args.repeats, device)
         if args.full:  # the caption re-encoded at every call, as the official code
-            call = lambda x_t, t_: model(x_t, t_, tokens=tokens, mask=mask, **kw).float()  # noqa: E731
+
+            def call(x_t, t_):
+                return model(x_t, t_, tokens=tokens, mask=mask, **kw).float()
+
             row["plain_total_s"] = run_sampler(call, config, plain_settings, x, guided)
     model = model.to(memory_format=torch.channels_last)
     dtype = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(low_dtype, "fp32")
@@ -119,10 +122,14 @@ def stage(name, settings, plain_settings, batch, args, device, low_dtype):
             row["guided_steps"] = n_guided
             row["fast_sampler"] += f" cfg on t in [{bounds[0]:g}, {bounds[1]:g}]"
         if args.full:
-            call = lambda x_t, t_: step_model(x_t, t_, text=text, **kw).float()  # noqa: E731
+            def call(x_t, t_):
+                return step_model(x_t, t_, text=text, **kw).float()
+
             cond = None
             if bounds is not None:
-                cond = lambda x_t, t_: step_model(x_t, t_, text=text1, **kw1).float()  # noqa: E731
+                def cond(x_t, t_):
+                    return step_model(x_t, t_, text=text1, **kw1).float()
+
             row["fast_total_s"] = row["encode_s"] + run_sampler(call, config, settings, x, guided, cond)
     row.setdefault("plain_total_s", n_plain * row["plain_s_step"])
     row.setdefault("fast_total_s", row["encode_s"] + n_guided * row["fast_s_step"]

@@ -105,7 +105,9 @@ def main() -> None:
     p.add_argument("--json", help="also write the reports here")
     args = p.parse_args()
 
-    none = lambda s: None if s.lower() == "none" else s  # noqa: E731
+    def none(s):
+        return None if s.lower() == "none" else s
+
     pipes = {"finetuned": (args.inpaint, none(args.upsample_inpaint)), "replace": (args.base, none(args.upsampler))}
     reports = {}
     best = f", best of {args.candidates} by {args.rerank_clip}" if args.candidates > 1 else ""

@@ -79,7 +79,10 @@ def plain_path(model):
         return text
 
     # The official layers project the text inside every attention call: no precomputed keys.
-    skip_projection = lambda self, xf_out: None  # noqa: E731
+
+    def skip_projection(self, xf_out):
+        return None
+
     blocks.AttentionBlock.forward, blocks.AttentionBlock.project_text, xf.MultiheadAttention.forward = (
         unet_attention, skip_projection, official_text_attention
     )
@@ -112,7 +115,10 @@ def inputs(config, batch, device):
     x = torch.randn(batch, 3, s, s, generator=g)
     tokens = torch.randint(0, config.unet.text.n_vocab, (batch, ctx), generator=g)
     mask = torch.arange(ctx)[None] < torch.tensor([12] + [0] * (batch - 1))[:, None]
-    to = lambda t: t.to(device)  # noqa: E731
+
+    def to(t):
+        return t.to(device)
+
     return to(x), to(torch.full((batch,), 500)), to(tokens), to(mask), {k: to(v) for k, v in kw.items()}
 
 

@@ -52,7 +52,7 @@ def check_dtype(dtype: str, device: torch.device | str) -> None:
         )
 
 
-def autocast(device: torch.device | str, dtype: str):
+def autocast(device: torch.device | str, dtype: str) -> contextlib.AbstractContextManager:
     """A context that runs the model in ``dtype`` (a no-op for fp32)."""
     device = torch.device(device)
     if dtype == "fp32":

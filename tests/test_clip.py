@@ -60,7 +60,10 @@ def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 def test_golden_config_and_parameter_counts(golden):
     clip, _ = golden
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
     assert count(clip.image_encoder) == META["parameter_count"]["image_encoder"]
     assert count(clip.text_encoder) == META["parameter_count"]["text_encoder"]
     assert clip.logit_scale.item() == META["logit_scale_param"]

@@ -184,7 +184,10 @@ def test_composed_guidance_rejects_bad_weights_and_shapes():
     x, t = _inputs()
     with pytest.raises(ValueError, match="2 images"):
         composed_guidance(model, 3.0, [[1.0], [1.0]])(x[:1], t[:1])
-    four_rows = lambda x, t: torch.cat([x, x], dim=1)[:4]  # noqa: E731
+
+    def four_rows(x, t):
+        return torch.cat([x, x], dim=1)[:4]
+
     with pytest.raises(ValueError, match="for 5 rows"):  # 3 term rows + 2 unconditional expected
         composed_guidance(four_rows, 3.0, [[1.0, 1.0], [1.0]])(x, t)
 
@@ -194,7 +197,10 @@ def test_interval_outside_rows_take_the_composition_at_scale_one():
     weights = [[1.5, -0.5], [2.0]]
     x, t = _inputs()  # t = [999, 17]
     calls = []
-    conditional = lambda x, t: calls.append(1)  # noqa: E731
+
+    def conditional(x, t):
+        calls.append(1)
+
     out = composed_guidance(model, 3.0, weights, interval=(100, 999), conditional=conditional)(x, t)
     full = composed_guidance(model, 3.0, weights)(x, t)
     at_one = composed_guidance(model, 1.0, weights)(x, t)
@@ -226,7 +232,10 @@ def _by_hand(stage, captions, negative, weights, scale, seeds, steps="3"):
     """DDIM with composed guidance over text rows bound by hand: ``captions`` the term rows
     image-major, then one ``negative`` row per image."""
     text = TextCondition.cat([stage.encode(captions), stage.encode([negative]).repeat(len(seeds))])
-    model = lambda x, t: stage.model(x, t, text=text)  # noqa: E731
+
+    def model(x, t):
+        return stage.model(x, t, text=text)
+
     noise = PerSampleNoise(seeds)
     x_T = noise.initial((3, stage.image_size, stage.image_size))
     return sample_ddim(composed_guidance(model, scale, weights), stage.schedule(steps), x_T)
@@ -239,7 +248,10 @@ def test_the_wrapper_is_the_weighted_sum_of_the_tiny_models_outputs_exactly(stag
     stage = stages["tiny"]
     text = TextCondition.cat([stage.encode(["a red circle", "a star", "a blue square", "a cross", "a green star"]),
                               stage.encode(["red"]).repeat(2)])
-    model = lambda x, t: stage.model(x, t, text=text)  # noqa: E731
+
+    def model(x, t):
+        return stage.model(x, t, text=text)
+
     x, t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([700, 300])
     out = composed_guidance(model, 4.0, [[1.5, -0.5, 1.0], [2.0, 0.25]])(x, t)
     rows = model(torch.cat([x[[0, 0, 0, 1, 1]], x]), torch.cat([t[[0, 0, 0, 1, 1]], t]))
@@ -248,7 +260,10 @@ def test_the_wrapper_is_the_weighted_sum_of_the_tiny_models_outputs_exactly(stag
     want1 = e[6] + 4.0 * (2.0 * (e[3] - e[6]) + 0.25 * (e[4] - e[6]))
     assert torch.equal(out, torch.cat([torch.stack([want0, want1]), v[[0, 3]]], dim=1))
     pair = TextCondition.cat([stage.encode(["a red circle"]), stage.encode(["red"])])
-    doubled = lambda x, t: stage.model(x, t, text=pair)  # noqa: E731
+
+    def doubled(x, t):
+        return stage.model(x, t, text=pair)
+
     cfg = classifier_free_guidance(doubled, 4.0)(x[:1], t[:1])
     assert torch.equal(cfg, composed_guidance(doubled, 4.0, [[1.0]])(x[:1], t[:1]))
     e = doubled(torch.cat([x[:1], x[:1]]), torch.cat([t[:1], t[:1]]))

@@ -76,7 +76,10 @@ def test_betas_closed_forms() -> None:
     assert get_named_beta_schedule("linear", 100)[0] == pytest.approx(1e-3)  # scaled by 1000/T
     cos = get_named_beta_schedule("squaredcos_cap_v2", 1000)
     assert cos[-1] == 0.999  # capped
-    abar = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+
+    def abar(u):
+        return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+
     assert cos[500] == pytest.approx(1 - abar(0.501) / abar(0.5), rel=1e-12)
     np.testing.assert_array_equal(get_named_beta_schedule("cosine", 1000), cos)
 

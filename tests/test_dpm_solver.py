@@ -130,7 +130,10 @@ def test_first_order_steps_are_ddim(clip: bool) -> None:
     """With 3 steps every step is first order (first; lower_order_final; final): DDIM (eta 0),
     including clipping and x0_fn."""
     s = make_schedule("squaredcos_cap_v2", 1000, "3")
-    x0_fn = lambda x0, t: 0.9 * x0  # noqa: E731
+
+    def x0_fn(x0, t):
+        return 0.9 * x0
+
     a = sample_dpmpp_2m(toy_model, s, x_T_for(), clip_denoised=clip, x0_fn=x0_fn)
     b = sample_ddim(toy_model, s, x_T_for(), clip_denoised=clip, x0_fn=x0_fn)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -144,7 +147,10 @@ def test_deterministic_never_draws_noise_and_ignores_variance() -> None:
 
     a = sample_dpmpp_2m(toy_model, s, x_T_for(), noise_fn=no_noise)
     assert torch.equal(a, sample_dpmpp_2m(toy_model, s, x_T_for()))
-    other_v = lambda x, t: torch.cat([toy_model(x, t)[:, :3], -5 + 0 * x], 1)  # noqa: E731
+
+    def other_v(x, t):
+        return torch.cat([toy_model(x, t)[:, :3], -5 + 0 * x], 1)
+
     assert torch.equal(a, sample_dpmpp_2m(other_v, s, x_T_for()))
     assert not a.is_inference() and a.shape == (2, 3, 4, 4)
     assert a.abs().max() <= 1  # clip_denoised: the result is the clipped x0

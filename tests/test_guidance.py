@@ -188,7 +188,10 @@ def test_scaled_cond_fn_passes_t_and_checks_shape() -> None:
 def test_combine_cond_fns_sums() -> None:
     x, t = inputs()
     a = scaled_cond_fn(gaussian_log_prob(0.0, 1.0), 1.0)
-    b = lambda x, t: torch.full_like(x, 2.0)  # noqa: E731
+
+    def b(x, t):
+        return torch.full_like(x, 2.0)
+
     torch.testing.assert_close(combine_cond_fns(a, b)(x, t), a(x, t) + 2.0, atol=1e-6, rtol=0)
     torch.testing.assert_close(combine_cond_fns(a)(x, t), a(x, t), atol=0, rtol=0)
     with pytest.raises(ValueError):

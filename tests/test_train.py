@@ -266,7 +266,10 @@ def _per_sample_inputs(batch, config, schedule, tokenizer, generator, device):
         g = torch.Generator().manual_seed(int(caption.split()[-1]))
         rows.append(make_inputs({"image": batch["image"][i:i + 1], "caption": [caption]}, config, schedule,
                                 tokenizer, g, device))
-    cat = lambda name: torch.cat([getattr(r, name) for r in rows])  # noqa: E731
+
+    def cat(name):
+        return torch.cat([getattr(r, name) for r in rows])
+
     out = rows[0]
     for name in ("x0", "x_t", "noise", "t", "t_model", "tokens", "mask"):
         setattr(out, name, cat(name))

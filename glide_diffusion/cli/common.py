@@ -148,7 +148,10 @@ def stage_settings(args: argparse.Namespace) -> tuple[StageSettings, StageSettin
     if recipes:
         name = args.recipe or args.model_recipes.get(getattr(args, "base", None), next(iter(recipes)))
         base, up = recipes[name]
-        given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
+
+        def given(**kw: object) -> dict[str, object]:
+            return {k: v for k, v in kw.items() if v is not None}
+
         return (dataclasses.replace(base, **given(sampler=args.base_sampler, steps=args.base_steps,
                                                   guidance_scale=args.guidance_scale,
                                                   guidance_interval=args.guidance_interval,

@@ -90,7 +90,7 @@ def _open_checked(data: bytes, max_pixels: int | None) -> Image.Image:
             raise BadSample("not_an_image", str(exn)) from exn
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exn:
             raise BadSample("too_large", str(exn)) from exn
-        except Exception as exn:  # noqa: BLE001 - any decoder failure is a bad sample
+        except Exception as exn:  # any decoder failure is a bad sample
             raise BadSample("corrupt", repr(exn)) from exn
         if max_pixels is not None and img.width * img.height > max_pixels:
             raise BadSample("too_large", f"{img.width}x{img.height} > {max_pixels} pixels")
@@ -98,7 +98,7 @@ def _open_checked(data: bytes, max_pixels: int | None) -> Image.Image:
             img.load()  # truncated files fail here, not in open()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exn:
             raise BadSample("too_large", str(exn)) from exn
-        except Exception as exn:  # noqa: BLE001
+        except Exception as exn:  # as above: any decoder failure is a bad sample
             raise BadSample("corrupt", repr(exn)) from exn
     return img
 
@@ -107,7 +107,7 @@ def _exif_transpose(img: Image.Image) -> Image.Image:
     """Apply the EXIF orientation tag; a broken EXIF block is ignored."""
     try:
         return ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - orientation is a nicety, not a reason to skip
+    except Exception:  # orientation is a nicety, not a reason to skip
         return img
 
 

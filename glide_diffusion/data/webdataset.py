@@ -179,7 +179,7 @@ class WebDatasetShards(IterableDataset):
         """Raw grouped samples (``{"__key__", "jpg": bytes, ...}``) of one shard."""
         try:
             stream = open_shard(url)
-        except Exception as exn:  # noqa: BLE001 - a missing shard must not stop training
+        except Exception as exn:  # a missing shard must not stop training
             self.stats.note("unreadable_shard", f"{url}: {exn!r}")
             return
         bad_before = self.stats["bad_shard"]
@@ -189,7 +189,7 @@ class WebDatasetShards(IterableDataset):
         finally:
             try:
                 stream.close()
-            except Exception as exn:  # noqa: BLE001 - e.g. a pipe command's exit status
+            except Exception as exn:  # e.g. a pipe command's exit status
                 if self.stats["bad_shard"] == bad_before:  # count each shard once
                     self.stats.note("bad_shard", f"{url}: {exn!r}")
 

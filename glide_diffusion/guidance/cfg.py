@@ -159,6 +159,9 @@ def _layout(weights: list[list[float]], batch: int, device: torch.device) -> _La
         gather.append([first + k for k in range(len(ws))] + [lead[-1]] * (k_max - len(ws)))
         padded.append(ws + [0.0] * (k_max - len(ws)))
         owner += [b] * len(ws)
-    as_index = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
+
+    def as_index(v: list[int]) -> torch.Tensor:
+        return torch.tensor(v, dtype=torch.long, device=device)
+
     return _Layout(len(owner), as_index(owner), as_index(gather),
                    torch.tensor(padded, dtype=torch.float32, device=device), as_index(lead))

@@ -205,7 +205,10 @@ def _content_range(resp: requests.Response) -> tuple[int | None, int | None, int
     if m is None:
         return None, None, None
     start, end, total = m.groups()
-    as_int = lambda v: int(v) if v not in (None, "*") else None  # noqa: E731
+
+    def as_int(v: str | None) -> int | None:
+        return int(v) if v not in (None, "*") else None
+
     return as_int(start), as_int(end), as_int(total)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
@@ -213,7 +214,10 @@ def sample_stage(
     (the samplers' hooks).
     """
     cfg = stage.config.unet
-    amp = lambda: autocast(stage.device, dtype)  # noqa: E731
+
+    def amp() -> AbstractContextManager:
+        return autocast(stage.device, dtype)
+
     comps = [r if isinstance(r, Composition) else Composition.plain(r) for r in rows]
     plain = not any(c.composed for c in comps)
     guided = settings.guidance_scale != 1.0 or not plain

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from PIL import Image
@@ -247,7 +248,10 @@ class Text2ImPipeline:
         best_of = (result.settings.get("base") or {}).get("candidates", 1)
         settings = dict(result.settings, clip_rerank={"keep": keep, "of": per * best_of, "best_of": best_of,
                                                       "scores": scores, "clip_model": self._reranker()[2]})
-        pick = lambda xs: [xs[i] for i in chosen]  # noqa: E731
+
+        def pick(xs: list[Any]) -> list[Any]:
+            return [xs[i] for i in chosen]
+
         return Text2ImResult(pick(result.images), pick(result.low_res), pick(result.prompts),
                              pick(result.seeds), settings)
 

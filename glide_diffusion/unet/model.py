@@ -41,7 +41,10 @@ class TextCondition:
 
     def repeat(self, n: int) -> TextCondition:
         """Each row repeated n times consecutively (row i -> rows i*n .. i*n+n-1)."""
-        rep = lambda t: t.repeat_interleave(n, dim=0)  # noqa: E731
+
+        def rep(t: torch.Tensor) -> torch.Tensor:
+            return t.repeat_interleave(n, dim=0)
+
         return TextCondition(rep(self.xf_proj), rep(self.xf_out), tuple(rep(k) for k in self.kv))
 
     def kv_to(self, dtype: torch.dtype) -> TextCondition:
