@@ -8,6 +8,7 @@ global sample position already consumed) resumes it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
@@ -100,7 +101,9 @@ def build_dataset(
 
     ``low_res`` adds a box-downsampled ``"low_res"`` copy (upsampler training).
     """
-    common = dict(seed=cfg.seed, rank=rank, world_size=world_size, start=start, size=cfg.size, low_res=low_res)
+    common: dict[str, Any] = dict(
+        seed=cfg.seed, rank=rank, world_size=world_size, start=start, size=cfg.size, low_res=low_res
+    )
     if cfg.kind == "shapes":
         from .shapes import ShapesDataset
 
@@ -112,7 +115,7 @@ def build_dataset(
         from .synthetic import SyntheticDataset
 
         return SyntheticDataset(resolution, **common)
-    files = dict(common, shuffle=cfg.shuffle, epochs=cfg.epochs, random_flip=cfg.random_flip)
+    files: dict[str, Any] = dict(common, shuffle=cfg.shuffle, epochs=cfg.epochs, random_flip=cfg.random_flip)
     if cfg.kind == "folder":
         from .folder import ImageFolderDataset
 

@@ -48,7 +48,7 @@ def save_stats(path: str | os.PathLike, stats: FeatureStats, description: str = 
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy stub: **kwds could bind allow_pickle
 
     atomic_write(path, write)
     return path

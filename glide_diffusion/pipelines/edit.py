@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
+from typing import Any
 
 import torch
 from PIL import Image
@@ -80,7 +81,7 @@ class EditPipeline:
         warn_unused_negative(negative, [comp], base, upsample if self.upsampler else None)
         rows, seeds = [prompt] * num_images, seeds_for(seed, num_images)
         noise = PerSampleNoise(seeds, self.base.device)
-        run = dict(dtype=dtype, progress=progress, negative=negative or "")
+        run: dict[str, Any] = dict(dtype=dtype, progress=progress, negative=negative or "")
 
         full = self.base.schedule(base.steps)
         k = max(1, round(strength * full.num_steps))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -201,7 +202,7 @@ class InpaintPipeline:
         per = num_images * base.candidates
         rows, seeds = [prompt] * per, seeds_for(seed, per)
         noise = PerSampleNoise(seeds, self.base.device)
-        run = dict(dtype=dtype, progress=progress, negative=negative or "")
+        run: dict[str, Any] = dict(dtype=dtype, progress=progress, negative=negative or "")
 
         low = self._stage(self.base, image, fill, [comp] * per, noise, base, run)
         kept, scores = list(range(per)), None

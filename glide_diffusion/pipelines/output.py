@@ -117,6 +117,6 @@ def save_npz(path: str | os.PathLike, images: Sequence[Image.Image], prompts: Se
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy stub: **kwds could bind allow_pickle
 
     return _write_new(path, write, overwrite)

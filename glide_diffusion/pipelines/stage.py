@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -159,7 +160,7 @@ def load_stages(
     upsampler_config: ModelConfig | str | None = None,
 ) -> tuple[Stage, Stage | None]:
     """The (base, upsampler) stages of a pipeline's ``from_pretrained``; no upsampler when it is None or empty."""
-    kw = dict(device=device, cache_dir=cache_dir, download=download)
+    kw: dict[str, Any] = dict(device=device, cache_dir=cache_dir, download=download)
     return (load_stage(base, config=base_config, **kw),
             load_stage(upsampler, config=upsampler_config, **kw) if upsampler else None)
 

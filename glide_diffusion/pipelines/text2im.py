@@ -176,7 +176,7 @@ class Text2ImPipeline:
         seeds = seeds_for(seed, len(rows))
         noise = PerSampleNoise(seeds, self.base.device)  # one generator per row, through both stages
         step = batch_size or len(rows)
-        run = dict(dtype=dtype, progress=progress, callback=callback, negative=negative or "")
+        run: dict[str, Any] = dict(dtype=dtype, progress=progress, callback=callback, negative=negative or "")
         lows = []
         for i in range(0, len(rows), step):
             chunk = crows[i : i + step]
