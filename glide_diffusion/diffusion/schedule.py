@@ -114,13 +114,14 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
         if spec.startswith("fast"):
             if spec != "fast27":
                 raise ValueError(f"bad timestep respacing {section_counts!r}: only 'fast27' is defined")
-            steps = set(space_timesteps(num_timesteps, "10,10,3,2,2"))
-            steps.remove(num_timesteps - 1)
-            steps.add(num_timesteps - 3)
-            return sorted(steps)
+            spaced = set(space_timesteps(num_timesteps, "10,10,3,2,2"))
+            spaced.remove(num_timesteps - 1)
+            spaced.add(num_timesteps - 3)
+            return sorted(spaced)
     counts = _parse_section_counts(section_counts)
     size_per, extra = divmod(num_timesteps, len(counts))
-    start, steps = 0, []
+    start = 0
+    steps: list[int] = []
     for i, count in enumerate(counts):
         size = size_per + (1 if i < extra else 0)
         if size < count:

@@ -25,7 +25,7 @@ from pathlib import Path
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # tested before each use
 
 __all__ = ["LOCK_FILE", "RunLockedError", "lock_run_dir"]
 

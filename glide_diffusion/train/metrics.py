@@ -41,7 +41,7 @@ class MetricsWriter:
                 self._tb = None
 
     def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
+        if not self.enabled or self._file is None:  # the file is open exactly when enabled
             return
         self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
         self._file.flush()
