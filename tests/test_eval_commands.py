@@ -249,3 +249,21 @@ def test_stats_of_a_folder_and_of_samples(tmp_path, tiny_base):
 def test_shapes_source_needs_resolution(tmp_path, capsys):
     assert main(["eval", "stats", "shapes:4", "-o", str(tmp_path / "r.npz"), "--extractor", "shapes"]) == 2
     assert "glide eval stats: error: shapes:N needs --resolution" in capsys.readouterr().err
+
+
+def test_missing_extractor_file_says_where_to_put_it(tmp_path, tiny_base, capsys, monkeypatch):
+    from glide_diffusion.eval.reference import save_stats
+    from glide_diffusion.eval.stats import feature_stats
+
+    out = tmp_path / "s"
+    assert main(_sample_args(tiny_base, out, n=2, shard=2)) == 0
+    rng = np.random.default_rng(0)
+    ref = save_stats(tmp_path / "inc.npz", feature_stats(rng.normal(size=(4, 2048)), extractor="inception-2015-12-05",
+                                                         resolution=16))
+    monkeypatch.setenv("GLIDE_CACHE_DIR", str(tmp_path / "cache"))
+    capsys.readouterr()
+    assert main(["eval", "score", str(out), "--ref", str(ref), "--no-download"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("glide eval score: error: GLIDE file 'fid-inception'")
+    assert str(tmp_path / "cache" / "eval" / "inception-2015-12-05.pt") in err  # where to put it
+    assert not (out / "score.json").exists()

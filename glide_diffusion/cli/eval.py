@@ -356,13 +356,19 @@ def score_main(argv: Sequence[str]) -> int:
         if not (args.ref or args.clip or args.shapes):
             raise ValueError("nothing to score: give --ref, --clip and/or --shapes")
         device = device_arg(args)
+        extractor = None
+        if ref is not None:  # a missing extractor file fails here, before the samples are read
+            from ..eval.extractors import get_extractor
+
+            extractor = get_extractor(name, device=device, cache_dir=args.cache_dir)
+            check_stats(ref, extractor=extractor.name, dim=extractor.dim, source=f"reference statistics {args.ref}")
         samples = read_samples(folder)
         report = {"samples": str(folder), "images": len(samples.captions), "resolution": samples.resolution,
                   "request": samples.request}
         if ref is not None:
             report["reference"] = {"path": str(args.ref), "extractor": ref.extractor, "n": ref.n,
                                    "resolution": ref.resolution}
-            report.update(_feature_metrics(args, name, ref, samples, device))
+            report.update(_feature_metrics(args, extractor, ref, samples))
         if args.clip:
             report["clip_score"] = _clip_score(args, samples, device)
         if args.shapes:
@@ -377,13 +383,10 @@ def score_main(argv: Sequence[str]) -> int:
     return run_command("eval score", body)
 
 
-def _feature_metrics(args, name, ref, samples, device) -> dict:
-    from ..eval.extractors import accumulate, get_extractor
+def _feature_metrics(args, extractor, ref, samples) -> dict:
+    from ..eval.extractors import accumulate
     from ..eval.metrics import density_coverage, fid, kid, precision_recall
-    from ..eval.reference import check_stats
 
-    extractor = get_extractor(name, device=device, cache_dir=args.cache_dir)
-    check_stats(ref, extractor=extractor.name, dim=extractor.dim, source=f"reference statistics {args.ref}")
     fake = accumulate(extractor, samples.images, batch_size=args.batch_size).stats()
     k = kid(ref, fake, subsets=args.kid_subsets)
     pr, dc = precision_recall(ref, fake), density_coverage(ref, fake)
