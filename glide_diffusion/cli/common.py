@@ -57,13 +57,15 @@ def resolve_models(args: argparse.Namespace) -> None:
 
 def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings | None = None, up: StageSettings | None = None,
                       recipes: dict[str, tuple[StageSettings, StageSettings]] | None = None,
-                      model_recipes: dict[str, str] | None = None) -> None:
+                      model_recipes: dict[str, str] | None = None, outputs: bool = True) -> None:
     """The sampling options, defaulting to the ``base`` and ``up`` settings; or, with ``recipes``
     (name -> (base, upsampler) settings, the first the default), a ``--recipe`` option that
     gives the settings the per-stage options leave unset; ``model_recipes`` (base model name ->
-    recipe name) picks the default recipe for the base models measured with their own."""
-    p.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt (default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image k uses seed+k (default: 0)")
+    recipe name) picks the default recipe for the base models measured with their own.
+    ``outputs=False``: without -n, --seed, -o, --overwrite and --npz (commands that define their own)."""
+    if outputs:
+        p.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt (default: 1)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the first image; image k uses seed+k (default: 0)")
     if recipes:
         names = list(recipes)
         listing = "; ".join(f"{n}: {_describe(*recipes[n])}" for n in names)
@@ -105,11 +107,12 @@ def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings | None = N
     p.add_argument("--negative", default=None, metavar="TEXT",
                    help="negative prompt: replaces the empty caption of classifier-free guidance, so the images "
                         "move away from TEXT (every guided stage; default: the empty caption)")
-    p.add_argument("-o", "--output", default="samples", help="output folder (default: ./samples)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace files of the same name in the output folder (default: never; a name in use "
-                        "gets a counter)")
-    p.add_argument("--npz", action="store_true", help="also write all images to samples.npz in the output folder")
+    if outputs:
+        p.add_argument("-o", "--output", default="samples", help="output folder (default: ./samples)")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace files of the same name in the output folder (default: never; a name in use "
+                            "gets a counter)")
+        p.add_argument("--npz", action="store_true", help="also write all images to samples.npz in the output folder")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="model precision; auto: bf16 on CPUs with native bf16, fp16 on CUDA, else fp32 "
