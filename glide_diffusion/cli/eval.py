@@ -9,14 +9,21 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
 from .common import (
-    add_model_args, add_sampling_args, device_arg, load_clip_option, rerank_clip_choice, resolve_models,
-    run_command, stage_settings, upsampler_arg,
+    add_model_args,
+    add_sampling_args,
+    device_arg,
+    load_clip_option,
+    rerank_clip_choice,
+    resolve_models,
+    run_command,
+    stage_settings,
+    upsampler_arg,
 )
 
 SHAPES_PREFIX = "shapes:"
@@ -25,7 +32,8 @@ SHAPES_PREFIX = "shapes:"
 def main(argv: Sequence[str]) -> int:
     commands = {"sample": sample_main, "stats": stats_main, "score": score_main}
     if not argv or argv[0] not in commands:
-        p = argparse.ArgumentParser(prog="glide eval", description="Evaluate text-to-image sampling (docs/evaluation.md).")
+        p = argparse.ArgumentParser(prog="glide eval",
+                                    description="Evaluate text-to-image sampling (docs/evaluation.md).")
         sub = p.add_subparsers(dest="command", metavar="COMMAND")
         sub.add_parser("sample", help="sample N images for a caption file into resumable shards (torchrun: sharded)")
         sub.add_parser("stats", help="reference feature statistics of a folder, WebDataset shards or Shapes renders")

@@ -54,7 +54,7 @@ def _text(path: Path, text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _field(path: Path, line: int, record) -> str:
+def _field(path: Path, line: int | None, record) -> str:
     """The caption of one record (a JSON object or a CSV row)."""
     if not isinstance(record, dict):
         raise CaptionFileError(path, line, f"expected an object with a {' or '.join(map(repr, CAPTION_FIELDS))} "
@@ -98,7 +98,8 @@ def _csv(path: Path, text: str) -> list[str]:
         for row in reader:
             line = reader.line_num
             if None in row:  # more cells than header columns
-                raise CaptionFileError(path, line, f"{len(header) + len(row[None])} cells, the header has {len(header)}")
+                cells = len(header) + len(row[None])
+                raise CaptionFileError(path, line, f"{cells} cells, the header has {len(header)}")
             if all(v in (None, "") for v in row.values()):
                 continue
             out.append(_field(path, line, {k: v for k, v in row.items() if v is not None}))
@@ -133,7 +134,8 @@ def _json(path: Path, text: str) -> list[str]:
 
 def _line_of(text: str, what: str, index: int) -> int | None:
     """The line where item ``index`` of the list starts, for one-record-per-line files; else None."""
-    decoder, starts = json.JSONDecoder(), []
+    decoder = json.JSONDecoder()
+    starts: list[int] = []
     key = '"annotations"'
     pos = text.find(key) + len(key) if what == "annotation" else 0
     pos = text.find("[", pos)

@@ -19,9 +19,9 @@ import os
 import time
 import warnings
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -88,7 +88,7 @@ def shard_problem(path: Path, indices: range, captions: Sequence[str]) -> str | 
         return "missing"
     try:
         z = _load(path)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is corrupt: zip, npy header or data
+    except Exception as e:
         return f"unreadable ({type(e).__name__}: {e})"
     need = {"format", "images", "captions", "indices", "seeds", "settings"}
     if not need <= set(z):
@@ -214,7 +214,7 @@ def shard_shapes(folder: str | os.PathLike) -> tuple[int, int]:
     try:
         with np.load(first, allow_pickle=False, mmap_mode="r") as z:
             shape = z["images"].shape
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ValueError(f"{first}: not readable ({e}); rerun glide eval sample to resample it") from None
     return int(request["n"]), int(shape[1])
 
@@ -231,7 +231,7 @@ def read_samples(folder: str | os.PathLike) -> Samples:
         try:
             z = _load(path)
             rows = z["captions"].tolist()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise ValueError(f"{path}: missing or unreadable ({type(e).__name__}); rerun glide eval sample "
                              f"with the same options to resample it") from None
         problem = shard_problem(path, idx, rows)
