@@ -3,7 +3,7 @@
 Exact match (``shapes_eval``) says the right objects are there, not that they are clean. The
 fidelity score re-renders the scene the evaluator detects (background, and each object's shape,
 colour, box side and centre) with the contract renderer (``data/shapes_render.py``, spec
-``/work/shared/specs/shapes.md``) at the image's resolution and reports the mean absolute
+``docs/shapes.md``) at the image's resolution and reports the mean absolute
 difference in 8-bit levels (0-255, averaged over pixels and the three channels)
 
 - ``mae``: over the whole image;
