@@ -80,6 +80,7 @@ class DataConfig:
     epochs: int | None = None  # stop after this many epochs; None streams forever (training)
     samples_per_shard: int | None = None  # webdataset resume arithmetic; default from size or 10000
     shapes_warmup: ShapesWarmup = field(default_factory=ShapesWarmup)  # "shapes" curriculum
+    shapes_two_objects: float | None = None  # "shapes": share of two-object scenes (None: the dataset's 1/3)
 
 
 def _require_path(cfg: DataConfig) -> str:
@@ -110,7 +111,8 @@ def build_dataset(
         w = cfg.shapes_warmup
         return ShapesDataset(split=cfg.split, resolution=resolution, warmup_images=w.images,
                              warmup_replay=w.replay, warmup=w.scene(), warmup_then=w.later_phases(),
-                             **common)
+                             **common, **({} if cfg.shapes_two_objects is None
+                                          else {"two_object_prob": cfg.shapes_two_objects}))
     if cfg.kind == "synthetic":
         from .synthetic import SyntheticDataset
 

@@ -39,6 +39,7 @@ from glide_diffusion.data.shapes_scene import (
     SIZES,
     SPLITS,
     TRAIN_PAIRS,
+    TWO_OBJECT_PROB,
     Scene,
     ShapeObject,
     box_gap,
@@ -63,15 +64,17 @@ def sample_rng(seed: int, split: str, n: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLITS[split], n])
 
 
-def sample_with_caption(seed: int, split: str, n: int,
-                        narrow: Mapping[str, str] | None = None) -> tuple[Scene, str, CaptionSpec]:
+def sample_with_caption(seed: int, split: str, n: int, narrow: Mapping[str, str] | None = None,
+                        two_object_prob: float = TWO_OBJECT_PROB) -> tuple[Scene, str, CaptionSpec]:
     """Scene, caption and caption spec of global sample ``n`` (no rendering).
 
     ``narrow`` (keys colour, size, background) draws a one-object scene with those attributes
     fixed instead (:func:`sample_narrowed_scene`); the caption is drawn as usual.
+    ``two_object_prob`` is the share of two-object scenes (the dataset's: 1/3).
     """
     rng = sample_rng(seed, split, n)
-    scene = sample_scene(rng, split) if narrow is None else sample_narrowed_scene(rng, split, **narrow)
+    scene = (sample_scene(rng, split, two_object_prob=two_object_prob) if narrow is None
+             else sample_narrowed_scene(rng, split, **narrow))
     caption, spec = sample_caption_with_mentions(scene, rng)
     return scene, caption, spec
 
@@ -103,6 +106,8 @@ class ShapesDataset(torch.utils.data.IterableDataset):
         warmup_replay: after the last phase, this share of the indices (drawn independently
             of each sample's own generator, so the others are unchanged) stay narrowed as
             in the last phase.
+        two_object_prob: the share of two-object scenes among the split's (not narrowed)
+            scenes; the dataset's is 1/3.
 
     Items: ``dict(image=(3, R, R) float32 in [-1, 1], caption=str, scene=json str,
     index=int[, low_res=(3, r, r)])``. DataLoader workers split the rank's indices.
@@ -112,7 +117,8 @@ class ShapesDataset(torch.utils.data.IterableDataset):
                  rank: int = 0, world_size: int = 1, start: int = 0, low_res: int | None = None,
                  warmup_images: int = 0, warmup: Mapping[str, str | None] | None = None,
                  warmup_replay: float = 0.0,
-                 warmup_then: Sequence[tuple[int, Mapping[str, str | None]]] = ()) -> None:
+                 warmup_then: Sequence[tuple[int, Mapping[str, str | None]]] = (),
+                 two_object_prob: float = TWO_OBJECT_PROB) -> None:
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
@@ -123,6 +129,9 @@ class ShapesDataset(torch.utils.data.IterableDataset):
         if not 0.0 <= warmup_replay <= 1.0:
             raise ValueError(f"warmup_replay must be in [0, 1], got {warmup_replay}")
         self.warmup_replay = warmup_replay
+        if not 0.0 <= two_object_prob <= 1.0:
+            raise ValueError(f"two_object_prob must be in [0, 1], got {two_object_prob}")
+        self.two_object_prob = two_object_prob
         # (first index after the phase, its narrowing), in order
         self.phases: list[tuple[int, dict[str, str]]] = []
         end = 0
@@ -139,7 +148,7 @@ class ShapesDataset(torch.utils.data.IterableDataset):
 
     def item(self, n: int) -> dict:
         """The item of global index ``n``."""
-        scene, caption, _ = sample_with_caption(self.seed, self.split, n, self.narrowing(n))
+        scene, caption, _ = sample_with_caption(self.seed, self.split, n, self.narrowing(n), self.two_object_prob)
         out = {"image": image_to_tensor(render_array(scene, self.resolution)), "caption": caption,
                "scene": scene.to_json(), "index": n}
         if self.low_res is not None:

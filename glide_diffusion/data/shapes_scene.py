@@ -212,15 +212,17 @@ def sample_narrowed_scene(rng: np.random.Generator, split: str = "train", colour
     return Scene(bg, (sample_single_object(rng, _sample_pair(rng, pairs), size),), None)
 
 
-def sample_scene(rng: np.random.Generator, split: str = "train", n_objects: int | None = None) -> Scene:
+def sample_scene(rng: np.random.Generator, split: str = "train", n_objects: int | None = None,
+                 two_object_prob: float = TWO_OBJECT_PROB) -> Scene:
     """Draw a scene: background, then one object (p = 2/3) or two related objects (p = 1/3).
 
-    ``n_objects`` forces one or two objects (used for evaluation prompts).
+    ``n_objects`` forces one or two objects (used for evaluation prompts);
+    ``two_object_prob`` reweights the mix (a training curriculum; the dataset's is 1/3).
     """
     pairs = pairs_for_split(split)
     background = tuple(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
     if n_objects is None:
-        n_objects = 2 if rng.uniform() < TWO_OBJECT_PROB else 1
+        n_objects = 2 if rng.uniform() < two_object_prob else 1
     if n_objects == 1:
         return Scene(background, (sample_single_object(rng, _sample_pair(rng, pairs)),), None)
     if n_objects == 2:

@@ -24,7 +24,7 @@ __all__ = ["init_model", "expand_input_conv", "check_same_architecture", "INPUT_
 INPUT_CONV = "input_blocks.0.0.weight"  # the first convolution, (out, input_channels, 3, 3)
 
 # Fields that may differ between the source and the fine-tuned model.
-_FREE_FIELDS = ("inpaint", "dropout")
+_FREE_FIELDS = ("inpaint", "dropout", "text.clause_words")
 
 
 def init_model(
@@ -62,7 +62,13 @@ def init_model(
     if source_config is not None:
         check_same_architecture(source_config.unet, config.unet, str(path))
     state = expand_input_conv(state, config.unet)
-    return load_weights(build_model(config), state, str(path)).train()
+    model = build_model(config)
+    if model.clause_bag_of_words is not None and CLAUSE_BAG not in state:  # grown from a plain bag: zeros
+        state[CLAUSE_BAG] = torch.zeros_like(model.clause_bag_of_words.weight)
+    return load_weights(model, state, str(path)).train()
+
+
+CLAUSE_BAG = "clause_bag_of_words.weight"
 
 
 def expand_input_conv(state: Mapping[str, torch.Tensor], config: UNetConfig) -> dict[str, torch.Tensor]:

@@ -33,9 +33,17 @@ class TextConfig:
     # nothing. Why: without it the pooled feature collapses onto the background word and the
     # object words go unread (docs/results.md, "How the Shapes base learned to read its captions").
     bag_of_words: bool = False
+    # Not in GLIDE. Words that open a caption's second clause ("to", "above", "below" for Shapes'
+    # relations): the bag of words then adds a second learned vector per token of that clause, so
+    # "a red circle to the left of a blue star" and its colour swap differ (a plain bag cannot
+    # tell which object a word belongs to). Each word must be one token; needs bag_of_words.
+    clause_words: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_positive(self, "context_length", "width", "layers", "heads", "n_vocab")
+        object.__setattr__(self, "clause_words", tuple(self.clause_words))
+        if self.clause_words and not self.bag_of_words:
+            raise ValueError("text clause_words needs text bag_of_words = true")
         if self.pool not in ("last", "mean"):
             raise ValueError(f"text pool must be 'last' or 'mean', got {self.pool!r}")
         if self.width % self.heads:

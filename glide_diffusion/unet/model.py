@@ -135,6 +135,9 @@ class GlideUNet(nn.Module):
         )
         self.transformer_proj = nn.Linear(tc.width, config.time_embed_dim)
         self.bag_of_words = nn.Embedding(tc.n_vocab, config.time_embed_dim) if tc.bag_of_words else None
+        # The second clause's own bag (zero init: a model grown from a plain bag starts unchanged).
+        self.clause_bag_of_words = nn.Embedding(tc.n_vocab, config.time_embed_dim) if tc.clause_words else None
+        self.register_buffer("clause_tokens", _clause_tokens(tc), persistent=False)
         # A plain list (not registered twice): attention blocks in kv_index order.
         self._attention_blocks = sorted(
             (m for m in self.modules() if isinstance(m, AttentionBlock)), key=lambda m: m.kv_index
@@ -212,6 +215,8 @@ class GlideUNet(nn.Module):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
         nn.init.normal_(self.positional_embedding, std=0.01)
+        if self.clause_bag_of_words is not None:
+            nn.init.zeros_(self.clause_bag_of_words.weight)
         if self.padding_embedding is not None:
             nn.init.normal_(self.padding_embedding, std=0.01)
 
@@ -224,7 +229,8 @@ class GlideUNet(nn.Module):
         transformer has no attention mask; the pooled feature is the LAST
         position (a padding slot for short captions), as in glide-text2im, or with
         ``text.pool = "mean"`` the mean over the caption's tokens. With
-        ``text.bag_of_words`` a learned vector per caption token is added to it.
+        ``text.bag_of_words`` a learned vector per caption token is added to it, and with
+        ``text.clause_words`` a second one per token from the first clause word on.
         """
         tc = self.config.text
         if tokens.shape[-1] != tc.context_length:
@@ -246,6 +252,9 @@ class GlideUNet(nn.Module):
         xf_proj = self.transformer_proj(pooled)
         if self.bag_of_words is not None:  # padding ids are masked out: the empty caption adds 0
             xf_proj = xf_proj + (self.bag_of_words(tokens.long()) * mask[..., None].to(xf_proj.dtype)).sum(1)
+        if self.clause_bag_of_words is not None:
+            second = torch.isin(tokens, self.clause_tokens).cumsum(1).gt(0) & mask.bool()
+            xf_proj = xf_proj + (self.clause_bag_of_words(tokens.long()) * second[..., None].to(xf_proj.dtype)).sum(1)
         xf_out = xf_out.transpose(1, 2)  # (B, W, L)
         kv = tuple(block.project_text(xf_out) for block in self._attention_blocks)
         return TextCondition(xf_proj, xf_out, kv)
@@ -324,3 +333,19 @@ class GlideUNet(nn.Module):
         if c.coord_channels:
             parts.append(coordinate_channels(x))
         return torch.cat(parts, dim=1) if len(parts) > 1 else x
+
+
+def _clause_tokens(tc) -> torch.Tensor:
+    """The token ids of ``tc.clause_words`` (each must be a single token of ``tc.tokenizer``)."""
+    if not tc.clause_words:
+        return torch.zeros(0, dtype=torch.long, device="cpu")
+    from ..text.tokenizer import get_tokenizer
+
+    tokenizer = get_tokenizer(tc.tokenizer)
+    ids = []
+    for word in tc.clause_words:
+        encoded = tokenizer.encode(word)
+        if len(encoded) != 1:
+            raise ValueError(f"text clause word {word!r} is {len(encoded)} tokens of {tc.tokenizer!r}; it must be one")
+        ids.append(encoded[0])
+    return torch.tensor(ids, dtype=torch.long, device="cpu")  # not "meta": load_model builds there
