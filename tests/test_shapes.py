@@ -303,3 +303,19 @@ def test_curriculum_phases_in_turn_then_replay_the_last(tmp_path):
     with pytest.raises(ConfigError, match="unknown size 'huge'"):
         path.write_text('[data.shapes_warmup]\nimages = 20\n[[data.shapes_warmup.then]]\nimages = 3\nsize = "huge"\n')
         load_config(path, [])
+
+
+def test_two_object_share_of_a_shapes_stream():
+    from glide_diffusion.data.factory import build_dataset
+    from glide_diffusion.train.config import load_config
+
+    def share(ds, n=300):
+        return sum(len(Scene.from_json(ds.item(i)["scene"]).objects) == 2 for i in range(n)) / n
+
+    assert 0.26 < share(ShapesDataset("train", resolution=8, seed=3)) < 0.41  # the dataset's third
+    assert share(ShapesDataset("train", resolution=8, seed=3, two_object_prob=0.0)) == 0.0
+    assert share(ShapesDataset("train", resolution=8, seed=3, two_object_prob=1.0)) == 1.0
+    config = load_config(None, ["data.shapes_two_objects=0.5"])
+    assert 0.42 < share(build_dataset(config.data, 8)) < 0.58
+    with pytest.raises(ValueError, match="two_object_prob"):
+        ShapesDataset(two_object_prob=1.5)

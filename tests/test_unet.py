@@ -382,3 +382,40 @@ def test_reduced_precision_keeps_the_residual_stream_and_the_edges_in_float32():
     assert dtypes and set(dtypes.values()) == {torch.float32}, dtypes
     assert text.kv_to(torch.bfloat16).kv[0].dtype == torch.bfloat16
     assert ((low[:, :3].float() - ref[:, :3]).norm() / ref[:, :3].norm()) < 0.02
+
+
+def test_clause_words_give_the_second_clause_its_own_bag_of_words():
+    from glide_diffusion.text.tokenizer import get_tokenizer
+
+    tok = get_tokenizer("shapes")
+    base = get_preset("tiny").unet
+    text = dataclasses.replace(base.text, tokenizer="shapes", n_vocab=tok.n_vocab, bag_of_words=True)
+    bow = dataclasses.replace(base, text=text)
+    cfg = dataclasses.replace(bow, text=dataclasses.replace(text, clause_words=["to", "above"]))
+    assert UNetConfig.from_dict(cfg.to_dict()) == cfg and cfg.text.clause_words == ("to", "above")
+    with pytest.raises(ValueError, match="needs text bag_of_words"):
+        dataclasses.replace(base.text, clause_words=("to",))
+    with pytest.raises(ValueError, match="'next to' is 5 tokens"):
+        GlideUNet(dataclasses.replace(cfg, text=dataclasses.replace(text, clause_words=("next to",))))
+    torch.manual_seed(0)
+    model = GlideUNet(cfg).eval()
+    plain = GlideUNet(bow).eval()
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    assert missing == [] and unexpected == ["clause_bag_of_words.weight"]
+    captions = ["a red circle to the left of a blue star", "a blue circle to the left of a red star",
+                "a red star above a blue circle", "a red circle", ""]
+    tokens, mask = map(torch.tensor, zip(*(tok.padded_tokens_and_mask(tok.encode(c), text.context_length)
+                                           for c in captions)))
+    with torch.no_grad():
+        # Zero-initialised: grown from a plain bag, the model starts unchanged.
+        torch.testing.assert_close(model.encode_text(tokens, mask).xf_proj, plain.encode_text(tokens, mask).xf_proj)
+        model.clause_bag_of_words.weight.normal_()
+        extra = model.encode_text(tokens, mask).xf_proj - plain.encode_text(tokens, mask).xf_proj
+    table = model.clause_bag_of_words.weight.detach()
+    second = [tok.encode(c)[3:] for c in captions[:2]] + [tok.encode(captions[2])[3:]]
+    for row, ids in enumerate(second):  # the words from the clause word on
+        torch.testing.assert_close(extra[row], table[ids].sum(0))
+    torch.testing.assert_close(extra[3:], torch.zeros_like(extra[3:]))  # no clause word: nothing added
+    # A colour swap has the same words, so the same plain bag; the second clause's bags differ.
+    assert sorted(tok.encode(captions[0])) == sorted(tok.encode(captions[1]))
+    assert not torch.allclose(extra[0], extra[1])
