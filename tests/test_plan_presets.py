@@ -83,7 +83,8 @@ def test_plan_command_prints_every_strategy(capsys):
     assert "3,554.4 M parameters" in out and "= 2048" in out
     for name in ("ddp  ", "ddp + checkpointing", "fsdp  ", "fsdp + checkpointing"):
         assert name in out
-    plan = make_plan(load_config(TINY, ["model=glide-3.5b", "precision=bf16", "batch_size=32"]), 64, parse_bytes("80GB"))
+    config = load_config(TINY, ["model=glide-3.5b", "precision=bf16", "batch_size=32"])
+    plan = make_plan(config, 64, parse_bytes("80GB"))
     ddp, fsdp = plan.rows[0], plan.rows[2]
     assert ddp.weights == 4 * plan.params and fsdp.weights == 4 * plan.params / 64
     assert ddp.total > parse_bytes("80GB") > fsdp.total  # the paper's base needs sharding

@@ -162,4 +162,5 @@ def test_sigkill_while_shards_are_written_keeps_the_previous_step(tmp_path):
         trainer.resume()  # step 1 loads (in one process), and the stray folder goes
     assert trainer.step == 1 and trainer.samples_seen == 4 and not tmp.exists()
     path = list_checkpoints(tmp_path)[0][1]
-    assert load_state(path)["step"] == 1 and json.loads((path / "config.json").read_text())["dist"]["strategy"] == "fsdp"
+    assert load_state(path)["step"] == 1
+    assert json.loads((path / "config.json").read_text())["dist"]["strategy"] == "fsdp"

@@ -161,7 +161,7 @@ def load_dcp(path: str | os.PathLike, model: nn.Module, ema: nn.Module,
     """Load a DCP checkpoint into ``model``, ``ema`` and ``optimizer`` (sharded or not, any
     number of processes: DCP reshards); returns ``state.pt``. Every process calls it."""
     path = Path(path)
-    tensors = {
+    tensors: dict[str, Any] = {
         "model": get_model_state_dict(model),
         "ema": get_model_state_dict(ema),
         "optimizer": get_optimizer_state_dict(model, optimizer),

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import types
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,7 +72,7 @@ def checkpoint_blocks(model: nn.Module) -> int:
             def wrapped(*args, _forward=forward):
                 return checkpoint(_forward, *args, use_reentrant=False)
 
-            block.forward = wrapped  # type: ignore[method-assign]
+            block.forward = wrapped
             n += 1
     return n
 
@@ -134,7 +135,7 @@ def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float) -> float
     from torch.distributed.tensor import DTensor
 
     params = [p for p in parameters if p.grad is not None]
-    total = torch.nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0)
+    total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], norm_type=2.0)
     if isinstance(total, DTensor):
         total = total.full_tensor()
     if math.isfinite(max_norm):
@@ -142,7 +143,7 @@ def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float) -> float
     return float(total)
 
 
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def full_state_dict(model: nn.Module) -> dict[str, Any]:
     """The whole model's state dict as plain CPU tensors on rank 0 (empty elsewhere).
 
     A collective: every process must call it. For sample grids under FSDP (the EMA gathered

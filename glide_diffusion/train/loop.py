@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -156,7 +157,7 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.last_checkpoint: Path | None = None
         self.fsdp = config.dist.strategy == "fsdp"
-        self._pending_save = None  # a dcp checkpoint being written (train/dcp.py)
+        self._pending_save: Any = None  # a dcp checkpoint being written (train/dcp.py: PendingSave)
         self._async_group = None  # its writer thread's process group (async_save)
         self._build_model()
 
@@ -205,7 +206,7 @@ class Trainer:
         if self.fsdp and c.precision == "fp16":  # the inf check all-reduced over the gradient shards
             from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
-            self.scaler = ShardedGradScaler(self.device.type)
+            self.scaler: torch.amp.GradScaler = ShardedGradScaler(self.device.type)
         else:
             self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.precision == "fp16")
         # Per-process global RNGs (dropout inside the model uses torch's).

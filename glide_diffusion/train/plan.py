@@ -105,15 +105,15 @@ def _attention_as(device_type: str) -> Iterator[None]:
     from ..unet import blocks, model
 
     original = blocks.F.scaled_dot_product_attention
-    if device_type == "cpu":
-        replacement = blocks._attention_for_backward
-    else:
-        def replacement(q, k, v, *args, **kwargs):  # the memory-efficient kernel's saved tensors
-            out = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)
-            return out[0]
-    blocks.F.scaled_dot_product_attention = replacement
+    def replacement(q, k, v, *args, **kwargs):
+        if device_type == "cpu":
+            return blocks._attention_for_backward(q, k, v)
+        # the memory-efficient kernel: saves q, k, v, the output and its log-sum-exp
+        return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[0]
+
+    blocks.F.scaled_dot_product_attention = replacement  # type: ignore[assignment]
     full_precision = model.full_precision
-    model.full_precision = lambda x: contextlib.nullcontext()  # type: ignore[assignment]
+    model.full_precision = lambda x: contextlib.nullcontext()
     try:
         yield
     finally:
