@@ -92,6 +92,37 @@ _TINY_UPSAMPLE = dataclasses.replace(
     super_res=True,
 )
 
+# The paper's models (Nichol et al. 2021, GLIDE, §4 "Training" and §4.1; arXiv:2112.10741),
+# never released: for sharded training (docs/training.md, "Paper scale"). The paper gives:
+# - base, 3.5B parameters at 64x64: the ADM architecture (Dhariwal & Nichol 2021) "scaled to
+#   512 channels", text conditioning as the released model; the text transformer has "24
+#   residual blocks of width 2048, resulting in roughly 1.2 billion parameters", and "the
+#   visual part of the model ... consists of 2.3 billion parameters". Everything else is the
+#   released base's (ADM ImageNet 64: 3 ResBlocks per level, channel_mult 1,2,3,4, attention at
+#   32,16,8 with 64-channel heads, scale-shift norm, ResBlock resampling, cosine schedule). Text
+#   heads are not given: 32 heads of 64 channels, as the released 512-wide transformer's 8.
+#   Built: 3.554B in all; the 24 blocks are 1.209B and the rest (UNet, token and position
+#   embeddings) 2.345B, so the paper's 1.2B + 2.3B split counts the embeddings as visual.
+# - upsampler, 1.5B parameters, 64 -> 256: "the ImageNet upsampler from Dhariwal & Nichol (2021),
+#   except that we increase the number of base channels to 384" (ADM's upsampler: 2 ResBlocks
+#   per level, channel_mult 1,1,2,2,4,4, attention at 32,16,8 with 4 heads, linear schedule),
+#   conditioned "in the same way as the base model, but [with] a smaller text encoder with width
+#   1024 instead of 2048". The paper gives no depth for it: 12 blocks is the depth that gives the
+#   stated 1.5B (1.491B built; 16 blocks would give 1.541B, 24 blocks 1.642B).
+# - the inpainting variants: the same models with the 4 extra input channels (§4.3).
+_PAPER_BASE_64 = dataclasses.replace(
+    _BASE_64,
+    model_channels=512,
+    text=dataclasses.replace(_RELEASED_TEXT, width=2048, layers=24, heads=32),
+)
+_PAPER_UPSAMPLE_256 = dataclasses.replace(
+    _UPSAMPLE_256,
+    model_channels=384,
+    num_head_channels=-1,  # ADM's upsampler: num_heads=4
+    num_heads=4,
+    text=dataclasses.replace(_RELEASED_TEXT, width=1024, layers=12, heads=16),
+)
+
 _COSINE = DiffusionConfig("squaredcos_cap_v2", 1000)
 _LINEAR = DiffusionConfig("linear", 1000)
 
@@ -101,6 +132,11 @@ PRESETS: dict[str, ModelConfig] = {
     "upsample-256": ModelConfig(_UPSAMPLE_256, _LINEAR),
     "inpaint-64": ModelConfig(dataclasses.replace(_BASE_64, inpaint=True), _COSINE),
     "upsample-inpaint-256": ModelConfig(dataclasses.replace(_UPSAMPLE_256, inpaint=True), _LINEAR),
+    # The paper's models (never released; above): train them sharded (dist.strategy = "fsdp").
+    "glide-3.5b": ModelConfig(_PAPER_BASE_64, _COSINE),
+    "glide-upsample-1.5b": ModelConfig(_PAPER_UPSAMPLE_256, _LINEAR),
+    "glide-inpaint-3.5b": ModelConfig(dataclasses.replace(_PAPER_BASE_64, inpaint=True), _COSINE),
+    "glide-upsample-inpaint-1.5b": ModelConfig(dataclasses.replace(_PAPER_UPSAMPLE_256, inpaint=True), _LINEAR),
     # Small models for tests and quick CPU experiments (byte tokenizer: no vocab files).
     "tiny": ModelConfig(_TINY, _COSINE),
     "tiny-upsample": ModelConfig(_TINY_UPSAMPLE, _LINEAR),

@@ -17,6 +17,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "edit": ("Redraw an image toward a caption (image-to-image).", edit.edit_main),
         "download": ("Fetch the released GLIDE (filtered) files into the cache.", _download),
         "train": ("Train or fine-tune a model from a TOML config (torchrun for several processes).", _train),
+        "export": ("Write a training checkpoint's EMA weights (sharded or not) as one .safetensors file.", _export),
         "eval": ("Evaluate: sample for a caption file, reference statistics, scores (torchrun to shard).", _eval),
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
@@ -45,6 +46,12 @@ def _train(argv: Sequence[str]) -> int:
     from . import train
 
     return train.main(list(argv))
+
+
+def _export(argv: Sequence[str]) -> int:
+    from . import export
+
+    return export.main(list(argv))
 
 
 def _eval(argv: Sequence[str]) -> int:

@@ -26,6 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=_positive_int, help="same as --set max_steps=N")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--plan", action="store_true",
+                   help="print per-GPU memory (DDP and FSDP, with and without activation checkpointing) and the "
+                   "expected steps/s, then exit; nothing is allocated")
+    p.add_argument("--world-size", type=_positive_int, default=None, metavar="N",
+                   help="--plan: the number of GPUs (default: torchrun's WORLD_SIZE, else 1)")
+    p.add_argument("--gpu-memory", default=None, metavar="SIZE", help="--plan: memory of one GPU, e.g. 80GB")
+    p.add_argument("--peak-tflops", type=float, default=312.0,
+                   help="--plan: one GPU's dense rate in the compute dtype (default 312: an A100's bf16)")
+    p.add_argument("--utilisation", type=float, default=0.4,
+                   help="--plan: the share of that rate a step reaches (default 0.4)")
     return p
 
 
@@ -80,6 +90,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.print_config:
             print(config.to_json())
             return 0
+        if args.plan:
+            return _plan(args, config)
         # The image loaders import their [train] packages: fail here, before the run writes anything.
         loader = {"folder": "folder", "manifest": "folder", "webdataset": "webdataset"}.get(config.data.kind)
         if loader is not None:
@@ -93,6 +105,26 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     if result.checkpoint is not None and _is_main():
         print(f"step {result.step}, {result.samples_seen} samples; checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _plan(args: argparse.Namespace, config) -> int:
+    import os
+
+    from ..train.plan import format_plan, make_plan, parse_bytes
+
+    try:
+        memory = parse_bytes(args.gpu_memory) if args.gpu_memory else None
+    except ValueError:
+        print(f"glide train: error: --gpu-memory {args.gpu_memory!r} is not a size such as 80GB", file=sys.stderr)
+        return 2
+    world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        plan = make_plan(config, world, memory, peak_tflops=args.peak_tflops, utilisation=args.utilisation)
+    except ValueError as e:
+        print(f"glide train: error: {e}", file=sys.stderr)
+        return 2
+    print(format_plan(plan, config))
     return 0
 
 

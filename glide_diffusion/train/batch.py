@@ -130,8 +130,10 @@ def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model, parameter-wise; buffers copied."""
-    e_params = [p for p in ema.parameters()]
-    m_params = [p.detach() for p in model.parameters()]
+    from .fsdp import local  # sharded (FSDP) weights: each process updates its own shards
+
+    e_params = local(ema.parameters())
+    m_params = local(p.detach() for p in model.parameters())
     torch._foreach_mul_(e_params, decay)
     torch._foreach_add_(e_params, m_params, alpha=1 - decay)
     for eb, mb in zip(ema.buffers(), model.buffers()):

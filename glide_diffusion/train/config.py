@@ -44,6 +44,7 @@ __all__ = [
     "CondConfig",
     "ConfigError",
     "DebugConfig",
+    "DistConfig",
     "LogConfig",
     "OptimConfig",
     "SampleConfig",
@@ -166,14 +167,44 @@ class LogConfig:
         _check(all(m in ("jsonl", "tensorboard") for m in self.metrics), "log.metrics: jsonl, tensorboard")
 
 
+CKPT_FORMATS = ("auto", "files", "dcp")
+DIST_STRATEGIES = ("ddp", "fsdp")
+
+
 @dataclass(frozen=True)
 class CheckpointSection:
     every: int = 1000  # steps between checkpoints (and one at the end)
     keep_last: int = 3  # newest N kept; 0 = keep all
+    # "files": model/EMA .safetensors + state.pt, written by rank 0 (train/state.py). "dcp":
+    # torch.distributed.checkpoint, every rank writing its own shards (train/dcp.py); any
+    # number of processes resumes it. "auto": dcp under dist.strategy = "fsdp", else files.
+    format: str = "auto"
+    # dcp only: write in a background thread (torch.distributed.checkpoint.async_save) while
+    # training goes on; the step is committed (renamed into place) once every rank has written.
+    async_save: bool = False
 
     def __post_init__(self) -> None:
         _check(self.every > 0, "ckpt.every must be > 0")
         _check(self.keep_last >= 0, "ckpt.keep_last must be >= 0")
+        _check(self.format in CKPT_FORMATS, f"ckpt.format must be one of {CKPT_FORMATS}, got {self.format!r}")
+
+
+@dataclass(frozen=True)
+class DistConfig:
+    """How the model is spread over the processes torchrun starts."""
+
+    # "ddp": a full copy of weights, gradients, optimizer state and EMA per process (DDP).
+    # "fsdp": all four sharded over the processes with FSDP2 (torch.distributed.fsdp.fully_shard),
+    # one unit per ResBlock, attention block and text transformer block (train/fsdp.py): the
+    # paper-scale models (glide-3.5b) do not fit a GPU otherwise. `glide train --plan` compares.
+    strategy: str = "ddp"
+    # fsdp: free each unit's gathered weights after its forward (ZeRO-3; False keeps them until
+    # the backward, ZeRO-2-like: less communication, more memory).
+    reshard_after_forward: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.strategy in DIST_STRATEGIES,
+               f"dist.strategy must be one of {DIST_STRATEGIES}, got {self.strategy!r}")
 
 
 @dataclass(frozen=True)
@@ -182,6 +213,7 @@ class DebugConfig:
 
     nan_at_step: int = -1  # make the loss of step N (1-based) NaN (-1 = never)
     step_sleep: float = 0.0  # seconds slept per step (kill tests)
+    ckpt_sleep: float = 0.0  # dcp: seconds slept after writing the shards, before the commit (kill tests)
 
 
 @dataclass(frozen=True)
@@ -214,6 +246,7 @@ class TrainConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     log: LogConfig = field(default_factory=LogConfig)
     ckpt: CheckpointSection = field(default_factory=CheckpointSection)
+    dist: DistConfig = field(default_factory=DistConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def __post_init__(self) -> None:
@@ -227,6 +260,12 @@ class TrainConfig:
         _check(d.kind in DATA_KINDS, f"data.kind must be one of {DATA_KINDS}, got {d.kind!r}")
         _check(d.size is None or d.size > 0, "data.size must be > 0")
         _check(d.num_workers >= 0, "data.num_workers must be >= 0")
+        if self.dist.strategy == "fsdp":
+            _check(self.clip is None, "dist.strategy = \"fsdp\" shards diffusion models; train a noised CLIP with ddp")
+            _check(self.ckpt.format != "files",
+                   "dist.strategy = \"fsdp\" writes sharded checkpoints: ckpt.format must be \"dcp\" (or \"auto\")")
+        _check(not self.ckpt.async_save or self.checkpoint_format == "dcp",
+               "ckpt.async_save needs ckpt.format = \"dcp\" (the default under dist.strategy = \"fsdp\")")
         if self.clip is not None:
             _check(not self.activation_checkpointing, "activation_checkpointing is for diffusion models, not clip")
             _check(self.precision != "fp16", "clip training runs in fp32 or bf16")
@@ -248,6 +287,13 @@ class TrainConfig:
     def task(self) -> str:
         """base | upsample | inpaint | upsample-inpaint (from the model's config), or clip."""
         return "clip" if self.clip is not None else self.model.kind
+
+    @property
+    def checkpoint_format(self) -> str:
+        """files | dcp: ``ckpt.format`` with "auto" resolved by ``dist.strategy``."""
+        if self.ckpt.format != "auto":
+            return self.ckpt.format
+        return "dcp" if self.dist.strategy == "fsdp" else "files"
 
     @property
     def image_size(self) -> int:

@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -41,7 +42,16 @@ from .batch import ema_update, enable_activation_checkpointing, lr_factor, make_
 from .config import ConfigError, TrainConfig, config_from_dict
 from .lock import RunLockedError, lock_run_dir
 from .metrics import MetricsWriter, truncate_metrics
-from .state import clean_stray, get_rng_state, list_checkpoints, prune, read_checkpoint, save_checkpoint, set_rng_state
+from .state import (
+    checkpoint_dir,
+    clean_stray,
+    get_rng_state,
+    list_checkpoints,
+    prune,
+    read_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 
 __all__ = ["DatasetFactory", "RunLockedError", "TrainResult", "TrainingDivergedError", "build_train_dataset",
            "mse_weights", "train"]
@@ -146,6 +156,9 @@ class Trainer:
         self.step, self.samples_seen = 0, 0
         self.resumed_from: Path | None = None
         self.last_checkpoint: Path | None = None
+        self.fsdp = config.dist.strategy == "fsdp"
+        self._pending_save: Any = None  # a dcp checkpoint being written (train/dcp.py: PendingSave)
+        self._async_group = None  # its writer thread's process group (async_save)
         self._build_model()
 
     def say(self, message: str) -> None:
@@ -169,11 +182,19 @@ class Trainer:
         else:
             model = build_model(c.model)
         # channels-last convolutions: faster training steps on CPU (docs/results.md, "Training
-        # throughput") and what tensor cores want; checkpoints are written contiguous.
-        fmt = torch.channels_last if c.clip is None else torch.preserve_format
+        # throughput") and what tensor cores want; checkpoints are written contiguous. FSDP
+        # shards parameters as flat rows of their contiguous layout: it keeps theirs.
+        fmt = torch.channels_last if c.clip is None and not self.fsdp else torch.preserve_format
         self.model = model.to(self.device, memory_format=fmt).train()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        if c.activation_checkpointing:
+        if self.fsdp:  # weights, EMA (and so the optimizer state) sharded; per-block checkpointing
+            from .fsdp import shard_for_training
+
+            try:
+                shard_for_training(self.model, self.ema, c, self.device)
+            except RuntimeError as e:  # a PyTorch without FSDP2
+                raise ConfigError(str(e)) from None
+        elif c.activation_checkpointing:
             enable_activation_checkpointing(self.model)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=c.optim.lr, betas=c.optim.betas, eps=c.optim.eps,
@@ -182,7 +203,12 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, c.optim, c.max_steps)
         )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.precision == "fp16")
+        if self.fsdp and c.precision == "fp16":  # the inf check all-reduced over the gradient shards
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+            self.scaler: torch.amp.GradScaler = ShardedGradScaler(self.device.type)
+        else:
+            self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.precision == "fp16")
         # Per-process global RNGs (dropout inside the model uses torch's).
         self._seed_globals(self.step)
 
@@ -218,23 +244,42 @@ class Trainer:
                 warnings.warn(f"removed an incomplete checkpoint left by a killed run: {stray}")
         tdist.barrier()
         for _step, path in reversed(list_checkpoints(self.out_dir)):
-            try:
-                ck = read_checkpoint(path)
-            except CheckpointError as e:
-                warnings.warn(f"skipping unreadable checkpoint {path}: {e}")
-                continue
-            self._restore(ck, path)
+            from .dcp import is_dcp_checkpoint
+
+            if is_dcp_checkpoint(path):  # every rank reads its shards: errors are not skipped
+                self._restore_dcp(path)
+            else:
+                try:
+                    ck = read_checkpoint(path)
+                except CheckpointError as e:
+                    warnings.warn(f"skipping unreadable checkpoint {path}: {e}")
+                    continue
+                self._restore(ck, path)
             self.say(f"resuming from step {self.step}: {path}")
             return
 
-    def _restore(self, ck: dict, path: Path) -> None:
-        saved = config_from_dict(json.loads(ck["config_json"]))
+    def _check_saved_config(self, config_json: str, path: Path) -> None:
+        saved = config_from_dict(json.loads(config_json))
         if saved.model != self.config.model or saved.clip != self.config.clip:
             raise ConfigError(f"{path} holds a different model config than this run's; use another out_dir")
+
+    def _restore_dcp(self, path: Path) -> None:
+        from .dcp import load_dcp
+
+        self._check_saved_config((path / "config.json").read_text(encoding="utf-8"), path)
+        self._restore_state(load_dcp(path, self.model, self.ema, self.optimizer), path)
+
+    def _restore(self, ck: dict, path: Path) -> None:
+        self._check_saved_config(ck["config_json"], path)
+        if self.fsdp:
+            raise ConfigError(f"{path} was written by a dist.strategy = \"ddp\" run (ckpt.format = \"files\"); "
+                              f"resume it with ddp, or start a sharded run from its weights with init_from")
         self.model.load_state_dict(ck["model"])
         self.ema.load_state_dict(ck["ema"])
-        st = ck["state"]
-        self.optimizer.load_state_dict(st["optimizer"])
+        self.optimizer.load_state_dict(ck["state"]["optimizer"])
+        self._restore_state(ck["state"], path)
+
+    def _restore_state(self, st: dict, path: Path) -> None:
         self.scheduler.load_state_dict(st["scheduler"])
         if st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
@@ -284,7 +329,12 @@ class Trainer:
             raise TrainingDivergedError(self._diverged_message(f"loss is {loss}"))
         self.scaler.unscale_(self.optimizer)
         clip = c.optim.grad_clip if c.optim.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        if self.fsdp:  # the global norm over every process's gradient shards
+            from .fsdp import clip_grad_norm
+
+            grad_norm = clip_grad_norm(self.model.parameters(), clip)
+        else:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
         if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
             raise TrainingDivergedError(self._diverged_message(f"gradient norm is {grad_norm}"))
         lr = self.optimizer.param_groups[0]["lr"]
@@ -319,6 +369,8 @@ class Trainer:
     # -- checkpoints and samples ----------------------------------------------
 
     def save(self) -> Path | None:
+        if self.config.checkpoint_format == "dcp":
+            return self._save_dcp()
         rngs = tdist.all_gather_objects(get_rng_state())  # every process's streams; also a barrier
         path = None
         if self.info.is_main:
@@ -338,9 +390,52 @@ class Trainer:
         tdist.barrier()
         return path
 
-    def write_samples(self) -> Path:
+    def _train_state(self, rngs: list) -> dict:
+        return {"scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
+                "samples_seen": self.samples_seen, "world_size": self.info.world_size, "rng": rngs}
+
+    def _save_dcp(self) -> Path | None:
+        """Every rank writes its shards (train/dcp.py); committed now, or at the next save for async."""
+        from .dcp import save_dcp
+
+        self.commit_pending()
+        rngs = tdist.all_gather_objects(get_rng_state())
+        c = self.config
+        if c.ckpt.async_save and self._async_group is None and self.info.distributed:
+            import torch.distributed as dist
+
+            self._async_group = dist.new_group(backend="gloo")  # the writer thread's collectives
+        self._pending_save = save_dcp(
+            checkpoint_dir(self.out_dir, self.step), self.model, self.ema, self.optimizer,
+            self._train_state(rngs) if self.info.is_main else None, c.to_json(),
+            async_group=self._async_group, use_async=c.ckpt.async_save, commit_sleep=c.debug.ckpt_sleep)
+        return None if c.ckpt.async_save else self.commit_pending()
+
+    def commit_pending(self) -> Path | None:
+        """Finish the checkpoint being written, if any (every process)."""
+        pending, self._pending_save = self._pending_save, None
+        if pending is None:
+            return None
+        path = pending.commit()
+        if self.info.is_main:
+            prune(self.out_dir, self.config.ckpt.keep_last)
+        tdist.barrier()
+        self.last_checkpoint = path
+        return path if self.info.is_main else None
+
+    def write_samples(self) -> Path | None:
         from .samples import condition_row, sample_images, write_grid
 
+        ema = self.ema
+        if self.fsdp:  # gather the EMA once, to a plain model on rank 0 (every process takes part)
+            from .fsdp import full_state_dict
+
+            state = full_state_dict(self.ema)
+            if not self.info.is_main:
+                return None
+            ema = build_model(self.config.model)
+            ema.load_state_dict(state)
+            ema.eval()
         s, mc = self.config.sample, self.config.model
         settings = StageSettings(s.sampler, s.steps, s.guidance_scale, 1.0)
         prompts, cond, rows = list(s.prompts), None, []
@@ -356,7 +451,7 @@ class Trainer:
             cond = inputs.cond
             rows.append(condition_row(cond, mc.unet.image_size))
         for seed in s.seeds:
-            rows.append(sample_images(self.ema, mc, prompts, seed, settings, cond))
+            rows.append(sample_images(ema, mc, prompts, seed, settings, cond))
         return write_grid(self.out_dir / "samples" / f"step_{self.step:08d}.png", rows)
 
     # -- the run --------------------------------------------------------------
@@ -393,7 +488,7 @@ class Trainer:
             self.say(f"nothing to train: the run is at step {self.step} and max_steps is {c.max_steps}; "
                      f"raise max_steps (--max-steps) to train further")
         model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
-            if info.distributed else self.model
+            if info.distributed and not self.fsdp else self.model
         fallback = contextlib.nullcontext()
         if c.compile and self.step < c.max_steps:
             self.say("compiling the model (the first step takes a minute or two)")
@@ -435,8 +530,10 @@ class Trainer:
                         bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{ips:.1f}")
                     if self.step % c.ckpt.every == 0 or self.step == c.max_steps:
                         self.save()
-                    if c.sample.every and self.step % c.sample.every == 0 and info.is_main and c.clip is None:
+                    if c.sample.every and self.step % c.sample.every == 0 and (info.is_main or self.fsdp) \
+                            and c.clip is None:
                         self.write_samples()
+            self.commit_pending()
         finally:
             bar.close()
             metrics.close()

@@ -36,6 +36,7 @@ from ..presets import ModelConfig
 
 __all__ = [
     "CKPT_FILES",
+    "DCP_FILES",
     "checkpoint_dir",
     "clean_stray",
     "get_rng_state",
@@ -48,6 +49,8 @@ __all__ = [
 ]
 
 CKPT_FILES = ("model.safetensors", EMA_FILE, "state.pt", "config.json")
+# ckpt.format = "dcp" (train/dcp.py): shards under dcp/, the same state.pt and config.json.
+DCP_FILES = ("dcp/.metadata", "state.pt", "config.json")
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
@@ -164,7 +167,7 @@ def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
     found = []
     for p in root.iterdir():
         m = _STEP_DIR.match(p.name)
-        if m and p.is_dir() and all((p / f).is_file() for f in CKPT_FILES):
+        if m and p.is_dir() and any(all((p / f).is_file() for f in files) for files in (CKPT_FILES, DCP_FILES)):
             found.append((int(m.group(1)), p))
     return sorted(found)
 
