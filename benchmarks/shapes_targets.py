@@ -89,6 +89,26 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))  # a sibling script, not a package
     from shapes_compose import composition
 
+    scores: dict[str, list[dict]] = {}
+    if args.n_inpaint:
+        inpaint = InpaintPipeline.from_pretrained(args.inpaint, "shapes-upsample-inpaint")
+        from glide_diffusion.clip.loading import load_clip
+        from glide_diffusion.clip.tokenizer import clip_tokenizer_for
+
+        clip = load_clip("shapes-clip-rerank")  # as glide inpaint sets it for the shapes recipe
+        inpaint.rerank_clip, inpaint.rerank_clip_tokenizer = clip, clip_tokenizer_for(clip.config)
+        inpaint.rerank_clip_name = "shapes-clip-rerank"
+        ibase, iup = INPAINT_RECIPES["shapes"]
+        start = time.perf_counter()
+        scores["inpaint"] = []  # first: the slowest per image
+        from PIL import Image
+
+        for k, (canvas, fill, caption, spec) in enumerate(inpaint_cases(args.n_inpaint, args.seed)):
+            result = inpaint(Image.fromarray(canvas), fill, caption, seed=args.seed + k * ibase.candidates,
+                             base=ibase, upsample=iup)
+            scores["inpaint"].append(score(spec, result.images[0]))
+        print(f"inpaint: {args.n_inpaint} images in {time.perf_counter() - start:.0f} s", flush=True)
+
     pipe = Text2ImPipeline.from_pretrained(args.base, "shapes-upsample", rerank_clip="shapes-clip-rerank")
     base, up = RECIPES["shapes"]
     one = test_captions(args.n_one, args.seed, "single")
@@ -98,7 +118,6 @@ def main() -> None:
             "held_out": ([c for c, _ in held], [s for _, s in held]),
             "two": ([c for c, _ in two], [s for _, s in two]),
             "composed": ([composition(s) for _, s in two], [s for _, s in two])}
-    scores: dict[str, list[dict]] = {}
     background: list[float] = []
     for name, (prompts, specs) in sets.items():
         start = time.perf_counter()
@@ -111,25 +130,6 @@ def main() -> None:
         if name == "one":
             background = [fidelity(im, sc).background_mae for im, sc in zip(images, scenes)]
         print(f"{name}: {len(images)} images in {time.perf_counter() - start:.0f} s", flush=True)
-
-    if args.n_inpaint:
-        inpaint = InpaintPipeline.from_pretrained(args.inpaint, "shapes-upsample-inpaint")
-        from glide_diffusion.clip.loading import load_clip
-        from glide_diffusion.clip.tokenizer import clip_tokenizer_for
-
-        clip = load_clip("shapes-clip-rerank")  # as glide inpaint sets it for the shapes recipe
-        inpaint.rerank_clip, inpaint.rerank_clip_tokenizer = clip, clip_tokenizer_for(clip.config)
-        inpaint.rerank_clip_name = "shapes-clip-rerank"
-        ibase, iup = INPAINT_RECIPES["shapes"]
-        start = time.perf_counter()
-        scores["inpaint"] = []
-        from PIL import Image
-
-        for k, (canvas, fill, caption, spec) in enumerate(inpaint_cases(args.n_inpaint, args.seed)):
-            result = inpaint(Image.fromarray(canvas), fill, caption, seed=args.seed + k * ibase.candidates,
-                             base=ibase, upsample=iup)
-            scores["inpaint"].append(score(spec, result.images[0]))
-        print(f"inpaint: {args.n_inpaint} images in {time.perf_counter() - start:.0f} s", flush=True)
 
     exact = {k: [s["exact"] for s in v] for k, v in scores.items()}
     small = [s["exact"] for s, (_, spec) in zip(scores["one"], one) if spec.objects[0].size == "small"]
