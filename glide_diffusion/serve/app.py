@@ -12,7 +12,7 @@ import logging
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_type_hints
 
 import gradio as gr
 import numpy as np
@@ -38,7 +38,8 @@ from .jobs import (
 log = logging.getLogger("glide_diffusion.serve")
 
 CSS = """
-#t2i-info pre, #inp-info pre, #i2i-info pre {white-space: pre-wrap; word-break: break-all}
+#t2i-info pre, #inp-info pre, #i2i-info pre, #t2i-info code, #inp-info code, #i2i-info code {
+    white-space: pre-wrap !important; word-break: break-all}
 """
 
 
@@ -111,14 +112,14 @@ def _options(negative: str, num_images: float | None, seed: float | None, guidan
             raise RequestError(f"{name} must be a whole number, got {value}")
         return int(value)
 
+    rest: dict[str, Any] = {k: (whole(k, v, None) if k in ("candidates", "rerank") else v) for k, v in more.items()}
     return Options(negative=negative or "", num_images=whole("num_images", num_images, 1) or 1,
                    seed=whole("seed", seed, 0) or 0, guidance_scale=guidance, base_sampler=base_sampler or None,
                    base_steps=(base_steps or "").strip() or None, up_sampler=up_sampler or None,
-                   up_steps=(up_steps or "").strip() or None,
-                   **{k: (whole(k, v, None) if k in ("candidates", "rerank") else v) for k, v in more.items()})
+                   up_steps=(up_steps or "").strip() or None, **rest)
 
 
-def _settings_fields(server: Server, command: str, prefix: str, best_of: bool) -> list[gr.components.Component]:
+def _settings_fields(server: Server, command: str, prefix: str, best_of: bool) -> list[Any]:
     """The sampling options of a tab, filled with the CLI's defaults for the server's models."""
     base, up = server.defaults(command)
     lim = server.limits
@@ -133,7 +134,7 @@ def _settings_fields(server: Server, command: str, prefix: str, best_of: bool) -
             bn = gr.Textbox(base.steps, label="Base steps (a respacing: 25, ddim50, fast27)", elem_id=f"{prefix}-steps")
             us = gr.Dropdown(samplers, value=up.sampler, label="Upsampler sampler")
             un = gr.Textbox(up.steps, label="Upsampler steps")
-        fields = [n, seed, g, bs, bn, us, un]
+        fields: list[Any] = [n, seed, g, bs, bn, us, un]
         if best_of:
             fields.append(gr.Number(base.candidates, label="Best of (candidates scored by the noised CLIP)",
                                     minimum=1, precision=0))
@@ -141,8 +142,8 @@ def _settings_fields(server: Server, command: str, prefix: str, best_of: bool) -
 
 
 def _result_column(prefix: str) -> tuple[gr.Gallery, gr.File, gr.Markdown]:
-    gallery = gr.Gallery(label="Result", columns=3, format="png", elem_id=f"{prefix}-gallery",
-                         object_fit="contain", height="auto")
+    gallery = gr.Gallery(label="Result", columns=4, fit_columns=False, format="png", elem_id=f"{prefix}-gallery",
+                         object_fit="contain", height="auto", preview=False)
     files = gr.File(label="PNG files (with the settings in their metadata)", file_count="multiple",
                     elem_id=f"{prefix}-files")
     info = gr.Markdown(elem_id=f"{prefix}-info")
@@ -320,6 +321,8 @@ def _api(server: Server) -> None:
         return _files(_call(job))
 
     for fn in (text2im, inpaint, img2img):
+        # gradio reads the signature's annotations as objects; this module's are strings (postponed evaluation)
+        fn.__annotations__ = get_type_hints(fn)
         gr.api(fn, api_name=fn.__name__, concurrency_limit=None)
 
 
