@@ -94,18 +94,27 @@ def _image_on_screen(page, tmp_path) -> tuple[float, float, float]:
     return box["x"] + xs.min() - 10 * scale, box["y"] + ys.min() - 10 * scale, scale
 
 
+def quick(page, prefix: str, steps: str = "10") -> None:
+    """Fewer base steps and one candidate, for the tests about the page rather than the defaults."""
+    page.click(f"#{prefix}-settings")
+    page.fill(f"#{prefix}-steps input, #{prefix}-steps textarea", steps)
+    if page.locator(f"#{prefix}-best-of").count():
+        page.fill(f"#{prefix}-best-of input", "1")
+
+
 def test_brush_a_mask_and_inpaint(page, tmp_path):
     page.get_by_role("tab", name="Inpainting").click()
     (tmp_path / "scene.png").write_bytes(_png(scene()))
     page.set_input_files("#inp-editor input[type=file]", str(tmp_path / "scene.png"))
     page.wait_for_timeout(1500)
     left, top, scale = _image_on_screen(page, tmp_path)
-    for y in range(84, 116, 6):  # strokes over x, y in [80, 116] of the 128 px image
+    for y in range(84, 116, 8):  # strokes over x, y in [80, 116] of the 128 px image
         page.mouse.move(left + 84 * scale, top + y * scale)
         page.mouse.down()
-        page.mouse.move(left + 112 * scale, top + y * scale, steps=6)
+        page.mouse.move(left + 112 * scale, top + y * scale, steps=3)
         page.mouse.up()
     page.fill("#inp-prompt input, #inp-prompt textarea", "a red circle")
+    quick(page, "inp")
     page.click("#inp-generate")
     page.wait_for_selector("#inp-gallery img")
     out = np.asarray(result_png(page, "inp").convert("RGB")).astype(int)
@@ -122,6 +131,7 @@ def test_redraw_an_image(page, tmp_path):
     (tmp_path / "scene.png").write_bytes(_png(scene()))
     page.set_input_files("#i2i-image input[type=file]", str(tmp_path / "scene.png"))
     page.fill("#i2i-prompt input, #i2i-prompt textarea", "a blue square")
+    quick(page, "i2i", "20")
     page.click("#i2i-generate")
     page.wait_for_selector("#i2i-gallery img")
     image = result_png(page, "i2i")
@@ -131,8 +141,7 @@ def test_redraw_an_image(page, tmp_path):
 
 def test_an_invalid_input_shows_an_error(page):
     page.fill("#t2i-prompt textarea", "a red circle")
-    page.get_by_text("Settings").first.click()
-    page.fill("#t2i-steps input, #t2i-steps textarea", "-5")
+    quick(page, "t2i", "-5")
     page.click("#t2i-generate")
     error = page.get_by_text("base_steps: not a respacing")
     error.first.wait_for()

@@ -75,11 +75,6 @@ def main(argv: Sequence[str]) -> int:
                   f"{0 if name == 'queue_size' else 1}", file=sys.stderr)
             return 2
     output = Path(args.output).absolute()
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        print(f"glide serve: error: -o/--output: {e}", file=sys.stderr)
-        return 2
     # gradio keeps uploads and its cache in GRADIO_TEMP_DIR: inside the output folder, so the server
     # writes nowhere else. No analytics (and no network) either. Both are read when gradio is imported.
     os.environ["GRADIO_TEMP_DIR"] = str(output / ".gradio")
@@ -87,8 +82,13 @@ def main(argv: Sequence[str]) -> int:
     try:
         from ..serve.app import build_app, launch
     except ImportError as e:
-        print(f"glide serve: error: {e}; install the server's packages: pip install -e \".[serve]\"",
-              file=sys.stderr)
+        print(f"glide serve: error: the server needs {e.name or 'gradio'!r}, which is not installed; install the "
+              "serve extras: pip install 'glide-diffusion[serve]'", file=sys.stderr)
+        return 2
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"glide serve: error: -o/--output: {e}", file=sys.stderr)
         return 2
     from ..serve.jobs import Limits, Server
 

@@ -124,7 +124,7 @@ def _settings_fields(server: Server, command: str, prefix: str, best_of: bool) -
     base, up = server.defaults(command)
     lim = server.limits
     samplers = list(SAMPLERS)
-    with gr.Accordion("Settings", open=False):
+    with gr.Accordion("Settings", open=False, elem_id=f"{prefix}-settings"):
         with gr.Row():
             n = gr.Number(1, label="Images", minimum=1, maximum=lim.max_images, precision=0, elem_id=f"{prefix}-n")
             seed = gr.Number(0, label="Seed (image k uses seed + k)", minimum=0, precision=0, elem_id=f"{prefix}-seed")
@@ -137,7 +137,7 @@ def _settings_fields(server: Server, command: str, prefix: str, best_of: bool) -
         fields: list[Any] = [n, seed, g, bs, bn, us, un]
         if best_of:
             fields.append(gr.Number(base.candidates, label="Best of (candidates scored by the noised CLIP)",
-                                    minimum=1, precision=0))
+                                    minimum=1, precision=0, elem_id=f"{prefix}-best-of"))
     return fields
 
 
