@@ -42,6 +42,7 @@ def page_latency(url: str, clicks: int) -> list[float]:
         page.set_default_timeout(300_000)
         page.goto(url)
         page.wait_for_selector("#t2i-prompt textarea")
+        page.click("#t2i-settings")  # the seed field
         for k in range(clicks):
             page.fill("#t2i-prompt textarea", ["a large red circle on a white background", "a small blue star",
                                                "a green square in the top left corner"][k % 3])

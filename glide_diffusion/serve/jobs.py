@@ -172,7 +172,8 @@ def parse_margins(text: str) -> tuple[int, int, int, int] | None:
         values = []
     if len(values) not in (1, 4) or min(values) < 0 or max(values) > 4096:
         raise RequestError(f"extend: expected N or LEFT,TOP,RIGHT,BOTTOM margins in 0..4096 pixels, got {text!r}")
-    return (values * 4 if len(values) == 1 else values)  # type: ignore[return-value]
+    left, top, right, bottom = values * 4 if len(values) == 1 else values
+    return left, top, right, bottom
 
 
 def layers_fill(layers: Sequence[Image.Image | None], size: tuple[int, int]) -> np.ndarray | None:
