@@ -76,11 +76,12 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=50)
     p.add_argument("--clicks", type=int, default=3)
     p.add_argument("--no-browser", action="store_true")
+    p.add_argument("--dir", default=None, help="folder for the servers' output and logs (default: a temporary one)")
     p.add_argument("serve_flags", nargs="*", help="more glide serve flags (after --)")
     args = p.parse_args()
     print(f"load average before: {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "out"
+        out = Path(args.dir or tmp) / "out"
         if not args.no_browser:
             with ServeProcess(out, *args.serve_flags) as srv:
                 times = page_latency(srv.url, args.clicks)

@@ -6,6 +6,7 @@ import io
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,7 +43,7 @@ def box_mask(size=128, box=(64, 64, 120, 120)) -> Image.Image:
 
 def fetch_png(serve, file_data) -> Image.Image:
     path = file_data["path"]
-    assert serve.output.resolve() in __import__("pathlib").Path(path).resolve().parents, path
+    assert serve.output.resolve() in Path(path).resolve().parents, path
     return Image.open(io.BytesIO(serve.file(path)))
 
 
@@ -125,6 +126,7 @@ def _bad_requests(serve):
         ("too many steps", "text2im", dict(prompt="a", base_steps="1001"), "base_steps"),
         ("long prompt", "text2im", dict(prompt="a" * 201), "at most 200"),
         ("empty prompt", "text2im", dict(prompt="  "), "give a caption"),
+        ("a prompt like an option", "text2im", dict(prompt="--help", num_images=0), "num_images must be at least 1"),
         ("bad composition", "text2im", dict(prompt="a red circle AND"), "dangling AND"),
         ("too many pixels", "img2img", dict(image=serve.upload(png(Image.new("RGB", (600, 600)))), prompt="a"),
          "at most 262144"),
@@ -205,3 +207,11 @@ def test_fifty_concurrent_requests_and_memory(serve):
     assert serve.call("text2im", prompt="a red circle", **QUICK)[0] == "complete"
     after = serve.rss_mb()
     assert after < before * 1.25 + 50, (before, after)
+
+
+def test_writes_only_in_its_output_folder(serve):
+    """Uploads and gradio's cache live in the output folder's .gradio; the working folder (the
+    server's cwd) holds only that folder and the test's log."""
+    upload = serve.upload(png(scene()))
+    assert (serve.output / ".gradio").resolve() in Path(upload["path"]).resolve().parents
+    assert sorted(p.name for p in serve.output.parent.iterdir()) == sorted(["out", serve.log_path.name])

@@ -99,3 +99,5 @@ def test_reproduce_spells_out_every_setting():
     assert command == ("glide sample 'a red circle'\"'\"'s edge' --models shapes -n 2 --seed 7 --negative blue "
                        "-g 5 --base-sampler dpm++2m --base-steps 25 --up-sampler dpm++2m --up-steps 3 "
                        "--candidates 4 --rerank 1")
+    command = reproduce("edit", ["input.png", "-a circle"], [], base, up, Options())
+    assert command.startswith("glide edit -n 1 --seed 0") and command.endswith("-- input.png '-a circle'")

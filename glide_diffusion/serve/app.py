@@ -331,7 +331,31 @@ def launch(demo: gr.Blocks, server: Server, *, host: str, port: int, share: bool
     """Serve ``demo`` on host:port (127.0.0.1 by default: only this machine); ``share`` asks gradio
     for a public link. The gradio queue runs events at once; :class:`~.jobs.DeviceQueue` bounds them."""
     lim = server.limits
+    _patient_self_check()
     demo.queue(max_size=4 * lim.queue_size + 64, default_concurrency_limit=None)
     return demo.launch(server_name=host, server_port=port, share=share, allowed_paths=[str(p) for p in allowed],
                        max_file_size=int(lim.max_upload_mb * 2**20), show_error=True, quiet=quiet,
                        prevent_thread_lock=not block, css=CSS, ssr_mode=False)
+
+
+def _patient_self_check(seconds: float = 120.0) -> None:
+    """gradio's launch() HEADs its own page once with a 3 s timeout and exits the process when that
+    times out ("localhost is not accessible"): on a busy 2-core machine the first page can take
+    longer. The same check, with time to answer."""
+    import time
+
+    import httpx
+    from gradio import networking
+
+    def url_ok(url: str) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                if httpx.head(url, timeout=30).status_code in (200, 401, 301, 302, 303, 307, 308):
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        return False
+
+    networking.url_ok = url_ok

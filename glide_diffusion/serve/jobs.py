@@ -214,8 +214,10 @@ class Server:
         self._clips: dict[str, tuple] = {}  # noised CLIPs by name, loaded on first use
         self._load()
 
-    def _args(self, command: str, prompt: str = "x") -> argparse.Namespace:
-        """The CLI's parsed options for ``command`` with the server's model flags."""
+    def _args(self, command: str) -> argparse.Namespace:
+        """The CLI's parsed options for ``command`` with the server's model flags (the prompt is a
+        placeholder: a request's text never goes through argparse)."""
+        prompt = "x"
         from ..cli import edit, sample
         from ..cli.common import resolve_models
 
@@ -277,7 +279,7 @@ class Server:
             value = getattr(opts, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise RequestError(f"{name} must be an integer, got {value!r}")
-        args = self._args(command, prompt)
+        args = self._args(command)
         given = {"guidance_scale": opts.guidance_scale, "base_sampler": opts.base_sampler,
                  "base_steps": opts.base_steps, "up_sampler": opts.up_sampler, "up_steps": opts.up_steps}
         if command != "edit":
@@ -431,9 +433,11 @@ def reproduce(command: str, positional: Sequence[str], model_argv: Sequence[str]
     ]
     if command != "edit":
         flags.append(("--candidates", base.candidates))
-    words = ["glide", command, *positional, *model_argv]
+    options = list(model_argv)
     for flag, value in [*flags, *extra]:
         if value is not None:
-            words += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-    return " ".join(shlex.quote(w) for w in words)
+            options += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    if any(p.startswith("-") for p in positional):  # a caption that looks like an option: after "--"
+        return " ".join(shlex.quote(w) for w in ["glide", command, *options, "--", *positional])
+    return " ".join(shlex.quote(w) for w in ["glide", command, *positional, *options])
 
