@@ -243,6 +243,14 @@ class Server:
         self.edit = EditPipeline(self.text2im.base, self.text2im.upsampler)
         self.inpaint = InpaintPipeline.from_pretrained(i.base, upsampler_arg(i), base_config=i.config,
                                                        upsampler_config=i.up_config, **kw)
+        # The noised CLIP that picks best-of-N where a default recipe uses it, now rather than on the first click.
+        from ..cli.common import rerank_clip_choice
+        from ..cli.sample import _clip_choices
+
+        if self.defaults("sample")[0].candidates > 1:
+            self._clip(a, _clip_choices(a, reranks=True)[1])
+        if self.defaults("inpaint")[0].candidates > 1:
+            self._clip(i, rerank_clip_choice(i, "shapes-clip-rerank" if i.models == "shapes" else "released"))
 
     def defaults(self, command: str) -> tuple[StageSettings, StageSettings]:
         """The (base, upsampler) settings the CLI uses for ``command`` with these models."""
