@@ -247,8 +247,9 @@ class Server:
         from ..cli.common import rerank_clip_choice
         from ..cli.sample import _clip_choices
 
-        if self.defaults("sample")[0].candidates > 1:
-            self._clip(a, _clip_choices(a, reranks=True)[1])
+        judge = _clip_choices(a, reranks=True)[1]
+        if self.defaults("sample")[0].candidates > 1 and judge:
+            self._clip(a, judge)
         if self.defaults("inpaint")[0].candidates > 1:
             self._clip(i, rerank_clip_choice(i, "shapes-clip-rerank" if i.models == "shapes" else "released"))
 
