@@ -158,3 +158,16 @@ def test_training_without_its_packages_is_one_line_naming_the_extra(tmp_path):
         ("glide train: error: training needs 'fsspec', which is not installed; "
          "install the training extras: pip install 'glide-diffusion[train]'")]
     assert not (tmp_path / "run").exists()  # nothing written before the check
+
+
+def test_serving_without_gradio_is_one_line_naming_the_extra(tmp_path):
+    code = ("import sys\nsys.modules['gradio'] = None\nfrom glide_diffusion.cli.main import main\n"
+            "sys.exit(main(['serve', '-o', 'out']))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "glide serve: error: the server needs 'gradio', which is not installed; install the serve extras: "
+        "pip install 'glide-diffusion[serve]'"]
+    assert not (tmp_path / "out").exists()  # nothing written before the check

@@ -101,24 +101,15 @@ def inpaint_main(argv: Sequence[str]) -> int:
     base, up = stage_settings(args)
 
     def body():
-        import numpy as np
-
-        from ..pipelines.inpaint import InpaintPipeline, extend_canvas, mask_from_image, mask_from_rects, split_alpha
+        from ..pipelines.inpaint import InpaintPipeline, region
 
         device = device_arg(args)
         check_output(args)
         parse_prompt(args.prompt, warn=False)  # a malformed composition fails before the models load
-        image, transparent = split_alpha(_open_image(args.image))
-        fill = np.zeros((image.size[1], image.size[0]), dtype=bool)
-        if args.mask:
-            fill |= mask_from_image(_open_image(args.mask), image.size, invert=args.invert_mask)
-        elif transparent is not None:
-            fill |= transparent
-        if args.rect:
-            fill |= mask_from_rects(args.rect, image.size)
-        if args.extend:
-            image, fill = extend_canvas(image, fill, *args.extend)
-        if not (args.mask or args.rect or args.extend or transparent is not None):
+        mask = _open_image(args.mask) if args.mask else None
+        image, fill, given = region(_open_image(args.image), mask, args.rect, invert=args.invert_mask,
+                                    extend=args.extend)
+        if not given:
             raise ValueError("say what to repaint: --mask, --rect, --extend, or a transparent image")
         pipe = InpaintPipeline.from_pretrained(args.base, upsampler_arg(args), device=device,
                                                cache_dir=args.cache_dir, download=not args.no_download,

@@ -15,6 +15,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sample": ("Generate images from text (base model, then upsampler).", sample.main),
         "inpaint": ("Repaint a masked region of an image from a caption.", edit.inpaint_main),
         "edit": ("Redraw an image toward a caption (image-to-image).", edit.edit_main),
+        "serve": ("A web app and HTTP API: text -> image, inpainting, image -> image (docs/serve.md).", _serve),
         "download": ("Fetch the released GLIDE (filtered) files into the cache.", _download),
         "train": ("Train or fine-tune a model from a TOML config (torchrun for several processes).", _train),
         "export": ("Write a training checkpoint's EMA weights (sharded or not) as one .safetensors file.", _export),
@@ -40,6 +41,12 @@ def _download(argv: Sequence[str]) -> int:
     from ..hub.download import cli_download
 
     return cli_download(list(argv))
+
+
+def _serve(argv: Sequence[str]) -> int:
+    from . import serve
+
+    return serve.main(list(argv))
 
 
 def _train(argv: Sequence[str]) -> int:

@@ -10,6 +10,7 @@ as in text-to-image, from the edited low-resolution image.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -63,10 +64,11 @@ class EditPipeline:
         dtype: str = "auto",
         progress: bool = False,
         negative: str | None = None,
+        callback: Callable[[str, int, torch.Tensor], None] | None = None,
     ) -> Text2ImResult:
         """Redraw ``image`` toward ``prompt``; a composed prompt and ``negative`` work as in
         :class:`~.text2im.Text2ImPipeline` (the base stage composes, the upsampler gets the
-        positive terms joined)."""
+        positive terms joined). ``callback(stage name, step, x0)`` after each sampling step."""
         if not (isinstance(strength, (int, float)) and math.isfinite(strength) and 0 < strength <= 1):
             raise SettingError("strength", f"must be in (0, 1], got {strength!r}")
         image, _ = split_alpha(image)
@@ -81,7 +83,7 @@ class EditPipeline:
         warn_unused_negative(negative, [comp], base, upsample if self.upsampler else None)
         rows, seeds = [prompt] * num_images, seeds_for(seed, num_images)
         noise = PerSampleNoise(seeds, self.base.device)
-        run: dict[str, Any] = dict(dtype=dtype, progress=progress, negative=negative or "")
+        run: dict[str, Any] = dict(dtype=dtype, progress=progress, negative=negative or "", callback=callback)
 
         full = self.base.schedule(base.steps)
         k = max(1, round(strength * full.num_steps))

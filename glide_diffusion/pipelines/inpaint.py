@@ -101,6 +101,28 @@ def extend_canvas(image: Image.Image, fill: np.ndarray | None, left: int, top: i
     return canvas, new_fill
 
 
+def region(image: Image.Image, mask: Image.Image | None = None,
+           rects: Sequence[tuple[int, int, int, int]] = (), *, invert: bool = False,
+           extend: tuple[int, int, int, int] | None = None) -> tuple[Image.Image, np.ndarray, bool]:
+    """The RGB image and bool (H, W) fill mask (True = repaint) of an inpainting request, as
+    ``glide inpaint`` and ``glide serve`` build them: a mask picture (white = fill, or black with
+    ``invert``), else the image's transparent pixels; with ``rects`` (left, top, right, bottom)
+    added, then the canvas extended by ``extend`` margins (outpainting). The third value says
+    whether any region was given at all."""
+    image, transparent = split_alpha(image)
+    fill = np.zeros((image.size[1], image.size[0]), dtype=bool)
+    if mask is not None:
+        fill |= mask_from_image(mask, image.size, invert=invert)
+    elif transparent is not None:
+        fill |= transparent
+    if rects:
+        fill |= mask_from_rects(rects, image.size)
+    if extend:
+        image, fill = extend_canvas(image, fill, *extend)
+    given = mask is not None or bool(rects) or bool(extend) or transparent is not None
+    return image, fill, given
+
+
 def check_fill(fill: np.ndarray) -> None:
     if not fill.any():
         raise ValueError("the mask selects no pixels to fill: nothing would change (white = fill; see --invert-mask)")
@@ -167,6 +189,7 @@ class InpaintPipeline:
         dtype: str = "auto",
         progress: bool = False,
         negative: str | None = None,
+        callback: Callable[[str, int, torch.Tensor], None] | None = None,
     ) -> InpaintResult:
         """Paint ``prompt`` into ``image`` where ``fill`` (bool (H, W)) is True.
 
@@ -177,7 +200,8 @@ class InpaintPipeline:
         each group the one the reranking CLIP scores best against ``prompt`` goes on.
         A composed ``prompt`` (``"A AND NOT B"``, :mod:`.prompts`) and ``negative`` work as in
         :class:`~.text2im.Text2ImPipeline`: the base stage composes, the upsampler gets the
-        positive terms joined, reranking scores the positive terms.
+        positive terms joined, reranking scores the positive terms. ``callback(stage name, step, x0)``
+        after each sampling step, as in :class:`~.text2im.Text2ImPipeline`.
         """
         image, _ = split_alpha(image)
         if image.size[0] != image.size[1]:
@@ -202,7 +226,7 @@ class InpaintPipeline:
         per = num_images * base.candidates
         rows, seeds = [prompt] * per, seeds_for(seed, per)
         noise = PerSampleNoise(seeds, self.base.device)
-        run: dict[str, Any] = dict(dtype=dtype, progress=progress, negative=negative or "")
+        run: dict[str, Any] = dict(dtype=dtype, progress=progress, negative=negative or "", callback=callback)
 
         low = self._stage(self.base, image, fill, [comp] * per, noise, base, run)
         kept, scores = list(range(per)), None
