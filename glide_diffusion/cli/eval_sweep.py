@@ -180,11 +180,14 @@ def _run_points(args, job, points, todo, bases, out: Path, scorer, scoring: dict
             if rank != 0:
                 continue
             write_manifest(folder, world, sample_s)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             report = scorer.score(folder)
+            # wall-clock and CPU seconds (all threads of this process): on a shared machine the CPU
+            # seconds say more about the cost than the wall-clock ones
             report["sweep"] = {"scoring": scoring, "point": dataclasses.asdict(p),
                                "sample_seconds": round(sample_s, 3), "sample_cpu_seconds": round(sample_cpu, 3),
-                               "score_seconds": round(time.perf_counter() - start, 3), "processes": world}
+                               "score_seconds": round(time.perf_counter() - start, 3),
+                               "score_cpu_seconds": round(time.process_time() - cpu, 3), "processes": world}
             write_report(folder, report)
             _say(f"{head}: {_summary(report)} (sampling {sample_s:.0f} s, scoring "
                  f"{report['sweep']['score_seconds']:.0f} s)")

@@ -120,7 +120,7 @@ def table_row(point: SweepPoint, report: dict) -> dict:
            "diversity_bits": {k: v["entropy_bits"] for k, v in shapes.get("diversity", {}).items()} or None,
            "background_mae": (shapes.get("fidelity") or {}).get("background_mae_median"),
            "sample_seconds": sweep.get("sample_seconds"), "sample_cpu_seconds": sweep.get("sample_cpu_seconds"),
-           "score_seconds": sweep.get("score_seconds")}
+           "score_seconds": sweep.get("score_seconds"), "score_cpu_seconds": sweep.get("score_cpu_seconds")}
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
