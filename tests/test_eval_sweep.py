@@ -139,6 +139,12 @@ def test_sweep_writes_table_and_plots_and_resumes(tmp_path, tiny_base, capsys, s
     assert (out / "points/g4-c0/shard-00000.npz").stat().st_mtime_ns == kept
     assert json.loads((out / "sweep.json").read_text())["rows"][1]["fid"] == rows[1]["fid"]  # same samples
 
+    # another request into the same folder (here -n 5): not skipped as finished, refused
+    args = _sweep_args(tiny_base, out, *grid)
+    args[args.index("-n") + 1] = "5"
+    assert main(args) == 2
+    assert "holds samples of another request (differs in n)" in capsys.readouterr().err
+
 
 def test_bad_grid_values_from_the_cli_fail_before_any_work(tmp_path, capsys):
     out = tmp_path / "s"

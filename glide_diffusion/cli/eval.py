@@ -219,8 +219,6 @@ class SampleJob:
     def sample(self, out: str | os.PathLike, base, clip_guidance_scale: float, *, rank: int = 0, world: int = 1,
                progress: bool | None = None) -> list[Path]:
         """Sample this process's missing shards into ``out`` with base settings ``base`` (returns its shard paths)."""
-        from dataclasses import asdict
-
         from ..eval.shards import sample_shards
 
         args = self.args
@@ -231,15 +229,28 @@ class SampleJob:
                                negative=args.negative)
             return np.stack([np.asarray(im) for im in result.images]), result.seeds, result.settings
 
+        return sample_shards(sample_fn, self.captions, out, n=self.n, seed=args.seed, shard_size=args.shard_size,
+                             rank=rank, world=world, request=self._request(base, clip_guidance_scale),
+                             progress=not args.no_progress if progress is None else progress)
+
+    def _request(self, base, clip_guidance_scale: float) -> dict:
+        from dataclasses import asdict
+
+        args = self.args
         request = {"base_model": args.base, "upsample_model": self.upsampler, "base": asdict(base),
                    "upsample": asdict(self.up) if self.upsampler else None, "dtype": args.dtype,
                    "clip_guidance_scale": clip_guidance_scale,
                    "clip": self.guide if clip_guidance_scale else None, "negative": args.negative}
         if args.captions_subset is not None:
             request["captions_subset"] = {"k": args.captions_subset, "seed": args.captions_seed}
-        return sample_shards(sample_fn, self.captions, out, n=self.n, seed=args.seed, shard_size=args.shard_size,
-                             rank=rank, world=world, request=request,
-                             progress=not args.no_progress if progress is None else progress)
+        return request
+
+    def request_record(self, base, clip_guidance_scale: float) -> dict:
+        """The ``request.json`` a samples folder of these settings holds (to tell whether it is this request's)."""
+        from ..eval.shards import request_record
+
+        return request_record(self._request(base, clip_guidance_scale), self.captions, self.n, self.args.seed,
+                              self.args.shard_size)
 
 
 # ---------------------------------------------------------------- stats

@@ -161,7 +161,9 @@ def _run_points(args, job, points, todo, bases, out: Path, scorer, scoring: dict
     from ..eval.sweep import POINTS_DIR, point_finished
 
     # decided by every process before any writes, so all agree on what is left
-    finished = {p.folder for p in todo if point_finished(out / POINTS_DIR / p.folder, scoring)}
+    finished = {p.folder for p in todo
+                if point_finished(out / POINTS_DIR / p.folder, job.request_record(bases[p.folder],
+                                                                                 p.clip_guidance_scale), scoring)}
     group = BarrierGroup(world)
     try:
         for i, p in enumerate(todo, 1):

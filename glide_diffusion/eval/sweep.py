@@ -86,13 +86,16 @@ def unique_points(points: Sequence[SweepPoint]) -> list[SweepPoint]:
     return list(seen.values())
 
 
-def point_finished(folder: Path, scoring: dict) -> bool:
-    """Whether ``folder`` holds a score made with the ``scoring`` settings (then a rerun skips it)."""
+def point_finished(folder: Path, request: dict, scoring: dict) -> bool:
+    """Whether ``folder`` holds the samples of ``request`` (its ``request.json``), all of them (a
+    manifest), and a score made with the ``scoring`` settings: then a rerun skips it."""
     try:
         report = json.loads((folder / "score.json").read_text(encoding="utf-8"))
+        recorded = json.loads((folder / "request.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
-    return (folder / "manifest.json").is_file() and report.get("sweep", {}).get("scoring") == scoring
+    return ((folder / "manifest.json").is_file() and recorded == request
+            and report.get("sweep", {}).get("scoring") == scoring)
 
 
 def shapes_diversity(diversity: dict) -> float | None:
