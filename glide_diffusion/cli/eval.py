@@ -139,6 +139,16 @@ class BarrierGroup:
 
             dist.barrier()
 
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every process."""
+        if self.world == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def close(self) -> None:
         if self.world > 1:
             import torch.distributed as dist

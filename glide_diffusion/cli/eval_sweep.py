@@ -125,6 +125,8 @@ def sweep_main(argv: Sequence[str]) -> int:
         if args.score_clip is None:
             args.score_clip = "shapes-clip-rerank" if args.models == "shapes" else "released"
         score_clip = None if args.score_clip.lower() == "none" else args.score_clip
+        if not (args.ref or score_clip or args.shapes):
+            raise ValueError("nothing to score: give --ref, --score-clip and/or --shapes")
         if args.ref and args.ref.startswith(SHAPES_PREFIX):
             args.extractor = args.extractor or "shapes"
         rank, world, _ = dist_env()
@@ -133,17 +135,11 @@ def sweep_main(argv: Sequence[str]) -> int:
         bases = {p.folder: dataclasses.replace(job.base, guidance_scale=p.guidance_scale) for p in todo}
         for base in bases.values():  # every point's settings, before any work
             base.validate("base", job.pipe.base.config.diffusion.steps)
-        resolution = (job.pipe.upsampler or job.pipe.base).image_size
-        out = Path(args.output)
-        scorer = ref = None
-        if rank == 0:
-            ref = args.ref
-            if ref and ref.startswith(SHAPES_PREFIX):
-                ref = str(_shapes_reference(args, out, resolution, job.pipe.base.device))
-            scorer = Scorer(args, ref=ref, extractor=args.extractor, clip=score_clip, shapes=args.shapes,
-                            resolution=resolution, batch_size=args.score_batch_size, kid_subsets=args.kid_subsets)
-        ref_sha = _file_sha(ref)
-        return _run_points(args, job, points, todo, bases, out, scorer, _scoring(args, ref, ref_sha), rank, world)
+        group = BarrierGroup(world)
+        try:
+            return _run_points(args, job, points, todo, bases, score_clip, rank, group)
+        finally:
+            group.close()
 
     return run_command("eval sweep", body)
 
@@ -156,45 +152,50 @@ def _file_sha(path: str | None) -> str | None:
     return sha256_of(path)
 
 
-def _run_points(args, job, points, todo, bases, out: Path, scorer, scoring: dict, rank: int, world: int):
+def _run_points(args, job, points, todo, bases, score_clip: str | None, rank: int, group):
     from ..eval.shards import write_manifest
     from ..eval.sweep import POINTS_DIR, point_finished
 
-    # decided by every process before any writes, so all agree on what is left
-    finished = {p.folder for p in todo
-                if point_finished(out / POINTS_DIR / p.folder, job.request_record(bases[p.folder],
-                                                                                 p.clip_guidance_scale), scoring)}
-    group = BarrierGroup(world)
-    try:
-        for i, p in enumerate(todo, 1):
-            folder = out / POINTS_DIR / p.folder
-            head = f"[{i}/{len(todo)}] {p.label} (g={p.guidance_scale:g}, CLIP λ={p.clip_guidance_scale:g})"
-            if p.folder in finished:
-                if rank == 0:
-                    _say(f"{head}: scored before, skipped ({folder})")
-                continue
+    out, world = Path(args.output), group.world
+    scorer = scoring = finished = None
+    if rank == 0:  # the reference, extractor and CLIPs load (and fail) before any sampling
+        resolution = (job.pipe.upsampler or job.pipe.base).image_size
+        ref = args.ref
+        if ref and ref.startswith(SHAPES_PREFIX):
+            ref = str(_shapes_reference(args, out, resolution, job.pipe.base.device))
+        scorer = Scorer(args, ref=ref, extractor=args.extractor, clip=score_clip, shapes=args.shapes,
+                        resolution=resolution, batch_size=args.score_batch_size, kid_subsets=args.kid_subsets)
+        scoring = _scoring(args, ref, _file_sha(ref))
+        finished = {p.folder for p in todo if point_finished(
+            out / POINTS_DIR / p.folder, job.request_record(bases[p.folder], p.clip_guidance_scale), scoring)}
+    finished = group.broadcast(finished)  # rank 0 decides, so every process skips the same points
+    for i, p in enumerate(todo, 1):
+        folder = out / POINTS_DIR / p.folder
+        head = f"[{i}/{len(todo)}] {p.label} (g={p.guidance_scale:g}, CLIP λ={p.clip_guidance_scale:g})"
+        if p.folder in finished:
             if rank == 0:
-                _say(f"{head}: sampling {job.n} images into {folder}")
-            start, cpu = time.perf_counter(), time.process_time()
-            job.sample(folder, bases[p.folder], p.clip_guidance_scale, rank=rank, world=world)
-            sample_s, sample_cpu = time.perf_counter() - start, time.process_time() - cpu
-            group.barrier()
-            if rank != 0:
-                continue
-            write_manifest(folder, world, sample_s)
-            start, cpu = time.perf_counter(), time.process_time()
-            report = scorer.score(folder)
-            # wall-clock and CPU seconds (all threads of this process): on a shared machine the CPU
-            # seconds say more about the cost than the wall-clock ones
-            report["sweep"] = {"scoring": scoring, "point": dataclasses.asdict(p),
-                               "sample_seconds": round(sample_s, 3), "sample_cpu_seconds": round(sample_cpu, 3),
-                               "score_seconds": round(time.perf_counter() - start, 3),
-                               "score_cpu_seconds": round(time.process_time() - cpu, 3), "processes": world}
-            write_report(folder, report)
-            _say(f"{head}: {_summary(report)} (sampling {sample_s:.0f} s, scoring "
-                 f"{report['sweep']['score_seconds']:.0f} s)")
-    finally:
-        group.close()
+                _say(f"{head}: scored before, skipped ({folder})")
+            continue
+        if rank == 0:
+            _say(f"{head}: sampling {job.n} images into {folder}")
+        start, cpu = time.perf_counter(), time.process_time()
+        job.sample(folder, bases[p.folder], p.clip_guidance_scale, rank=rank, world=world)
+        sample_s, sample_cpu = time.perf_counter() - start, time.process_time() - cpu
+        group.barrier()
+        if scorer is None:  # rank > 0
+            continue
+        write_manifest(folder, world, sample_s)
+        start, cpu = time.perf_counter(), time.process_time()
+        report = scorer.score(folder)
+        # wall-clock and CPU seconds (all threads of this process): on a shared machine the CPU
+        # seconds say more about the cost than the wall-clock ones
+        report["sweep"] = {"scoring": scoring, "point": dataclasses.asdict(p),
+                           "sample_seconds": round(sample_s, 3), "sample_cpu_seconds": round(sample_cpu, 3),
+                           "score_seconds": round(time.perf_counter() - start, 3),
+                           "score_cpu_seconds": round(time.process_time() - cpu, 3), "processes": world}
+        write_report(folder, report)
+        _say(f"{head}: {_summary(report)} (sampling {sample_s:.0f} s, scoring "
+             f"{report['sweep']['score_seconds']:.0f} s)")
     if rank != 0:
         return []
     return write_sweep(args, points, out, job.guide)
