@@ -1,4 +1,5 @@
-"""``glide eval sample|stats|score``: sampling for evaluation, reference statistics, metrics.
+"""``glide eval sample|stats|score``: sampling for evaluation, reference statistics, metrics
+(``glide eval sweep``: :mod:`.eval_sweep`).
 
 Each subcommand parses flags and calls the library (``glide_diffusion.eval``); see docs/evaluation.md.
 """
@@ -11,9 +12,11 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..eval.sources import SHAPES_PREFIX
 from .common import (
     add_model_args,
     add_sampling_args,
@@ -26,11 +29,9 @@ from .common import (
     upsampler_arg,
 )
 
-SHAPES_PREFIX = "shapes:"
-
 
 def main(argv: Sequence[str]) -> int:
-    commands = {"sample": sample_main, "stats": stats_main, "score": score_main}
+    commands = {"sample": sample_main, "stats": stats_main, "score": score_main, "sweep": _sweep_main}
     if not argv or argv[0] not in commands:
         p = argparse.ArgumentParser(prog="glide eval",
                                     description="Evaluate text-to-image sampling (docs/evaluation.md).")
@@ -38,6 +39,7 @@ def main(argv: Sequence[str]) -> int:
         sub.add_parser("sample", help="sample N images for a caption file into resumable shards (torchrun: sharded)")
         sub.add_parser("stats", help="reference feature statistics of a folder, WebDataset shards or Shapes renders")
         sub.add_parser("score", help="FID, KID, precision/recall, density/coverage, CLIP score -> score.json, score.md")
+        sub.add_parser("sweep", help="a grid of classifier-free and CLIP guidance scales -> trade-off table, plots")
         if argv and argv[0] not in ("-h", "--help"):
             p.error(f"unknown command {argv[0]!r}; choose from {', '.join(commands)}")
         p.print_help()
@@ -45,21 +47,38 @@ def main(argv: Sequence[str]) -> int:
     return commands[argv[0]](list(argv[1:]))
 
 
+def _sweep_main(argv: Sequence[str]) -> int:
+    from .eval_sweep import sweep_main
+
+    return sweep_main(argv)
+
+
 # ---------------------------------------------------------------- sample
 
 
 def sample_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="glide eval sample", description="Sample images for a caption file, in "
+                                "resumable shards; under torchrun the shards are split over the processes.")
+    add_sample_options(p)
+    p.add_argument("--clip-guidance-scale", type=float, default=0.0, help="CLIP guidance of the base stage (default 0)")
+    return p
+
+
+def add_sample_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``glide eval sample`` that ``glide eval sweep`` shares (all but the guidance scales)."""
     from ..eval.shards import DEFAULT_SHARD_SIZE
     from ..pipelines.text2im import MODEL_RECIPES, RECIPES
 
-    p = argparse.ArgumentParser(prog="glide eval sample", description="Sample images for a caption file, in "
-                                "resumable shards; under torchrun the shards are split over the processes.")
     p.add_argument("captions", metavar="CAPTIONS",
                    help="caption file (.txt one per line, .jsonl or .csv with a caption/text field, COCO captions "
                         ".json) or shapes:N[:KIND] (N Shapes test captions; KIND single, two or held_out)")
     p.add_argument("-o", "--output", required=True, help="samples folder (shards, request.json, manifest.json)")
     p.add_argument("-n", "--num-images", type=int, default=None,
                    help="images in all; image i gets caption i mod the caption count (default: one per caption)")
+    p.add_argument("--captions-subset", type=int, default=None, metavar="K",
+                   help="use K captions drawn at random (without replacement, seed --captions-seed) from the file, "
+                        "in file order: COCO's 30,000 of the val2014 captions (default: all)")
+    p.add_argument("--captions-seed", type=int, default=0, help="seed of --captions-subset (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed SEED + i, whatever the process count")
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
                    help=f"images per shard file (default: {DEFAULT_SHARD_SIZE}); the layout never depends on "
@@ -67,16 +86,15 @@ def sample_parser() -> argparse.ArgumentParser:
     add_model_args(p, "text2im")
     p.add_argument("--batch-size", type=int, default=None, help="images sampled at once (default: a shard)")
     add_sampling_args(p, recipes=RECIPES, model_recipes=MODEL_RECIPES, outputs=False)
-    p.add_argument("--clip-guidance-scale", type=float, default=0.0, help="CLIP guidance of the base stage (default 0)")
     p.add_argument("--candidates", type=int, default=None, metavar="C",
                    help="best of C by the reranking CLIP (default: from --recipe)")
     p.add_argument("--clip", default=None, help="the noised CLIP for guidance and --candidates, as glide sample")
-    return p
 
 
-def load_caption_source(source: str) -> list[str]:
-    """The captions of a caption file or of ``shapes:N[:KIND]``."""
-    from ..eval.captions import read_captions
+def load_caption_source(source: str, subset: int | None = None, seed: int = 0) -> list[str]:
+    """The captions of a caption file or of ``shapes:N[:KIND]``; ``subset``: that many of them drawn
+    at random (:func:`~glide_diffusion.eval.captions.caption_subset`)."""
+    from ..eval.captions import caption_subset, read_captions
 
     if source.startswith(SHAPES_PREFIX):
         from ..data.shapes import test_captions
@@ -84,8 +102,10 @@ def load_caption_source(source: str) -> list[str]:
         n, _, kind = source[len(SHAPES_PREFIX):].partition(":")
         if not n.isdigit() or int(n) < 1:
             raise ValueError(f"expected shapes:N[:KIND] with N >= 1, got {source!r}")
-        return [c for c, _ in test_captions(int(n), kind=kind or "single")]
-    return read_captions(source)
+        captions = [c for c, _ in test_captions(int(n), kind=kind or "single")]
+    else:
+        captions = read_captions(source)
+    return captions if subset is None else caption_subset(captions, subset, seed)
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -100,40 +120,93 @@ def dist_env() -> tuple[int, int, int]:
     return rank, world, local
 
 
+class BarrierGroup:
+    """A gloo process group over torchrun's processes (a day's timeout, as shards can take hours);
+    nothing for one process."""
+
+    def __init__(self, world: int) -> None:
+        self.world = world
+        if world > 1:
+            import datetime
+
+            import torch.distributed as dist
+
+            dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every process."""
+        if self.world == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
 def _barrier(world: int) -> None:
-    """Wait for every process (gloo; a day's timeout, as shards can take hours)."""
-    if world == 1:
-        return
-    import datetime
-
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
+    """Wait for every process."""
+    group = BarrierGroup(world)
     try:
-        dist.barrier()
+        group.barrier()
     finally:
-        dist.destroy_process_group()
+        group.close()
 
 
 def sample_main(argv: Sequence[str]) -> int:
     args = sample_parser().parse_args(argv)
     resolve_models(args)
-    base, up = stage_settings(args)
-    upsampler = upsampler_arg(args)
 
     def body():
-        from dataclasses import asdict
+        rank, world, _ = dist_env()
+        job = SampleJob.from_args(args, clip_guidance=bool(args.clip_guidance_scale))
+        start = time.perf_counter()
+        job.sample(args.output, job.base, args.clip_guidance_scale, rank=rank, world=world)
+        _barrier(world)
+        if rank != 0:
+            return []
+        from ..eval.shards import write_manifest
 
-        from ..eval.shards import sample_shards, write_manifest
+        return [write_manifest(args.output, world, time.perf_counter() - start)]
+
+    return run_command("eval sample", body)
+
+
+class SampleJob:
+    """The pipeline and settings of ``glide eval sample`` (and of each point of ``glide eval sweep``),
+    loaded once; :meth:`sample` fills a samples folder at given guidance scales."""
+
+    def __init__(self, args: argparse.Namespace, pipe, captions: list[str], n: int, base, up,
+                 upsampler: str | None, guide: str) -> None:
+        self.args, self.pipe, self.captions, self.n = args, pipe, captions, n
+        self.base, self.up, self.upsampler, self.guide = base, up, upsampler, guide
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, *, clip_guidance: bool, device=None) -> SampleJob:
+        """Check the request (before any work), then load the models; ``clip_guidance``: load the guidance CLIP."""
         from ..pipelines.text2im import Text2ImPipeline, validate_request
 
-        rank, world, local = dist_env()
-        device = device_arg(args)
+        base, up = stage_settings(args)
+        upsampler = upsampler_arg(args)
+        _, world, local = dist_env()
+        device = device or device_arg(args)
         if device.type == "cuda" and device.index is None and world > 1:
             import torch
 
             device = torch.device("cuda", local)
-        captions = load_caption_source(args.captions)
+        captions = load_caption_source(args.captions, args.captions_subset, args.captions_seed)
         n = args.num_images or len(captions)
         if n < 1 or args.shard_size < 1:
             raise ValueError(f"-n/--num-images and --shard-size must be >= 1, got {n} and {args.shard_size}")
@@ -145,32 +218,49 @@ def sample_main(argv: Sequence[str]) -> int:
             args.base, upsampler, device=device, cache_dir=args.cache_dir, download=not args.no_download,
             base_config=args.config, upsampler_config=args.up_config)
         guide = args.clip or ("shapes-clip" if args.models == "shapes" else "released")
-        if args.clip_guidance_scale:
+        if clip_guidance:
             pipe.clip, pipe.clip_tokenizer, pipe.clip_name = load_clip_option(args, guide, device)
         if base.candidates > 1:
             choice = rerank_clip_choice(args, guide)
             pipe.rerank_clip, pipe.rerank_clip_tokenizer, pipe.rerank_clip_name = load_clip_option(
                 args, choice, device)
+        return cls(args, pipe, captions, n, base, up, upsampler, guide)
+
+    def sample(self, out: str | os.PathLike, base, clip_guidance_scale: float, *, rank: int = 0, world: int = 1,
+               progress: bool | None = None) -> list[Path]:
+        """Sample this process's missing shards into ``out`` with base settings ``base`` (returns its shard paths)."""
+        from ..eval.shards import sample_shards
+
+        args = self.args
 
         def sample_fn(rows, seed):
-            result = pipe(rows, num_images=1, seed=seed, base=base, upsample=up, dtype=args.dtype,
-                          batch_size=args.batch_size, clip_guidance_scale=args.clip_guidance_scale,
-                          negative=args.negative)
+            result = self.pipe(rows, num_images=1, seed=seed, base=base, upsample=self.up, dtype=args.dtype,
+                               batch_size=args.batch_size, clip_guidance_scale=clip_guidance_scale,
+                               negative=args.negative)
             return np.stack([np.asarray(im) for im in result.images]), result.seeds, result.settings
 
-        request = {"base_model": args.base, "upsample_model": upsampler, "base": asdict(base),
-                   "upsample": asdict(up) if upsampler else None, "dtype": args.dtype,
-                   "clip_guidance_scale": args.clip_guidance_scale,
-                   "clip": guide if args.clip_guidance_scale else None, "negative": args.negative}
-        start = time.perf_counter()
-        sample_shards(sample_fn, captions, args.output, n=n, seed=args.seed, shard_size=args.shard_size,
-                      rank=rank, world=world, request=request, progress=not args.no_progress)
-        _barrier(world)
-        if rank != 0:
-            return []
-        return [write_manifest(args.output, world, time.perf_counter() - start)]
+        return sample_shards(sample_fn, self.captions, out, n=self.n, seed=args.seed, shard_size=args.shard_size,
+                             rank=rank, world=world, request=self._request(base, clip_guidance_scale),
+                             progress=not args.no_progress if progress is None else progress)
 
-    return run_command("eval sample", body)
+    def _request(self, base, clip_guidance_scale: float) -> dict:
+        from dataclasses import asdict
+
+        args = self.args
+        request = {"base_model": args.base, "upsample_model": self.upsampler, "base": asdict(base),
+                   "upsample": asdict(self.up) if self.upsampler else None, "dtype": args.dtype,
+                   "clip_guidance_scale": clip_guidance_scale,
+                   "clip": self.guide if clip_guidance_scale else None, "negative": args.negative}
+        if args.captions_subset is not None:
+            request["captions_subset"] = {"k": args.captions_subset, "seed": args.captions_seed}
+        return request
+
+    def request_record(self, base, clip_guidance_scale: float) -> dict:
+        """The ``request.json`` a samples folder of these settings holds (to tell whether it is this request's)."""
+        from ..eval.shards import request_record
+
+        return request_record(self._request(base, clip_guidance_scale), self.captions, self.n, self.args.seed,
+                              self.args.shard_size)
 
 
 # ---------------------------------------------------------------- stats
@@ -204,109 +294,51 @@ def _common_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def image_batches(source: str, resolution: int | None, batch: int, seed: int = 0) -> Iterator[np.ndarray]:
-    """uint8 (B, R, R, 3) batches of a stats SOURCE (see ``glide eval stats --help``)."""
-    from ..eval.shards import REQUEST_FILE, read_samples
-
-    path = Path(source)
-    if source.startswith(SHAPES_PREFIX):
-        yield from _shapes_batches(source, resolution, batch, seed)
-    elif path.is_dir() and (path / REQUEST_FILE).is_file():
-        images = read_samples(path).images
-        if resolution is not None and images.shape[1] != resolution:
-            raise ValueError(f"{path} holds {images.shape[1]} px images, --resolution asks for {resolution}")
-        for i in range(0, len(images), batch):
-            yield images[i:i + batch]
-    elif path.is_dir():
-        yield from _folder_batches(path, resolution, batch)
-    else:
-        yield from _webdataset_batches(source, resolution, batch)
-
-
-def _shapes_batches(source: str, resolution: int | None, batch: int, seed: int) -> Iterator[np.ndarray]:
-    from ..data.shapes import render_array, sample_with_caption
-
-    n = source[len(SHAPES_PREFIX):]
-    if not n.isdigit() or int(n) < 1:
-        raise ValueError(f"expected shapes:N with N >= 1, got {source!r}")
-    if resolution is None:
-        raise ValueError("shapes:N needs --resolution (the side of the samples it is compared with)")
-    for i in range(0, int(n), batch):
-        yield np.stack([render_array(sample_with_caption(seed, "test", j)[0], resolution)
-                        for j in range(i, min(i + batch, int(n)))])
-
-
-def _folder_batches(root: Path, resolution: int | None, batch: int) -> Iterator[np.ndarray]:
-    from ..data.folder import find_images
-    from ..data.images import BadSample, load_image, resize_center_crop
-
-    files = find_images(root)
-    if not files:
-        raise ValueError(f"no images in {root}")
-    for i in range(0, len(files), batch):
-        out = []
-        for f in files[i:i + batch]:
-            try:
-                img = load_image(f)
-            except BadSample as e:
-                raise ValueError(f"{f}: not a readable image ({e})") from None
-            if resolution is not None:
-                img = resize_center_crop(img, resolution)
-            elif img.size != (img.size[0],) * 2:
-                raise ValueError(f"{f} is {img.size[0]}x{img.size[1]}: give --resolution to resize and crop")
-            out.append(np.asarray(img))
-        if len({a.shape for a in out}) > 1:
-            raise ValueError(f"images of different sizes in {root}: give --resolution")
-        yield np.stack(out)
-
-
-def _webdataset_batches(urls: str, resolution: int | None, batch: int) -> Iterator[np.ndarray]:
-    from ..data.webdataset import WebDatasetShards
-
-    if resolution is None:
-        raise ValueError("WebDataset shards need --resolution")
-    data = WebDatasetShards(urls, resolution, shuffle=False, epochs=1)
-    out = []
-    for item in data:
-        out.append(((item["image"].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
-        if len(out) == batch:
-            yield np.stack(out)
-            out = []
-    if out:
-        yield np.stack(out)
-
-
 def stats_main(argv: Sequence[str]) -> int:
     args = stats_parser().parse_args(argv)
 
     def body():
         from ..eval.extractors import get_extractor
         from ..eval.reference import save_stats
-        from ..eval.stats import FeatureAccumulator
+        from ..eval.sources import image_batches
 
         if args.resolution is not None and args.resolution < 1:
             raise ValueError(f"--resolution must be >= 1, got {args.resolution}")
         batches = image_batches(args.source, args.resolution, args.batch_size, args.seed)
         first = next(batches)  # source errors before the extractor loads
         extractor = get_extractor(args.extractor, device=device_arg(args), cache_dir=args.cache_dir)
-        acc = FeatureAccumulator(extractor.dim, extractor=extractor.name, resolution=first.shape[1],
-                                 max_features=args.max_features)
-        bar = None if args.no_progress else _tqdm(desc="features")
-        for images in _chain(first, batches):
-            from ..eval.extractors import feature_batches
-
-            for features in feature_batches(extractor, images, batch_size=args.batch_size,
-                                            resolution=acc.resolution):
-                acc.update(features)
-            if bar is not None:
-                bar.update(len(images))
-        if bar is not None:
-            bar.close()
+        _say_checksum(extractor)
+        acc = accumulate_batches(_chain(first, batches), extractor, batch_size=args.batch_size,
+                                 max_features=args.max_features, progress=not args.no_progress)
         stats = acc.stats()
-        return [save_stats(args.output, stats, description=args.description or f"{args.source} ({stats.n} images, "
-                                                                               f"{stats.resolution} px)")]
+        description = args.description or f"{args.source} ({stats.n} images, {stats.resolution} px)"
+        if getattr(extractor, "sha256", None):
+            description += f"; {extractor.name} SHA-256 {extractor.sha256}"
+        return [save_stats(args.output, stats, description=description)]
 
     return run_command("eval stats", body)
+
+
+def accumulate_batches(batches: Iterator[np.ndarray], extractor, *, batch_size: int, max_features: int,
+                       progress: bool = True):
+    """A ``FeatureAccumulator`` over uint8 (B, R, R, 3) image batches (R: the first batch's), with a progress bar."""
+    from ..eval.extractors import feature_batches
+    from ..eval.stats import FeatureAccumulator
+
+    acc = None
+    bar = _tqdm(desc="features") if progress else None
+    for images in batches:
+        acc = acc or FeatureAccumulator(extractor.dim, extractor=extractor.name, resolution=images.shape[1],
+                                        max_features=max_features)
+        for features in feature_batches(extractor, images, batch_size=batch_size, resolution=acc.resolution):
+            acc.update(features)
+        if bar is not None:
+            bar.update(len(images))
+    if bar is not None:
+        bar.close()
+    if acc is None:
+        raise ValueError("no images")
+    return acc
 
 
 def _chain(first, rest):
@@ -351,62 +383,96 @@ def score_main(argv: Sequence[str]) -> int:
     args = score_parser().parse_args(argv)
 
     def body():
-        from ..eval.reference import check_stats, load_stats
-        from ..eval.shards import read_samples, shard_shapes
+        from ..eval.shards import shard_shapes
 
         folder = Path(args.samples)
         _, side = shard_shapes(folder)
-        ref = None
-        if args.ref:
-            ref = load_stats(args.ref)
-            check_stats(ref, resolution=side, source=f"reference statistics {args.ref}")  # before any work
-            name = args.extractor or RECORDED_EXTRACTORS.get(ref.extractor, ref.extractor)
-        if not (args.ref or args.clip or args.shapes):
+        scorer = Scorer(args, ref=args.ref, extractor=args.extractor, clip=args.clip, shapes=args.shapes,
+                        resolution=side, batch_size=args.batch_size, kid_subsets=args.kid_subsets)
+        return write_report(folder, scorer.score(folder))
+
+    return run_command("eval score", body)
+
+
+class Scorer:
+    """The reference statistics, extractor and CLIP of ``glide eval score``, loaded once (and checked
+    against each other before any work); :meth:`score` reports on one samples folder."""
+
+    def __init__(self, args: argparse.Namespace, *, ref: str | None, extractor: str | None, clip: str | None,
+                 shapes: bool, resolution: int, batch_size: int = 64, kid_subsets: int = 100) -> None:
+        from ..eval.reference import check_stats, load_stats
+
+        if not (ref or clip or shapes):
             raise ValueError("nothing to score: give --ref, --clip and/or --shapes")
-        device = device_arg(args)
-        extractor = None
-        if ref is not None:  # a missing extractor file fails here, before the samples are read
+        self.args, self.ref_path, self.shapes = args, ref, shapes
+        self.batch_size, self.kid_subsets = batch_size, kid_subsets
+        self.device = device_arg(args)
+        self.ref = self.extractor = None
+        if ref:
+            self.ref = load_stats(ref)
+            check_stats(self.ref, resolution=resolution, source=f"reference statistics {ref}")  # before any work
+            name = extractor or RECORDED_EXTRACTORS.get(self.ref.extractor, self.ref.extractor)
             from ..eval.extractors import get_extractor
 
-            extractor = get_extractor(name, device=device, cache_dir=args.cache_dir)
-            check_stats(ref, extractor=extractor.name, dim=extractor.dim, source=f"reference statistics {args.ref}")
+            # a missing extractor file fails here, before the samples are read
+            self.extractor = get_extractor(name, device=self.device, cache_dir=args.cache_dir)
+            check_stats(self.ref, extractor=self.extractor.name, dim=self.extractor.dim,
+                        source=f"reference statistics {ref}")
+            _say_checksum(self.extractor)
+        self.clip = load_clip_option(args, clip, self.device) if clip else None
+
+    def score(self, folder: Path) -> dict:
+        from ..eval.shards import read_samples
+
         samples = read_samples(folder)
-        report = {"samples": str(folder), "images": len(samples.captions), "resolution": samples.resolution,
-                  "request": samples.request}
-        if ref is not None:
-            report["reference"] = {"path": str(args.ref), "extractor": ref.extractor, "n": ref.n,
-                                   "resolution": ref.resolution}
-            report.update(_feature_metrics(args, extractor, ref, samples))
-        if args.clip:
-            report["clip_score"] = _clip_score(args, samples, device)
-        if args.shapes:
+        report: dict[str, Any] = {"samples": str(folder), "images": len(samples.captions),
+                                  "resolution": samples.resolution, "request": samples.request}
+        if self.ref is not None:
+            report["reference"] = {"path": str(self.ref_path), "extractor": self.ref.extractor, "n": self.ref.n,
+                                   "resolution": self.ref.resolution}
+            sha = getattr(self.extractor, "sha256", None)  # the FID Inception file's
+            if sha:
+                report["reference"]["extractor_sha256"] = sha
+            report.update(_feature_metrics(self.extractor, self.ref, samples, self.batch_size, self.kid_subsets))
+        if self.clip is not None:
+            report["clip_score"] = _clip_score(samples, self.clip, self.batch_size)
+        if self.shapes:
             from ..eval.shapes_fidelity import evaluate_with_fidelity
 
             shapes = evaluate_with_fidelity(samples.captions, samples.images)
             shapes.pop("fidelity_scores", None)  # per image: too long for the report
             shapes.pop("scores", None)
             report["shapes"] = _jsonable(shapes)
-        return _write_report(folder, report)
-
-    return run_command("eval score", body)
+        return report
 
 
-def _feature_metrics(args, extractor, ref, samples) -> dict:
+def _say_checksum(extractor) -> None:
+    """Print the SHA-256 of a loaded extractor file (the FID Inception), and whether it was verified."""
+    import sys
+
+    sha = getattr(extractor, "sha256", None)
+    if sha:
+        how = "verified against the pinned value" if getattr(extractor, "verified", False) else \
+            "not verified: no pinned checksum is known; see docs/evaluation.md"
+        print(f"{extractor.name} file {extractor.path}: SHA-256 {sha} ({how})", file=sys.stderr, flush=True)
+
+
+def _feature_metrics(extractor, ref, samples, batch_size: int, kid_subsets: int) -> dict:
     from ..eval.extractors import accumulate
     from ..eval.metrics import density_coverage, fid, kid, precision_recall
 
-    fake = accumulate(extractor, samples.images, batch_size=args.batch_size).stats()
-    k = kid(ref, fake, subsets=args.kid_subsets)
+    fake = accumulate(extractor, samples.images, batch_size=batch_size).stats()
+    k = kid(ref, fake, subsets=kid_subsets)
     pr, dc = precision_recall(ref, fake), density_coverage(ref, fake)
     return {"extractor": extractor.name, "fid": fid(ref, fake), "kid": k.mean, "kid_std": k.std,
             "precision": pr.precision, "recall": pr.recall, "density": dc.density, "coverage": dc.coverage}
 
 
-def _clip_score(args, samples, device) -> dict:
+def _clip_score(samples, loaded, batch_size: int) -> dict:
     from ..eval.clip_score import clip_score
 
-    clip, tokenizer, name = load_clip_option(args, args.clip, device)
-    scores = clip_score(clip, samples.images, samples.captions, batch_size=args.batch_size, tokenizer=tokenizer)
+    clip, tokenizer, name = loaded
+    scores = clip_score(clip, samples.images, samples.captions, batch_size=batch_size, tokenizer=tokenizer)
     return {"clip": name, "mean": float(scores.mean()), "std": float(scores.std()) if len(scores) > 1 else 0.0}
 
 
@@ -453,7 +519,7 @@ def markdown_report(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_report(folder: Path, report: dict) -> list[Path]:
+def write_report(folder: Path, report: dict) -> list[Path]:
     from ..checkpoints import atomic_write_text
 
     report = _jsonable(report)

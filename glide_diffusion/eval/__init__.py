@@ -4,7 +4,9 @@
 - ``stats``: streaming feature statistics; ``reference``: them on disk (.npz);
 - ``extractors``: images -> features (``inception``, noised CLIPs at t = 0); ``inception``: the FID network;
 - ``clip_score``: 100 x cosine of image and caption embeddings;
-- ``shapes_eval`` (analytic Shapes evaluator) and ``shapes_fidelity`` (its pixel-fidelity score).
+- ``shapes_eval`` (analytic Shapes evaluator) and ``shapes_fidelity`` (its pixel-fidelity score);
+- ``captions`` (caption files), ``shards`` (resumable sample shards), ``sources`` (images for statistics);
+- ``sweep`` (the guidance trade-off's points and table) and ``plots`` (its PNG figures; needs matplotlib).
 
 See docs/evaluation.md.
 """

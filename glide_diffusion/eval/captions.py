@@ -9,6 +9,7 @@
   (annotations in file order), or a plain JSON list of strings.
 
 A malformed file raises :class:`CaptionFileError` (a ``ValueError``) naming the file and line.
+``caption_subset(captions, k, seed)`` draws k of them at random (COCO's 30,000 of val2014).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["CaptionFileError", "read_captions", "CAPTION_FIELDS"]
+__all__ = ["CaptionFileError", "read_captions", "caption_subset", "CAPTION_FIELDS"]
 
 CAPTION_FIELDS = ("caption", "text")  # the field names tried, in order
 
@@ -48,6 +49,17 @@ def read_captions(path: str | os.PathLike) -> list[str]:
     if not captions:
         raise CaptionFileError(path, None, "no captions in the file")
     return captions
+
+
+def caption_subset(captions: list[str], k: int, seed: int = 0) -> list[str]:
+    """``k`` of ``captions`` drawn uniformly without replacement (NumPy PCG64 seeded with ``seed``),
+    kept in their file order: the same file and seed give the same subset on every machine."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(captions):
+        raise ValueError(f"--captions-subset must be in 1..{len(captions)} (the captions in the file), got {k}")
+    import numpy as np
+
+    chosen = np.sort(np.random.default_rng(seed).choice(len(captions), size=k, replace=False))
+    return [captions[i] for i in chosen.tolist()]
 
 
 def _text(path: Path, text: str) -> list[str]:

@@ -61,8 +61,11 @@ class InceptionExtractor:
     name = INCEPTION_NAME
     dim = INCEPTION_DIM
 
-    def __init__(self, module: torch.nn.Module, device: torch.device | str = "cpu") -> None:
+    def __init__(self, module: torch.nn.Module, device: torch.device | str = "cpu", *, path: Path | None = None,
+                 sha256: str | None = None, verified: bool = False) -> None:
         self.module, self.device = module, torch.device(device)
+        # the file it came from, its SHA-256, and whether that matched a pinned value (printed and recorded)
+        self.path, self.sha256, self.verified = path, sha256, verified
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -75,7 +78,8 @@ def load_inception(path: str | os.PathLike | None = None, *, cache_dir: str | os
     """Load the FID Inception TorchScript file as an :class:`InceptionExtractor`.
 
     ``path`` defaults to ``<cache>/eval/inception-2015-12-05.pt``. ``sha256``, when known, must
-    match the file. The network must return 2048 features per image.
+    match the file; the file's own SHA-256 is always computed and kept (``.sha256``, ``.verified``)
+    so that ``glide eval stats|score`` print it. The network must return 2048 features per image.
 
     Raises:
         FileNotFoundError: no file there; the message gives the URL, the path to put it at
@@ -86,7 +90,8 @@ def load_inception(path: str | os.PathLike | None = None, *, cache_dir: str | os
     if not path.is_file():
         raise FileNotFoundError(f"FID Inception file {path} does not exist; the standard one is "
                                 f"{RELEASED[_RELEASED_NAME].url}")
-    if sha256 is not None and (got := sha256_of(path)) != sha256.lower():
+    got = sha256_of(path)  # always: ``glide eval`` prints it, so a user can compare it with a trusted value
+    if sha256 is not None and got != sha256.lower():
         raise ValueError(f"{path}: SHA-256 {got} is not the FID Inception's {sha256}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load: the file exists only as TorchScript
@@ -94,7 +99,7 @@ def load_inception(path: str | os.PathLike | None = None, *, cache_dir: str | os
             module = torch.jit.load(str(path), map_location=torch.device(device)).eval()
         except RuntimeError as e:
             raise ValueError(f"{path} is not a TorchScript file: {e}") from e
-    extractor = InceptionExtractor(module, device)
+    extractor = InceptionExtractor(module, device, path=path, sha256=got, verified=sha256 is not None)
     width = extractor(torch.zeros(1, 3, 32, 32)).shape
     if tuple(width) != (1, INCEPTION_DIM):
         raise ValueError(f"{path}: the network returns features of shape {tuple(width)} for one image, "

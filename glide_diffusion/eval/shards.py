@@ -29,7 +29,7 @@ from ..checkpoints import atomic_write, atomic_write_text
 
 __all__ = [
     "SHARD_FORMAT", "DEFAULT_SHARD_SIZE", "Samples", "shard_name", "shard_ranges", "rank_shards",
-    "write_shard", "shard_problem", "sample_shards", "read_samples", "write_manifest",
+    "write_shard", "shard_problem", "request_record", "sample_shards", "read_samples", "write_manifest",
 ]
 
 SHARD_FORMAT = "glide-eval-shard/1"
@@ -108,7 +108,8 @@ def shard_problem(path: Path, indices: range, captions: Sequence[str]) -> str | 
     return None
 
 
-def _request_record(request: dict, captions: Sequence[str], n: int, seed: int, shard_size: int) -> dict:
+def request_record(request: dict, captions: Sequence[str], n: int, seed: int, shard_size: int) -> dict:
+    """What ``request.json`` holds for this request (a rerun must match it)."""
     digest = hashlib.sha256("\n".join(captions).encode("utf-8")).hexdigest()
     return {"format": SHARD_FORMAT, "n": n, "seed": seed, "shard_size": shard_size,
             "captions": len(captions), "captions_sha256": digest, **request}
@@ -141,7 +142,7 @@ def sample_shards(sample_fn: SampleFn, captions: Sequence[str], out: str | os.Pa
         raise ValueError("no captions")
     ranges = shard_ranges(n, shard_size)
     out.mkdir(parents=True, exist_ok=True)
-    _check_request(out, _request_record(request or {}, captions, n, seed, shard_size))
+    _check_request(out, request_record(request or {}, captions, n, seed, shard_size))
     mine = rank_shards(len(ranges), rank, world)
     todo, paths = [], []
     for k in mine:
