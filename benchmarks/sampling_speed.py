@@ -42,7 +42,7 @@ from glide_diffusion.pipelines.stage import compile_step
 from glide_diffusion.pipelines.text2im import FAST_BASE, FAST_UPSAMPLE, OFFICIAL_BASE, OFFICIAL_UPSAMPLE
 from glide_diffusion.precision import autocast, native_bf16_cpu
 from glide_diffusion.presets import get_preset
-from glide_diffusion.sampling import SAMPLERS
+from glide_diffusion.sampling import get_sampler
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -69,7 +69,7 @@ def run_sampler(call, config, settings, x, guided: bool, conditional=None):
     schedule = make_schedule(config.diffusion.noise_schedule, config.diffusion.steps, settings.steps)
     x_T = x[: x.shape[0] // 2] if guided else x
     start = time.perf_counter()
-    SAMPLERS[settings.sampler](fn, schedule, x_T * settings.temperature)
+    get_sampler(settings.sampler, eta=settings.eta)(fn, schedule, x_T * settings.temperature)
     if x.is_cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - start

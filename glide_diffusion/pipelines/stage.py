@@ -23,7 +23,7 @@ from ..guidance.cfg import composed_guidance
 from ..precision import DTYPES, autocast
 from ..presets import ModelConfig
 from ..sampling.noise import PerSampleNoise
-from ..sampling.samplers import SAMPLERS
+from ..sampling.samplers import SAMPLERS, get_sampler
 from ..text.tokenizer import tokenize_batch, tokenizer_for
 from ..unet.model import GlideUNet, TextCondition
 from .prompts import Composition
@@ -252,8 +252,8 @@ def sample_stage(
     if x_T is None:
         x_T = noise.initial((cfg.in_channels, cfg.image_size, cfg.image_size)) * settings.temperature
     label = f"{stage.config.kind} {cfg.image_size}px {settings.sampler} {settings.steps}" if progress else False
-    kwargs = {"eta": settings.eta} if settings.sampler == "ddim" else {}
-    return SAMPLERS[settings.sampler](
+    sampler = get_sampler(settings.sampler, eta=settings.eta)
+    return sampler(
         denoiser,
         schedule if schedule is not None else stage.schedule(settings.steps),
         x_T,
@@ -263,7 +263,6 @@ def sample_stage(
         cond_fn=cond_fn,
         progress=label,
         callback=(lambda i, x, x0: callback(stage.name, i, x0)) if callback else None,
-        **kwargs,
     )
 
 
