@@ -38,8 +38,8 @@ from step_time import inputs, matmul_gflops, plain_path, randomize_, step_gflop,
 from glide_diffusion.checkpoints import atomic_write_text, build_model
 from glide_diffusion.diffusion import make_schedule
 from glide_diffusion.guidance import classifier_free_guidance
+from glide_diffusion.pipelines.recipes import FAST_BASE, FAST_UPSAMPLE, OFFICIAL_BASE, OFFICIAL_UPSAMPLE
 from glide_diffusion.pipelines.stage import compile_step
-from glide_diffusion.pipelines.text2im import FAST_BASE, FAST_UPSAMPLE, OFFICIAL_BASE, OFFICIAL_UPSAMPLE
 from glide_diffusion.precision import autocast, native_bf16_cpu
 from glide_diffusion.presets import get_preset
 from glide_diffusion.sampling import get_sampler

@@ -50,7 +50,7 @@ def main(argv: Sequence[str]) -> int:
 
 def sample_parser() -> argparse.ArgumentParser:
     from ..eval.shards import DEFAULT_SHARD_SIZE
-    from ..pipelines.text2im import MODEL_RECIPES, RECIPES
+    from ..pipelines.recipes import MODEL_RECIPES, RECIPES
 
     p = argparse.ArgumentParser(prog="glide eval sample", description="Sample images for a caption file, in "
                                 "resumable shards; under torchrun the shards are split over the processes.")
@@ -141,16 +141,12 @@ def sample_main(argv: Sequence[str]) -> int:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
         validate_request(captions[:1], 1, args.seed, base, up, args.dtype, device,
                          upsample_steps=1000 if upsampler else None, reranks=True, negative=args.negative)
+        guide = args.clip or ("shapes-clip" if args.models == "shapes" else "released")
         pipe = Text2ImPipeline.from_pretrained(
             args.base, upsampler, device=device, cache_dir=args.cache_dir, download=not args.no_download,
+            clip=guide if args.clip_guidance_scale else None,
+            rerank_clip=rerank_clip_choice(args, guide) if base.candidates > 1 else None,
             base_config=args.config, upsampler_config=args.up_config)
-        guide = args.clip or ("shapes-clip" if args.models == "shapes" else "released")
-        if args.clip_guidance_scale:
-            pipe.clip, pipe.clip_tokenizer, pipe.clip_name = load_clip_option(args, guide, device)
-        if base.candidates > 1:
-            choice = rerank_clip_choice(args, guide)
-            pipe.rerank_clip, pipe.rerank_clip_tokenizer, pipe.rerank_clip_name = load_clip_option(
-                args, choice, device)
 
         def sample_fn(rows, seed):
             result = pipe(rows, num_images=1, seed=seed, base=base, upsample=up, dtype=args.dtype,

@@ -12,16 +12,20 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from ..checkpoints import atomic_write
-from ..pipelines.stage import Stage, StageSettings, sample_stage, to_pil
+from ..pipelines.images import to_pil
+from ..pipelines.recipes import StageSettings
+from ..pipelines.stage import Stage, sample_stage
 from ..pipelines.text2im import Text2ImPipeline
 from ..presets import ModelConfig
 from ..sampling.noise import PerSampleNoise, seeds_for
+from ..unet.model import GlideUNet
 
 __all__ = ["grid", "sample_images", "write_grid"]
 
@@ -38,7 +42,7 @@ def grid(rows: Sequence[Sequence[Image.Image]]) -> Image.Image:
 
 @torch.no_grad()
 def sample_images(
-    model: torch.nn.Module,
+    model: GlideUNet,
     config: ModelConfig,
     prompts: Sequence[str],
     seed: int,
@@ -49,9 +53,9 @@ def sample_images(
     stage = Stage(copy.deepcopy(model).eval(), config, "ema")
     if config.kind == "base":
         return Text2ImPipeline(stage)(list(prompts), num_images=1, seed=seed, base=settings).images
-    cond = {k: v.to(stage.device) for k, v in (cond or {}).items()}
+    images: dict[str, Any] = {k: v.to(stage.device) for k, v in (cond or {}).items()}
     noise = PerSampleNoise(seeds_for(seed, len(prompts)), stage.device)
-    return to_pil(sample_stage(stage, list(prompts), noise, settings, **cond))
+    return to_pil(sample_stage(stage, list(prompts), noise, settings, **images))
 
 
 def condition_row(cond: dict[str, torch.Tensor], size: int) -> list[Image.Image]:
