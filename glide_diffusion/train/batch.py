@@ -83,7 +83,8 @@ def make_inputs(
         if config.cond.corrupt_low_res:
             from .augment import degrade_low_res
 
-            low_res = degrade_low_res(low_res, generator, blur_sigma=tuple(config.cond.low_res_blur),
+            blur_lo, blur_hi = config.cond.low_res_blur
+            low_res = degrade_low_res(low_res, generator, blur_sigma=(blur_lo, blur_hi),
                                       noise_std=config.cond.low_res_noise_std)
         if config.cond.crop_size:
             x0, low_res = random_crop(x0, low_res, config.cond.crop_size, generator)
@@ -130,7 +131,7 @@ def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model, parameter-wise; buffers copied."""
-    e_params = [p for p in ema.parameters()]
+    e_params: list[torch.Tensor] = list(ema.parameters())
     m_params = [p.detach() for p in model.parameters()]
     torch._foreach_mul_(e_params, decay)
     torch._foreach_add_(e_params, m_params, alpha=1 - decay)

@@ -8,6 +8,7 @@ as they are.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +100,9 @@ class GlideUNet(nn.Module):
     sqrt(abar_t). ``alphas_cumprod`` (the training schedule's, indexed by original
     timestep) is then required; it is a non-persistent buffer, not part of the weights.
     """
+
+    v_alphas_cumprod: torch.Tensor  # buffer (prediction="v" only)
+    clause_tokens: torch.Tensor  # buffer
 
     def __init__(self, config: UNetConfig, alphas_cumprod=None):
         super().__init__()
@@ -207,13 +211,10 @@ class GlideUNet(nn.Module):
         """
         for m in self.modules():
             if isinstance(m, ResBlock):
-                nn.init.zeros_(m.out_layers[-1].weight)
-                nn.init.zeros_(m.out_layers[-1].bias)
+                _zero_parameters(m.out_layers[-1])
             elif isinstance(m, AttentionBlock):
-                nn.init.zeros_(m.proj_out.weight)
-                nn.init.zeros_(m.proj_out.bias)
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+                _zero_parameters(m.proj_out)
+        _zero_parameters(self.out[-1])
         nn.init.normal_(self.positional_embedding, std=0.01)
         if self.clause_bag_of_words is not None:
             nn.init.zeros_(self.clause_bag_of_words.weight)
@@ -285,7 +286,7 @@ class GlideUNet(nn.Module):
                 raise ValueError("give the caption as text=model.encode_text(...) or tokens= and mask=")
             text = self.encode_text(tokens, mask)
         x_in = self._model_input(x, low_res, inpaint_image, inpaint_mask)
-        dtype = self.out[-1].weight.dtype
+        dtype = cast(nn.Conv2d, self.out[-1]).weight.dtype
         with full_precision(x):  # tiny layers whose rounding every block (emb) or eps (out) would carry
             emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(dtype))
         emb = emb + text.xf_proj.to(emb.dtype)
@@ -349,3 +350,9 @@ def _clause_tokens(tc) -> torch.Tensor:
             raise ValueError(f"text clause word {word!r} is {len(encoded)} tokens of {tc.tokenizer!r}; it must be one")
         ids.append(encoded[0])
     return torch.tensor(ids, dtype=torch.long, device="cpu")  # not "meta": load_model builds there
+
+
+def _zero_parameters(layer: nn.Module) -> None:
+    """Zero a layer's weight and bias (GLIDE's zero-initialised output layers)."""
+    for p in layer.parameters():
+        nn.init.zeros_(p)
