@@ -6,7 +6,7 @@ Convention (stated once): on the eps channels,
 terms (captions) with weights w_k (< 0: negated); "uncond" is the empty
 caption or a negative prompt. One term of weight 1 is classifier-free
 guidance, ``eps_uncond + s * (eps_cond - eps_uncond)``. The variance channels
-v are taken from the image's lead term (its first of weight > 0; the
+(var_interp) are taken from the image's lead term (its first of weight > 0; the
 conditional branch), unguided. The channel split comes from the image
 (``C = x.shape[1]``), never a literal. s = 1 with one term gives the
 conditional output, s = 0 the unconditional one.
@@ -50,7 +50,7 @@ def classifier_free_guidance(
     caption, the last B on the empty caption (the caller binds the text that
     way). The returned denoiser takes the B conditional rows x (B, C, H, W),
     t (B,), calls ``denoiser(cat([x, x]), cat([t, t]))`` once and returns
-    ``cat([eps_u + s (eps_c - eps_u), v_c])`` of shape (B, 2C, H, W).
+    ``cat([eps_u + s (eps_c - eps_u), var_interp_c])`` of shape (B, 2C, H, W).
 
     With ``interval = (lo, hi)`` (original timesteps), rows whose t is outside
     [lo, hi] get the conditional output unguided; a step with no row inside
@@ -75,7 +75,7 @@ def composed_guidance(
     consecutively, images in order, then the B rows of the unconditional (or negative)
     caption (the caller binds the text that way). The returned denoiser takes x
     (B, C, H, W), t (B,), calls ``denoiser`` once on the rows of x and t laid out so, and
-    returns ``cat([eps_u + s * sum_k w_k (eps_k - eps_u), v_lead])`` of shape (B, 2C, H, W).
+    returns ``cat([eps_u + s * sum_k w_k (eps_k - eps_u), var_interp_lead])`` of shape (B, 2C, H, W).
 
     With ``interval = (lo, hi)`` (original timesteps), rows whose t is outside [lo, hi]
     get the composition at s = 1, ``sum_k w_k eps_k + (1 - sum_k w_k) eps_u`` (for one term

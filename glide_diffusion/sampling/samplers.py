@@ -7,8 +7,8 @@ The denoiser contract -- the only thing samplers know about a model::
       t:         (B,) int64 ORIGINAL timesteps (``s.timestep_map[i]``, 0..999
                  for GLIDE), on x_t.device -- never respaced indices, never
                  rescaled floats
-      model_out: (B, 2C, H, W) = [eps, v]: the eps prediction and the
-                 learned-range variance value (Improved DDPM eq. 15)
+      model_out: (B, 2C, H, W) = [eps, var_interp]: the eps prediction and
+                 the learned-range variance value (Improved DDPM eq. 15's v)
 
 Guidance (classifier-free, CLIP, inpainting paste-in) wraps a denoiser into
 another denoiser, or is passed as ``x0_fn`` / ``cond_fn``:

@@ -65,7 +65,7 @@ class TextCondition:
         )
 
 
-class Stage(nn.Sequential):
+class ConditionedSequential(nn.Sequential):
     """A UNet stage: ResBlocks, attention and resampling, dispatched on their inputs."""
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor, text: TextCondition | None):  # type: ignore[override]
@@ -92,7 +92,7 @@ class GlideUNet(nn.Module):
     """ADM UNet whose class embedding is replaced by a caption transformer (GLIDE §4.1).
 
     ``forward(x, t, *, text=..., low_res=..., inpaint_image=..., inpaint_mask=...)``
-    returns (B, 2C, H, W): eps and the learned-range variance interpolation v.
+    returns (B, 2C, H, W): eps and the learned-range variance interpolation ``var_interp``.
 
     A ``prediction="v"`` network predicts v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 and
     returns eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v, so its x0 estimate at high noise is
@@ -120,7 +120,7 @@ class GlideUNet(nn.Module):
             nn.Linear(ch, config.time_embed_dim), nn.SiLU(), nn.Linear(config.time_embed_dim, config.time_embed_dim)
         )
         self.input_blocks, skip_channels, ch = self._build_input_blocks()
-        self.middle_block = Stage(
+        self.middle_block = ConditionedSequential(
             self._res(ch, ch), self._attention(ch), self._res(ch, ch)
         )
         self.output_blocks, ch = self._build_output_blocks(ch, skip_channels)
@@ -170,7 +170,8 @@ class GlideUNet(nn.Module):
     def _build_input_blocks(self) -> tuple[nn.ModuleList, list[int], int]:
         c = self.config
         ch = c.channel_mult[0] * c.model_channels
-        blocks = nn.ModuleList([Stage(nn.Conv2d(c.input_channels * c.patch_size**2, ch, 3, padding=1))])
+        first_conv = nn.Conv2d(c.first_conv_channels * c.patch_size**2, ch, 3, padding=1)
+        blocks = nn.ModuleList([ConditionedSequential(first_conv)])
         skip_channels, ds = [ch], c.patch_size
         for level, mult in enumerate(c.channel_mult):
             for _ in range(c.num_res_blocks):
@@ -178,10 +179,10 @@ class GlideUNet(nn.Module):
                 ch = mult * c.model_channels
                 if ds in c.attention_resolutions:
                     layers.append(self._attention(ch))
-                blocks.append(Stage(*layers))
+                blocks.append(ConditionedSequential(*layers))
                 skip_channels.append(ch)
             if level != len(c.channel_mult) - 1:
-                blocks.append(Stage(self._resample(ch, down=True)))
+                blocks.append(ConditionedSequential(self._resample(ch, down=True)))
                 skip_channels.append(ch)
                 ds *= 2
         self._bottom_ds = ds
@@ -199,7 +200,7 @@ class GlideUNet(nn.Module):
                 if level and i == c.num_res_blocks:
                     layers.append(self._resample(ch, down=False))
                     ds //= 2
-                blocks.append(Stage(*layers))
+                blocks.append(ConditionedSequential(*layers))
         return blocks, ch
 
     @torch.no_grad()
@@ -274,7 +275,7 @@ class GlideUNet(nn.Module):
         inpaint_image: torch.Tensor | None = None,
         inpaint_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, C, H, W), t (B,) original timesteps -> (B, 2C, H, W) [eps, v].
+        """x (B, C, H, W), t (B,) original timesteps -> (B, 2C, H, W) [eps, var_interp].
 
         The caption is given either encoded (``text``, from :meth:`encode_text`)
         or as ``tokens`` and ``mask``. Upsamplers need ``low_res`` (B, C, h, w),
