@@ -33,7 +33,7 @@ import torch
 from glide_diffusion.checkpoints import atomic_write, atomic_write_text, build_model
 from glide_diffusion.diffusion import make_schedule
 from glide_diffusion.hub.cache import released_path
-from glide_diffusion.pipelines.text2im import OFFICIAL_BASE, OFFICIAL_UPSAMPLE
+from glide_diffusion.pipelines.recipes import OFFICIAL_BASE, OFFICIAL_UPSAMPLE
 from glide_diffusion.precision import native_bf16_cpu
 from glide_diffusion.presets import get_preset
 

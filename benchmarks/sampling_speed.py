@@ -38,11 +38,11 @@ from step_time import inputs, matmul_gflops, plain_path, randomize_, step_gflop,
 from glide_diffusion.checkpoints import atomic_write_text, build_model
 from glide_diffusion.diffusion import make_schedule
 from glide_diffusion.guidance import classifier_free_guidance
+from glide_diffusion.pipelines.recipes import FAST_BASE, FAST_UPSAMPLE, OFFICIAL_BASE, OFFICIAL_UPSAMPLE
 from glide_diffusion.pipelines.stage import compile_step
-from glide_diffusion.pipelines.text2im import FAST_BASE, FAST_UPSAMPLE, OFFICIAL_BASE, OFFICIAL_UPSAMPLE
 from glide_diffusion.precision import autocast, native_bf16_cpu
 from glide_diffusion.presets import get_preset
-from glide_diffusion.sampling import SAMPLERS
+from glide_diffusion.sampling import get_sampler
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -69,7 +69,7 @@ def run_sampler(call, config, settings, x, guided: bool, conditional=None):
     schedule = make_schedule(config.diffusion.noise_schedule, config.diffusion.steps, settings.steps)
     x_T = x[: x.shape[0] // 2] if guided else x
     start = time.perf_counter()
-    SAMPLERS[settings.sampler](fn, schedule, x_T * settings.temperature)
+    get_sampler(settings.sampler, eta=settings.eta)(fn, schedule, x_T * settings.temperature)
     if x.is_cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - start

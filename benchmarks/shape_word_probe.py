@@ -58,7 +58,8 @@ def score(checkpoint: str, n: int, position_phrase: str, seed: int,
           size: str = SIZE, colour: str = COLOUR, background: str = BACKGROUND) -> dict:
     from glide_diffusion.checkpoints import load_model
     from glide_diffusion.eval.shapes_eval import analyze
-    from glide_diffusion.pipelines.text2im import Stage, StageSettings, Text2ImPipeline
+    from glide_diffusion.pipelines.recipes import StageSettings
+    from glide_diffusion.pipelines.text2im import Stage, Text2ImPipeline
 
     model, config = load_model(checkpoint)
     pipe = Text2ImPipeline(Stage(model, config, checkpoint))

@@ -26,7 +26,8 @@ from glide_diffusion.checkpoints import atomic_write_text
 from glide_diffusion.data.shapes import test_captions
 from glide_diffusion.data.shapes_captions import CaptionSpec, ObjectSpec, article
 from glide_diffusion.eval.shapes_eval import score
-from glide_diffusion.pipelines.text2im import RECIPES, Text2ImPipeline
+from glide_diffusion.pipelines.recipes import RECIPES
+from glide_diffusion.pipelines.text2im import Text2ImPipeline
 
 # Where each object of "A <relation> B" goes when the scene is written as two one-object terms.
 PLACES = {"to the left of": ("on the left", "on the right"), "to the right of": ("on the right", "on the left"),

@@ -37,9 +37,8 @@ from glide_diffusion.data.shapes import BACKGROUNDS, CaptionSpec, ObjectSpec, Sc
 from glide_diffusion.data.shapes_captions import article
 from glide_diffusion.data.shapes_scene import ALL_PAIRS, sample_single_object
 from glide_diffusion.eval.shapes_eval import evaluate
-from glide_diffusion.pipelines.inpaint import INPAINT_UPSAMPLE_DEFAULTS, InpaintPipeline
-from glide_diffusion.pipelines.stage import StageSettings
-from glide_diffusion.pipelines.text2im import OFFICIAL_BASE
+from glide_diffusion.pipelines.inpaint import InpaintPipeline
+from glide_diffusion.pipelines.recipes import INPAINT_UPSAMPLE_DEFAULTS, OFFICIAL_BASE, StageSettings
 
 MASK_MARGIN = 1.3  # the mask's side, in units of the object's box side
 
@@ -116,13 +115,8 @@ def main() -> None:
     print(f"{'method':<10} {'exact':>6} {'shape':>6} {'colour':>6} {'size':>6} {'position':>8} {'bg':>6} "
           f"{'unmasked identical':>18} {'s':>6}")
     for method in args.methods:
-        pipe = InpaintPipeline.from_pretrained(*pipes[method], download=False)
-        if args.candidates > 1:
-            from glide_diffusion.clip.loading import load_clip
-            from glide_diffusion.clip.tokenizer import clip_tokenizer_for
-
-            pipe.rerank_clip, pipe.rerank_clip_name = load_clip(args.rerank_clip), args.rerank_clip
-            pipe.rerank_clip_tokenizer = clip_tokenizer_for(pipe.rerank_clip.config)  # once, not per case
+        pipe = InpaintPipeline.from_pretrained(*pipes[method], download=False,
+                                               rerank_clip=args.rerank_clip if args.candidates > 1 else None)
         size = pipe.output_size
         r = run(pipe, cases(args.n, args.seed, size), args)
         reports[method] = r

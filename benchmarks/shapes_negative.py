@@ -35,7 +35,8 @@ import numpy as np
 
 from glide_diffusion.checkpoints import atomic_write_text
 from glide_diffusion.eval.shapes_eval import analyze
-from glide_diffusion.pipelines.text2im import SHAPES_BASE, Text2ImPipeline
+from glide_diffusion.pipelines.recipes import SHAPES_BASE
+from glide_diffusion.pipelines.text2im import Text2ImPipeline
 
 
 def share(values: np.ndarray) -> tuple[float, float]:

@@ -26,19 +26,11 @@ import argparse
 import json
 import time
 
-from glide_diffusion.checkpoints import atomic_write_text, load_model
+from glide_diffusion.checkpoints import atomic_write_text
 from glide_diffusion.data.shapes import test_captions
 from glide_diffusion.eval.shapes_eval import evaluate
-from glide_diffusion.pipelines.text2im import Stage, StageSettings, Text2ImPipeline
-
-
-def load_pipeline(base: str, upsampler: str | None) -> Text2ImPipeline:
-    stages = []
-    for source in (base, upsampler):
-        if source:
-            model, config = load_model(source)
-            stages.append(Stage(model, config, source))
-    return Text2ImPipeline(*stages)
+from glide_diffusion.pipelines.recipes import StageSettings
+from glide_diffusion.pipelines.text2im import Text2ImPipeline
 
 
 def caption_counts(n: int, n_two: int | None, n_held_out: int | None) -> tuple[int, int]:
@@ -107,13 +99,7 @@ def main() -> None:
     if args.rerank is not None and args.rerank < 1:
         p.error("--rerank must be at least 1")
 
-    pipe = load_pipeline(args.base, args.upsampler)
-    if args.clip:
-        from glide_diffusion.clip.loading import load_clip
-        from glide_diffusion.clip.tokenizer import clip_tokenizer_for
-
-        pipe.clip = load_clip(args.clip).eval()
-        pipe.clip_tokenizer = clip_tokenizer_for(pipe.clip.config)
+    pipe = Text2ImPipeline.from_pretrained(args.base, args.upsampler, download=False, clip=args.clip)
     # Resolved here so the stored args name the captions (paired_diff.py compares them).
     args.n_two, args.n_held_out = caption_counts(args.n, args.n_two, args.n_held_out)
     captions = caption_set(args.n, args.seed, args.n_two, args.n_held_out)

@@ -31,7 +31,7 @@ from glide_diffusion.data.shapes import sample_with_caption
 from glide_diffusion.data.shapes_render import render
 from glide_diffusion.eval.shapes_eval import analyze, evaluate
 from glide_diffusion.pipelines.edit import EditPipeline
-from glide_diffusion.pipelines.stage import StageSettings
+from glide_diffusion.pipelines.recipes import StageSettings
 
 
 def single_object_scenes(n: int, seed: int) -> list:

@@ -42,8 +42,9 @@ from shapes_quality import caption_set
 from glide_diffusion.checkpoints import atomic_write, atomic_write_text, load_model
 from glide_diffusion.diffusion.gaussian import q_sample
 from glide_diffusion.eval.shapes_eval import HELD_OUT_PAIRS, evaluate
-from glide_diffusion.pipelines.stage import from_pil
-from glide_diffusion.pipelines.text2im import Stage, StageSettings, Text2ImPipeline
+from glide_diffusion.pipelines.images import from_pil
+from glide_diffusion.pipelines.recipes import StageSettings
+from glide_diffusion.pipelines.text2im import Stage, Text2ImPipeline
 from glide_diffusion.unet.model import TextCondition
 
 SAMPLING_ARGS = ("base", "n", "n_two", "n_held_out", "seed", "k", "sampler", "steps", "scale", "batch_size")
@@ -81,7 +82,7 @@ def clip_score_matrix(name: str, images: torch.Tensor, captions: list[str], k: i
     choice is its row's argmax (the first of equal scores, as the pipelines choose)."""
     from glide_diffusion.clip.loading import load_clip
     from glide_diffusion.clip.tokenizer import clip_tokenizer_for
-    from glide_diffusion.guidance.clip import clip_scores
+    from glide_diffusion.guidance.rerank import clip_scores
 
     clip = load_clip(name).eval()
     tokenizer = clip_tokenizer_for(clip.config)

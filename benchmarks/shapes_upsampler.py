@@ -27,7 +27,9 @@ from glide_diffusion.checkpoints import atomic_write_text
 from glide_diffusion.data.shapes import image_to_tensor, sample_with_caption
 from glide_diffusion.data.shapes_render import render_array
 from glide_diffusion.eval.shapes_fidelity import evaluate_with_fidelity
-from glide_diffusion.pipelines.stage import StageSettings, load_stage, quantize, sample_stage, to_pil
+from glide_diffusion.pipelines.images import quantize, to_pil
+from glide_diffusion.pipelines.recipes import StageSettings
+from glide_diffusion.pipelines.stage import load_stage, sample_stage
 from glide_diffusion.sampling.noise import PerSampleNoise, seeds_for
 
 

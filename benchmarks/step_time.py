@@ -25,6 +25,7 @@ import json
 import math
 import platform
 import time
+import types
 
 import torch
 
@@ -66,8 +67,8 @@ def official_text_attention(self, x):
 
 @contextlib.contextmanager
 def plain_path(model):
-    """Swap in the official computation for every attention layer (restored afterwards)."""
-    saved = blocks.AttentionBlock.forward, blocks.AttentionBlock.project_text, xf.MultiheadAttention.forward
+    """Swap in the official computation for every attention layer of this model (its own
+    instances only: the library's classes are untouched), restored afterwards."""
     state = {}
 
     def unet_attention(self, x, text_kv):
@@ -83,14 +84,23 @@ def plain_path(model):
     def skip_projection(self, xf_out):
         return None
 
-    blocks.AttentionBlock.forward, blocks.AttentionBlock.project_text, xf.MultiheadAttention.forward = (
-        unet_attention, skip_projection, official_text_attention
-    )
+    patched = []  # (module, attribute) set on an instance, shadowing its class's method
+    for m in model.modules():
+        if isinstance(m, blocks.AttentionBlock):
+            replace = {"forward": unet_attention, "project_text": skip_projection}
+        elif isinstance(m, xf.MultiheadAttention):
+            replace = {"forward": official_text_attention}
+        else:
+            continue
+        for name, fn in replace.items():
+            setattr(m, name, types.MethodType(fn, m))
+            patched.append((m, name))
     model.encode_text = encode_text
     try:
         yield
     finally:
-        blocks.AttentionBlock.forward, blocks.AttentionBlock.project_text, xf.MultiheadAttention.forward = saved
+        for m, name in patched:
+            delattr(m, name)
         del model.encode_text
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from glide_diffusion.pipelines.text2im import MODEL_RECIPES, RECIPES, RERANK_CLIPS, Text2ImPipeline
+from glide_diffusion.pipelines.recipes import MODEL_RECIPES, RECIPES, RERANK_CLIPS
+from glide_diffusion.pipelines.text2im import Text2ImPipeline
 
 CAPTIONS = [
     "a large red circle on a white background",

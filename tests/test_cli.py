@@ -16,7 +16,8 @@ from glide_diffusion.checkpoints import build_model, save_model
 from glide_diffusion.cli.main import main
 from glide_diffusion.pipelines import output
 from glide_diffusion.pipelines.captions import CaptionWarning, caption_problem
-from glide_diffusion.pipelines.text2im import FAST_BASE, Text2ImPipeline
+from glide_diffusion.pipelines.recipes import FAST_BASE
+from glide_diffusion.pipelines.text2im import Text2ImPipeline
 from glide_diffusion.presets import get_preset
 
 

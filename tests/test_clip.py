@@ -28,7 +28,8 @@ from glide_diffusion.clip import (
     save_clip,
 )
 from glide_diffusion.clip.tokenizer import clip_tokenize_batch, load_clip_tokenizer
-from glide_diffusion.guidance.clip import clip_cond_fn, clip_rerank, clip_scores
+from glide_diffusion.guidance.clip import clip_cond_fn
+from glide_diffusion.guidance.rerank import clip_rerank, clip_scores
 from glide_diffusion.hub.cache import released_path
 
 DATA = Path(__file__).parent / "data"

@@ -17,7 +17,8 @@ from glide_diffusion.guidance import classifier_free_guidance, composed_guidance
 from glide_diffusion.pipelines import text2im
 from glide_diffusion.pipelines.captions import CaptionWarning, warn_captions
 from glide_diffusion.pipelines.edit import EditPipeline
-from glide_diffusion.pipelines.inpaint import InpaintPipeline, mask_from_rects
+from glide_diffusion.pipelines.images import mask_from_rects
+from glide_diffusion.pipelines.inpaint import InpaintPipeline
 from glide_diffusion.pipelines.prompts import (
     MAX_TERMS,
     Composition,
@@ -27,7 +28,8 @@ from glide_diffusion.pipelines.prompts import (
     parse_prompt,
     warn_unused_negative,
 )
-from glide_diffusion.pipelines.stage import Stage, StageSettings, sample_stage
+from glide_diffusion.pipelines.recipes import StageSettings
+from glide_diffusion.pipelines.stage import Stage, sample_stage
 from glide_diffusion.pipelines.text2im import Text2ImPipeline
 from glide_diffusion.presets import get_preset
 from glide_diffusion.sampling import PerSampleNoise, sample_ddim
@@ -404,7 +406,8 @@ def clip():
 
 @torch.inference_mode()
 def test_clip_scores_a_composition_by_the_weighted_mean_of_its_positive_terms(clip):
-    from glide_diffusion.guidance.clip import clip_scores, composed_text_embeddings
+    from glide_diffusion.guidance.clip import composed_text_embeddings
+    from glide_diffusion.guidance.rerank import clip_scores
     from glide_diffusion.pipelines.prompts import clip_target
 
     images = torch.rand(3, 3, 16, 16) * 2 - 1

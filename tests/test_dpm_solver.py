@@ -256,7 +256,8 @@ def test_registry_progress_and_validation(capsys: pytest.CaptureFixture) -> None
 
 def test_text2im_pipeline_runs_dpm() -> None:
     from glide_diffusion.checkpoints import build_model
-    from glide_diffusion.pipelines.text2im import Stage, StageSettings, Text2ImPipeline
+    from glide_diffusion.pipelines.recipes import StageSettings
+    from glide_diffusion.pipelines.text2im import Stage, Text2ImPipeline
     from glide_diffusion.presets import get_preset
 
     torch.manual_seed(0)

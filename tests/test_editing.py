@@ -8,14 +8,10 @@ from PIL import Image
 from glide_diffusion.checkpoints import build_model
 from glide_diffusion.diffusion import make_schedule
 from glide_diffusion.pipelines.edit import EditPipeline, truncate
-from glide_diffusion.pipelines.inpaint import (
-    InpaintPipeline,
-    extend_canvas,
-    mask_from_image,
-    mask_from_rects,
-    split_alpha,
-)
-from glide_diffusion.pipelines.stage import Stage, StageSettings
+from glide_diffusion.pipelines.images import extend_canvas, mask_from_image, mask_from_rects, split_alpha
+from glide_diffusion.pipelines.inpaint import InpaintPipeline
+from glide_diffusion.pipelines.recipes import StageSettings
+from glide_diffusion.pipelines.stage import Stage
 from glide_diffusion.presets import get_preset
 
 pytestmark = pytest.mark.usefixtures("small_cpu_work")
@@ -71,8 +67,8 @@ def test_best_of_candidates_keeps_the_images_the_clip_scores_best(stages):
 
     from glide_diffusion.clip import build_clip
     from glide_diffusion.clip.config import get_clip_preset
-    from glide_diffusion.guidance.clip import clip_scores
-    from glide_diffusion.pipelines.stage import from_pil
+    from glide_diffusion.guidance.rerank import clip_scores
+    from glide_diffusion.pipelines.images import from_pil
 
     pipe = InpaintPipeline(stages["tiny-inpaint"], stages["tiny-upsample-inpaint"])
     image = _picture(64)

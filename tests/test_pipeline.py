@@ -14,7 +14,8 @@ from glide_diffusion.checkpoints import build_model, save_model
 from glide_diffusion.cli.common import compile_stages
 from glide_diffusion.cli.main import main
 from glide_diffusion.pipelines import text2im
-from glide_diffusion.pipelines.text2im import StageSettings, Text2ImPipeline
+from glide_diffusion.pipelines.recipes import StageSettings
+from glide_diffusion.pipelines.text2im import Text2ImPipeline
 from glide_diffusion.presets import get_preset
 
 FAST_BASE = StageSettings("ddpm", "4", 3.0)
@@ -182,7 +183,7 @@ def test_cli_guidance_interval_must_be_two_numbers(checkpoints, capsys):
 def test_cli_recipe_sets_what_the_stage_options_leave_unset():
     from glide_diffusion.cli.common import stage_settings
     from glide_diffusion.cli.sample import build_parser
-    from glide_diffusion.pipelines.text2im import (
+    from glide_diffusion.pipelines.recipes import (
         FAST_BASE,
         FAST_UPSAMPLE,
         OFFICIAL_BASE,
@@ -216,7 +217,7 @@ def test_cli_recipe_sets_what_the_stage_options_leave_unset():
 def test_cli_edit_and_inpaint_default_to_the_official_recipe():
     from glide_diffusion.cli.common import stage_settings
     from glide_diffusion.cli.edit import edit_parser, inpaint_parser
-    from glide_diffusion.pipelines.text2im import OFFICIAL_BASE, OFFICIAL_UPSAMPLE
+    from glide_diffusion.pipelines.recipes import OFFICIAL_BASE, OFFICIAL_UPSAMPLE
 
     base, up = stage_settings(edit_parser().parse_args(["in.png", "x"]))
     assert (base, up) == (OFFICIAL_BASE, OFFICIAL_UPSAMPLE)
@@ -227,8 +228,7 @@ def test_cli_edit_and_inpaint_default_to_the_official_recipe():
 def test_cli_inpaint_samples_the_bundled_model_as_measured():
     from glide_diffusion.cli.common import resolve_models, stage_settings
     from glide_diffusion.cli.edit import inpaint_parser
-    from glide_diffusion.pipelines.inpaint import INPAINT_UPSAMPLE_DEFAULTS, SHAPES_INPAINT
-    from glide_diffusion.pipelines.text2im import OFFICIAL_BASE
+    from glide_diffusion.pipelines.recipes import INPAINT_UPSAMPLE_DEFAULTS, OFFICIAL_BASE, SHAPES_INPAINT
 
     def settings(*argv):
         args = inpaint_parser().parse_args(["in.png", "x", *argv])
@@ -311,8 +311,8 @@ def test_cli_clip_guidance(checkpoints, clip_vocab, tmp_path, capsys):
 def test_clip_rerank_keeps_the_best_scored_images(checkpoints, clip_vocab, tmp_path, capsys):
     from glide_diffusion.clip import build_clip
     from glide_diffusion.clip.loading import save_clip
-    from glide_diffusion.guidance.clip import clip_scores
-    from glide_diffusion.pipelines.stage import from_pil
+    from glide_diffusion.guidance.rerank import clip_scores
+    from glide_diffusion.pipelines.images import from_pil
 
     torch.manual_seed(0)
     clip = build_clip("tiny").eval()
@@ -392,8 +392,8 @@ def test_rerank_before_upsampling_gives_the_images_of_reranking_after(checkpoint
 def test_best_of_candidates_keeps_the_best_of_each_group(checkpoints, clip_vocab, tmp_path, capsys):
     from glide_diffusion.clip import build_clip
     from glide_diffusion.clip.loading import save_clip
-    from glide_diffusion.guidance.clip import clip_scores
-    from glide_diffusion.pipelines.stage import from_pil
+    from glide_diffusion.guidance.rerank import clip_scores
+    from glide_diffusion.pipelines.images import from_pil
 
     torch.manual_seed(0)
     guide, judge = build_clip("tiny").eval(), build_clip("tiny").eval()

@@ -26,6 +26,7 @@ from glide_diffusion.sampling import (
     PerSampleNoise,
     ddim_step,
     ddpm_step,
+    get_sampler,
     sample_ddim,
     sample_ddpm,
     sample_dpmpp_2m,
@@ -281,6 +282,23 @@ def test_progress_and_samplers_registry(capsys: pytest.CaptureFixture) -> None:
     out = SAMPLERS["ddim"](toy_model, s, x_T, progress=True)
     assert out.shape == x_T.shape
     assert "5/5" in capsys.readouterr().err
+
+
+def test_get_sampler_binds_eta_so_every_sampler_is_called_alike() -> None:
+    s = make_schedule("linear", 1000, "5")
+    x_T = torch.randn(2, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+
+    def noise(seed: int):
+        g = torch.Generator().manual_seed(seed)
+        return lambda x: torch.randn(x.shape, generator=g)
+
+    for name in SAMPLERS:
+        assert get_sampler(name)(toy_model, s, x_T, noise_fn=noise(1)).shape == x_T.shape
+    assert get_sampler("ddpm", eta=0.7) is sample_ddpm  # no eta to bind: ignored
+    torch.testing.assert_close(get_sampler("ddim", eta=0.5)(toy_model, s, x_T, noise_fn=noise(1)),
+                               sample_ddim(toy_model, s, x_T, eta=0.5, noise_fn=noise(1)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        get_sampler("euler")
 
 
 def test_x0_fn_and_cond_fn_in_loop_get_original_timesteps() -> None:

@@ -217,7 +217,7 @@ def test_coord_channels_give_the_network_its_position():
     assert torch.allclose(grid[1, 1, :, 5], torch.linspace(-3 / 4, 3 / 4, 4))  # y grows downwards
     cfg = get_preset("tiny").unet
     with_coords = dataclasses.replace(cfg, coord_channels=True)
-    assert with_coords.input_channels == cfg.input_channels + 2
+    assert with_coords.first_conv_channels == cfg.first_conv_channels + 2
     assert UNetConfig.from_dict(cfg.to_dict()).coord_channels is False  # older configs: no coordinates
     torch.manual_seed(0)
     model = GlideUNet(with_coords).eval()
@@ -305,7 +305,7 @@ def test_patch_size_runs_the_unet_on_space_to_depth_patches():
         dataclasses.replace(cfg, patch_size=4, image_size=12)
     torch.manual_seed(0)
     model = GlideUNet(cfg).eval()
-    assert model.input_blocks[0][0].weight.shape[1] == 4 * cfg.input_channels
+    assert model.input_blocks[0][0].weight.shape[1] == 4 * cfg.first_conv_channels
     assert model.out[-1].weight.shape[0] == 4 * cfg.out_channels
     with torch.no_grad():
         for p in model.parameters():

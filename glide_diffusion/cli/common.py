@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import bundled
-from ..pipelines.stage import SettingError, StageSettings
+from ..pipelines.recipes import SettingError, StageSettings
 from ..precision import DTYPE_CHOICES
 from ..presets import PRESETS
 
@@ -177,33 +177,20 @@ def rerank_clip_choice(args: argparse.Namespace, fallback: str) -> str:
     """The noised CLIP that chooses among candidates: --clip, else the base model's own bundled
     reranking CLIP (``RERANK_CLIPS``), else ``fallback``."""
     from .. import bundled
-    from ..pipelines.text2im import RERANK_CLIPS
+    from ..pipelines.recipes import RERANK_CLIPS
 
     own = RERANK_CLIPS.get(args.base)
     return args.clip or (own if own in bundled.available() else fallback)
 
 
 def load_clip_option(args: argparse.Namespace, choice: str, device):
-    """The released noised CLIP (fetched into the cache when missing) or one of ours, its tokenizer and name.
+    """The noised CLIP ``choice`` (:func:`~glide_diffusion.clip.loading.load_clip_and_tokenizer`), its
+    tokenizer and name, with the command's cache and download options."""
+    from ..clip.loading import load_clip_and_tokenizer
 
-    The CLIP BPE file ships in the package; only an installation without it fetches ``clip-bpe``."""
-    from ..clip.loading import load_clip
-    from ..clip.tokenizer import clip_tokenizer_for, shipped_clip_vocab
-    from ..hub.cache import released_path
-    from ..hub.download import download_released
-
-    need_bpe = shipped_clip_vocab() is None
-    names = ["clip-image-enc", "clip-text-enc", *(["clip-bpe"] if need_bpe else [])]
-    if choice == "released":
-        missing = [n for n in names if not released_path(n, args.cache_dir).exists()]
-        if missing and not args.no_download:
-            download_released(missing, args.cache_dir)
-        clip = load_clip(cache_dir=args.cache_dir, device=device)
-    else:
-        clip = load_clip(choice, device=device)
-    bpe = released_path("clip-bpe", args.cache_dir)
-    vocab_dir = bpe.parent if need_bpe and bpe.exists() else None  # None: $GLIDE_VOCAB_DIR, shipped, cache
-    return clip, clip_tokenizer_for(clip.config, vocab_dir), choice
+    clip, tokenizer = load_clip_and_tokenizer(choice, device=device, cache_dir=args.cache_dir,
+                                              download=not args.no_download)
+    return clip, tokenizer, choice
 
 
 def upsampler_arg(args: argparse.Namespace) -> str | None:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from ..pipelines.inpaint import INPAINT_MODEL_RECIPES, INPAINT_RECIPES
 from ..pipelines.prompts import parse_prompt
-from ..pipelines.text2im import OFFICIAL_BASE, OFFICIAL_UPSAMPLE
+from ..pipelines.recipes import INPAINT_MODEL_RECIPES, INPAINT_RECIPES, OFFICIAL_BASE, OFFICIAL_UPSAMPLE
 from .common import (
     add_model_args,
     add_sampling_args,
     check_output,
     compile_stages,
     device_arg,
-    load_clip_option,
     rerank_clip_choice,
     resolve_models,
     run_command,
@@ -111,14 +109,13 @@ def inpaint_main(argv: Sequence[str]) -> int:
                                     extend=args.extend)
         if not given:
             raise ValueError("say what to repaint: --mask, --rect, --extend, or a transparent image")
+        rerank_clip = (rerank_clip_choice(args, "shapes-clip-rerank" if args.models == "shapes" else "released")
+                       if base.candidates > 1 else None)
         pipe = InpaintPipeline.from_pretrained(args.base, upsampler_arg(args), device=device,
                                                cache_dir=args.cache_dir, download=not args.no_download,
-                                               base_config=args.config, upsampler_config=args.up_config)
+                                               rerank_clip=rerank_clip, base_config=args.config,
+                                               upsampler_config=args.up_config)
         compile_stages(pipe, args)
-        if base.candidates > 1:
-            choice = rerank_clip_choice(args, "shapes-clip-rerank" if args.models == "shapes" else "released")
-            pipe.rerank_clip, pipe.rerank_clip_tokenizer, pipe.rerank_clip_name = load_clip_option(
-                args, choice, device)
         result = pipe(image, fill, args.prompt, num_images=args.num_images, seed=args.seed, base=base,
                       upsample=up, dtype=args.dtype, progress=not args.no_progress, negative=args.negative)
         return write_outputs(result, args, suffix="-inpaint")

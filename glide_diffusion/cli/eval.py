@@ -67,7 +67,7 @@ def sample_parser() -> argparse.ArgumentParser:
 def add_sample_options(p: argparse.ArgumentParser) -> None:
     """The options of ``glide eval sample`` that ``glide eval sweep`` shares (all but the guidance scales)."""
     from ..eval.shards import DEFAULT_SHARD_SIZE
-    from ..pipelines.text2im import MODEL_RECIPES, RECIPES
+    from ..pipelines.recipes import MODEL_RECIPES, RECIPES
 
     p.add_argument("captions", metavar="CAPTIONS",
                    help="caption file (.txt one per line, .jsonl or .csv with a caption/text field, COCO captions "
@@ -214,16 +214,12 @@ class SampleJob:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
         validate_request(captions[:1], 1, args.seed, base, up, args.dtype, device,
                          upsample_steps=1000 if upsampler else None, reranks=True, negative=args.negative)
+        guide = args.clip or ("shapes-clip" if args.models == "shapes" else "released")
         pipe = Text2ImPipeline.from_pretrained(
             args.base, upsampler, device=device, cache_dir=args.cache_dir, download=not args.no_download,
+            clip=guide if clip_guidance else None,
+            rerank_clip=rerank_clip_choice(args, guide) if base.candidates > 1 else None,
             base_config=args.config, upsampler_config=args.up_config)
-        guide = args.clip or ("shapes-clip" if args.models == "shapes" else "released")
-        if clip_guidance:
-            pipe.clip, pipe.clip_tokenizer, pipe.clip_name = load_clip_option(args, guide, device)
-        if base.candidates > 1:
-            choice = rerank_clip_choice(args, guide)
-            pipe.rerank_clip, pipe.rerank_clip_tokenizer, pipe.rerank_clip_name = load_clip_option(
-                args, choice, device)
         return cls(args, pipe, captions, n, base, up, upsampler, guide)
 
     def sample(self, out: str | os.PathLike, base, clip_guidance_scale: float, *, rank: int = 0, world: int = 1,

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from ..pipelines.text2im import MODEL_RECIPES, RECIPES
+from ..pipelines.recipes import MODEL_RECIPES, RECIPES
 from .common import (
     add_model_args,
     add_sampling_args,
     check_output,
     compile_stages,
     device_arg,
-    load_clip_option,
     rerank_clip_choice,
     resolve_models,
     run_command,
@@ -67,16 +66,11 @@ def main(argv: Sequence[str]) -> int:
             raise ValueError(f"--clip-guidance-scale must be >= 0, got {args.clip_guidance_scale}")
         if args.rerank is not None and not 1 <= args.rerank <= args.num_images:
             raise ValueError(f"--rerank must be in 1..{args.num_images} (the images per prompt, -n), got {args.rerank}")
+        guide_clip, rerank_clip = _clip_choices(args, reranks=args.rerank is not None or base.candidates > 1)
         pipe = Text2ImPipeline.from_pretrained(
             args.base, upsampler, device=device, cache_dir=args.cache_dir, download=not args.no_download,
-            base_config=args.config, upsampler_config=args.up_config)
+            clip=guide_clip, rerank_clip=rerank_clip, base_config=args.config, upsampler_config=args.up_config)
         compile_stages(pipe, args)
-        guide_clip, rerank_clip = _clip_choices(args, reranks=args.rerank is not None or base.candidates > 1)
-        if guide_clip:
-            pipe.clip, pipe.clip_tokenizer, pipe.clip_name = load_clip_option(args, guide_clip, device)
-        if rerank_clip and rerank_clip != guide_clip:
-            pipe.rerank_clip, pipe.rerank_clip_tokenizer, pipe.rerank_clip_name = load_clip_option(
-                args, rerank_clip, device)
         result = pipe(args.prompts, num_images=args.num_images, seed=args.seed, base=base, upsample=up,
                       dtype=args.dtype, batch_size=args.batch_size, clip_guidance_scale=args.clip_guidance_scale,
                       # reranked before the upsampler

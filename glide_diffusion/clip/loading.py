@@ -28,8 +28,9 @@ from glide_diffusion.checkpoints import CheckpointError, atomic_write, check_sta
 
 from .config import ClipConfig, get_clip_preset
 from .model import NoisedClip
+from .tokenizer import ClipTokenizer, clip_tokenizer_for, shipped_clip_vocab
 
-__all__ = ["CLIP_FORMAT", "build_clip", "save_clip", "load_clip"]
+__all__ = ["CLIP_FORMAT", "build_clip", "save_clip", "load_clip", "load_clip_and_tokenizer"]
 
 CLIP_FORMAT = "glide-diffusion-clip/1"
 _RELEASED = ("clip-image-enc", "clip-text-enc")
@@ -134,3 +135,29 @@ def _resolve(source: str | os.PathLike, cache_dir: str | os.PathLike | None) -> 
 
         return find_released(str(source), cache_dir)
     return Path(source)
+
+
+def load_clip_and_tokenizer(
+    name: str, *, device: torch.device | str = "cpu", cache_dir: str | os.PathLike | None = None,
+    download: bool = True,
+) -> tuple[NoisedClip, ClipTokenizer]:
+    """A noised CLIP by name and its tokenizer: ``"released"`` (GLIDE's, its two towers fetched
+    into the cache when missing, unless ``download`` is False), a bundled name (``"shapes-clip"``,
+    ``"shapes-clip-rerank"``) or a ``.safetensors`` path written by :func:`save_clip`.
+
+    The CLIP BPE file ships in the package; only an installation without it fetches ``clip-bpe``."""
+    from glide_diffusion.hub.cache import released_path
+    from glide_diffusion.hub.download import download_released
+
+    need_bpe = shipped_clip_vocab() is None
+    if name == "released":
+        names = [*_RELEASED, *(["clip-bpe"] if need_bpe else [])]
+        missing = [n for n in names if not released_path(n, cache_dir).exists()]
+        if missing and download:
+            download_released(missing, cache_dir)
+        clip = load_clip(cache_dir=cache_dir, device=device)
+    else:
+        clip = load_clip(name, device=device)
+    bpe = released_path("clip-bpe", cache_dir)
+    vocab_dir = bpe.parent if need_bpe and bpe.exists() else None  # None: $GLIDE_VOCAB_DIR, shipped, cache
+    return clip, clip_tokenizer_for(clip.config, vocab_dir)

@@ -218,7 +218,7 @@ class ImageEncoder(nn.Module):
         c = config
         self.n_blocks = c.n_xf_blocks_image
         width = c.image_width
-        blocks = {"input": ImageEmbedding(c.image_size, c.patch_size, width, c.n_timesteps)}
+        blocks: dict[str, nn.Module] = {"input": ImageEmbedding(c.image_size, c.patch_size, width, c.n_timesteps)}
         blocks.update(_blocks(c.n_xf_blocks_image, width, c.n_head_image, c.n_head_state_image, causal=False))
         blocks["output"] = FeatureExtractor(width, c.n_embd)
         self.blocks = nn.ModuleDict(blocks)
@@ -244,7 +244,7 @@ class TextEncoder(nn.Module):
         self.n_blocks = c.n_xf_blocks_text
         self.max_text_len = c.max_text_len
         width = c.text_width
-        blocks = {"input": TextEmbedding(c.n_vocab, c.max_text_len, width)}
+        blocks: dict[str, nn.Module] = {"input": TextEmbedding(c.n_vocab, c.max_text_len, width)}
         blocks.update(_blocks(c.n_xf_blocks_text, width, c.n_head_text, c.n_head_state_text, causal=True))
         blocks["output"] = FeatureExtractor(width, c.n_embd)
         self.blocks = nn.ModuleDict(blocks)

@@ -211,7 +211,7 @@ def _read_merges(path: Path) -> list[tuple[str, str]]:
             f"replace it, e.g. with `glide download clip-bpe`"
         )
     lines = data.decode("utf-8").split("\n")[1 : _N_MERGES + 1]  # line 0 is a version header
-    return [tuple(line.split()) for line in lines]
+    return [(first, second) for first, second in (line.split() for line in lines)]
 
 
 def _clip_bpe_path(directory: Path) -> Path | None:

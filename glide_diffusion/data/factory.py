@@ -109,10 +109,10 @@ def build_dataset(
         from .shapes import ShapesDataset
 
         w = cfg.shapes_warmup
+        if cfg.shapes_two_objects is not None:
+            common["two_object_prob"] = cfg.shapes_two_objects
         return ShapesDataset(split=cfg.split, resolution=resolution, warmup_images=w.images,
-                             warmup_replay=w.replay, warmup=w.scene(), warmup_then=w.later_phases(),
-                             **common, **({} if cfg.shapes_two_objects is None
-                                          else {"two_object_prob": cfg.shapes_two_objects}))
+                             warmup_replay=w.replay, warmup=w.scene(), warmup_then=w.later_phases(), **common)
     if cfg.kind == "synthetic":
         from .synthetic import SyntheticDataset
 
@@ -139,7 +139,7 @@ def build_dataset(
 
 def collate(batch: list[dict]) -> dict:
     """Batch items: tensors stacked (B, ...), ints as a (B,) tensor, the rest as lists."""
-    out = {}
+    out: dict[str, Any] = {}
     for key in batch[0]:
         values = [item[key] for item in batch]
         if isinstance(values[0], torch.Tensor):

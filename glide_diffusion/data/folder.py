@@ -140,7 +140,7 @@ class IndexedImageDataset(IterableDataset):
         num = self.num_items
         consumer, num_consumers = consumer_slot(self.rank, self.world_size)
         stop = None if self.epochs is None else self.epochs * num
-        epoch, perm = -1, None
+        epoch, perm = -1, np.arange(0)  # set at the first index (epoch >= 0)
         for n in global_indices(self.start, consumer, num_consumers, stop):
             if n // num != epoch:
                 epoch = n // num

@@ -240,6 +240,4 @@ def decode_item(
         return None
     if min(img.size) < resolution:
         stats.note("upscaled", f"{detail}: {img.width}x{img.height} < {resolution}")
-    item = image_tensors(img, resolution, low_res=low_res, flip=flip)
-    item["caption"] = caption
-    return item
+    return {**image_tensors(img, resolution, low_res=low_res, flip=flip), "caption": caption}

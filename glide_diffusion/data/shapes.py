@@ -174,9 +174,10 @@ class ShapesDataset(torch.utils.data.IterableDataset):
         stride = self.world_size * num_workers
         first = self.start + self.rank + worker * self.world_size
         stream = itertools.count(first, stride)
-        if self.size is None:
+        size = self.size
+        if size is None:
             return stream
-        return itertools.takewhile(lambda n: n < self.size, stream)
+        return itertools.takewhile(lambda n: n < size, stream)
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
@@ -208,4 +209,5 @@ def test_captions(n: int, seed: int = 0, kind: str = "single") -> list[tuple[str
     return out
 
 
-test_captions.__test__ = False  # a library helper, not a pytest test, when imported into tests
+# A library helper, not a pytest test, when imported into tests (mypy knows no __test__ on functions).
+test_captions.__test__ = False  # type: ignore[attr-defined]

@@ -37,6 +37,7 @@ from typing import IO
 
 import braceexpand
 import fsspec
+import numpy as np
 from torch.utils.data import IterableDataset
 from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_expander
@@ -153,7 +154,7 @@ class WebDatasetShards(IterableDataset):
         num = len(self.urls)
         first, offset = divmod(self.start, self.samples_per_shard)
         stop = None if self.epochs is None else self.epochs * num
-        g, epoch, perm = first + consumer, -1, None
+        g, epoch, perm = first + consumer, -1, np.arange(0)  # set at the first slot (epoch >= 0)
         while stop is None or g < stop:
             if g // num != epoch:
                 epoch = g // num

@@ -1,6 +1,6 @@
 """Training losses: the hybrid objective of Improved DDPM (Nichol & Dhariwal
 2021, eq. 16), L_hybrid = L_simple + L_vlb, as guided-diffusion computes it
-for an [eps, v] model (EPSILON mean, LEARNED_RANGE variance, MSE loss type).
+for an [eps, var_interp] model (EPSILON mean, LEARNED_RANGE variance, MSE loss type).
 
 Every loss term is per sample, shape (B,).
 """
@@ -96,10 +96,10 @@ def hybrid_loss(
     noise: torch.Tensor,
     mse_weights: torch.Tensor | None = None,
 ) -> LossTerms:
-    """Improved DDPM hybrid loss for an [eps, v] model output.
+    """Improved DDPM hybrid loss for an [eps, var_interp] model output.
 
     mse = mean over C, H, W of (noise - eps)^2 (L_simple); vb = L_vlb term
-    in bits/dim computed from ``cat([eps.detach(), v])`` with no clipping, so
+    in bits/dim computed from ``cat([eps.detach(), var_interp])`` with no clipping, so
     the mean is trained only by mse and the variance only by vb (Improved DDPM
     sec. 3.1); loss = mse + vb, or ``mse_weights * mse + vb`` when per-sample
     weights (B,) are given (e.g. :func:`min_snr_weights`; ``mse`` stays unweighted).
@@ -107,8 +107,8 @@ def hybrid_loss(
     model_out: (B, 2C, H, W); x0, x_t, noise: (B, C, H, W) with
     x_t = q_sample(s, x0, t, noise); t: (B,) int64 indices into ``s``.
     """
-    eps, v = split_model_output(model_out, x_t.shape[1])
-    frozen = torch.cat([eps.detach(), v], dim=1)
+    eps, var_interp = split_model_output(model_out, x_t.shape[1])
+    frozen = torch.cat([eps.detach(), var_interp], dim=1)
     vb = _vb_bits_per_dim(s, frozen, x0, x_t, t)
     mse = mean_flat((noise - eps) ** 2)
     weighted = mse if mse_weights is None else mse_weights.to(mse.dtype) * mse

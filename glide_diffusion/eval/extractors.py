@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from glide_diffusion.clip.model import NoisedClip
-from glide_diffusion.guidance.clip import _resize  # the resize CLIP guidance and re-ranking use
+from glide_diffusion.guidance.clip import clip_resize  # the resize CLIP guidance and re-ranking use
 
 from .stats import DEFAULT_MAX_FEATURES, FeatureAccumulator
 
@@ -72,7 +72,7 @@ class ClipImageExtractor:
         self.device = clip.logit_scale.device
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = _resize(pixels.to(self.device, torch.float32), self.clip.config.image_size) / 127.5 - 1
+        x = clip_resize(pixels.to(self.device, torch.float32), self.clip.config.image_size) / 127.5 - 1
         t = torch.zeros(x.shape[0], dtype=torch.long, device=self.device)
         with torch.no_grad():
             return self.clip.image_embeddings(x, t).float()

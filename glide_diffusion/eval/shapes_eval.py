@@ -13,6 +13,7 @@ import itertools
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -143,14 +144,15 @@ def _object_checks(spec: ObjectSpec, obj: DetectedObject | None) -> dict[str, bo
 
 def _match(spec: CaptionSpec, scene: DetectedScene) -> tuple[DetectedObject | None, ...]:
     """Detected object for each spec object, maximising the number of matching attributes."""
-    n, found = len(spec.objects), list(scene.objects)
-    found += [None] * max(0, n - len(found))
-    best, best_hits = None, -1
+    n = len(spec.objects)
+    found: list[DetectedObject | None] = [*scene.objects, *[None] * max(0, n - len(scene.objects))]
+    best: tuple[DetectedObject | None, ...] = ()
+    best_hits = -1
     for perm in itertools.permutations(found, n):
         hits = sum(sum(_object_checks(s, o).values()) for s, o in zip(spec.objects, perm))
         if hits > best_hits:
             best, best_hits = perm, hits
-    return tuple(best)
+    return best
 
 
 def _as_spec(caption_or_spec) -> CaptionSpec:
@@ -230,7 +232,8 @@ def evaluate(captions, images) -> dict:
         "two": [len(sp.objects) == 2 for sp in specs],
         "held_out": [any((o.colour, o.shape) in HELD_OUT_PAIRS for o in sp.objects) for sp in specs],
     }
-    report = {name: _accuracies([s for s, m in zip(scores, member) if m]) for name, member in groups.items()}
+    report: dict[str, Any] = {name: _accuracies([s for s, m in zip(scores, member) if m])
+                              for name, member in groups.items()}
     open_values: dict[str, list[str]] = {k: [] for k in OPEN_ATTRIBUTES}
     for sp, sc in zip(specs, scenes):
         for k, v in _open_values(sp, sc).items():

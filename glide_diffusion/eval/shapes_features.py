@@ -100,7 +100,7 @@ def classify_shape(alpha: np.ndarray, f: Features, ramp=lambda a: a) -> tuple[st
     for shape in AREA_PER_S2:
         s, cx, cy = box_from_features(f, shape, R)
         errors[shape] = float(np.abs(ramp(alpha) - ramp(template(shape, s, cx, cy, R))).sum() / max(f.area, 1e-9))
-    best, second = sorted(errors, key=errors.get)[:2]
+    best, second = sorted(errors, key=errors.__getitem__)[:2]
     confidence = 1.0 - errors[best] / max(errors[second], 1e-9)
     return best, float(np.clip(confidence, 0.0, 1.0)), errors
 

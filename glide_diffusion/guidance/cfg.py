@@ -6,7 +6,7 @@ Convention (stated once): on the eps channels,
 terms (captions) with weights w_k (< 0: negated); "uncond" is the empty
 caption or a negative prompt. One term of weight 1 is classifier-free
 guidance, ``eps_uncond + s * (eps_cond - eps_uncond)``. The variance channels
-v are taken from the image's lead term (its first of weight > 0; the
+(var_interp) are taken from the image's lead term (its first of weight > 0; the
 conditional branch), unguided. The channel split comes from the image
 (``C = x.shape[1]``), never a literal. s = 1 with one term gives the
 conditional output, s = 0 the unconditional one.
@@ -50,7 +50,7 @@ def classifier_free_guidance(
     caption, the last B on the empty caption (the caller binds the text that
     way). The returned denoiser takes the B conditional rows x (B, C, H, W),
     t (B,), calls ``denoiser(cat([x, x]), cat([t, t]))`` once and returns
-    ``cat([eps_u + s (eps_c - eps_u), v_c])`` of shape (B, 2C, H, W).
+    ``cat([eps_u + s (eps_c - eps_u), var_interp_c])`` of shape (B, 2C, H, W).
 
     With ``interval = (lo, hi)`` (original timesteps), rows whose t is outside
     [lo, hi] get the conditional output unguided; a step with no row inside
@@ -75,7 +75,7 @@ def composed_guidance(
     consecutively, images in order, then the B rows of the unconditional (or negative)
     caption (the caller binds the text that way). The returned denoiser takes x
     (B, C, H, W), t (B,), calls ``denoiser`` once on the rows of x and t laid out so, and
-    returns ``cat([eps_u + s * sum_k w_k (eps_k - eps_u), v_lead])`` of shape (B, 2C, H, W).
+    returns ``cat([eps_u + s * sum_k w_k (eps_k - eps_u), var_interp_lead])`` of shape (B, 2C, H, W).
 
     With ``interval = (lo, hi)`` (original timesteps), rows whose t is outside [lo, hi]
     get the composition at s = 1, ``sum_k w_k eps_k + (1 - sum_k w_k) eps_u`` (for one term
@@ -86,16 +86,18 @@ def composed_guidance(
     scale = float(guidance_scale)
     if not math.isfinite(scale) or scale < 0:
         raise ValueError(f"guidance_scale must be finite and >= 0, got {guidance_scale!r}")
+    limited: tuple[float, float, Denoiser] | None = None  # (lo, hi, conditional) with an interval
     if interval is not None:
         lo, hi = (float(v) for v in interval)
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
             raise ValueError(f"guidance interval must be finite with lo <= hi, got {interval!r}")
         if conditional is None:
             raise ValueError("a guidance interval needs the conditional denoiser for the unguided steps")
-    weights = [[float(w) for w in ws] for ws in weights]
-    if not weights or any(not ws for ws in weights):
+        limited = (lo, hi, conditional)
+    term_weights = [[float(w) for w in ws] for ws in weights]
+    if not term_weights or any(not ws for ws in term_weights):
         raise ValueError("weights: every image needs at least one term")
-    for ws in weights:
+    for ws in term_weights:
         if not all(math.isfinite(w) for w in ws) or max(ws) <= 0:
             raise ValueError(f"term weights must be finite with one > 0 per image, got {ws}")
     layouts: dict[tuple[int, torch.device], _Layout] = {}
@@ -103,18 +105,19 @@ def composed_guidance(
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         batch, channels = x.shape[0], x.shape[1]
         inside = None
-        if interval is not None:
+        if limited is not None:
+            low, high, unguided_step = limited
             known = host_timestep()  # every row's timestep, on the host, inside a sampler
             if known is not None:
-                if not lo <= known <= hi:
-                    return conditional(x, t)
+                if not low <= known <= high:
+                    return unguided_step(x, t)
             else:
-                inside = (t >= lo) & (t <= hi)
+                inside = (t >= low) & (t <= high)
                 if not bool(inside.any()):
-                    return conditional(x, t)
+                    return unguided_step(x, t)
         key = (batch, x.device)
         if key not in layouts:
-            layouts[key] = _layout(weights, batch, x.device)
+            layouts[key] = _layout(term_weights, batch, x.device)
         lay = layouts[key]
         rows = lay.terms + batch
         out = denoiser(torch.cat([x[lay.owner], x]), torch.cat([t[lay.owner], t]))  # (R, 2C, H, W)
@@ -152,7 +155,10 @@ def _layout(weights: list[list[float]], batch: int, device: torch.device) -> _La
     elif len(weights) != batch:
         raise ValueError(f"term weights for {len(weights)} images, called with a batch of {batch}")
     k_max = max(len(ws) for ws in weights)
-    owner, gather, padded, lead = [], [], [], []
+    owner: list[int] = []
+    gather: list[list[int]] = []
+    padded: list[list[float]] = []
+    lead: list[int] = []
     for b, ws in enumerate(weights):
         first = len(owner)
         lead.append(first + next(k for k, w in enumerate(ws) if w > 0))
@@ -160,7 +166,7 @@ def _layout(weights: list[list[float]], batch: int, device: torch.device) -> _La
         padded.append(ws + [0.0] * (k_max - len(ws)))
         owner += [b] * len(ws)
 
-    def as_index(v: list[int]) -> torch.Tensor:
+    def as_index(v: list[int] | list[list[int]]) -> torch.Tensor:
         return torch.tensor(v, dtype=torch.long, device=device)
 
     return _Layout(len(owner), as_index(owner), as_index(gather),

@@ -1,9 +1,10 @@
-"""Noised-CLIP guidance (GLIDE sec. 2.4) and CLIP re-ranking.
+"""Noised-CLIP guidance (GLIDE sec. 2.4): text embeddings and the guidance gradient.
 
 :func:`clip_cond_fn` is exactly glide-text2im's ``CLIPModel.cond_fn``:
 ``grad_scale * d/dx_t [exp(logit_scale) * sum_b z_t[b] . z_i(x_t[b], t[b])]``
 with unit text and image embeddings, at ORIGINAL timesteps t (what the
 samplers hand a ``cond_fn``; see :mod:`glide_diffusion.sampling.samplers`).
+CLIP re-ranking of finished images is :mod:`.rerank`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from ..clip.tokenizer import ClipTokenizer, clip_tokenize_batch, clip_tokenizer_
 from ..sampling.samplers import CondFn
 from .gradient import scaled_cond_fn
 
-__all__ = ["Prompts", "clip_text_embeddings", "composed_text_embeddings", "clip_cond_fn", "clip_scores", "clip_best",
-           "clip_rerank"]
+__all__ = ["Prompts", "clip_resize", "clip_text_embeddings", "composed_text_embeddings", "clip_cond_fn"]
 
 Prompts = str | Sequence[str] | tuple[torch.Tensor, torch.Tensor] | torch.Tensor
 """A prompt, a list of prompts, already padded CLIP ``(tokens (B, L), lens (B,))``, or text
@@ -90,7 +90,7 @@ def clip_cond_fn(
     def log_prob(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if z_t.shape[0] not in (1, x_t.shape[0]):
             raise ValueError(f"{z_t.shape[0]} prompts for a batch of {x_t.shape[0]} images (need 1 or {x_t.shape[0]})")
-        z_i = clip.image_embeddings(_resize(x_t, clip.config.image_size), t)  # (B, D)
+        z_i = clip.image_embeddings(clip_resize(x_t, clip.config.image_size), t)  # (B, D)
         z = z_t.clone() if z_t.is_inference() else z_t  # usable by autograd
         logits = torch.exp(clip.logit_scale) * (z.to(z_i.dtype) * z_i).sum(dim=-1)  # (B,)
         if max_t:
@@ -109,55 +109,11 @@ def clip_cond_fn(
     return limited
 
 
-def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Area averaging when shrinking, bilinear when enlarging."""
+def clip_resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images (B, C, H, W) to a CLIP's (B, C, size, size): area averaging when shrinking, bilinear
+    when enlarging (differentiable). What CLIP guidance, re-ranking and the CLIP feature extractor use."""
     if images.shape[-2:] == (size, size):
         return images
     mode = "area" if images.shape[-1] >= size and images.shape[-2] >= size else "bilinear"
     kwargs = {} if mode == "area" else {"align_corners": False}
     return F.interpolate(images, size=(size, size), mode=mode, **kwargs)
-
-
-def clip_scores(
-    clip: NoisedClip, images: torch.Tensor, prompt: Prompts, *,
-    tokenizer: ClipTokenizer | None = None, batch_size: int = 32,
-) -> torch.Tensor:
-    """CLIP logits ``exp(logit_scale) * z_i . z_t`` (N,) of clean images (N, 3, H, W) in [-1, 1] at t = 0.
-
-    ``prompt`` is one prompt (a string or a single-row ``(tokens, lens)``).
-    Images are resized to the CLIP's image size when they differ.
-    """
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected images (N, 3, H, W), got {tuple(images.shape)}")
-    z_t = clip_text_embeddings(clip, prompt, tokenizer)
-    if z_t.shape[0] != 1:
-        raise ValueError(f"clip_scores takes one prompt, got {z_t.shape[0]}")
-    device, dtype = clip.logit_scale.device, clip.logit_scale.dtype
-    scores = []
-    with torch.no_grad():
-        for chunk in images.split(batch_size):
-            x = _resize(chunk.to(device=device, dtype=dtype), clip.config.image_size)
-            t = torch.zeros(x.shape[0], dtype=torch.long, device=device)
-            scores.append(clip.logits(clip.image_embeddings(x, t), z_t)[:, 0])
-    return torch.cat(scores)
-
-
-def clip_best(
-    clip: NoisedClip, images: torch.Tensor, prompt: Prompts, k: int, *,
-    tokenizer: ClipTokenizer | None = None, batch_size: int = 32,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (k,) int64 of the k images best matching ``prompt`` by :func:`clip_scores`, best first
-    (ties keep the earlier image first), and their scores (k,) float32, on the CPU."""
-    if not 1 <= k <= images.shape[0]:
-        raise ValueError(f"k must be in 1..{images.shape[0]}, got {k}")
-    scores = clip_scores(clip, images, prompt, tokenizer=tokenizer, batch_size=batch_size).float().cpu()
-    order = torch.argsort(scores, descending=True, stable=True)[:k]
-    return order, scores[order]
-
-
-def clip_rerank(
-    clip: NoisedClip, images: torch.Tensor, prompt: Prompts, k: int, *,
-    tokenizer: ClipTokenizer | None = None, batch_size: int = 32,
-) -> torch.Tensor:
-    """Indices (k,) int64 of the k images best matching ``prompt`` (:func:`clip_best`)."""
-    return clip_best(clip, images, prompt, k, tokenizer=tokenizer, batch_size=batch_size)[0]

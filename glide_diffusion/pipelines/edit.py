@@ -22,10 +22,11 @@ from ..diffusion.schedule import Schedule
 from ..precision import resolve_dtype
 from ..sampling.noise import PerSampleNoise, seeds_for
 from .captions import warn_captions
-from .inpaint import resized, split_alpha
+from .images import quantize, resized, split_alpha, to_pil
 from .prompts import parse_prompt, prompt_settings, warn_unused_negative
-from .stage import SettingError, Stage, StageSettings, load_stages, quantize, sample_stage, to_pil
-from .text2im import OFFICIAL_BASE, OFFICIAL_UPSAMPLE, Text2ImResult, validate_request
+from .recipes import OFFICIAL_BASE, OFFICIAL_UPSAMPLE, SettingError, StageSettings
+from .stage import Stage, load_stages, sample_stage
+from .text2im import Text2ImResult, validate_request
 
 
 def truncate(s: Schedule, k: int) -> Schedule:

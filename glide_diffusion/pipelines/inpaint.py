@@ -16,33 +16,23 @@ only get the x0 replacement, the "no fine-tuning" baseline the paper compares ag
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..precision import resolve_dtype
+from ..presets import ModelConfig
 from ..sampling.noise import PerSampleNoise, seeds_for
 from .captions import warn_captions
+from .images import extend_canvas, known_at, mask_from_image, mask_from_rects, quantize, resized, split_alpha, to_uint8
 from .prompts import Composition, clip_target, parse_prompt, prompt_settings, warn_unused_negative
-from .stage import Stage, StageSettings, from_pil, load_stages, quantize, sample_stage, to_uint8
-from .text2im import OFFICIAL_BASE, validate_request
-
-# The inpainting notebook samples the upsampler with "fast27" ancestral steps.
-INPAINT_UPSAMPLE_DEFAULTS = StageSettings("ddpm", "fast27", 1.0, 0.997)
-# The bundled Shapes inpainting model as its bar was measured (docs/results.md, "Inpainting"):
-# DPM-Solver++(2M) 25 steps at guidance 3, best of 4 by CLIP.
-SHAPES_INPAINT = StageSettings("dpm++2m", "25", 3.0, 1.0, candidates=4)
-# Named (base, upsampler) settings ``glide inpaint --recipe`` picks from; the first is the default.
-INPAINT_RECIPES = {"official": (OFFICIAL_BASE, INPAINT_UPSAMPLE_DEFAULTS),
-                   "shapes": (SHAPES_INPAINT, INPAINT_UPSAMPLE_DEFAULTS)}
-# The recipe ``glide inpaint`` uses for an inpainting model unless --recipe says otherwise (its
-# reranking CLIP: text2im.RERANK_CLIPS).
-INPAINT_MODEL_RECIPES = {"shapes-inpaint": "shapes"}
+from .recipes import INPAINT_UPSAMPLE_DEFAULTS, OFFICIAL_BASE, StageSettings
+from .stage import Stage, load_stages, sample_stage
+from .text2im import validate_request
 
 
 @dataclass
@@ -52,53 +42,6 @@ class InpaintResult:
     prompts: list[str]
     seeds: list[int]
     settings: dict = field(default_factory=dict)
-
-
-def split_alpha(image: Image.Image) -> tuple[Image.Image, np.ndarray | None]:
-    """RGB image composited on white, and the transparency (True = transparent) if it has alpha."""
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        alpha = np.asarray(rgba)[..., 3]
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB"), alpha < 128
-    return image.convert("RGB"), None
-
-
-def mask_from_image(mask: Image.Image, size: tuple[int, int], invert: bool = False) -> np.ndarray:
-    """A mask picture -> bool (H, W), True = fill. White (>= 128) fills; grey levels are thresholded."""
-    if mask.size != size:
-        raise ValueError(f"the mask is {mask.size[0]}x{mask.size[1]} but the image is {size[0]}x{size[1]}")
-    if mask.mode in ("RGBA", "LA"):
-        mask = split_alpha(mask)[0]
-    m = np.asarray(mask.convert("L"))
-    if not np.isin(m, (0, 255)).all():
-        warnings.warn("the mask is not binary: pixels >= 128 count as 'fill', darker ones as 'keep'", stacklevel=2)
-    fill = m >= 128
-    return ~fill if invert else fill
-
-
-def mask_from_rects(rects: Sequence[tuple[int, int, int, int]], size: tuple[int, int]) -> np.ndarray:
-    """Rectangles (left, top, right, bottom) in pixels, right/bottom exclusive -> bool (H, W) fill mask."""
-    w, h = size
-    fill = np.zeros((h, w), dtype=bool)
-    for left, top, right, bottom in rects:
-        if not (0 <= left < right <= w and 0 <= top < bottom <= h):
-            raise ValueError(f"rectangle {(left, top, right, bottom)} is not inside the {w}x{h} image")
-        fill[top:bottom, left:right] = True
-    return fill
-
-
-def extend_canvas(image: Image.Image, fill: np.ndarray | None, left: int, top: int, right: int, bottom: int,
-                  ) -> tuple[Image.Image, np.ndarray]:
-    """Outpainting: grow the canvas by the given margins (grey), which become the region to fill."""
-    if min(left, top, right, bottom) < 0:
-        raise ValueError("canvas extensions must be >= 0 pixels")
-    w, h = image.size
-    canvas = Image.new("RGB", (w + left + right, h + top + bottom), (128, 128, 128))
-    canvas.paste(image, (left, top))
-    new_fill = np.ones((canvas.size[1], canvas.size[0]), dtype=bool)
-    new_fill[top:top + h, left:left + w] = fill if fill is not None else False
-    return canvas, new_fill
 
 
 def region(image: Image.Image, mask: Image.Image | None = None,
@@ -130,18 +73,6 @@ def check_fill(fill: np.ndarray) -> None:
         warnings.warn("the mask covers the whole image: this is plain text-to-image generation", stacklevel=2)
 
 
-def known_at(fill: np.ndarray, size: int) -> torch.Tensor:
-    """(1, 1, size, size) float known-mask; a pixel is known only if all of its source pixels are."""
-    f = torch.from_numpy(fill.astype(np.float32))[None, None]
-    if f.shape[-1] != size:
-        f = F.adaptive_max_pool2d(f, size) if f.shape[-1] > size else F.interpolate(f, size=size, mode="nearest")
-    return 1.0 - f
-
-
-def resized(image: Image.Image, size: int) -> torch.Tensor:
-    return from_pil(image if image.size == (size, size) else image.resize((size, size), Image.BICUBIC))
-
-
 def replace_known(source: torch.Tensor, known: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The x0 projection: known pixels taken from the source at every step."""
 
@@ -166,10 +97,21 @@ class InpaintPipeline:
 
     @classmethod
     def from_pretrained(cls, base: str = "base-inpaint", upsampler: str | None = "upsample-inpaint", *,
-                        device="cpu", cache_dir=None, download=True,
-                        base_config=None, upsampler_config=None) -> InpaintPipeline:
-        return cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download,
-                                 base_config=base_config, upsampler_config=upsampler_config))
+                        device: str | torch.device = "cpu", cache_dir: str | None = None, download: bool = True,
+                        rerank_clip: str | None = None, base_config: ModelConfig | str | None = None,
+                        upsampler_config: ModelConfig | str | None = None) -> InpaintPipeline:
+        """Load the stages as :meth:`Text2ImPipeline.from_pretrained <.text2im.Text2ImPipeline.from_pretrained>`;
+        ``rerank_clip``: the noised CLIP (``"released"``, a bundled name or a path) for settings with
+        ``candidates`` > 1."""
+        pipe = cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download,
+                                base_config=base_config, upsampler_config=upsampler_config))
+        if rerank_clip is not None:
+            from ..clip.loading import load_clip_and_tokenizer
+
+            pipe.rerank_clip, pipe.rerank_clip_tokenizer = load_clip_and_tokenizer(
+                rerank_clip, device=device, cache_dir=cache_dir, download=download)
+            pipe.rerank_clip_name = rerank_clip
+        return pipe
 
     @property
     def output_size(self) -> int:
@@ -255,7 +197,7 @@ class InpaintPipeline:
               ) -> tuple[list[int], list[float]]:
         """Of each run of ``group`` base-stage images, the index of the one the reranking CLIP
         scores best, composited onto the input and quantized as they are saved; and its score."""
-        from ..guidance.clip import clip_scores
+        from ..guidance.rerank import clip_scores
 
         known = known_at(fill, low.shape[-1]).to(low.device)
         shown = quantize(low * (1 - known) + resized(image, low.shape[-1]).to(low.device) * known)

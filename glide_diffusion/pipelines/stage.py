@@ -8,86 +8,24 @@ mask), the starting point and the x0 projection.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
-from ..diffusion.schedule import Schedule, make_schedule, space_timesteps
+from ..diffusion.schedule import Schedule, make_schedule
 from ..guidance.cfg import composed_guidance
 from ..precision import DTYPES, autocast
 from ..presets import ModelConfig
 from ..sampling.noise import PerSampleNoise
-from ..sampling.samplers import SAMPLERS
+from ..sampling.samplers import Denoiser, get_sampler
 from ..text.tokenizer import tokenize_batch, tokenizer_for
 from ..unet.model import GlideUNet, TextCondition
 from .prompts import Composition
+from .recipes import StageSettings
 
 X0Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class StageSettings:
-    """How one stage samples."""
-
-    sampler: str = "ddpm"  # a key of SAMPLERS
-    steps: str = "100"  # a respacing string: "100", "fast27", "ddim50", "10,20,30"
-    guidance_scale: float = 3.0  # classifier-free guidance; 1 = conditional only (one pass)
-    temperature: float = 1.0  # scale of the initial noise (the notebook's upsampler: 0.997)
-    eta: float = 0.0  # DDIM only
-    clip_denoised: bool = True
-    # Guide only the steps with t in [lo*T, hi*T] (fractions of the T diffusion steps;
-    # Kynkäänniemi et al. 2024); the others run the conditional model alone. None: every step.
-    guidance_interval: tuple[float, float] | None = None
-    # Base stage of text-to-image and inpainting only: sample this many images for each one asked for and keep the
-    # one a noised CLIP scores best (GLIDE §3.2's CLIP reranking as best-of-N); 1 = off.
-    candidates: int = 1
-
-    def guidance_bounds(self, diffusion_steps: int) -> tuple[float, float] | None:
-        """The guidance interval in original timesteps of a ``diffusion_steps`` process, or None."""
-        if self.guidance_interval is None:
-            return None
-        lo, hi = self.guidance_interval
-        return lo * diffusion_steps, hi * diffusion_steps
-
-    def validate(self, stage: str, num_steps: int) -> None:
-        """Raise :class:`SettingError` (named ``"<stage>.<field>"``) for a setting that cannot run."""
-        def bad(name: str, problem: str) -> SettingError:
-            return SettingError(f"{stage}.{name}", problem)
-
-        if self.sampler not in SAMPLERS:
-            raise bad("sampler", f"must be one of {', '.join(SAMPLERS)}, got {self.sampler!r} (unknown sampler)")
-        try:
-            space_timesteps(num_steps, self.steps)
-        except ValueError as e:
-            raise bad("steps", f"is not a respacing (bad steps {self.steps!r}): {e}") from None
-        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
-            raise bad("guidance_scale", f"must be a finite number >= 0, got {self.guidance_scale}")
-        if not 0 < self.temperature <= 10 or not math.isfinite(self.temperature):
-            raise bad("temperature", f"must be in (0, 10], got {self.temperature}")
-        if not 0 <= self.eta <= 1:
-            raise bad("eta", f"must be in [0, 1], got {self.eta}")
-        if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or not 1 <= self.candidates <= 64:
-            raise bad("candidates", f"must be an integer in 1..64, got {self.candidates!r}")
-        if self.guidance_interval is not None:
-            lo, hi = self.guidance_interval
-            if not 0 <= lo <= hi <= 1:
-                raise bad("guidance_interval", "must satisfy 0 <= lo <= hi <= 1 (fractions of the diffusion "
-                                               f"steps), got {lo}, {hi}")
-
-
-class SettingError(ValueError):
-    """A request setting that cannot run. ``name``: the parameter (``"num_images"``, or
-    ``"base.guidance_scale"`` for a stage's), so a front end can name its own option for it."""
-
-    def __init__(self, name: str, problem: str):
-        super().__init__(f"{name} {problem}")
-        self.name, self.problem = name, problem
 
 
 def compile_step(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
@@ -108,7 +46,8 @@ class Stage:
 
     def __init__(self, model: GlideUNet, config: ModelConfig, name: str, vocab_dir: str | None = None):
         # Channels-last convolutions are faster with oneDNN on CPU and tensor cores on CUDA.
-        self.model = model.to(memory_format=torch.channels_last)
+        # torch's stubs lack Module.to(memory_format=...), which torch has.
+        self.model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.config, self.name = config, name
         self.tokenizer = tokenizer_for(config.unet.text, vocab_dir)
         self._compiled: Callable[..., torch.Tensor] | None = None  # after compile()
@@ -232,28 +171,32 @@ def sample_stage(
     if dtype != "fp32":
         text = text.kv_to(DTYPES[dtype])
 
-    def denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def model_rows(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # every row: [terms; negative] when guided
         with amp():
             return stage.step(x, t, text=text, **cond).float()
 
+    denoiser: Denoiser = model_rows
     if guided:
         weights = [c.weights for c in comps]
-        interval, conditional = settings.guidance_bounds(stage.config.diffusion.steps), None
+        interval = settings.guidance_bounds(stage.config.diffusion.steps)
+        conditional: Denoiser | None = None
         if interval is not None and plain:  # the unguided steps: the B caption rows alone
             text_c, cond_c = text.head(len(rows)), {k: v[: len(rows)] for k, v in cond.items()}
 
-            def conditional(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            def caption_rows(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 with amp():
                     return stage.step(x, t, text=text_c, **cond_c).float()
+
+            conditional = caption_rows
         elif interval is not None:  # the composition at scale 1, on all rows
-            conditional = composed_guidance(denoiser, 1.0, weights)
-        denoiser = composed_guidance(denoiser, settings.guidance_scale, weights, interval=interval,
+            conditional = composed_guidance(model_rows, 1.0, weights)
+        denoiser = composed_guidance(model_rows, settings.guidance_scale, weights, interval=interval,
                                      conditional=conditional)
     if x_T is None:
         x_T = noise.initial((cfg.in_channels, cfg.image_size, cfg.image_size)) * settings.temperature
     label = f"{stage.config.kind} {cfg.image_size}px {settings.sampler} {settings.steps}" if progress else False
-    kwargs = {"eta": settings.eta} if settings.sampler == "ddim" else {}
-    return SAMPLERS[settings.sampler](
+    sampler = get_sampler(settings.sampler, eta=settings.eta)
+    return sampler(
         denoiser,
         schedule if schedule is not None else stage.schedule(settings.steps),
         x_T,
@@ -263,25 +206,4 @@ def sample_stage(
         cond_fn=cond_fn,
         progress=label,
         callback=(lambda i, x, x0: callback(stage.name, i, x0)) if callback else None,
-        **kwargs,
     )
-
-
-def quantize(x: torch.Tensor) -> torch.Tensor:
-    """Round [-1, 1] images to 8-bit levels, as the notebooks do before upsampling."""
-    return ((x + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8."""
-    return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def to_pil(x: torch.Tensor) -> list[Image.Image]:
-    return [Image.fromarray(a) for a in to_uint8(x)]
-
-
-def from_pil(image: Image.Image) -> torch.Tensor:
-    """An RGB PIL image -> (1, 3, H, W) float in [-1, 1]."""
-    a = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32))
-    return (a / 127.5 - 1).permute(2, 0, 1)[None].contiguous()

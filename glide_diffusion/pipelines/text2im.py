@@ -2,8 +2,8 @@
 
 Composition only: models come from :mod:`glide_diffusion.checkpoints`, the
 process from :mod:`glide_diffusion.diffusion`, samplers and guidance from
-their packages. Defaults follow the official text2im notebook: base "100"
-ancestral steps at guidance scale 3, upsampler "fast27" DDIM at temperature 0.997.
+their packages, the settings and recipes from :mod:`.recipes` (default: the fast path,
+``BASE_DEFAULTS`` and ``UPSAMPLE_DEFAULTS``).
 """
 
 from __future__ import annotations
@@ -20,37 +20,30 @@ from ..precision import check_dtype, resolve_dtype
 from ..presets import ModelConfig
 from ..sampling.noise import PerSampleNoise, seeds_for
 from .captions import warn_captions
+from .images import from_pil, quantize, to_pil
 from .prompts import Composition, clip_target, parse_prompts, prompt_settings, warn_unused_negative
-from .stage import SettingError, Stage, StageSettings, from_pil, load_stages, quantize, sample_stage, to_pil
+from .recipes import (
+    BASE_DEFAULTS,
+    FAST_BASE,
+    FAST_UPSAMPLE,
+    MODEL_RECIPES,
+    OFFICIAL_BASE,
+    OFFICIAL_UPSAMPLE,
+    RECIPES,
+    RERANK_CLIPS,
+    SHAPES_BASE,
+    UPSAMPLE_DEFAULTS,
+    SettingError,
+    StageSettings,
+)
+from .stage import Stage, load_stages, sample_stage
 
+# The recipes and StageSettings live in .recipes; re-exported here, where the Python API has imported them.
 __all__ = ["BASE_DEFAULTS", "UPSAMPLE_DEFAULTS", "FAST_BASE", "FAST_UPSAMPLE", "OFFICIAL_BASE", "OFFICIAL_UPSAMPLE",
            "MODEL_RECIPES", "RECIPES", "RERANK_CLIPS", "SHAPES_BASE", "Stage", "StageSettings", "Text2ImPipeline",
            "Text2ImResult", "validate_request"]
 
 MAX_SEED = 2**63 - 1
-
-
-# The official recipe (GLIDE's notebooks): base DDPM 100 steps, upsampler DDIM "fast27".
-OFFICIAL_BASE = StageSettings("ddpm", "100", 3.0, 1.0)
-OFFICIAL_UPSAMPLE = StageSettings("ddim", "fast27", 1.0, 0.997)
-# The fast path: DPM-Solver++(2M), 15 base steps guided at every step, 3 upsampler steps: the
-# fewest steps within noise of the official recipe (docs/results.md, "The fast default's quality").
-FAST_BASE = StageSettings("dpm++2m", "15", 3.0, 1.0)
-FAST_UPSAMPLE = StageSettings("dpm++2m", "3", 1.0, 0.997)
-# The bundled Shapes base: DPM-Solver++(2M) 25 steps guided at every step, at scale 5, best of 4
-# by shapes-clip-rerank: what scored best on it (docs/results.md, "Sampling the Shapes base").
-SHAPES_BASE = StageSettings("dpm++2m", "25", 5.0, 1.0, candidates=4)
-# Named (base, upsampler) settings: what ``glide sample --recipe`` picks from.
-RECIPES = {"fast": (FAST_BASE, FAST_UPSAMPLE), "official": (OFFICIAL_BASE, OFFICIAL_UPSAMPLE),
-           "shapes": (SHAPES_BASE, FAST_UPSAMPLE)}
-# The recipe ``glide sample`` uses for a base model unless --recipe says otherwise.
-MODEL_RECIPES = {"shapes-base": "shapes"}
-# The noised CLIP ``glide sample`` and ``glide inpaint`` choose a model's candidates with unless --clip
-# says otherwise.
-RERANK_CLIPS = {"shapes-base": "shapes-clip-rerank", "shapes-inpaint": "shapes-clip-rerank"}
-# Text-to-image defaults: the fast path. Editing keeps the official recipe, and so does inpainting
-# with the released models (pipelines/edit.py, pipelines/inpaint.py): fewer steps were not measured there.
-BASE_DEFAULTS, UPSAMPLE_DEFAULTS = RECIPES["fast"]
 
 
 @dataclass
@@ -90,20 +83,28 @@ class Text2ImPipeline:
         device: str | torch.device = "cpu",
         cache_dir: str | None = None,
         download: bool = True,
+        clip: str | None = None,
         rerank_clip: str | None = None,
         base_config: ModelConfig | str | None = None,
         upsampler_config: ModelConfig | str | None = None,
     ) -> Text2ImPipeline:
         """Load released names (``"base"``, ``"upsample"``), bundled names (``"shapes-base"``) or
-        checkpoint paths; ``rerank_clip``: a bundled noised CLIP's name or a path, for settings
-        with ``candidates`` > 1 (the ``shapes`` recipe: ``rerank_clip="shapes-clip-rerank"``);
-        ``base_config``, ``upsampler_config``: presets of ``.pt`` state dicts that record none."""
+        checkpoint paths. ``clip``: a noised CLIP for CLIP guidance (and reranking, unless
+        ``rerank_clip`` names another): ``"released"`` (fetched when missing, unless ``download``
+        is False), a bundled name (``"shapes-clip"``) or a ``.safetensors`` path. ``rerank_clip``:
+        the same kinds of name, for reranking and settings with ``candidates`` > 1 (the ``shapes``
+        recipe: ``rerank_clip="shapes-clip-rerank"``). ``base_config``, ``upsampler_config``:
+        presets of ``.pt`` state dicts that record none."""
         pipe = cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download,
                                 base_config=base_config, upsampler_config=upsampler_config))
-        if rerank_clip is not None:
-            from ..clip.loading import load_clip
+        from ..clip.loading import load_clip_and_tokenizer
 
-            pipe.rerank_clip = load_clip(rerank_clip, device=device)
+        kw: dict[str, Any] = dict(device=device, cache_dir=cache_dir, download=download)
+        if clip is not None:
+            pipe.clip, pipe.clip_tokenizer = load_clip_and_tokenizer(clip, **kw)
+            pipe.clip_name = clip
+        if rerank_clip is not None and rerank_clip != clip:  # the same name: reranking uses ``clip``
+            pipe.rerank_clip, pipe.rerank_clip_tokenizer = load_clip_and_tokenizer(rerank_clip, **kw)
             pipe.rerank_clip_name = rerank_clip
         return pipe
 
@@ -259,7 +260,7 @@ class Text2ImPipeline:
               ) -> tuple[list[int], list[float]]:
         """Indices of the ``keep`` best-scored images of each run of ``per`` (one prompt), best
         first, and their scores. ``images``: (N, 3, H, W) in [-1, 1]."""
-        from ..guidance.clip import clip_best
+        from ..guidance.rerank import clip_best
 
         clip, tokenizer, _ = self._reranker()
         chosen, scores = [], []

@@ -119,7 +119,7 @@ def sample_dpmpp_2m(
 ) -> torch.Tensor:
     """DPM-Solver++(2M) from x_T (B, C, H, W) over the kept timesteps of ``s``.
 
-    ``denoiser(x, t_original) -> (B, 2C, H, W) [eps, v]`` (v ignored).
+    ``denoiser(x, t_original) -> (B, 2C, H, W) [eps, var_interp]`` (var_interp ignored).
     ``noise_fn`` is accepted and ignored (the solver is deterministic).
     ``callback(i, x_{i-1}, x0_i)`` after each step, with the denoised x0 used
     at step i (after ``x0_fn`` and clipping). Returns the sample (B, C, H, W):

@@ -7,8 +7,8 @@ The denoiser contract -- the only thing samplers know about a model::
       t:         (B,) int64 ORIGINAL timesteps (``s.timestep_map[i]``, 0..999
                  for GLIDE), on x_t.device -- never respaced indices, never
                  rescaled floats
-      model_out: (B, 2C, H, W) = [eps, v]: the eps prediction and the
-                 learned-range variance value (Improved DDPM eq. 15)
+      model_out: (B, 2C, H, W) = [eps, var_interp]: the eps prediction and
+                 the learned-range variance value (Improved DDPM eq. 15's v)
 
 Guidance (classifier-free, CLIP, inpainting paste-in) wraps a denoiser into
 another denoiser, or is passed as ``x0_fn`` / ``cond_fn``:
@@ -29,8 +29,10 @@ tables on the host, so the step loop never synchronises with the device.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
@@ -63,9 +65,11 @@ __all__ = [
     "Denoiser",
     "SAMPLERS",
     "StepResult",
+    "Sampler",
     "X0Fn",
     "ddim_step",
     "ddpm_step",
+    "get_sampler",
     "host_timestep",
     "sample_ddim",
     "sample_ddpm",
@@ -232,8 +236,43 @@ def sample_ddim(
     return _run(step, denoiser, s, x_T, noise_fn, cond_fn is not None, progress, callback)
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+class Sampler(Protocol):
+    """The call every sampler in :data:`SAMPLERS` (and every :func:`get_sampler` result) takes:
+    a denoiser, the (respaced) schedule and x_T (B, C, H, W) -> x_0 (B, C, H, W)."""
+
+    def __call__(
+        self,
+        denoiser: Denoiser,
+        s: Schedule,
+        x_T: torch.Tensor,
+        *,
+        noise_fn: NoiseFn | None = None,
+        clip_denoised: bool = True,
+        x0_fn: X0Fn | None = None,
+        cond_fn: CondFn | None = None,
+        progress: bool | str = False,
+        callback: Callback | None = None,
+    ) -> torch.Tensor: ...
+
+
+SAMPLERS: dict[str, Sampler] = {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
     "dpm++2m": sample_dpmpp_2m,
 }
+
+# Each sampler with its own settings bound (DDIM's eta; the others take none), by get_sampler.
+_BIND_SETTINGS: dict[str, Callable[[float], Sampler]] = {
+    "ddpm": lambda eta: sample_ddpm,
+    "ddim": lambda eta: functools.partial(sample_ddim, eta=eta),
+    "dpm++2m": lambda eta: sample_dpmpp_2m,
+}
+
+
+def get_sampler(name: str, *, eta: float = 0.0) -> Sampler:
+    """The sampler ``name`` of :data:`SAMPLERS` with its own settings bound, so that every
+    sampler is called the same way (:class:`Sampler`). ``eta``: DDIM's noise scale (0 =
+    deterministic); the other samplers have no such setting and ignore it."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+    return _BIND_SETTINGS[name](eta)

@@ -334,7 +334,10 @@ def _encoding_from_dir(directory: str) -> tiktoken.Encoding:
     src = Path(directory)
     with tempfile.TemporaryDirectory(prefix="glide-vocab-") as tmp:
         for name in _GPT2_FILES:
-            (Path(tmp) / name).write_bytes(_read_checked(_vocab_file(src, name), name))
+            path = _vocab_file(src, name)
+            if path is None:
+                raise VocabNotFoundError(f"{src} has no {name} (or {name}.gz)")
+            (Path(tmp) / name).write_bytes(_read_checked(path, name))
         with _tiktoken_cache_disabled():
             ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
                 vocab_bpe_file=str(Path(tmp) / "vocab.bpe"),

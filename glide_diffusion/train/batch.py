@@ -83,7 +83,8 @@ def make_inputs(
         if config.cond.corrupt_low_res:
             from .augment import degrade_low_res
 
-            low_res = degrade_low_res(low_res, generator, blur_sigma=tuple(config.cond.low_res_blur),
+            blur_lo, blur_hi = config.cond.low_res_blur
+            low_res = degrade_low_res(low_res, generator, blur_sigma=(blur_lo, blur_hi),
                                       noise_std=config.cond.low_res_noise_std)
         if config.cond.crop_size:
             x0, low_res = random_crop(x0, low_res, config.cond.crop_size, generator)
@@ -132,7 +133,7 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     """ema <- decay * ema + (1 - decay) * model, parameter-wise; buffers copied."""
     from .fsdp import local  # sharded (FSDP) weights: each process updates its own shards
 
-    e_params = local(ema.parameters())
+    e_params: list[torch.Tensor] = local(ema.parameters())
     m_params = local(p.detach() for p in model.parameters())
     torch._foreach_mul_(e_params, decay)
     torch._foreach_add_(e_params, m_params, alpha=1 - decay)

@@ -96,6 +96,15 @@ def make_clip_inputs(batch: dict, config, schedule: Schedule, tokenizer, generat
     return inputs
 
 
+def _negatives(inputs: ClipInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The shape negatives' (tokens, lens, valid), or None where the batch has none."""
+    if inputs.neg_tokens is None:
+        return None
+    if inputs.neg_lens is None or inputs.neg_valid is None:
+        raise ValueError("shape negatives need their lengths and validity mask")
+    return inputs.neg_tokens, inputs.neg_lens, inputs.neg_valid
+
+
 class _GatherRows(torch.autograd.Function):
     """All ranks' rows (every rank the same number), in rank order. Every rank computes the same
     loss of them, so the backward sums the ranks' gradients and keeps this rank's rows: the
@@ -135,11 +144,13 @@ def clip_loss(model, inputs: ClipInputs) -> tuple[torch.Tensor, torch.Tensor]:
     its best column holds the same caption.
     """
     B = inputs.tokens.shape[0]
-    if inputs.neg_tokens is None:
+    negatives = _negatives(inputs)
+    if negatives is None:
         z_image, z_text = model(inputs.x_t, inputs.t, inputs.tokens, inputs.lens)
     else:  # one text-tower call for the captions and their negatives
-        z_image, z_all = model(inputs.x_t, inputs.t, torch.cat([inputs.tokens, inputs.neg_tokens]),
-                               torch.cat([inputs.lens, inputs.neg_lens]))
+        neg_tokens, neg_lens, neg_valid = negatives
+        z_image, z_all = model(inputs.x_t, inputs.t, torch.cat([inputs.tokens, neg_tokens]),
+                               torch.cat([inputs.lens, neg_lens]))
         z_text, z_neg = z_all[:B], z_all[B:].reshape(B, -1, z_all.shape[-1])
     z_image, z_text = _gather(z_image), _gather(z_text)
     tokens = _gather(inputs.tokens)
@@ -149,8 +160,8 @@ def clip_loss(model, inputs: ClipInputs) -> tuple[torch.Tensor, torch.Tensor]:
     same = (tokens[:, None, :] == tokens[None, :, :]).all(-1).float()  # same caption
     target = same / same.sum(dim=1, keepdim=True)
     rows_logits, rows_target = logits, target
-    if inputs.neg_tokens is not None:
-        z_neg, valid = _gather(z_neg), _gather(inputs.neg_valid)
+    if negatives is not None:
+        z_neg, valid = _gather(z_neg), _gather(neg_valid)
         hard = scale * torch.einsum("nd,nkd->nk", z_image.float(), z_neg.float())  # (N, negatives)
         hard = hard.masked_fill(~valid, -1e4)  # finite: a zero target times it stays 0
         rows_logits = torch.cat([logits, hard], dim=1)

@@ -110,7 +110,7 @@ class CondConfig:
         _check(self.low_res_noise_std >= 0, "cond.low_res_noise_std must be >= 0")
         _check(self.crop_size >= 0, "cond.crop_size must be >= 0")
         bad = [k for k in self.mask_kinds if k not in MASK_KINDS]
-        _check(not bad and self.mask_kinds, f"cond.mask_kinds must be a non-empty list of {MASK_KINDS}")
+        _check(not bad and bool(self.mask_kinds), f"cond.mask_kinds must be a non-empty list of {MASK_KINDS}")
 
 
 @dataclass(frozen=True)
@@ -343,7 +343,7 @@ def _coerce(value: Any, hint: Any, current: Any, path: str) -> Any:
         return _preset_config(value, current, path, ModelConfig, get_preset)
     if hint is ClipConfig:
         return _preset_config(value, current, path, ClipConfig, get_clip_preset)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a table of {hint.__name__} fields, got {value!r}")
         return _apply(current if isinstance(current, hint) else hint(), value, f"{path}.")

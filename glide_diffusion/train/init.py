@@ -21,7 +21,7 @@ from ..unet.model import GlideUNet
 
 __all__ = ["init_model", "expand_input_conv", "check_same_architecture", "INPUT_CONV"]
 
-INPUT_CONV = "input_blocks.0.0.weight"  # the first convolution, (out, input_channels, 3, 3)
+INPUT_CONV = "input_blocks.0.0.weight"  # the first convolution, (out, first_conv_channels, 3, 3)
 
 # Fields that may differ between the source and the fine-tuned model.
 _FREE_FIELDS = ("inpaint", "dropout", "text.clause_words")
@@ -78,7 +78,7 @@ def expand_input_conv(state: Mapping[str, torch.Tensor], config: UNetConfig) -> 
     ``cat([x, image*mask, mask])`` (2C + 1 = 7 channels), plus ``low_res`` last
     for an upsampling-inpainting model (3C + 1 = 10). The source conv has C
     channels ``[x]`` (base) or 2C ``[x, low_res]`` (upsampler). The new
-    weight (out, input_channels, k, k) is::
+    weight (out, first_conv_channels, k, k) is::
 
         target channels [0, C)          <- source channels [0, C)    (x)
         target channels [C, 2C + 1)     <- zeros                     (image*mask, mask)
@@ -95,12 +95,12 @@ def expand_input_conv(state: Mapping[str, torch.Tensor], config: UNetConfig) -> 
     c, cells = config.in_channels, config.patch_size**2
     if not config.inpaint or w is None or w.ndim != 4:
         return dict(state)
-    if w.shape[1] != (config.input_channels - (c + 1)) * cells:
+    if w.shape[1] != (config.first_conv_channels - (c + 1)) * cells:
         return dict(state)
     # A patch_size p model's conv sees channel k of the input as p**2 consecutive channels
     # (pixel_unshuffle): move whole groups.
     w = w.reshape(w.shape[0], -1, cells, *w.shape[2:])
-    new = w.new_zeros(w.shape[0], config.input_channels, cells, *w.shape[3:])
+    new = w.new_zeros(w.shape[0], config.first_conv_channels, cells, *w.shape[3:])
     new[:, :c] = w[:, :c]
     new[:, 2 * c + 1 :] = w[:, c:]
     return {**state, INPUT_CONV: new.flatten(1, 2)}

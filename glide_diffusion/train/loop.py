@@ -33,7 +33,7 @@ from ..data.factory import build_dataset, collate, make_loader
 from ..diffusion import hybrid_loss, make_schedule
 from ..diffusion.losses import min_snr_weights, v_weights
 from ..diffusion.schedule import Schedule
-from ..pipelines.text2im import StageSettings
+from ..pipelines.recipes import StageSettings
 from ..precision import autocast as precision_autocast
 from ..precision import check_dtype
 from ..text.tokenizer import tokenizer_for

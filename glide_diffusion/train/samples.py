@@ -1,11 +1,10 @@
 """Sample grids from the EMA model during training (fixed prompts and seeds).
 
 Base models sample through :class:`~glide_diffusion.pipelines.text2im.Text2ImPipeline`;
-upsamplers and inpainting models through the same building blocks (a pipeline
-:class:`Stage`, classifier-free guidance, ``PerSampleNoise``, the samplers) with
-conditioning images taken from the start of the dataset, so every grid of a
-run shows the same inputs. Grid rows are seeds, columns prompts; for upsampling
-and inpainting the first row shows the conditioning input.
+upsamplers and inpainting models through the pipelines' own sampling call
+(:func:`~glide_diffusion.pipelines.stage.sample_stage`), with conditioning images taken from
+the start of the dataset, so every grid of a run shows the same inputs. Grid rows are seeds,
+columns prompts; for upsampling and inpainting the first row shows the conditioning input.
 """
 
 from __future__ import annotations
@@ -13,19 +12,20 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from ..checkpoints import atomic_write
-from ..guidance.cfg import classifier_free_guidance
-from ..pipelines.stage import Stage, StageSettings, to_pil
+from ..pipelines.images import to_pil
+from ..pipelines.recipes import StageSettings
+from ..pipelines.stage import Stage, sample_stage
 from ..pipelines.text2im import Text2ImPipeline
 from ..presets import ModelConfig
 from ..sampling.noise import PerSampleNoise, seeds_for
-from ..sampling.samplers import SAMPLERS
-from ..unet.model import TextCondition
+from ..unet.model import GlideUNet
 
 __all__ = ["grid", "sample_images", "write_grid"]
 
@@ -42,7 +42,7 @@ def grid(rows: Sequence[Sequence[Image.Image]]) -> Image.Image:
 
 @torch.no_grad()
 def sample_images(
-    model: torch.nn.Module,
+    model: GlideUNet,
     config: ModelConfig,
     prompts: Sequence[str],
     seed: int,
@@ -53,24 +53,9 @@ def sample_images(
     stage = Stage(copy.deepcopy(model).eval(), config, "ema")
     if config.kind == "base":
         return Text2ImPipeline(stage)(list(prompts), num_images=1, seed=seed, base=settings).images
-    cond = {k: v.to(stage.device) for k, v in (cond or {}).items()}
-    guided = settings.guidance_scale != 1.0
-    text = stage.encode(list(prompts))
-    if guided:
-        text = TextCondition.cat([text, stage.encode([""]).repeat(len(prompts))])
-        cond = {k: torch.cat([v, v]) for k, v in cond.items()}
-
-    def denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return stage.model(x, t, text=text, **cond).float()
-
-    if guided:
-        denoiser = classifier_free_guidance(denoiser, settings.guidance_scale)
+    images: dict[str, Any] = {k: v.to(stage.device) for k, v in (cond or {}).items()}
     noise = PerSampleNoise(seeds_for(seed, len(prompts)), stage.device)
-    u = config.unet
-    x_T = noise.initial((u.in_channels, u.image_size, u.image_size)) * settings.temperature
-    kwargs = {"eta": settings.eta} if settings.sampler == "ddim" else {}
-    x = SAMPLERS[settings.sampler](denoiser, stage.schedule(settings.steps), x_T, noise_fn=noise, **kwargs)
-    return to_pil(x)
+    return to_pil(sample_stage(stage, list(prompts), noise, settings, **images))
 
 
 def condition_row(cond: dict[str, torch.Tensor], size: int) -> list[Image.Image]:

@@ -23,7 +23,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -32,6 +32,8 @@ from ..checkpoints import EMA_FILE, CheckpointError, read_state_dict, save_model
 
 if TYPE_CHECKING:
     from ..clip.config import ClipConfig
+    from ..clip.model import NoisedClip
+    from ..unet.model import GlideUNet
 from ..presets import ModelConfig
 
 __all__ = [
@@ -59,7 +61,9 @@ _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 def get_rng_state() -> dict[str, Any]:
     """This process's global RNG states (torch CPU, CUDA, numpy, python ``random``) as tensors."""
-    np_state = np.random.get_state()  # ('MT19937', uint32[624], pos, has_gauss, cached_gaussian)
+    np_state = np.random.get_state(legacy=True)  # ('MT19937', uint32[624], pos, has_gauss, cached_gaussian)
+    if not isinstance(np_state, tuple):
+        raise TypeError("numpy's legacy RNG state is a tuple")
     py_version, py_internal, py_gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -135,13 +139,13 @@ def save_checkpoint(
     try:
         meta = {"step": str(step)}
         if isinstance(model_config, ModelConfig):
-            save_model(tmp / "model.safetensors", model, model_config, meta)
-            save_model(tmp / EMA_FILE, ema, model_config, {**meta, "ema": "true"})
+            save_model(tmp / "model.safetensors", cast("GlideUNet", model), model_config, meta)
+            save_model(tmp / EMA_FILE, cast("GlideUNet", ema), model_config, {**meta, "ema": "true"})
         else:  # a noised CLIP (its config travels with the module)
             from ..clip.loading import save_clip
 
-            save_clip(tmp / "model.safetensors", model, meta)
-            save_clip(tmp / EMA_FILE, ema, {**meta, "ema": "true"})
+            save_clip(tmp / "model.safetensors", cast("NoisedClip", model), meta)
+            save_clip(tmp / EMA_FILE, cast("NoisedClip", ema), {**meta, "ema": "true"})
         torch.save(state, tmp / "state.pt")
         (tmp / "config.json").write_text(config_json, encoding="utf-8")
         for name in ("state.pt", "config.json"):

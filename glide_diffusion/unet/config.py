@@ -138,8 +138,9 @@ class UNetConfig:
         return self.in_channels * (2 if self.learn_sigma else 1)
 
     @property
-    def input_channels(self) -> int:
-        """Channels of the first convolution: x, the inpainting and low-res conditions, coordinates."""
+    def first_conv_channels(self) -> int:
+        """Input channels of the first convolution: x (``in_channels``), the inpainting and low-res
+        conditions, coordinates."""
         extra = (self.in_channels + 1 if self.inpaint else 0) + (
             self.in_channels if self.super_res else 0
         ) + (2 if self.coord_channels else 0)

@@ -8,6 +8,7 @@ as they are.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +65,7 @@ class TextCondition:
         )
 
 
-class Stage(nn.Sequential):
+class ConditionedSequential(nn.Sequential):
     """A UNet stage: ResBlocks, attention and resampling, dispatched on their inputs."""
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor, text: TextCondition | None):  # type: ignore[override]
@@ -91,7 +92,7 @@ class GlideUNet(nn.Module):
     """ADM UNet whose class embedding is replaced by a caption transformer (GLIDE §4.1).
 
     ``forward(x, t, *, text=..., low_res=..., inpaint_image=..., inpaint_mask=...)``
-    returns (B, 2C, H, W): eps and the learned-range variance interpolation v.
+    returns (B, 2C, H, W): eps and the learned-range variance interpolation ``var_interp``.
 
     A ``prediction="v"`` network predicts v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 and
     returns eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v, so its x0 estimate at high noise is
@@ -99,6 +100,9 @@ class GlideUNet(nn.Module):
     sqrt(abar_t). ``alphas_cumprod`` (the training schedule's, indexed by original
     timestep) is then required; it is a non-persistent buffer, not part of the weights.
     """
+
+    v_alphas_cumprod: torch.Tensor  # buffer (prediction="v" only)
+    clause_tokens: torch.Tensor  # buffer
 
     def __init__(self, config: UNetConfig, alphas_cumprod=None):
         super().__init__()
@@ -116,7 +120,7 @@ class GlideUNet(nn.Module):
             nn.Linear(ch, config.time_embed_dim), nn.SiLU(), nn.Linear(config.time_embed_dim, config.time_embed_dim)
         )
         self.input_blocks, skip_channels, ch = self._build_input_blocks()
-        self.middle_block = Stage(
+        self.middle_block = ConditionedSequential(
             self._res(ch, ch), self._attention(ch), self._res(ch, ch)
         )
         self.output_blocks, ch = self._build_output_blocks(ch, skip_channels)
@@ -166,7 +170,8 @@ class GlideUNet(nn.Module):
     def _build_input_blocks(self) -> tuple[nn.ModuleList, list[int], int]:
         c = self.config
         ch = c.channel_mult[0] * c.model_channels
-        blocks = nn.ModuleList([Stage(nn.Conv2d(c.input_channels * c.patch_size**2, ch, 3, padding=1))])
+        first_conv = nn.Conv2d(c.first_conv_channels * c.patch_size**2, ch, 3, padding=1)
+        blocks = nn.ModuleList([ConditionedSequential(first_conv)])
         skip_channels, ds = [ch], c.patch_size
         for level, mult in enumerate(c.channel_mult):
             for _ in range(c.num_res_blocks):
@@ -174,10 +179,10 @@ class GlideUNet(nn.Module):
                 ch = mult * c.model_channels
                 if ds in c.attention_resolutions:
                     layers.append(self._attention(ch))
-                blocks.append(Stage(*layers))
+                blocks.append(ConditionedSequential(*layers))
                 skip_channels.append(ch)
             if level != len(c.channel_mult) - 1:
-                blocks.append(Stage(self._resample(ch, down=True)))
+                blocks.append(ConditionedSequential(self._resample(ch, down=True)))
                 skip_channels.append(ch)
                 ds *= 2
         self._bottom_ds = ds
@@ -195,7 +200,7 @@ class GlideUNet(nn.Module):
                 if level and i == c.num_res_blocks:
                     layers.append(self._resample(ch, down=False))
                     ds //= 2
-                blocks.append(Stage(*layers))
+                blocks.append(ConditionedSequential(*layers))
         return blocks, ch
 
     @torch.no_grad()
@@ -207,13 +212,10 @@ class GlideUNet(nn.Module):
         """
         for m in self.modules():
             if isinstance(m, ResBlock):
-                nn.init.zeros_(m.out_layers[-1].weight)
-                nn.init.zeros_(m.out_layers[-1].bias)
+                _zero_parameters(m.out_layers[-1])
             elif isinstance(m, AttentionBlock):
-                nn.init.zeros_(m.proj_out.weight)
-                nn.init.zeros_(m.proj_out.bias)
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+                _zero_parameters(m.proj_out)
+        _zero_parameters(self.out[-1])
         nn.init.normal_(self.positional_embedding, std=0.01)
         if self.clause_bag_of_words is not None:
             nn.init.zeros_(self.clause_bag_of_words.weight)
@@ -273,7 +275,7 @@ class GlideUNet(nn.Module):
         inpaint_image: torch.Tensor | None = None,
         inpaint_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, C, H, W), t (B,) original timesteps -> (B, 2C, H, W) [eps, v].
+        """x (B, C, H, W), t (B,) original timesteps -> (B, 2C, H, W) [eps, var_interp].
 
         The caption is given either encoded (``text``, from :meth:`encode_text`)
         or as ``tokens`` and ``mask``. Upsamplers need ``low_res`` (B, C, h, w),
@@ -285,7 +287,7 @@ class GlideUNet(nn.Module):
                 raise ValueError("give the caption as text=model.encode_text(...) or tokens= and mask=")
             text = self.encode_text(tokens, mask)
         x_in = self._model_input(x, low_res, inpaint_image, inpaint_mask)
-        dtype = self.out[-1].weight.dtype
+        dtype = cast(nn.Conv2d, self.out[-1]).weight.dtype
         with full_precision(x):  # tiny layers whose rounding every block (emb) or eps (out) would carry
             emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(dtype))
         emb = emb + text.xf_proj.to(emb.dtype)
@@ -349,3 +351,9 @@ def _clause_tokens(tc) -> torch.Tensor:
             raise ValueError(f"text clause word {word!r} is {len(encoded)} tokens of {tc.tokenizer!r}; it must be one")
         ids.append(encoded[0])
     return torch.tensor(ids, dtype=torch.long, device="cpu")  # not "meta": load_model builds there
+
+
+def _zero_parameters(layer: nn.Module) -> None:
+    """Zero a layer's weight and bias (GLIDE's zero-initialised output layers)."""
+    for p in layer.parameters():
+        nn.init.zeros_(p)
