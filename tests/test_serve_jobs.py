@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glide_diffusion.pipelines.stage import StageSettings
+from glide_diffusion.pipelines.recipes import StageSettings
 from glide_diffusion.serve.jobs import (
     BusyError,
     DeviceQueue,
@@ -94,10 +94,19 @@ def test_open_upload_checks_before_decoding(tmp_path):
 
 def test_reproduce_spells_out_every_setting():
     base, up = StageSettings("dpm++2m", "25", 5.0, candidates=4), StageSettings("dpm++2m", "3", 1.0, 0.997)
-    command = reproduce("sample", ["a red circle's edge"], ["--models", "shapes"], base, up,
-                        Options(negative="blue", num_images=2, seed=7), [("--rerank", 1)])
-    assert command == ("glide sample 'a red circle'\"'\"'s edge' --models shapes -n 2 --seed 7 --negative blue "
-                       "-g 5 --base-sampler dpm++2m --base-steps 25 --up-sampler dpm++2m --up-steps 3 "
-                       "--candidates 4 --rerank 1")
+    command = reproduce(
+        "sample",
+        ["a red circle's edge"],
+        ["--models", "shapes"],
+        base,
+        up,
+        Options(negative="blue", num_images=2, seed=7),
+        [("--rerank", 1)],
+    )
+    assert command == (
+        "glide sample 'a red circle'\"'\"'s edge' --models shapes -n 2 --seed 7 --negative blue "
+        "-g 5 --base-sampler dpm++2m --base-steps 25 --up-sampler dpm++2m --up-steps 3 "
+        "--candidates 4 --rerank 1"
+    )
     command = reproduce("edit", ["input.png", "-a circle"], [], base, up, Options())
     assert command.startswith("glide edit -n 1 --seed 0") and command.endswith("-- input.png '-a circle'")

@@ -16,7 +16,7 @@ only get the x0 replacement, the "no fine-tuning" baseline the paper compares ag
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -44,9 +44,14 @@ class InpaintResult:
     settings: dict = field(default_factory=dict)
 
 
-def region(image: Image.Image, mask: Image.Image | None = None,
-           rects: Sequence[tuple[int, int, int, int]] = (), *, invert: bool = False,
-           extend: tuple[int, int, int, int] | None = None) -> tuple[Image.Image, np.ndarray, bool]:
+def region(
+    image: Image.Image,
+    mask: Image.Image | None = None,
+    rects: Sequence[tuple[int, int, int, int]] = (),
+    *,
+    invert: bool = False,
+    extend: tuple[int, int, int, int] | None = None,
+) -> tuple[Image.Image, np.ndarray, bool]:
     """The RGB image and bool (H, W) fill mask (True = repaint) of an inpainting request, as
     ``glide inpaint`` and ``glide serve`` build them: a mask picture (white = fill, or black with
     ``invert``), else the image's transparent pixels; with ``rects`` (left, top, right, bottom)
@@ -96,20 +101,38 @@ class InpaintPipeline:
         self.rerank_clip_name: str | None = None  # recorded in the settings
 
     @classmethod
-    def from_pretrained(cls, base: str = "base-inpaint", upsampler: str | None = "upsample-inpaint", *,
-                        device: str | torch.device = "cpu", cache_dir: str | None = None, download: bool = True,
-                        rerank_clip: str | None = None, base_config: ModelConfig | str | None = None,
-                        upsampler_config: ModelConfig | str | None = None) -> InpaintPipeline:
+    def from_pretrained(
+        cls,
+        base: str = "base-inpaint",
+        upsampler: str | None = "upsample-inpaint",
+        *,
+        device: str | torch.device = "cpu",
+        cache_dir: str | None = None,
+        download: bool = True,
+        rerank_clip: str | None = None,
+        base_config: ModelConfig | str | None = None,
+        upsampler_config: ModelConfig | str | None = None,
+    ) -> InpaintPipeline:
         """Load the stages as :meth:`Text2ImPipeline.from_pretrained <.text2im.Text2ImPipeline.from_pretrained>`;
         ``rerank_clip``: the noised CLIP (``"released"``, a bundled name or a path) for settings with
         ``candidates`` > 1."""
-        pipe = cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download,
-                                base_config=base_config, upsampler_config=upsampler_config))
+        pipe = cls(
+            *load_stages(
+                base,
+                upsampler,
+                device=device,
+                cache_dir=cache_dir,
+                download=download,
+                base_config=base_config,
+                upsampler_config=upsampler_config,
+            )
+        )
         if rerank_clip is not None:
             from ..clip.loading import load_clip_and_tokenizer
 
             pipe.rerank_clip, pipe.rerank_clip_tokenizer = load_clip_and_tokenizer(
-                rerank_clip, device=device, cache_dir=cache_dir, download=download)
+                rerank_clip, device=device, cache_dir=cache_dir, download=download
+            )
             pipe.rerank_clip_name = rerank_clip
         return pipe
 
@@ -147,24 +170,38 @@ class InpaintPipeline:
         """
         image, _ = split_alpha(image)
         if image.size[0] != image.size[1]:
-            raise ValueError(f"the image must be square, got {image.size[0]}x{image.size[1]}: crop it, or "
-                             "extend the canvas to a square (outpainting)")
+            raise ValueError(
+                f"the image must be square, got {image.size[0]}x{image.size[1]}: crop it, or "
+                "extend the canvas to a square (outpainting)"
+            )
         if fill.shape != (image.size[1], image.size[0]):
-            raise ValueError(f"the mask is {fill.shape[1]}x{fill.shape[0]} but the image is "
-                             f"{image.size[0]}x{image.size[1]}")
+            raise ValueError(
+                f"the mask is {fill.shape[1]}x{fill.shape[0]} but the image is {image.size[0]}x{image.size[1]}"
+            )
         check_fill(fill)
-        validate_request([prompt], num_images, seed, base, upsample, dtype, self.base.device,
-                         self.base.config.diffusion.steps,
-                         self.upsampler.config.diffusion.steps if self.upsampler else None, reranks=True,
-                         negative=negative)
+        validate_request(
+            [prompt],
+            num_images,
+            seed,
+            base,
+            upsample,
+            dtype,
+            self.base.device,
+            self.base.config.diffusion.steps,
+            self.upsampler.config.diffusion.steps if self.upsampler else None,
+            reranks=True,
+            negative=negative,
+        )
         comp = parse_prompt(prompt)
         dtype = resolve_dtype(dtype, self.base.device)
         warn_captions([comp], self.base.config.unet.text.tokenizer, negative)
         warn_unused_negative(negative, [comp], base, upsample if self.upsampler else None)
         if base.candidates > 1 and self.rerank_clip is None:
-            raise ValueError(f"base.candidates={base.candidates} keeps the best of each {base.candidates} by a "
-                             "noised CLIP: pass rerank_clip= (glide_diffusion.clip.load_clip(); for the Shapes "
-                             "models 'shapes-clip-rerank')")
+            raise ValueError(
+                f"base.candidates={base.candidates} keeps the best of each {base.candidates} by a "
+                "noised CLIP: pass rerank_clip= (glide_diffusion.clip.load_clip(); for the Shapes "
+                "models 'shapes-clip-rerank')"
+            )
         per = num_images * base.candidates
         rows, seeds = [prompt] * per, seeds_for(seed, per)
         noise = PerSampleNoise(seeds, self.base.device)
@@ -177,24 +214,44 @@ class InpaintPipeline:
             low, rows = low[kept], rows[:num_images]
         final = low
         if self.upsampler is not None:
-            final = self._stage(self.upsampler, image, fill, [comp.caption] * len(rows), noise.select(kept),
-                                upsample, run, low_res=quantize(low))
+            final = self._stage(
+                self.upsampler,
+                image,
+                fill,
+                [comp.caption] * len(rows),
+                noise.select(kept),
+                upsample,
+                run,
+                low_res=quantize(low),
+            )
         size = self.output_size
         source = to_uint8(resized(image, size))[0]
         keep = known_at(fill, size)[0, 0].bool().numpy()[..., None]
         composited = [Image.fromarray(np.where(keep, source, out)) for out in to_uint8(final)]
-        settings = {"base_model": self.base.name, "upsample_model": self.upsampler.name if self.upsampler else None,
-                    "base": asdict(base), "upsample": asdict(upsample) if self.upsampler else None,
-                    "dtype": dtype, "seed": seed, "num_images": num_images, "task": "inpaint",
-                    **prompt_settings([prompt], [comp], negative)}
+        settings = {
+            "base_model": self.base.name,
+            "upsample_model": self.upsampler.name if self.upsampler else None,
+            "base": asdict(base),
+            "upsample": asdict(upsample) if self.upsampler else None,
+            "dtype": dtype,
+            "seed": seed,
+            "num_images": num_images,
+            "task": "inpaint",
+            **prompt_settings([prompt], [comp], negative),
+        }
         if scores is not None:
-            settings["clip_rerank"] = {"keep": num_images, "of": per, "best_of": base.candidates, "scores": scores,
-                                       "clip_model": self.rerank_clip_name}
-        return InpaintResult(composited, [Image.fromarray(a) for a in to_uint8(low)], rows,
-                             [seeds[j] for j in kept], settings)
+            settings["clip_rerank"] = {
+                "keep": num_images,
+                "of": per,
+                "best_of": base.candidates,
+                "scores": scores,
+                "clip_model": self.rerank_clip_name,
+            }
+        return InpaintResult(
+            composited, [Image.fromarray(a) for a in to_uint8(low)], rows, [seeds[j] for j in kept], settings
+        )
 
-    def _best(self, image, fill, low: torch.Tensor, comp: Composition, group: int
-              ) -> tuple[list[int], list[float]]:
+    def _best(self, image, fill, low: torch.Tensor, comp: Composition, group: int) -> tuple[list[int], list[float]]:
         """Of each run of ``group`` base-stage images, the index of the one the reranking CLIP
         scores best, composited onto the input and quantized as they are saved; and its score."""
         from ..guidance.rerank import clip_scores

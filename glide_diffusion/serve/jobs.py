@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..diffusion.schedule import space_timesteps
 from ..pipelines.output import save_samples
-from ..pipelines.stage import SettingError, StageSettings
+from ..pipelines.recipes import SettingError, StageSettings
 
 # A progress report: (what is running, fraction done in [0, 1]).
 Progress = Callable[[str, float], None]
@@ -72,10 +72,18 @@ class Options:
 
 # The request option each library setting (SettingError.name) comes from.
 FIELDS = {
-    "num_images": "num_images", "seed": "seed", "rerank": "rerank", "strength": "strength",
-    "clip_guidance_scale": "clip_guidance_scale", "base.sampler": "base_sampler", "base.steps": "base_steps",
-    "base.guidance_scale": "guidance_scale", "base.candidates": "candidates", "upsample.sampler": "up_sampler",
-    "upsample.steps": "up_steps", "upsample.guidance_scale": "up_guidance_scale",
+    "num_images": "num_images",
+    "seed": "seed",
+    "rerank": "rerank",
+    "strength": "strength",
+    "clip_guidance_scale": "clip_guidance_scale",
+    "base.sampler": "base_sampler",
+    "base.steps": "base_steps",
+    "base.guidance_scale": "guidance_scale",
+    "base.candidates": "candidates",
+    "upsample.sampler": "up_sampler",
+    "upsample.steps": "up_steps",
+    "upsample.guidance_scale": "up_guidance_scale",
 }
 
 
@@ -109,8 +117,10 @@ class DeviceQueue:
     def job(self) -> Iterator[None]:
         with self._count:
             if self.held > self.size:
-                raise BusyError(f"busy: {self.held} requests are running or waiting for the device and the queue "
-                                f"holds {self.size} (--queue-size); try again in a moment")
+                raise BusyError(
+                    f"busy: {self.held} requests are running or waiting for the device and the queue "
+                    f"holds {self.size} (--queue-size); try again in a moment"
+                )
             self.held += 1
         try:
             with self._device:
@@ -128,8 +138,10 @@ def open_upload(path: str | os.PathLike, limits: Limits, what: str = "image") ->
     except OSError as e:
         raise RequestError(f"{what}: cannot read the upload ({e.strerror or e})") from None
     if size > limits.max_upload_mb * 2**20:
-        raise RequestError(f"{what}: the file is {size / 2**20:.1f} MB; this server takes at most "
-                           f"{limits.max_upload_mb:g} MB (--max-upload-mb)")
+        raise RequestError(
+            f"{what}: the file is {size / 2**20:.1f} MB; this server takes at most "
+            f"{limits.max_upload_mb:g} MB (--max-upload-mb)"
+        )
     try:
         image = Image.open(path)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
@@ -145,8 +157,9 @@ def open_upload(path: str | os.PathLike, limits: Limits, what: str = "image") ->
 def check_pixels(image: Image.Image, limits: Limits, what: str = "image") -> None:
     w, h = image.size
     if w * h > limits.max_pixels:
-        raise RequestError(f"{what}: {w}x{h} is {w * h} pixels; this server takes at most {limits.max_pixels} "
-                           "(--max-pixels)")
+        raise RequestError(
+            f"{what}: {w}x{h} is {w * h} pixels; this server takes at most {limits.max_pixels} (--max-pixels)"
+        )
 
 
 def parse_boxes(text: str, what: str = "rects") -> list[tuple[int, int, int, int]]:
@@ -156,8 +169,9 @@ def parse_boxes(text: str, what: str = "rects") -> list[tuple[int, int, int, int
         try:
             left, top, right, bottom = (int(v) for v in part.split(","))
         except ValueError:
-            raise RequestError(f"{what}: expected LEFT,TOP,RIGHT,BOTTOM pixels (boxes separated by ';'), "
-                               f"got {part!r}") from None
+            raise RequestError(
+                f"{what}: expected LEFT,TOP,RIGHT,BOTTOM pixels (boxes separated by ';'), got {part!r}"
+            ) from None
         boxes.append((left, top, right, bottom))
     return boxes
 
@@ -184,8 +198,9 @@ def layers_fill(layers: Sequence[Image.Image | None], size: tuple[int, int]) -> 
         if layer is None:
             continue
         if layer.size != size:
-            raise RequestError(f"mask: the brushed layer is {layer.size[0]}x{layer.size[1]} but the image is "
-                               f"{size[0]}x{size[1]}")
+            raise RequestError(
+                f"mask: the brushed layer is {layer.size[0]}x{layer.size[1]} but the image is {size[0]}x{size[1]}"
+            )
         fill |= np.asarray(layer.convert("RGBA"))[..., 3] > 0
     return fill if fill.any() else None
 
@@ -202,8 +217,13 @@ class Server:
     ``--clip``, ``--device``, ``--dtype``, ``--cache-dir``, ``--no-download``); ``inpaint_argv``
     those of ``glide inpaint``. Text -> image and image -> image share the base and upsampler."""
 
-    def __init__(self, model_argv: Sequence[str], inpaint_argv: Sequence[str], output: str | os.PathLike,
-                 limits: Limits = Limits()):
+    def __init__(
+        self,
+        model_argv: Sequence[str],
+        inpaint_argv: Sequence[str],
+        output: str | os.PathLike,
+        limits: Limits = Limits(),
+    ):
         from ..cli.common import device_arg
 
         self.model_argv, self.inpaint_argv = list(model_argv), list(inpaint_argv)
@@ -238,11 +258,13 @@ class Server:
 
         a, i = self.text_args, self.inpaint_args
         kw: dict[str, Any] = dict(device=self.device, cache_dir=a.cache_dir, download=not a.no_download)
-        self.text2im = Text2ImPipeline.from_pretrained(a.base, upsampler_arg(a), base_config=a.config,
-                                                       upsampler_config=a.up_config, **kw)
+        self.text2im = Text2ImPipeline.from_pretrained(
+            a.base, upsampler_arg(a), base_config=a.config, upsampler_config=a.up_config, **kw
+        )
         self.edit = EditPipeline(self.text2im.base, self.text2im.upsampler)
-        self.inpaint = InpaintPipeline.from_pretrained(i.base, upsampler_arg(i), base_config=i.config,
-                                                       upsampler_config=i.up_config, **kw)
+        self.inpaint = InpaintPipeline.from_pretrained(
+            i.base, upsampler_arg(i), base_config=i.config, upsampler_config=i.up_config, **kw
+        )
         # The noised CLIP that picks best-of-N where a default recipe uses it, now rather than on the first click.
         from ..cli.common import rerank_clip_choice
         from ..cli.sample import _clip_choices
@@ -268,8 +290,9 @@ class Server:
 
     # --- checking a request ---------------------------------------------------------------
 
-    def _settings(self, command: str, prompt: str, opts: Options) -> tuple[argparse.Namespace, StageSettings,
-                                                                           StageSettings]:
+    def _settings(
+        self, command: str, prompt: str, opts: Options
+    ) -> tuple[argparse.Namespace, StageSettings, StageSettings]:
         """The CLI's options for the request (each given option as its flag) and its stage settings."""
         from ..cli.common import stage_settings
 
@@ -278,8 +301,10 @@ class Server:
             if not isinstance(text, str):
                 raise RequestError(f"{name} must be text")
             if len(text) > lim.max_prompt_chars:
-                raise RequestError(f"{name} is {len(text)} characters; this server takes at most "
-                                   f"{lim.max_prompt_chars} (--max-prompt-chars)")
+                raise RequestError(
+                    f"{name} is {len(text)} characters; this server takes at most "
+                    f"{lim.max_prompt_chars} (--max-prompt-chars)"
+                )
         if not prompt.strip():
             raise RequestError("prompt: give a caption")
         for name in ("guidance_scale", "clip_guidance_scale", "strength"):
@@ -289,8 +314,13 @@ class Server:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise RequestError(f"{name} must be an integer, got {value!r}")
         args = self._args(command)
-        given = {"guidance_scale": opts.guidance_scale, "base_sampler": opts.base_sampler,
-                 "base_steps": opts.base_steps, "up_sampler": opts.up_sampler, "up_steps": opts.up_steps}
+        given = {
+            "guidance_scale": opts.guidance_scale,
+            "base_sampler": opts.base_sampler,
+            "base_steps": opts.base_steps,
+            "up_sampler": opts.up_sampler,
+            "up_steps": opts.up_steps,
+        }
         if command != "edit":
             given["candidates"] = opts.candidates
         for key, value in given.items():
@@ -299,14 +329,17 @@ class Server:
         args.num_images, args.seed, args.negative = opts.num_images, opts.seed, opts.negative or None
         base, up = stage_settings(args)
         if command == "edit" and opts.candidates not in (None, 1):
-            raise RequestError("candidates: image -> image keeps every image (best of N is for text -> image "
-                               "and inpainting)")
+            raise RequestError(
+                "candidates: image -> image keeps every image (best of N is for text -> image and inpainting)"
+            )
         if not 1 <= opts.num_images:
             raise RequestError(f"num_images must be at least 1, got {opts.num_images}")
         sampled = opts.num_images * base.candidates
         if sampled > lim.max_images:
-            raise RequestError(f"num_images {opts.num_images} x best of {base.candidates} = {sampled} images to "
-                               f"sample; this server samples at most {lim.max_images} per request (--max-images)")
+            raise RequestError(
+                f"num_images {opts.num_images} x best of {base.candidates} = {sampled} images to "
+                f"sample; this server samples at most {lim.max_images} per request (--max-images)"
+            )
         pipe = {"sample": self.text2im, "edit": self.edit, "inpaint": self.inpaint}[command]
         for stage, settings, name in (("base", base, "base_steps"), ("upsampler", up, "up_steps")):
             try:
@@ -314,8 +347,10 @@ class Server:
             except (ValueError, TypeError) as e:
                 raise RequestError(f"{name}: not a respacing ({e})") from None
             if n > lim.max_steps:
-                raise RequestError(f"{name}: {settings.steps!r} is {n} {stage} steps; this server runs at most "
-                                   f"{lim.max_steps} (--max-steps)")
+                raise RequestError(
+                    f"{name}: {settings.steps!r} is {n} {stage} steps; this server runs at most "
+                    f"{lim.max_steps} (--max-steps)"
+                )
         return args, base, up
 
     # --- the three operations -------------------------------------------------------------
@@ -335,31 +370,60 @@ class Server:
             guide, judge = _clip_choices(args, reranks=opts.rerank is not None or base.candidates > 1)
             pipe.clip, pipe.clip_tokenizer, pipe.clip_name = self._clip(args, guide) if guide else (None,) * 3
             pipe.rerank_clip, pipe.rerank_clip_tokenizer, pipe.rerank_clip_name = (
-                self._clip(args, judge) if judge and judge != guide else (None,) * 3)
-            return pipe(prompt, num_images=opts.num_images, seed=opts.seed, base=base, upsample=up,
-                        dtype=args.dtype, clip_guidance_scale=opts.clip_guidance_scale, rerank=opts.rerank,
-                        negative=opts.negative or None, callback=self._reporter(pipe, base, up, progress))
+                self._clip(args, judge) if judge and judge != guide else (None,) * 3
+            )
+            return pipe(
+                prompt,
+                num_images=opts.num_images,
+                seed=opts.seed,
+                base=base,
+                upsample=up,
+                dtype=args.dtype,
+                clip_guidance_scale=opts.clip_guidance_scale,
+                rerank=opts.rerank,
+                negative=opts.negative or None,
+                callback=self._reporter(pipe, base, up, progress),
+            )
 
         extra = [("--rerank", opts.rerank), ("--clip-guidance-scale", opts.clip_guidance_scale or None)]
         return self._run("sample", [prompt], args, base, up, opts, work, progress, extra=extra)
 
-    def run_edit(self, image: Image.Image, prompt: str, opts: Options, progress: Progress | None = None
-                 ) -> JobResult:
+    def run_edit(self, image: Image.Image, prompt: str, opts: Options, progress: Progress | None = None) -> JobResult:
         args, base, up = self._settings("edit", prompt, opts)
         if not 0 < opts.strength <= 1:
             raise RequestError(f"strength must be in (0, 1], got {opts.strength}")
         pipe = self.edit
 
         def work() -> Any:
-            return pipe(image, prompt, strength=opts.strength, num_images=opts.num_images, seed=opts.seed,
-                        base=base, upsample=up, dtype=args.dtype, negative=opts.negative or None,
-                        callback=self._reporter(pipe, base, up, progress, strength=opts.strength))
+            return pipe(
+                image,
+                prompt,
+                strength=opts.strength,
+                num_images=opts.num_images,
+                seed=opts.seed,
+                base=base,
+                upsample=up,
+                dtype=args.dtype,
+                negative=opts.negative or None,
+                callback=self._reporter(pipe, base, up, progress, strength=opts.strength),
+            )
 
-        return self._run("edit", ["input.png", prompt], args, base, up, opts, work, progress,
-                         extra=[("--strength", opts.strength)], suffix="-edit")
+        return self._run(
+            "edit",
+            ["input.png", prompt],
+            args,
+            base,
+            up,
+            opts,
+            work,
+            progress,
+            extra=[("--strength", opts.strength)],
+            suffix="-edit",
+        )
 
-    def run_inpaint(self, image: Image.Image, fill: np.ndarray, prompt: str, opts: Options,
-                    progress: Progress | None = None) -> JobResult:
+    def run_inpaint(
+        self, image: Image.Image, fill: np.ndarray, prompt: str, opts: Options, progress: Progress | None = None
+    ) -> JobResult:
         from ..cli.common import rerank_clip_choice
         from ..pipelines.inpaint import check_fill
 
@@ -374,16 +438,45 @@ class Server:
             if base.candidates > 1:
                 choice = rerank_clip_choice(args, "shapes-clip-rerank" if args.models == "shapes" else "released")
                 pipe.rerank_clip, pipe.rerank_clip_tokenizer, pipe.rerank_clip_name = self._clip(args, choice)
-            return pipe(image, fill, prompt, num_images=opts.num_images, seed=opts.seed, base=base, upsample=up,
-                        dtype=args.dtype, negative=opts.negative or None,
-                        callback=self._reporter(pipe, base, up, progress))
+            return pipe(
+                image,
+                fill,
+                prompt,
+                num_images=opts.num_images,
+                seed=opts.seed,
+                base=base,
+                upsample=up,
+                dtype=args.dtype,
+                negative=opts.negative or None,
+                callback=self._reporter(pipe, base, up, progress),
+            )
 
-        return self._run("inpaint", ["input.png", prompt, "--mask", "mask.png"], args, base, up, opts, work,
-                         progress, suffix="-inpaint")
+        return self._run(
+            "inpaint",
+            ["input.png", prompt, "--mask", "mask.png"],
+            args,
+            base,
+            up,
+            opts,
+            work,
+            progress,
+            suffix="-inpaint",
+        )
 
-    def _run(self, command: str, positional: list[str], args: argparse.Namespace, base: StageSettings,
-             up: StageSettings, opts: Options, work: Callable[[], Any], progress: Progress | None, *,
-             extra: Sequence[tuple[str, object]] = (), suffix: str = "") -> JobResult:
+    def _run(
+        self,
+        command: str,
+        positional: list[str],
+        args: argparse.Namespace,
+        base: StageSettings,
+        up: StageSettings,
+        opts: Options,
+        work: Callable[[], Any],
+        progress: Progress | None,
+        *,
+        extra: Sequence[tuple[str, object]] = (),
+        suffix: str = "",
+    ) -> JobResult:
         """Run ``work`` on the device when its turn comes; save its images as the CLI does."""
         from ..checkpoints import CheckpointError
 
@@ -397,15 +490,30 @@ class Server:
                 raise RequestError(f"{FIELDS.get(e.name, e.name)} {e.problem}") from None
             except (ValueError, TypeError, CheckpointError) as e:
                 raise RequestError(str(e)) from None
-            paths = save_samples(result.images, result.prompts, result.seeds, result.settings, self.output,
-                                 suffix=suffix)
+            paths = save_samples(
+                result.images, result.prompts, result.seeds, result.settings, self.output, suffix=suffix
+            )
         said = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
-        return JobResult(paths, result.prompts, result.seeds, result.settings,
-                         reproduce(command, positional, self.model_argv if command != "inpaint" else self.inpaint_argv,
-                                   base, up, opts, extra), said)
+        return JobResult(
+            paths,
+            result.prompts,
+            result.seeds,
+            result.settings,
+            reproduce(
+                command,
+                positional,
+                self.model_argv if command != "inpaint" else self.inpaint_argv,
+                base,
+                up,
+                opts,
+                extra,
+            ),
+            said,
+        )
 
-    def _reporter(self, pipe, base: StageSettings, up: StageSettings, progress: Progress | None,
-                  strength: float | None = None) -> Callable[[str, int, Any], None] | None:
+    def _reporter(
+        self, pipe, base: StageSettings, up: StageSettings, progress: Progress | None, strength: float | None = None
+    ) -> Callable[[str, int, Any], None] | None:
         """A pipeline callback that reports the fraction of each stage's steps done."""
         if progress is None:
             return None
@@ -432,13 +540,25 @@ def _count(stage, steps: str) -> int:
     return len(space_timesteps(stage.config.diffusion.steps, steps)) if stage is not None else 1
 
 
-def reproduce(command: str, positional: Sequence[str], model_argv: Sequence[str], base: StageSettings,
-              up: StageSettings, opts: Options, extra: Sequence[tuple[str, object]] = ()) -> str:
+def reproduce(
+    command: str,
+    positional: Sequence[str],
+    model_argv: Sequence[str],
+    base: StageSettings,
+    up: StageSettings,
+    opts: Options,
+    extra: Sequence[tuple[str, object]] = (),
+) -> str:
     """The ``glide`` command line that makes the same images (every setting spelled out)."""
     flags: list[tuple[str, object]] = [
-        ("-n", opts.num_images), ("--seed", opts.seed), ("--negative", opts.negative or None),
-        ("-g", base.guidance_scale), ("--base-sampler", base.sampler), ("--base-steps", base.steps),
-        ("--up-sampler", up.sampler), ("--up-steps", up.steps),
+        ("-n", opts.num_images),
+        ("--seed", opts.seed),
+        ("--negative", opts.negative or None),
+        ("-g", base.guidance_scale),
+        ("--base-sampler", base.sampler),
+        ("--base-steps", base.steps),
+        ("--up-sampler", up.sampler),
+        ("--up-steps", up.steps),
     ]
     if command != "edit":
         flags.append(("--candidates", base.candidates))
@@ -449,4 +569,3 @@ def reproduce(command: str, positional: Sequence[str], model_argv: Sequence[str]
     if any(p.startswith("-") for p in positional):  # a caption that looks like an option: after "--"
         return " ".join(shlex.quote(w) for w in ["glide", command, *options, "--", *positional])
     return " ".join(shlex.quote(w) for w in ["glide", command, *positional, *options])
-
