@@ -53,8 +53,9 @@ def main() -> None:
     p.add_argument("--base", required=True, help="a text->image base checkpoint or bundled name")
     p.add_argument("--n", type=int, default=48, help="test images")
     p.add_argument("--timesteps", type=int, nargs="+", default=[200, 400, 600, 800, 900, 950])
-    p.add_argument("--gain-timesteps", type=int, nargs="+", default=[999, 850, 700],
-                   help="timesteps of the object-gain table")
+    p.add_argument(
+        "--gain-timesteps", type=int, nargs="+", default=[999, 850, 700], help="timesteps of the object-gain table"
+    )
     p.add_argument("--seeds", type=int, default=4, help="noise draws averaged per image in the object-gain table")
     args = p.parse_args()
 
@@ -81,11 +82,14 @@ def main() -> None:
     print(f"x0 MSE of {args.n} noised test images ({cfg.diffusion.noise_schedule} schedule)")
     print(f"{'t':>5} {'right':>8} {'empty':>8} {'shifted':>8}")
     for t in args.timesteps:
-        print(f"{t:>5} {x0_mse(captions, t):>8.4f} {x0_mse([''] * args.n, t):>8.4f} "
-              f"{x0_mse(captions[1:] + captions[:1], t):>8.4f}")
+        print(
+            f"{t:>5} {x0_mse(captions, t):>8.4f} {x0_mse([''] * args.n, t):>8.4f} "
+            f"{x0_mse(captions[1:] + captions[:1], t):>8.4f}"
+        )
 
     rng = np.random.default_rng(123)
     scenes = [sample_scene(rng, "train", n_objects=1) for _ in range(args.n)]
+
     def caption(size: str, colour: str, shape: str, position: str, background: str) -> str:
         return f"{article(size)} {size} {colour} {shape} {position} on a {background} background"
 
@@ -104,8 +108,13 @@ def main() -> None:
         bg = ((x0_hat - plain).square() * (1 - inside)).sum((1, 2, 3)) / (3 * (1 - inside).sum((1, 2, 3)))
         print(f"{t:>5} {float(gain.mean()):>12.3f} {float(bg.mean()):>8.4f}")
 
-    choices = {"size": SIZES, "colour": tuple(COLOURS), "shape": SHAPES, "position": POSITIONS,
-               "background": tuple(BACKGROUNDS)}
+    choices = {
+        "size": SIZES,
+        "colour": tuple(COLOURS),
+        "shape": SHAPES,
+        "position": POSITIONS,
+        "background": tuple(BACKGROUNDS),
+    }
 
     def swapped(attribute: int) -> list[str]:
         values = tuple(choices.values())[attribute]
@@ -120,8 +129,13 @@ def main() -> None:
     print(f"{'t':>5} " + " ".join(f"{k:>10}" for k in choices))
     for t in args.gain_timesteps:  # the same noise for every caption at a given t
         ref = x0_estimate(target, full, t, seed=t)
-        print(f"{t:>5} " + " ".join(f"{float((x0_estimate(target, swapped(a), t, seed=t) - ref).abs().mean()):>10.4f}"
-                                    for a in range(len(choices))))
+        print(
+            f"{t:>5} "
+            + " ".join(
+                f"{float((x0_estimate(target, swapped(a), t, seed=t) - ref).abs().mean()):>10.4f}"
+                for a in range(len(choices))
+            )
+        )
 
 
 if __name__ == "__main__":

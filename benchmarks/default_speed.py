@@ -75,8 +75,22 @@ def official_seconds(repeats: int) -> dict:
 
 def run_command(cache: Path, out: Path, extra: list[str]) -> float:
     """Wall-clock seconds of one ``glide sample`` in a new process."""
-    cmd = [sys.executable, "-m", "glide_diffusion.cli.main", "sample", CAPTION, "--models", "glide",
-           "--cache-dir", str(cache), "--no-download", "--no-progress", "-o", str(out), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "glide_diffusion.cli.main",
+        "sample",
+        CAPTION,
+        "--models",
+        "glide",
+        "--cache-dir",
+        str(cache),
+        "--no-download",
+        "--no-progress",
+        "-o",
+        str(out),
+        *extra,
+    ]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -87,8 +101,13 @@ def run_command(cache: Path, out: Path, extra: list[str]) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--also", action="append", default=[], metavar="OPTIONS",
-                   help="another row: glide sample with these options added (repeatable)")
+    p.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="OPTIONS",
+        help="another row: glide sample with these options added (repeatable)",
+    )
     p.add_argument("--cache-dir", default=None, help="keep the random-weight files here (default: a temporary one)")
     p.add_argument("--repeats", type=int, default=2, help="timed official steps per stage (the minimum is used)")
     p.add_argument("--json", help="also write the results here")
@@ -96,9 +115,12 @@ def main() -> None:
 
     name = platform.processor() or platform.machine()
     bf16 = native_bf16_cpu()
-    print(f"torch {torch.__version__}, cpu ({name}), {torch.get_num_threads()} threads, native bf16: {bf16}; "
-          f"matmul fp32 {matmul_gflops(torch.device('cpu'), torch.float32):.0f} GFLOP/s"
-          + (f", bf16 {matmul_gflops(torch.device('cpu'), torch.bfloat16):.0f} GFLOP/s" if bf16 else ""), flush=True)
+    print(
+        f"torch {torch.__version__}, cpu ({name}), {torch.get_num_threads()} threads, native bf16: {bf16}; "
+        f"matmul fp32 {matmul_gflops(torch.device('cpu'), torch.float32):.0f} GFLOP/s"
+        + (f", bf16 {matmul_gflops(torch.device('cpu'), torch.bfloat16):.0f} GFLOP/s" if bf16 else ""),
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="glide-speed-") as tmp:
         cache = Path(args.cache_dir or tmp)
         write_released(cache)
@@ -114,10 +136,21 @@ def main() -> None:
     for label, seconds in rows.items():
         print(f"  glide sample {label}: {seconds:.1f} s, {official_total / seconds:.1f}x faster")
     if args.json:
-        atomic_write_text(args.json, json.dumps({"cpu": name, "torch": torch.__version__, "native_bf16": bf16,
-                                                 "caption": CAPTION, "glide_sample_s": rows,
-                                                 "official": official, "official_total_s": official_total},
-                                                indent=1))
+        atomic_write_text(
+            args.json,
+            json.dumps(
+                {
+                    "cpu": name,
+                    "torch": torch.__version__,
+                    "native_bf16": bf16,
+                    "caption": CAPTION,
+                    "glide_sample_s": rows,
+                    "official": official,
+                    "official_total_s": official_total,
+                },
+                indent=1,
+            ),
+        )
 
 
 if __name__ == "__main__":

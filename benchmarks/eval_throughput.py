@@ -78,9 +78,15 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
-    result = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "args": vars(args),
-              "extract_images_per_s": {}, "shapes_images_per_s": {}, "metrics_s": {}}
+    result = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "args": vars(args),
+        "extract_images_per_s": {},
+        "shapes_images_per_s": {},
+        "metrics_s": {},
+    }
     for name, ex in extractors().items():
         if isinstance(ex, str):
             result["extract_images_per_s"][name] = ex
@@ -94,8 +100,10 @@ def main(argv=None) -> int:
 
     for R in args.resolutions:
         images = renders(args.n_shapes, R)
-        for label, fn in (("analyze", lambda images=images: [analyze(im) for im in images]),
-                          ("analyze + fidelity", lambda images=images: [fidelity(im) for im in images])):
+        for label, fn in (
+            ("analyze", lambda images=images: [analyze(im) for im in images]),
+            ("analyze + fidelity", lambda images=images: [fidelity(im) for im in images]),
+        ):
             s = timed(fn, args.repeats)
             result["shapes_images_per_s"][f"{label} @ {R}px"] = args.n_shapes / s
             print(f"{label} @ {R}px: {args.n_shapes / s:.1f} images/s", flush=True)
@@ -107,9 +115,12 @@ def main(argv=None) -> int:
     warnings.simplefilter("ignore", EvalWarning)  # N = 2000 < D = 2048 is expected here: only timing
     rng = np.random.default_rng(0)
     real, fake = rng.normal(size=(args.n, 2048)), rng.normal(0.1, 1.0, size=(args.n, 2048))
-    for label, fn in (("fid", lambda: fid(real, fake)), ("kid 100x1000", lambda: kid(real, fake)),
-                      ("precision_recall", lambda: precision_recall(real, fake)),
-                      ("density_coverage", lambda: density_coverage(real, fake))):
+    for label, fn in (
+        ("fid", lambda: fid(real, fake)),
+        ("kid 100x1000", lambda: kid(real, fake)),
+        ("precision_recall", lambda: precision_recall(real, fake)),
+        ("density_coverage", lambda: density_coverage(real, fake)),
+    ):
         s = timed(fn, 1)
         result["metrics_s"][f"{label} ({args.n} vs {args.n}, 2048-d)"] = s
         print(f"{label} ({args.n} vs {args.n}, 2048-d): {s:.2f} s", flush=True)

@@ -31,8 +31,11 @@ from glide_diffusion.train.loop import build_train_dataset, mse_weights
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", required=True, help="a base model checkpoint (.safetensors) or bundled name")
-    p.add_argument("--config", default="configs/base-shapes.toml",
-                   help="training config for the data and the loss (its model section is replaced by the checkpoint's)")
+    p.add_argument(
+        "--config",
+        default="configs/base-shapes.toml",
+        help="training config for the data and the loss (its model section is replaced by the checkpoint's)",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--batch", type=int, default=64, help="images in the batch (default 64)")
     p.add_argument("--buckets", type=int, default=10, help="timestep ranges (default 10)")
@@ -69,11 +72,19 @@ def main() -> None:
         with torch.no_grad():
             x0_hat = predict_x0_from_eps(schedule, x_t, t, out[:, : x0.shape[1]]).clamp(-1, 1)
             x0_mse = ((x0_hat - x0) ** 2).mean()
-        row = {"t": [lo, hi - 1], "loss": terms.loss.mean().item(), "eps_mse": terms.mse.mean().item(),
-               "vb": terms.vb.mean().item(), "x0_mse": x0_mse.item(), "grad_norm": grad.item()}
+        row = {
+            "t": [lo, hi - 1],
+            "loss": terms.loss.mean().item(),
+            "eps_mse": terms.mse.mean().item(),
+            "vb": terms.vb.mean().item(),
+            "x0_mse": x0_mse.item(),
+            "grad_norm": grad.item(),
+        }
         rows.append(row)
-        print(f"{lo:>4}-{hi - 1:<4} {row['loss']:8.4f} {row['eps_mse']:9.5f} {row['vb']:8.4f} {row['x0_mse']:8.4f} "
-              f"{row['grad_norm']:9.3f}")
+        print(
+            f"{lo:>4}-{hi - 1:<4} {row['loss']:8.4f} {row['eps_mse']:9.5f} {row['vb']:8.4f} {row['x0_mse']:8.4f} "
+            f"{row['grad_norm']:9.3f}"
+        )
     if args.json:
         atomic_write_text(args.json, json.dumps({"args": vars(args), "rows": rows}, indent=1))
 

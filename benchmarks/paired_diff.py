@@ -74,8 +74,10 @@ def noise_note(args_a: dict, args_b: dict) -> str | None:
     n_a, n_b = (args.get("rerank") or args.get("candidates") or 1 for args in (args_a, args_b))
     if n_a == n_b:
         return None
-    return (f"A draws {n_a} and B {n_b} image(s) per caption (--rerank, --candidates), so their seeds differ: "
-            "paired by caption, not by noise")
+    return (
+        f"A draws {n_a} and B {n_b} image(s) per caption (--rerank, --candidates), so their seeds differ: "
+        "paired by caption, not by noise"
+    )
 
 
 def paired(a: list[bool], b: list[bool]) -> dict:
@@ -107,8 +109,10 @@ def main() -> None:
             continue
         r = paired([x for x, _ in both], [y for _, y in both])
         z = r["diff"] / r["se"] if r["se"] > 0 else 0.0
-        print(f"{attr:>10} {r['n']:>5} {r['a']:>7.3f} {r['b']:>7.3f} {r['diff']:>+7.3f} {r['se']:>6.3f} {z:>+6.2f} "
-              f"{r['only_a']:>6} {r['only_b']:>6}")
+        print(
+            f"{attr:>10} {r['n']:>5} {r['a']:>7.3f} {r['b']:>7.3f} {r['diff']:>+7.3f} {r['se']:>6.3f} {z:>+6.2f} "
+            f"{r['only_a']:>6} {r['only_b']:>6}"
+        )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,9 @@ def probe(stage, t: int, n: int, colour: str = "red", seed: int = 0) -> list[dic
         evidence = ((move * (target - background).view(3, 1, 1)).sum(0) / full**2).clamp(min=0)
         total = evidence.sum().clamp(min=1e-8)
         cx, cy = float((evidence * xs).sum() / total) / size, float((evidence * ys).sum() / total) / size
-        rows.append({"position": position, "centroid": (cx, cy), "cell": cell_centre(position),
-                     "peak": float(evidence.max())})
+        rows.append(
+            {"position": position, "centroid": (cx, cy), "cell": cell_centre(position), "peak": float(evidence.max())}
+        )
     return rows
 
 

@@ -64,8 +64,11 @@ def run_sampler(call, config, settings, x, guided: bool, conditional=None):
     (``conditional``: on the caption rows alone, for steps outside a guidance interval).
     Returns seconds."""
     bounds = settings.guidance_bounds(config.diffusion.steps)
-    fn = (classifier_free_guidance(call, settings.guidance_scale, interval=bounds, conditional=conditional)
-          if guided else call)
+    fn = (
+        classifier_free_guidance(call, settings.guidance_scale, interval=bounds, conditional=conditional)
+        if guided
+        else call
+    )
     schedule = make_schedule(config.diffusion.noise_schedule, config.diffusion.steps, settings.steps)
     x_T = x[: x.shape[0] // 2] if guided else x
     start = time.perf_counter()
@@ -82,9 +85,14 @@ def stage(name, settings, plain_settings, batch, args, device, low_dtype):
     n_plain = make_schedule(config.diffusion.noise_schedule, 1000, plain_settings.steps).num_steps
     n_fast = make_schedule(config.diffusion.noise_schedule, 1000, settings.steps).num_steps
     guided = batch == 2
-    row = {"stage": name, "batch": batch, "plain_steps": n_plain, "fast_steps": n_fast,
-           "fast_sampler": f"{settings.sampler} {settings.steps}",
-           "plain_sampler": f"{plain_settings.sampler} {plain_settings.steps}"}
+    row = {
+        "stage": name,
+        "batch": batch,
+        "plain_steps": n_plain,
+        "fast_steps": n_fast,
+        "fast_sampler": f"{settings.sampler} {settings.steps}",
+        "plain_sampler": f"{plain_settings.sampler} {plain_settings.steps}",
+    }
     with plain_path(model), torch.no_grad():
         row["plain_s_step"], _ = timed(lambda: model(x, t, tokens=tokens, mask=mask, **kw), args.repeats, device)
         if args.full:  # the caption re-encoded at every call, as the official code
@@ -115,25 +123,30 @@ def stage(name, settings, plain_settings, batch, args, device, low_dtype):
         if bounds is not None:  # steps outside the interval: one conditional pass over half the batch
             half, text1 = x.shape[0] // 2, text.head(x.shape[0] // 2)
             kw1 = {k: v[:half] for k, v in kw.items()}
-            row["fast_s_step_unguided"], _ = timed(lambda: step_model(x[:half], t[:half], text=text1, **kw1).float(),
-                                                   args.repeats, device)
+            row["fast_s_step_unguided"], _ = timed(
+                lambda: step_model(x[:half], t[:half], text=text1, **kw1).float(), args.repeats, device
+            )
             steps = make_schedule(config.diffusion.noise_schedule, config.diffusion.steps, settings.steps).timestep_map
             n_guided = int(sum(bounds[0] <= ts <= bounds[1] for ts in steps))
             row["guided_steps"] = n_guided
             row["fast_sampler"] += f" cfg on t in [{bounds[0]:g}, {bounds[1]:g}]"
         if args.full:
+
             def call(x_t, t_):
                 return step_model(x_t, t_, text=text, **kw).float()
 
             cond = None
             if bounds is not None:
+
                 def cond(x_t, t_):
                     return step_model(x_t, t_, text=text1, **kw1).float()
 
             row["fast_total_s"] = row["encode_s"] + run_sampler(call, config, settings, x, guided, cond)
     row.setdefault("plain_total_s", n_plain * row["plain_s_step"])
-    row.setdefault("fast_total_s", row["encode_s"] + n_guided * row["fast_s_step"]
-                   + (n_fast - n_guided) * row.get("fast_s_step_unguided", 0.0))
+    row.setdefault(
+        "fast_total_s",
+        row["encode_s"] + n_guided * row["fast_s_step"] + (n_fast - n_guided) * row.get("fast_s_step_unguided", 0.0),
+    )
     row["gflop"] = step_gflop(model, x, t, text, kw)
     row["dtype"] = dtype
     return row
@@ -143,15 +156,23 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base-sampler", default=FAST_BASE.sampler)
     p.add_argument("--base-steps", default=FAST_BASE.steps)
-    p.add_argument("--guidance-interval", type=float, nargs=2, default=FAST_BASE.guidance_interval,
-                   metavar=("LO", "HI"),
-                   help=f"fast path: guide only t in [LO*T, HI*T]; 0 1 = every step "
-                        f"(default: {FAST_BASE.guidance_interval or 'every step'})")
+    p.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        default=FAST_BASE.guidance_interval,
+        metavar=("LO", "HI"),
+        help=f"fast path: guide only t in [LO*T, HI*T]; 0 1 = every step "
+        f"(default: {FAST_BASE.guidance_interval or 'every step'})",
+    )
     p.add_argument("--up-sampler", default=FAST_UPSAMPLE.sampler)
     p.add_argument("--up-steps", default=FAST_UPSAMPLE.steps)
     p.add_argument("--repeats", type=int, default=2, help="timed steps per path (the minimum is used)")
-    p.add_argument("--compile", action="store_true",
-                   help="fast path through torch.compile (as glide sample --compile); its build time apart")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="fast path through torch.compile (as glide sample --compile); its build time apart",
+    )
     p.add_argument("--full", action="store_true", help="run every step of both recipes instead of steps x s/step")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tiny", action="store_true", help="the tiny test architectures instead (a smoke test)")
@@ -166,35 +187,53 @@ def main():
     peaks = {"fp32": matmul_gflops(device, torch.float32)}
     if low_dtype is not None:
         peaks["low"] = matmul_gflops(device, low_dtype)
-    print(f"torch {torch.__version__}, {device.type} ({name}), {torch.get_num_threads()} threads; measured matmul "
-          + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
-          + ("" if low_dtype is not None or device.type == "cuda"
-             else "; no native bf16 here: the fast path runs fp32"))
+    print(
+        f"torch {torch.__version__}, {device.type} ({name}), {torch.get_num_threads()} threads; measured matmul "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
+        + ("" if low_dtype is not None or device.type == "cuda" else "; no native bf16 here: the fast path runs fp32")
+    )
     interval = tuple(args.guidance_interval) if args.guidance_interval else None
-    fast = [FAST_BASE.__class__(args.base_sampler, args.base_steps, FAST_BASE.guidance_scale,
-                                guidance_interval=interval),
-            FAST_UPSAMPLE.__class__(args.up_sampler, args.up_steps, 1.0, FAST_UPSAMPLE.temperature)]
+    fast = [
+        FAST_BASE.__class__(args.base_sampler, args.base_steps, FAST_BASE.guidance_scale, guidance_interval=interval),
+        FAST_UPSAMPLE.__class__(args.up_sampler, args.up_steps, 1.0, FAST_UPSAMPLE.temperature),
+    ]
     names = ("tiny", "tiny-upsample") if args.tiny else ("base-64", "upsample-256")
-    rows = [stage(names[0], fast[0], OFFICIAL_BASE, 2, args, device, low_dtype),
-            stage(names[1], fast[1], OFFICIAL_UPSAMPLE, 1, args, device, low_dtype)]
+    rows = [
+        stage(names[0], fast[0], OFFICIAL_BASE, 2, args, device, low_dtype),
+        stage(names[1], fast[1], OFFICIAL_UPSAMPLE, 1, args, device, low_dtype),
+    ]
     peak = peaks.get("low", peaks["fp32"])
-    print(f"{'stage':<13} {'plain':>12} {'s/step':>7} {'fast':>14} {'s/step':>7} {'dtype':>5} {'% of peak':>9} "
-          f"{'eps err':>8} {'plain s':>8} {'fast s':>7}")
+    print(
+        f"{'stage':<13} {'plain':>12} {'s/step':>7} {'fast':>14} {'s/step':>7} {'dtype':>5} {'% of peak':>9} "
+        f"{'eps err':>8} {'plain s':>8} {'fast s':>7}"
+    )
     for r in rows:
-        print(f"{r['stage']:<13} {r['plain_sampler']:>12} {r['plain_s_step']:>7.3f} {r['fast_sampler']:>14} "
-              f"{r['fast_s_step']:>7.3f} {r['dtype']:>5} {100 * r['gflop'] / r['fast_s_step'] / peak:>8.0f}% "
-              f"{r['fast_eps_rel_err']:>8.1e} {r['plain_total_s']:>8.1f} {r['fast_total_s']:>7.1f}")
+        print(
+            f"{r['stage']:<13} {r['plain_sampler']:>12} {r['plain_s_step']:>7.3f} {r['fast_sampler']:>14} "
+            f"{r['fast_s_step']:>7.3f} {r['dtype']:>5} {100 * r['gflop'] / r['fast_s_step'] / peak:>8.0f}% "
+            f"{r['fast_eps_rel_err']:>8.1e} {r['plain_total_s']:>8.1f} {r['fast_total_s']:>7.1f}"
+        )
     plain_total = sum(r["plain_total_s"] for r in rows)
     fast_total = sum(r["fast_total_s"] for r in rows)
     how = "every step run" if args.full else "steps x measured s/step"
-    print(f"one image, base + upsampler ({how}): plain {plain_total:.1f} s, fast {fast_total:.1f} s, "
-          f"{plain_total / fast_total:.1f}x faster; peak memory {peak_memory_mb(device):.0f} MB")
+    print(
+        f"one image, base + upsampler ({how}): plain {plain_total:.1f} s, fast {fast_total:.1f} s, "
+        f"{plain_total / fast_total:.1f}x faster; peak memory {peak_memory_mb(device):.0f} MB"
+    )
     if args.compile:
-        print("torch.compile's first call, once per process and input shape, not in the totals: "
-              + ", ".join(f"{r['stage']} {r['compile_s']:.0f} s" for r in rows))
+        print(
+            "torch.compile's first call, once per process and input shape, not in the totals: "
+            + ", ".join(f"{r['stage']} {r['compile_s']:.0f} s" for r in rows)
+        )
     if args.json:
-        report = {"device": name, "torch": torch.__version__, "matmul_gflops": peaks, "rows": rows,
-                  "plain_total_s": plain_total, "fast_total_s": fast_total}
+        report = {
+            "device": name,
+            "torch": torch.__version__,
+            "matmul_gflops": peaks,
+            "rows": rows,
+            "plain_total_s": plain_total,
+            "fast_total_s": fast_total,
+        }
         atomic_write_text(args.json, json.dumps(report, indent=1))
 
 

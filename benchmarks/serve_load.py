@@ -44,15 +44,24 @@ def page_latency(url: str, clicks: int) -> list[float]:
         page.wait_for_selector("#t2i-prompt textarea")
         page.click("#t2i-settings")  # the seed field
         for k in range(clicks):
-            page.fill("#t2i-prompt textarea", ["a large red circle on a white background", "a small blue star",
-                                               "a green square in the top left corner"][k % 3])
+            page.fill(
+                "#t2i-prompt textarea",
+                [
+                    "a large red circle on a white background",
+                    "a small blue star",
+                    "a green square in the top left corner",
+                ][k % 3],
+            )
             page.fill("#t2i-seed input", str(k))
             before = page.get_attribute("#t2i-gallery img", "src") if page.locator("#t2i-gallery img").count() else ""
             start = time.monotonic()
             page.click("#t2i-generate")
-            page.wait_for_function("(before) => { const im = document.querySelector('#t2i-gallery img'); "
-                                   "return im !== null && im.src !== before && im.complete && im.naturalWidth > 0; }",
-                                   arg=before, timeout=300_000)
+            page.wait_for_function(
+                "(before) => { const im = document.querySelector('#t2i-gallery img'); "
+                "return im !== null && im.src !== before && im.complete && im.naturalWidth > 0; }",
+                arg=before,
+                timeout=300_000,
+            )
             times.append(time.monotonic() - start)
         browser.close()
     return times
@@ -85,24 +94,30 @@ def main() -> None:
         if not args.no_browser:
             with ServeProcess(out, *args.serve_flags) as srv:
                 times = page_latency(srv.url, args.clicks)
-                print(f"page: image shown {', '.join(f'{t:.2f}' for t in times)} s after the click "
-                      "(first click after start first)")
+                print(
+                    f"page: image shown {', '.join(f'{t:.2f}' for t in times)} s after the click "
+                    "(first click after start first)"
+                )
         with ServeProcess(out, "--queue-size", str(args.requests), *args.serve_flags) as srv:
             srv.call("text2im", prompt="a red circle")  # warm
             before = srv.rss_mb()
             answers, seconds = burst(srv, args.requests)
             done = sorted(t for k, t in answers if k == "done")
             others = [k for k, _ in answers if k != "done"]
-            print(f"API, queue {args.requests}: {len(done)} of {args.requests} images in {seconds:.1f} s = "
-                  f"{len(done) / seconds:.2f} images/s; latency p50 {statistics.median(done):.1f} s, "
-                  f"max {done[-1]:.1f} s; not done: {others[:3]}")
+            print(
+                f"API, queue {args.requests}: {len(done)} of {args.requests} images in {seconds:.1f} s = "
+                f"{len(done) / seconds:.2f} images/s; latency p50 {statistics.median(done):.1f} s, "
+                f"max {done[-1]:.1f} s; not done: {others[:3]}"
+            )
             print(f"server memory: {before:.0f} MB before, {srv.rss_mb():.0f} MB after")
         with ServeProcess(out, *args.serve_flags) as srv:
             answers, seconds = burst(srv, args.requests)
             kinds = [k for k, _ in answers]
-            print(f"API, default queue: {kinds.count('done')} results, {kinds.count('busy')} busy, "
-                  f"{len(kinds) - kinds.count('done') - kinds.count('busy')} other, in {seconds:.1f} s; "
-                  f"healthy after: {srv.call('text2im', prompt='a red circle')[0] == 'complete'}")
+            print(
+                f"API, default queue: {kinds.count('done')} results, {kinds.count('busy')} busy, "
+                f"{len(kinds) - kinds.count('done') - kinds.count('busy')} other, in {seconds:.1f} s; "
+                f"healthy after: {srv.call('text2im', prompt='a red circle')[0] == 'complete'}"
+            )
     print(f"load average after: {os.getloadavg()}")
 
 

@@ -54,8 +54,15 @@ def probe_scene_sampler(position: str):
     return sample_scene
 
 
-def score(checkpoint: str, n: int, position_phrase: str, seed: int,
-          size: str = SIZE, colour: str = COLOUR, background: str = BACKGROUND) -> dict:
+def score(
+    checkpoint: str,
+    n: int,
+    position_phrase: str,
+    seed: int,
+    size: str = SIZE,
+    colour: str = COLOUR,
+    background: str = BACKGROUND,
+) -> dict:
     from glide_diffusion.checkpoints import load_model
     from glide_diffusion.eval.shapes_eval import analyze
     from glide_diffusion.pipelines.recipes import StageSettings
@@ -64,8 +71,9 @@ def score(checkpoint: str, n: int, position_phrase: str, seed: int,
     model, config = load_model(checkpoint)
     pipe = Text2ImPipeline(Stage(model, config, checkpoint))
     words = [w for w in SHAPES for _ in range(n)]
-    captions = [f"{shapes.article(size)} {size} {colour} {w} {position_phrase} on a {background} background"
-                for w in words]
+    captions = [
+        f"{shapes.article(size)} {size} {colour} {w} {position_phrase} on a {background} background" for w in words
+    ]
     result = pipe(captions, num_images=1, seed=seed, base=StageSettings("dpm++2m", "25", 3.0), batch_size=100)
     confusion: collections.Counter = collections.Counter()
     for word, image in zip(words, result.images):
@@ -77,17 +85,29 @@ def score(checkpoint: str, n: int, position_phrase: str, seed: int,
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
-    p.add_argument("--position", choices=("center", "random"), default="random",
-                   help="training: object in the centre cell or any of the nine (default random)")
+    p.add_argument(
+        "--position",
+        choices=("center", "random"),
+        default="random",
+        help="training: object in the centre cell or any of the nine (default random)",
+    )
     p.add_argument("--score", nargs="+", metavar="CKPT", help="score these checkpoints instead of training")
     p.add_argument("--n", type=int, default=10, help="--score: seeds per shape word (default 10)")
-    p.add_argument("--at", default="in the top left corner", choices=POSITIONS,
-                   help="--score: the position phrase of the captions (default: in the top left corner)")
+    p.add_argument(
+        "--at",
+        default="in the top left corner",
+        choices=POSITIONS,
+        help="--score: the position phrase of the captions (default: in the top left corner)",
+    )
     p.add_argument("--size", default=SIZE, choices=shapes.SIZES, help="--score: size word (default large)")
     p.add_argument("--colour", default=COLOUR, choices=tuple(shapes.COLOURS), help="--score: colour word (default red)")
-    p.add_argument("--background", default=BACKGROUND, choices=tuple(shapes.BACKGROUNDS),
-                   help="--score: background word (default white); other values test whether the skill"
-                        " carries beyond the one-factor training stream")
+    p.add_argument(
+        "--background",
+        default=BACKGROUND,
+        choices=tuple(shapes.BACKGROUNDS),
+        help="--score: background word (default white); other values test whether the skill"
+        " carries beyond the one-factor training stream",
+    )
     p.add_argument("--seed", type=int, default=0)
     args, rest = p.parse_known_args()
     if args.score:

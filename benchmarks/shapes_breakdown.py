@@ -38,8 +38,12 @@ def group_key(spec, attribute: str) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a shapes_quality.py --json file, optionally FILE:ROW (the guidance scale key)")
-    p.add_argument("--by", nargs="+", default=["shape", "colour", "size", "background"],
-                   choices=["shape", "colour", "size", "position", "background"])
+    p.add_argument(
+        "--by",
+        nargs="+",
+        default=["shape", "colour", "size", "background"],
+        choices=["shape", "colour", "size", "position", "background"],
+    )
     p.add_argument("--scores", nargs="+", default=["shape", "colour", "size", "exact"])
     args = p.parse_args()
     run_args, report = load(args.run)

@@ -63,7 +63,7 @@ def shape_choice(clip, n: int, timesteps: list[int], seed: int) -> dict:
             continue
         j = mentions[0]
         images.append(image_to_tensor(render_array(scene, cfg.image_size)))
-        options += [" ".join(words[:j] + [s] + words[j + 1:]) for s in SHAPES]
+        options += [" ".join(words[:j] + [s] + words[j + 1 :]) for s in SHAPES]
         truth.append(SHAPES.index(words[j]))
         sizes.append(next((w for w in words if w in SIZES), "open"))
     x0, truth = torch.stack(images), torch.tensor(truth)
@@ -91,19 +91,24 @@ def main() -> None:
 
     clip = load_clip(args.clip).eval()
     results = retrieval(clip, args.n, args.timesteps, args.seed)
-    print(f"{args.n} test images against their {args.n} captions "
-          f"(chance top-1 {1 / args.n:.3f}, mean rank {(args.n + 1) / 2:.1f})")
+    print(
+        f"{args.n} test images against their {args.n} captions "
+        f"(chance top-1 {1 / args.n:.3f}, mean rank {(args.n + 1) / 2:.1f})"
+    )
     for t, r in results.items():
         print(f"t={t:>4}: top-1 {r['top1']:.3f}, mean rank of the own caption {r['mean_rank']:.1f}")
     shapes = shape_choice(clip, args.n, args.timesteps, args.seed)
-    print(f"the shape alone: own caption against its 4 shape swaps, {next(iter(shapes.values()))['n']} "
-          f"one-shape captions (chance 0.200), by the size asked")
+    print(
+        f"the shape alone: own caption against its 4 shape swaps, {next(iter(shapes.values()))['n']} "
+        f"one-shape captions (chance 0.200), by the size asked"
+    )
     for t, r in shapes.items():
         sizes = ", ".join(f"{k} {r[k]:.3f}" for k in ("small", "large", "open") if r[k] is not None)
         print(f"t={t:>4}: {r['all']:.3f} ({sizes})")
     if args.json:
-        atomic_write_text(args.json, json.dumps({"args": vars(args), "results": results, "shape_choice": shapes},
-                                                indent=1))
+        atomic_write_text(
+            args.json, json.dumps({"args": vars(args), "results": results, "shape_choice": shapes}, indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,12 @@ from glide_diffusion.pipelines.recipes import RECIPES
 from glide_diffusion.pipelines.text2im import Text2ImPipeline
 
 # Where each object of "A <relation> B" goes when the scene is written as two one-object terms.
-PLACES = {"to the left of": ("on the left", "on the right"), "to the right of": ("on the right", "on the left"),
-          "above": ("at the top", "at the bottom"), "below": ("at the bottom", "at the top")}
+PLACES = {
+    "to the left of": ("on the left", "on the right"),
+    "to the right of": ("on the right", "on the left"),
+    "above": ("at the top", "at the bottom"),
+    "below": ("at the bottom", "at the top"),
+}
 
 
 def term(obj: ObjectSpec, place: str, background: str | None) -> str:
@@ -41,7 +45,7 @@ def term(obj: ObjectSpec, place: str, background: str | None) -> str:
 
 
 def composition(spec: CaptionSpec) -> str:
-    """"A on the left AND B on the right" for the two-object ``spec``."""
+    """ "A on the left AND B on the right" for the two-object ``spec``."""
     (a, b), (pa, pb) = spec.objects, PLACES[spec.relation]
     return f"{term(a, pa, spec.background)} AND {term(b, pb, spec.background)}"
 
@@ -69,8 +73,11 @@ def main() -> None:
         exact = [s["exact"] for s in scores[name]]
         rate = sum(exact) / len(exact)
         se = math.sqrt(rate * (1 - rate) / len(exact))
-        print(f"{name:>9}: exact {100 * rate:.1f}% (SE {100 * se:.1f}) on {len(exact)} two-object captions, "
-              f"{time.perf_counter() - start:.0f} s; e.g. {prompts[0]!r}", flush=True)
+        print(
+            f"{name:>9}: exact {100 * rate:.1f}% (SE {100 * se:.1f}) on {len(exact)} two-object captions, "
+            f"{time.perf_counter() - start:.0f} s; e.g. {prompts[0]!r}",
+            flush=True,
+        )
     diff = [float(c["exact"]) - float(a["exact"]) for a, c in zip(scores["plain"], scores["composed"])]
     mean = sum(diff) / len(diff)
     sd = math.sqrt(sum((d - mean) ** 2 for d in diff) / max(len(diff) - 1, 1))

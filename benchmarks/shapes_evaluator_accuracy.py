@@ -33,8 +33,11 @@ from glide_diffusion.eval.shapes_eval import evaluate
 def truth_spec(scene: Scene) -> CaptionSpec:
     """Every attribute of the scene as a caption spec (positions for one-object scenes)."""
     single = len(scene.objects) == 1
-    return CaptionSpec(tuple(ObjectSpec(o.shape, o.colour, o.size, object_position(o) if single else None)
-                             for o in scene.objects), scene.relation, scene.background)
+    return CaptionSpec(
+        tuple(ObjectSpec(o.shape, o.colour, o.size, object_position(o) if single else None) for o in scene.objects),
+        scene.relation,
+        scene.background,
+    )
 
 
 def run(n: int, resolution: int, noise: float, seed: int) -> dict:

@@ -74,8 +74,9 @@ def run(pipe: InpaintPipeline, items, args) -> dict:
         out = result.images[0]
         size = out.size[0]
         source = np.asarray(canvas.resize((size, size), Image.BICUBIC) if canvas.size[0] != size else canvas)
-        known = (np.asarray(Image.fromarray(~fill).resize((size, size), Image.NEAREST)) if fill.shape[0] != size
-                 else ~fill)
+        known = (
+            np.asarray(Image.fromarray(~fill).resize((size, size), Image.NEAREST)) if fill.shape[0] != size else ~fill
+        )
         kept += bool((np.asarray(out)[known] == source[known]).all())
         images.append(out)
     report = evaluate([spec for *_, spec in items], images)
@@ -87,8 +88,9 @@ def run(pipe: InpaintPipeline, items, args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--inpaint", default="shapes-inpaint", help="inpainting base model")
-    p.add_argument("--upsample-inpaint", default="shapes-upsample-inpaint",
-                   help="upsampling-inpainting model or 'none'")
+    p.add_argument(
+        "--upsample-inpaint", default="shapes-upsample-inpaint", help="upsampling-inpainting model or 'none'"
+    )
     p.add_argument("--base", default="shapes-base", help="plain base model for the replacement baseline")
     p.add_argument("--upsampler", default="shapes-upsample", help="plain upsampler for the baseline, or 'none'")
     p.add_argument("--methods", nargs="+", default=["finetuned", "replace"], choices=["finetuned", "replace"])
@@ -110,20 +112,28 @@ def main() -> None:
     pipes = {"finetuned": (args.inpaint, none(args.upsample_inpaint)), "replace": (args.base, none(args.upsampler))}
     reports = {}
     best = f", best of {args.candidates} by {args.rerank_clip}" if args.candidates > 1 else ""
-    print(f"{args.n} cases; base {args.base_sampler} {args.base_steps} (guidance {args.guidance_scale}{best}), "
-          f"upsampler {args.up_sampler} {args.up_steps}")
-    print(f"{'method':<10} {'exact':>6} {'shape':>6} {'colour':>6} {'size':>6} {'position':>8} {'bg':>6} "
-          f"{'unmasked identical':>18} {'s':>6}")
+    print(
+        f"{args.n} cases; base {args.base_sampler} {args.base_steps} (guidance {args.guidance_scale}{best}), "
+        f"upsampler {args.up_sampler} {args.up_steps}"
+    )
+    print(
+        f"{'method':<10} {'exact':>6} {'shape':>6} {'colour':>6} {'size':>6} {'position':>8} {'bg':>6} "
+        f"{'unmasked identical':>18} {'s':>6}"
+    )
     for method in args.methods:
-        pipe = InpaintPipeline.from_pretrained(*pipes[method], download=False,
-                                               rerank_clip=args.rerank_clip if args.candidates > 1 else None)
+        pipe = InpaintPipeline.from_pretrained(
+            *pipes[method], download=False, rerank_clip=args.rerank_clip if args.candidates > 1 else None
+        )
         size = pipe.output_size
         r = run(pipe, cases(args.n, args.seed, size), args)
         reports[method] = r
         a = r["all"]
-        print(f"{method:<10} {a['exact']:>6.3f} {a['shape']:>6.3f} {a['colour']:>6.3f} {a['size']:>6.3f} "
-              f"{a['position']:>8.3f} {a['background']:>6.3f} {r['unmasked_identical']:>14}/{args.n} "
-              f"{r['seconds']:>6.0f}", flush=True)
+        print(
+            f"{method:<10} {a['exact']:>6.3f} {a['shape']:>6.3f} {a['colour']:>6.3f} {a['size']:>6.3f} "
+            f"{a['position']:>8.3f} {a['background']:>6.3f} {r['unmasked_identical']:>14}/{args.n} "
+            f"{r['seconds']:>6.0f}",
+            flush=True,
+        )
     if args.json:
         atomic_write_text(args.json, json.dumps({"args": vars(args), "reports": reports}, indent=1))
 

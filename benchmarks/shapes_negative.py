@@ -56,12 +56,21 @@ def wilson_upper(values: np.ndarray, z: float = 1.96) -> float:
 def run(pipe, prompt: str, negative: str | None, args) -> dict:
     base = dataclasses.replace(SHAPES_BASE, candidates=args.candidates, steps=args.steps)
     start = time.perf_counter()
-    result = pipe(prompt, num_images=args.n, seed=args.seed, base=base, negative=negative, dtype="fp32",
-                  batch_size=args.batch_size)
+    result = pipe(
+        prompt,
+        num_images=args.n,
+        seed=args.seed,
+        base=base,
+        negative=negative,
+        dtype="fp32",
+        batch_size=args.batch_size,
+    )
     seconds = time.perf_counter() - start
     scenes = [analyze(im) for im in result.images]
     return {
-        "prompt": prompt, "negative": negative, "seconds": seconds,
+        "prompt": prompt,
+        "negative": negative,
+        "seconds": seconds,
         "colour": np.array([any(o.colour == args.colour for o in s.objects) for s in scenes], dtype=float),
         "shape": np.array([any(o.shape == args.shape for o in s.objects) for s in scenes], dtype=float),
         "one_object": np.array([len(s.objects) == 1 for s in scenes], dtype=float),
@@ -83,13 +92,17 @@ def main() -> None:
     p.add_argument("--json", help="also write the numbers here")
     args = p.parse_args()
 
-    pipe = Text2ImPipeline.from_pretrained("shapes-base", None,
-                                           rerank_clip="shapes-clip-rerank" if args.candidates > 1 else None)
+    pipe = Text2ImPipeline.from_pretrained(
+        "shapes-base", None, rerank_clip="shapes-clip-rerank" if args.candidates > 1 else None
+    )
     conditions = [(args.prompt, None), (args.prompt, args.negative)] + [(e, None) for e in args.extra]
-    print(f"shapes-base, DPM-Solver++ {args.steps} steps at guidance {SHAPES_BASE.guidance_scale:g}, best of "
-          f"{args.candidates}, n = {args.n} per condition (seeds {args.seed}..{args.seed + args.n - 1})")
-    print(f"{'condition':<40} {args.colour:>14} {'95% up':>7} {'paired diff':>15} {args.shape:>7} {'one obj':>7} "
-          f"{'s':>5}")
+    print(
+        f"shapes-base, DPM-Solver++ {args.steps} steps at guidance {SHAPES_BASE.guidance_scale:g}, best of "
+        f"{args.candidates}, n = {args.n} per condition (seeds {args.seed}..{args.seed + args.n - 1})"
+    )
+    print(
+        f"{'condition':<40} {args.colour:>14} {'95% up':>7} {'paired diff':>15} {args.shape:>7} {'one obj':>7} {'s':>5}"
+    )
     rows, first = [], None
     for prompt, negative in conditions:
         r = run(pipe, prompt, negative, args)
@@ -99,12 +112,26 @@ def main() -> None:
         d_se = float(d.std(ddof=1) / math.sqrt(len(d))) if r is not first else 0.0
         label = prompt + (f" | negative {negative!r}" if negative else "")
         up = wilson_upper(r["colour"])
-        print(f"{label:<40} {c:>7.3f} ± {c_se:.3f} {up:>7.3f} {d.mean():>+8.3f} ± {d_se:.3f} "
-              f"{share(r['shape'])[0]:>7.3f} {share(r['one_object'])[0]:>7.3f} {r['seconds']:>5.0f}", flush=True)
-        rows.append({"prompt": prompt, "negative": negative, "n": args.n, args.colour: c, f"{args.colour}_se": c_se,
-                     f"{args.colour}_upper95": up,
-                     "paired_diff": float(d.mean()), "paired_diff_se": d_se, args.shape: share(r["shape"])[0],
-                     "one_object": share(r["one_object"])[0], "seconds": r["seconds"]})
+        print(
+            f"{label:<40} {c:>7.3f} ± {c_se:.3f} {up:>7.3f} {d.mean():>+8.3f} ± {d_se:.3f} "
+            f"{share(r['shape'])[0]:>7.3f} {share(r['one_object'])[0]:>7.3f} {r['seconds']:>5.0f}",
+            flush=True,
+        )
+        rows.append(
+            {
+                "prompt": prompt,
+                "negative": negative,
+                "n": args.n,
+                args.colour: c,
+                f"{args.colour}_se": c_se,
+                f"{args.colour}_upper95": up,
+                "paired_diff": float(d.mean()),
+                "paired_diff_se": d_se,
+                args.shape: share(r["shape"])[0],
+                "one_object": share(r["one_object"])[0],
+                "seconds": r["seconds"],
+            }
+        )
     if args.json:
         atomic_write_text(args.json, json.dumps({"args": vars(args), "rows": rows}, indent=2))
 

@@ -51,15 +51,27 @@ def caption_set(n: int, seed: int, n_two: int | None = None, n_held_out: int | N
 
 def sample_and_score(pipe, captions, scale, args, clip_scale: float = 0.0) -> dict:
     n = args.rerank or 1
-    base = StageSettings(args.sampler, args.steps, scale,
-                         guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None)
+    base = StageSettings(
+        args.sampler,
+        args.steps,
+        scale,
+        guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
+    )
     up = StageSettings(args.up_sampler, args.up_steps, args.up_guidance_scale, args.up_temperature)
     start = time.perf_counter()
     # With n > 1, CLIP reranking (GLIDE §3.2): the image of each caption's n the CLIP scores best,
     # chosen before the upsampler.
-    result = pipe([c for c, _ in captions], num_images=n, seed=args.seed, base=base, upsample=up,
-                  batch_size=args.batch_size, clip_guidance_scale=clip_scale, dtype=args.dtype,
-                  rerank=1 if n > 1 else None)
+    result = pipe(
+        [c for c, _ in captions],
+        num_images=n,
+        seed=args.seed,
+        base=base,
+        upsample=up,
+        batch_size=args.batch_size,
+        clip_guidance_scale=clip_scale,
+        dtype=args.dtype,
+        rerank=1 if n > 1 else None,
+    )
     seconds = time.perf_counter() - start
     report = evaluate([spec for _, spec in captions], result.images)
     report["seconds"] = seconds
@@ -77,21 +89,40 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--steps", default="50")
-    p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-                   help="classifier-free guidance only for t in [LO*T, HI*T] (default: every step)")
+    p.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="classifier-free guidance only for t in [LO*T, HI*T] (default: every step)",
+    )
     p.add_argument("--up-sampler", default="ddim")
     p.add_argument("--up-steps", default="fast27")
     p.add_argument("--up-temperature", type=float, default=0.997)
-    p.add_argument("--up-guidance-scale", type=float, default=1.0,
-                   help="classifier-free guidance scale of the upsampler (default 1: conditional only)")
+    p.add_argument(
+        "--up-guidance-scale",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance scale of the upsampler (default 1: conditional only)",
+    )
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--clip", default=None, help="a noised CLIP (bundled name or file) for --clip-scales")
     p.add_argument("--clip-scales", type=float, nargs="*", default=[], help="CLIP guidance scales to add")
     p.add_argument("--clip-cfg", type=float, default=1.0, help="classifier-free scale of the CLIP-guided rows")
-    p.add_argument("--rerank", type=int, default=None, metavar="N",
-                   help="CLIP reranking: sample N images per caption, score the one --clip rates best")
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
-                   help="the models' compute dtype (bf16: CPUs with native bf16; fp16: CUDA)")
+    p.add_argument(
+        "--rerank",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CLIP reranking: sample N images per caption, score the one --clip rates best",
+    )
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16"),
+        help="the models' compute dtype (bf16: CPUs with native bf16; fp16: CUDA)",
+    )
     p.add_argument("--json", help="also write every report here")
     args = p.parse_args()
     if (args.clip_scales or args.rerank) and not args.clip:
@@ -103,12 +134,16 @@ def main() -> None:
     # Resolved here so the stored args name the captions (paired_diff.py compares them).
     args.n_two, args.n_held_out = caption_counts(args.n, args.n_two, args.n_held_out)
     captions = caption_set(args.n, args.seed, args.n_two, args.n_held_out)
-    print(f"{len(captions)} captions ({args.n} single, {args.n_two} two-object, {args.n_held_out} held-out pairs); "
-          f"base {args.sampler} {args.steps}"
-          + (f", guidance interval {args.guidance_interval}" if args.guidance_interval else "")
-          + (f", upsampler {args.up_sampler} {args.up_steps}" if args.upsampler else ""))
-    print(f"{'guidance':>10} {'exact 1-obj':>11} {'exact 2-obj':>11} {'exact held-out':>14} "
-          f"{'H(colour)':>9} {'H(size)':>7} {'H(position)':>11} {'H(bg)':>6} {'s':>6}")
+    print(
+        f"{len(captions)} captions ({args.n} single, {args.n_two} two-object, {args.n_held_out} held-out pairs); "
+        f"base {args.sampler} {args.steps}"
+        + (f", guidance interval {args.guidance_interval}" if args.guidance_interval else "")
+        + (f", upsampler {args.up_sampler} {args.up_steps}" if args.upsampler else "")
+    )
+    print(
+        f"{'guidance':>10} {'exact 1-obj':>11} {'exact 2-obj':>11} {'exact held-out':>14} "
+        f"{'H(colour)':>9} {'H(size)':>7} {'H(position)':>11} {'H(bg)':>6} {'s':>6}"
+    )
     reports = {}
     # Classifier-free rows keep their plain scale as the key; CLIP rows are "clip:SCALE".
     runs = [(str(s), f"cfg {s:g}", s, 0.0) for s in args.scales]
@@ -124,12 +159,17 @@ def main() -> None:
         def ex(g: str, r: dict = r) -> str:
             return f"{r[g]['exact']:.3f}" if r[g].get("n") else "-"
 
-        print(f"{label:>10} {ex('single'):>11} {ex('two'):>11} {ex('held_out'):>14} "
-              f"{h('colour'):>9} {h('size'):>7} {h('position'):>11} {h('background'):>6} {r['seconds']:>6.0f}",
-              flush=True)
+        print(
+            f"{label:>10} {ex('single'):>11} {ex('two'):>11} {ex('held_out'):>14} "
+            f"{h('colour'):>9} {h('size'):>7} {h('position'):>11} {h('background'):>6} {r['seconds']:>6.0f}",
+            flush=True,
+        )
         one = r["single"]
-        print("      single-object per attribute: " + ", ".join(
-            f"{k} {v:.3f}" for k, v in one.items() if k not in ("n", "exact") and isinstance(v, float)), flush=True)
+        print(
+            "      single-object per attribute: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in one.items() if k not in ("n", "exact") and isinstance(v, float)),
+            flush=True,
+        )
     if args.json:
         atomic_write_text(args.json, json.dumps({"args": vars(args), "reports": reports}, indent=1))
 

@@ -70,8 +70,12 @@ def main() -> None:
     p.add_argument("--sampler", default="dpm++2m")
     p.add_argument("--steps", default="25", help="the full schedule; a strength s runs its last s fraction")
     p.add_argument("--scale", type=float, default=3.0, help="classifier-free guidance scale")
-    p.add_argument("--prompt", choices=("caption", "empty", "other-shape"), default="caption",
-                   help="what to denoise toward (default: the scene's own caption)")
+    p.add_argument(
+        "--prompt",
+        choices=("caption", "empty", "other-shape"),
+        default="caption",
+        help="what to denoise toward (default: the scene's own caption)",
+    )
     p.add_argument("--json", help="also write every report here")
     args = p.parse_args()
     if not all(0 < s <= 1 for s in args.strengths):
@@ -81,16 +85,25 @@ def main() -> None:
     items = single_object_scenes(args.n, args.seed)
     size = pipe.base.image_size
     settings = StageSettings(args.sampler, args.steps, 1.0 if args.prompt == "empty" else args.scale)
-    print(f"{args.n} single-object test scenes at {size} px; {args.sampler} {args.steps}, guidance "
-          f"{settings.guidance_scale:g}, denoised toward: {args.prompt}")
-    print(f"{'strength':>8} {'exact':>6} {'shape':>6} {'colour':>6} {'size':>6} {'position':>8} {'count':>6} "
-          f"{'other':>6} {'s':>5}")
+    print(
+        f"{args.n} single-object test scenes at {size} px; {args.sampler} {args.steps}, guidance "
+        f"{settings.guidance_scale:g}, denoised toward: {args.prompt}"
+    )
+    print(
+        f"{'strength':>8} {'exact':>6} {'shape':>6} {'colour':>6} {'size':>6} {'position':>8} {'count':>6} "
+        f"{'other':>6} {'s':>5}"
+    )
     reports = {}
     for strength in args.strengths:
         start = time.perf_counter()
         images = [
-            pipe(render(scene, size).convert("RGB"), prompt_for(caption, scene.objects[0].shape, args.prompt),
-                 strength=strength, seed=args.seed + j, base=settings).low_res[0]
+            pipe(
+                render(scene, size).convert("RGB"),
+                prompt_for(caption, scene.objects[0].shape, args.prompt),
+                strength=strength,
+                seed=args.seed + j,
+                base=settings,
+            ).low_res[0]
             for j, (scene, caption, _) in enumerate(items)
         ]
         scenes = [analyze(im) for im in images]
@@ -106,8 +119,11 @@ def main() -> None:
         def g(k: str, r: dict = r) -> float:
             return r.get(k, float("nan"))  # nan: an attribute no caption names
 
-        print(f"{strength:>8g} {r['exact']:>6.3f} {g('shape'):>6.3f} {g('colour'):>6.3f} {g('size'):>6.3f} "
-              f"{g('position'):>8.3f} {g('count'):>6.3f} {r['other']:>6.3f} {r['seconds']:>5.0f}", flush=True)
+        print(
+            f"{strength:>8g} {r['exact']:>6.3f} {g('shape'):>6.3f} {g('colour'):>6.3f} {g('size'):>6.3f} "
+            f"{g('position'):>8.3f} {g('count'):>6.3f} {r['other']:>6.3f} {r['seconds']:>5.0f}",
+            flush=True,
+        )
     if args.json:
         atomic_write_text(args.json, json.dumps({"args": vars(args), "reports": reports}, indent=1))
 

@@ -64,13 +64,23 @@ def candidates(args) -> dict:
     caps = caption_set(args.n, args.seed, args.n_two, args.n_held_out)
     start = time.perf_counter()
     with torch.no_grad():
-        result = pipe([c for c, _ in caps], num_images=args.k, seed=args.seed,
-                      base=StageSettings(args.sampler, args.steps, args.scale, 1.0), batch_size=args.batch_size)
+        result = pipe(
+            [c for c, _ in caps],
+            num_images=args.k,
+            seed=args.seed,
+            base=StageSettings(args.sampler, args.steps, args.scale, 1.0),
+            batch_size=args.batch_size,
+        )
     seconds = time.perf_counter() - start
     report = evaluate([spec for _, spec in caps for _ in range(args.k)], result.images)
-    out = {"key": key, "captions": [c for c, _ in caps], "images": torch.cat([from_pil(im) for im in result.images]),
-           "exact": np.array([s["exact"] for s in report["scores"]]).reshape(len(caps), args.k),
-           "scores": report["scores"], "seconds": seconds}
+    out = {
+        "key": key,
+        "captions": [c for c, _ in caps],
+        "images": torch.cat([from_pil(im) for im in result.images]),
+        "exact": np.array([s["exact"] for s in report["scores"]]).reshape(len(caps), args.k),
+        "scores": report["scores"],
+        "seconds": seconds,
+    }
     if args.cache:
         atomic_write(Path(args.cache), lambda tmp: torch.save(out, tmp))
     return out
@@ -86,13 +96,18 @@ def clip_score_matrix(name: str, images: torch.Tensor, captions: list[str], k: i
 
     clip = load_clip(name).eval()
     tokenizer = clip_tokenizer_for(clip.config)
-    return np.stack([clip_scores(clip, images[i * k:(i + 1) * k], c, tokenizer=tokenizer).float().numpy()
-                     for i, c in enumerate(captions)])
+    return np.stack(
+        [
+            clip_scores(clip, images[i * k : (i + 1) * k], c, tokenizer=tokenizer).float().numpy()
+            for i, c in enumerate(captions)
+        ]
+    )
 
 
 @torch.no_grad()
-def self_errors(base: str, images: torch.Tensor, captions: list[str], k: int, n_t: int,
-                batch: int = 400) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def self_errors(
+    base: str, images: torch.Tensor, captions: list[str], k: int, n_t: int, batch: int = 400
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The eps-prediction errors of every candidate with its caption and with the empty caption
     at n_t evenly spaced timesteps -> (errors_c, errors_u) each (C*N, n_t), and abar at them."""
     model, config = load_model(base)
@@ -106,18 +121,19 @@ def self_errors(base: str, images: torch.Tensor, captions: list[str], k: int, n_
     empty = stage.encode([""])
     shape, channels = images.shape[1:], images.shape[1]
     for i in range(0, len(rows), batch):
-        x0 = images[i:i + batch].float()
+        x0 = images[i : i + batch].float()
         n = x0.shape[0]
-        text = TextCondition.cat([stage.encode(rows[i:i + batch]), empty.repeat(n)])
+        text = TextCondition.cat([stage.encode(rows[i : i + batch]), empty.repeat(n)])
         # the same noise for a caption's candidates: drawn once per caption, repeated for each
         caption_index, counts = torch.unique_consecutive(torch.arange(i, i + n) // k, return_counts=True)
         for j, t in enumerate(ts):
-            eps = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(c) * 1000 + j))
-                               for c in caption_index]).repeat_interleave(counts, dim=0)
+            eps = torch.stack(
+                [torch.randn(shape, generator=torch.Generator().manual_seed(int(c) * 1000 + j)) for c in caption_index]
+            ).repeat_interleave(counts, dim=0)
             x_t = q_sample(schedule, x0, int(t), eps)
             out = stage.model(torch.cat([x_t, x_t]), torch.full((2 * n,), int(t)), text=text).float()[:, :channels]
-            errors_c[i:i + n, j] = ((out[:n] - eps) ** 2).mean((1, 2, 3))
-            errors_u[i:i + n, j] = ((out[n:] - eps) ** 2).mean((1, 2, 3))
+            errors_c[i : i + n, j] = ((out[:n] - eps) ** 2).mean((1, 2, 3))
+            errors_u[i : i + n, j] = ((out[n:] - eps) ** 2).mean((1, 2, 3))
     return errors_c, errors_u, abar[ts]
 
 
@@ -145,10 +161,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--scale", type=float, default=5.0, help="classifier-free guidance scale")
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--clip", nargs="*", default=[], help="noised CLIPs to choose with (bundled names or files)")
-    p.add_argument("--first", nargs="*", type=int, default=[], metavar="J",
-                   help="also report the oracle and each CLIP's choice among only the first J candidates")
-    p.add_argument("--self-timesteps", type=int, default=0, metavar="K",
-                   help="also choose by the base model's own caption score at K timesteps (0: off)")
+    p.add_argument(
+        "--first",
+        nargs="*",
+        type=int,
+        default=[],
+        metavar="J",
+        help="also report the oracle and each CLIP's choice among only the first J candidates",
+    )
+    p.add_argument(
+        "--self-timesteps",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also choose by the base model's own caption score at K timesteps (0: off)",
+    )
     p.add_argument("--cache", default=None, help="keep the candidates here and reuse them")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -157,22 +184,26 @@ def main(argv: list[str] | None = None) -> dict:
     exact, captions, k = data["exact"], data["captions"], args.k
     # The evaluator's groups: one-object captions (held-out pairs among them), two-object, held-out pairs.
     specs = [spec for _, spec in caption_set(args.n, args.seed, args.n_two, args.n_held_out)]
-    groups = {"single": np.array([len(sp.objects) == 1 for sp in specs]),
-              "two": np.array([len(sp.objects) == 2 for sp in specs]),
-              "held_out": np.array([any((o.colour, o.shape) in HELD_OUT_PAIRS for o in sp.objects) for sp in specs])}
+    groups = {
+        "single": np.array([len(sp.objects) == 1 for sp in specs]),
+        "two": np.array([len(sp.objects) == 2 for sp in specs]),
+        "held_out": np.array([any((o.colour, o.shape) in HELD_OUT_PAIRS for o in sp.objects) for sp in specs]),
+    }
     rows = np.arange(len(captions))
 
     def report(picks: np.ndarray) -> dict:
         chosen = exact[rows, picks]
-        return {g: float(chosen[m].mean()) if m.any() else None for g, m in groups.items()} | {
-            "picks": picks.tolist()}
+        return {g: float(chosen[m].mean()) if m.any() else None for g, m in groups.items()} | {"picks": picks.tolist()}
 
-    results = {"first": report(np.zeros(len(captions), dtype=int)),
-               "oracle": {g: float(exact[m].max(1).mean()) if m.any() else None for g, m in groups.items()},
-               "per_sample": {g: float(exact[m].mean()) if m.any() else None for g, m in groups.items()}}
+    results = {
+        "first": report(np.zeros(len(captions), dtype=int)),
+        "oracle": {g: float(exact[m].max(1).mean()) if m.any() else None for g, m in groups.items()},
+        "per_sample": {g: float(exact[m].mean()) if m.any() else None for g, m in groups.items()},
+    }
     for j in args.first:  # as if only the first j had been sampled (seeds as --k, so not those of a --k j run)
-        results[f"oracle, first {j}"] = {g: float(exact[m, :j].max(1).mean()) if m.any() else None
-                                          for g, m in groups.items()}
+        results[f"oracle, first {j}"] = {
+            g: float(exact[m, :j].max(1).mean()) if m.any() else None for g, m in groups.items()
+        }
     for name in args.clip:
         scores = clip_score_matrix(name, data["images"], captions, k)
         results[f"clip:{name}"] = report(scores.argmax(1))
@@ -185,8 +216,10 @@ def main(argv: list[str] | None = None) -> dict:
         for w_name, w in weights.items():
             results[f"self:{w_name}"] = report((gain * w).sum(1).reshape(-1, k).argmax(1).numpy())
         results["self:cond_error"] = report((-errors_c.sum(1)).reshape(-1, k).argmax(1).numpy())
-    print(f"{len(captions)} captions x {k} candidates ({args.sampler} {args.steps}, guidance {args.scale:g}); "
-          f"exact match of the chosen one")
+    print(
+        f"{len(captions)} captions x {k} candidates ({args.sampler} {args.steps}, guidance {args.scale:g}); "
+        f"exact match of the chosen one"
+    )
     first = exact[rows, 0][groups["single"]].astype(float)
     for name, r in results.items():
         line = f"  {name:28s} one-object {r['single']:.3f}   two-object {r['two']:.3f}   held-out {r['held_out']:.3f}"
@@ -196,8 +229,13 @@ def main(argv: list[str] | None = None) -> dict:
             se = r["paired_vs_first"]["se"]
             line += f"   (one-object {100 * d.mean():+.1f} points on the first, SE {100 * se:.1f})"
             r["attributes_vs_first"] = attribute_gains(data["scores"], k, np.array(r["picks"]), groups["single"])
-            line += "\n" + " " * 32 + "   ".join(f"{a} {100 * g['diff']:+.1f} (SE {100 * g['se']:.1f})"
-                                                for a, g in r["attributes_vs_first"].items())
+            line += (
+                "\n"
+                + " " * 32
+                + "   ".join(
+                    f"{a} {100 * g['diff']:+.1f} (SE {100 * g['se']:.1f})" for a, g in r["attributes_vs_first"].items()
+                )
+            )
         print(line)
     if args.json:
         atomic_write_text(args.json, json.dumps({"args": vars(args), "results": results}, indent=1))

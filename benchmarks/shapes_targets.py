@@ -104,8 +104,9 @@ def main() -> None:
         from PIL import Image
 
         for k, (canvas, fill, caption, spec) in enumerate(inpaint_cases(args.n_inpaint, args.seed)):
-            result = inpaint(Image.fromarray(canvas), fill, caption, seed=args.seed + k * ibase.candidates,
-                             base=ibase, upsample=iup)
+            result = inpaint(
+                Image.fromarray(canvas), fill, caption, seed=args.seed + k * ibase.candidates, base=ibase, upsample=iup
+            )
             scores["inpaint"].append(score(spec, result.images[0]))
         print(f"inpaint: {args.n_inpaint} images in {time.perf_counter() - start:.0f} s", flush=True)
 
@@ -114,17 +115,20 @@ def main() -> None:
     one = test_captions(args.n_one, args.seed, "single")
     two = test_captions(args.n_two, args.seed + 1, "two")
     held = test_captions(args.n_held_out, args.seed + 2, "held_out")
-    sets = {"one": ([c for c, _ in one], [s for _, s in one]),
-            "held_out": ([c for c, _ in held], [s for _, s in held]),
-            "two": ([c for c, _ in two], [s for _, s in two]),
-            "composed": ([composition(s) for _, s in two], [s for _, s in two])}
+    sets = {
+        "one": ([c for c, _ in one], [s for _, s in one]),
+        "held_out": ([c for c, _ in held], [s for _, s in held]),
+        "two": ([c for c, _ in two], [s for _, s in two]),
+        "composed": ([composition(s) for _, s in two], [s for _, s in two]),
+    }
     background: list[float] = []
     for name, (prompts, specs) in sets.items():
         start = time.perf_counter()
         images = []
         for i in range(0, len(prompts), args.batch_size):  # image k keeps seed + k * candidates
-            images += pipe(prompts[i : i + args.batch_size], seed=args.seed + i * base.candidates,
-                           base=base, upsample=up).images
+            images += pipe(
+                prompts[i : i + args.batch_size], seed=args.seed + i * base.candidates, base=base, upsample=up
+            ).images
         scenes = [analyze(im) for im in images]
         scores[name] = [score(s, im, scene=sc) for s, im, sc in zip(specs, images, scenes)]
         if name == "one":
@@ -133,27 +137,41 @@ def main() -> None:
 
     exact = {k: [s["exact"] for s in v] for k, v in scores.items()}
     small = [s["exact"] for s, (_, spec) in zip(scores["one"], one) if spec.objects[0].size == "small"]
-    rows = [("two-object captions, plain caption", exact["two"], "≥ 50%"),
-            ("two-object scenes as a composition", exact["composed"], "≥ 80%"),
-            ("inpainting a second object beside a kept one", exact.get("inpaint", []), "≥ 70%"),
-            ("one-object captions", exact["one"], "≥ 95%"),
-            ("held-out colour-shape pairs", exact["held_out"], "≥ 95%"),
-            ("small objects (one-object captions asking small)", small, "≥ 90%")]
+    rows = [
+        ("two-object captions, plain caption", exact["two"], "≥ 50%"),
+        ("two-object scenes as a composition", exact["composed"], "≥ 80%"),
+        ("inpainting a second object beside a kept one", exact.get("inpaint", []), "≥ 70%"),
+        ("one-object captions", exact["one"], "≥ 95%"),
+        ("held-out colour-shape pairs", exact["held_out"], "≥ 95%"),
+        ("small objects (one-object captions asking small)", small, "≥ 90%"),
+    ]
     lines = ["| what | exact | SE | n | goal |", "|---|---|---|---|---|"]
     for what, values, goal in rows:
         r, se, n = rate(values)
         lines.append(f"| {what} | {100 * r:.1f}% | {100 * se:.1f} | {n} | {goal} |")
     bg = np.array([b for b in background if not math.isnan(b)])
-    lines.append(f"| background error far from objects (0-255), median | {np.median(bg):.1f} "
-                 f"(mean {bg.mean():.1f}) | | {len(bg)} | ≤ 3 |")
+    lines.append(
+        f"| background error far from objects (0-255), median | {np.median(bg):.1f} "
+        f"(mean {bg.mean():.1f}) | | {len(bg)} | ≤ 3 |"
+    )
     print("\n".join(lines))
     for name, values in scores.items():  # per-check rates, for the failures' kind
         keys = dict.fromkeys(k for s in values for k, v in s.items() if k != "exact" and isinstance(v, bool))
-        print(f"{name} per check: " + ", ".join(
-            f"{k} {100 * sum(s[k] for s in values if k in s) / sum(k in s for s in values):.0f}%" for k in keys))
+        print(
+            f"{name} per check: "
+            + ", ".join(
+                f"{k} {100 * sum(s[k] for s in values if k in s) / sum(k in s for s in values):.0f}%" for k in keys
+            )
+        )
     if args.json:
-        atomic_write_text(args.json, json.dumps({"args": vars(args), "table": lines, "scores": scores,
-                                                 "background_mae": background}, indent=1, default=str))
+        atomic_write_text(
+            args.json,
+            json.dumps(
+                {"args": vars(args), "table": lines, "scores": scores, "background_mae": background},
+                indent=1,
+                default=str,
+            ),
+        )
 
 
 if __name__ == "__main__":

@@ -73,10 +73,12 @@ def main() -> None:
             reports[f"steps {steps}, temperature {temperature}"] = report
     for name, r in reports.items():
         f = r["fidelity"]
-        print(f"{name:>30}: exact single {r['single']['exact']:.3f} (n={r['single']['n']}), "
-              f"two {r['two']['exact']:.3f} (n={r['two']['n']}), all {r['all']['exact']:.3f}; "
-              f"error {f['mae']:.1f} (median {f['mae_median']:.1f}), background {f['background_mae']:.1f} "
-              f"(median {f['background_mae_median']:.1f})" + (f"; {r['seconds']:.0f} s" if "seconds" in r else ""))
+        print(
+            f"{name:>30}: exact single {r['single']['exact']:.3f} (n={r['single']['n']}), "
+            f"two {r['two']['exact']:.3f} (n={r['two']['n']}), all {r['all']['exact']:.3f}; "
+            f"error {f['mae']:.1f} (median {f['mae_median']:.1f}), background {f['background_mae']:.1f} "
+            f"(median {f['background_mae_median']:.1f})" + (f"; {r['seconds']:.0f} s" if "seconds" in r else "")
+        )
     for r in reports.values():
         r.pop("fidelity_scores")  # per image; not JSON
     if args.json:

@@ -30,16 +30,41 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(config: str, steps: int, warmup: int, procs: int, overrides: list[str], threads: int | None,
-        compiled: bool = False, attention: str = "written") -> dict:
+def run(
+    config: str,
+    steps: int,
+    warmup: int,
+    procs: int,
+    overrides: list[str],
+    threads: int | None,
+    compiled: bool = False,
+    attention: str = "written",
+) -> dict:
     with tempfile.TemporaryDirectory() as out:
-        args = ["-m", "glide_diffusion.cli.main", "train", config, "--out-dir", out, "--max-steps", str(steps),
-                "--no-progress", "--set", f"ckpt.every={steps}", "--set", "sample.every=0",
-                "--set", f"log.every={warmup}"]
+        args = [
+            "-m",
+            "glide_diffusion.cli.main",
+            "train",
+            config,
+            "--out-dir",
+            out,
+            "--max-steps",
+            str(steps),
+            "--no-progress",
+            "--set",
+            f"ckpt.every={steps}",
+            "--set",
+            "sample.every=0",
+            "--set",
+            f"log.every={warmup}",
+        ]
         for item in overrides + [f"compile={str(compiled).lower()}"]:
             args += ["--set", item]
-        launcher = [sys.executable] if procs == 1 else [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)]
+        launcher = (
+            [sys.executable]
+            if procs == 1
+            else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)]
+        )
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
@@ -50,8 +75,14 @@ def run(config: str, steps: int, warmup: int, procs: int, overrides: list[str], 
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     after = [r for r in records if r["step"] > warmup]  # the first interval includes start-up
     ips = sum(r["images_per_s"] for r in after) / len(after) if after else records[-1]["images_per_s"]
-    return {"procs": procs, "compiled": compiled, "attention": attention, "images_per_s": ips,
-            "loss": records[-1]["loss"], "global_batch": records[-1]["samples_seen"] // records[-1]["step"]}
+    return {
+        "procs": procs,
+        "compiled": compiled,
+        "attention": attention,
+        "images_per_s": ips,
+        "loss": records[-1]["loss"],
+        "global_batch": records[-1]["samples_seen"] // records[-1]["step"],
+    }
 
 
 def main() -> None:
@@ -61,10 +92,18 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5, help="steps excluded from the timing (default 5)")
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process counts to compare")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of single-process runs")
-    p.add_argument("--compile", choices=("off", "on", "both"), default="off",
-                   help="train with torch.compile (on), without (off), or each run both ways")
-    p.add_argument("--attention", choices=("written", "sdpa", "both"), default="written",
-                   help="CPU training attention: written out (the default), SDPA's flash kernel, or both")
+    p.add_argument(
+        "--compile",
+        choices=("off", "on", "both"),
+        default="off",
+        help="train with torch.compile (on), without (off), or each run both ways",
+    )
+    p.add_argument(
+        "--attention",
+        choices=("written", "sdpa", "both"),
+        default="written",
+        help="CPU training attention: written out (the default), SDPA's flash kernel, or both",
+    )
     p.add_argument("--repeats", type=int, default=1, help="run each setting this many times, alternating")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
@@ -75,15 +114,24 @@ def main() -> None:
     modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
     attentions = ("written", "sdpa") if args.attention == "both" else (args.attention,)
     # Repeats alternate the settings, so a machine whose speed drifts affects each alike.
-    rows = [run(args.config, args.steps, args.warmup, n, args.overrides, args.threads if n == 1 else 1, c, a)
-            for _ in range(args.repeats) for n in args.procs for c in modes for a in attentions]
+    rows = [
+        run(args.config, args.steps, args.warmup, n, args.overrides, args.threads if n == 1 else 1, c, a)
+        for _ in range(args.repeats)
+        for n in args.procs
+        for c in modes
+        for a in attentions
+    ]
     base = rows[0]["images_per_s"]
     print(f"config: {args.config}  steps: {args.steps} (first {args.warmup} not timed)  cpus: {os.cpu_count()}")
-    print(f"{'processes':>9} {'compiled':>8} {'attention':>9} {'global batch':>12} {'images/s':>9} {'speed-up':>8} "
-          f"{'last loss':>9}")
+    print(
+        f"{'processes':>9} {'compiled':>8} {'attention':>9} {'global batch':>12} {'images/s':>9} {'speed-up':>8} "
+        f"{'last loss':>9}"
+    )
     for r in rows:
-        print(f"{r['procs']:>9} {str(r['compiled']).lower():>8} {r['attention']:>9} {r['global_batch']:>12} "
-              f"{r['images_per_s']:>9.2f} {r['images_per_s'] / base:>8.2f} {r['loss']:>9.4f}")
+        print(
+            f"{r['procs']:>9} {str(r['compiled']).lower():>8} {r['attention']:>9} {r['global_batch']:>12} "
+            f"{r['images_per_s']:>9.2f} {r['images_per_s'] / base:>8.2f} {r['loss']:>9.4f}"
+        )
 
 
 if __name__ == "__main__":

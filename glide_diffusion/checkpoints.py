@@ -37,8 +37,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read, or does not fit the model."""
 
 
-def save_model(path: str | os.PathLike, model: GlideUNet, config: ModelConfig | None = None,
-               metadata: Mapping[str, str] | None = None) -> Path:
+def save_model(
+    path: str | os.PathLike,
+    model: GlideUNet,
+    config: ModelConfig | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
     """Write ``model``'s weights and config to ``path`` (.safetensors), atomically."""
     path = Path(path)
     config = config or ModelConfig(unet=model.config)
@@ -126,8 +130,9 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     except MemoryError:
         raise
     except Exception as e:  # torch.load on arbitrary bytes raises KeyError, IndexError, RuntimeError, ...
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
-                              f"{type(e).__name__}: {e}") from e
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {type(e).__name__}: {e}"
+        ) from e
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -229,7 +234,8 @@ def _resolve(source: str | os.PathLike, cache_dir) -> tuple[Path, ModelConfig | 
         if not path.is_file():
             raise FileNotFoundError(
                 f"the bundled model {name!r} is not part of this installation ({path}); reinstall "
-                f"glide-diffusion, or use the released GLIDE weights (e.g. `glide sample --models glide`)")
+                f"glide-diffusion, or use the released GLIDE weights (e.g. `glide sample --models glide`)"
+            )
         return path, None
     if name in RELEASED_PRESETS:
         from .hub.cache import find_released
@@ -238,8 +244,10 @@ def _resolve(source: str | os.PathLike, cache_dir) -> tuple[Path, ModelConfig | 
     path = Path(source)
     if path.is_dir():
         if not (path / EMA_FILE).is_file():
-            raise FileNotFoundError(f"{path} is a directory without {EMA_FILE}: pass a model file, "
-                                    "or a training checkpoint directory (runs/X/checkpoints/step_N)")
+            raise FileNotFoundError(
+                f"{path} is a directory without {EMA_FILE}: pass a model file, "
+                "or a training checkpoint directory (runs/X/checkpoints/step_N)"
+            )
         return path / EMA_FILE, None
     stem = path.name.removesuffix(".pt").replace("_", "-")
     implied = get_preset(stem) if path.suffix == ".pt" and stem in RELEASED_PRESETS else None

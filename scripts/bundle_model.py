@@ -47,9 +47,14 @@ def training_summary(run: Path, step: int) -> dict:
         if m.get("images_per_s"):
             seconds += (m["samples_seen"] - seen) / m["images_per_s"]
         seen = m["samples_seen"]
-    return {"steps": step, "samples_seen": last.get("samples_seen"), "final_loss": last.get("loss"),
-            "median_images_per_s": median_rate, "world_size": last.get("world_size", 1),
-            "wall_hours": seconds / 3600}
+    return {
+        "steps": step,
+        "samples_seen": last.get("samples_seen"),
+        "final_loss": last.get("loss"),
+        "median_images_per_s": median_rate,
+        "world_size": last.get("world_size", 1),
+        "wall_hours": seconds / 3600,
+    }
 
 
 ATTRIBUTES = ("background", "colour", "size", "shape", "position", "count")
@@ -70,71 +75,134 @@ def train_command(config: Path, world_size: int) -> str:
     return f"glide train {config}"
 
 
-def card(name: str, reproduce: tuple[Path, Path], ckpt: Path, config: dict, kind: str, summary: dict, params: int,
-         evaluation: dict | None, notes: str | None) -> str:
+def card(
+    name: str,
+    reproduce: tuple[Path, Path],
+    ckpt: Path,
+    config: dict,
+    kind: str,
+    summary: dict,
+    params: int,
+    evaluation: dict | None,
+    notes: str | None,
+) -> str:
     rows = [("parameters", f"{params:,}")]
     if config.get("clip"):
         c = config["clip"]
-        rows += [("resolution", f"{c['image_size']} px, patches of {c['patch_size']} px"),
-                 ("towers", f"image {c['n_xf_blocks_image']} blocks x "
-                            f"{c['n_head_image'] * c['n_head_state_image']} wide, "
-                            f"text {c['n_xf_blocks_text']} blocks x {c['n_head_text'] * c['n_head_state_text']} wide, "
-                            f"embedding {c['n_embd']}"),
-                 ("caption tokenizer", f"{c['tokenizer']} (context {c['max_text_len']})"),
-                 ("noise", f"{c['beta_schedule']}, {c['n_timesteps']} steps (images noised at uniform timesteps"
-                           + (f" below {c['max_timestep']})" if c.get("max_timestep") else ")"))]
+        rows += [
+            ("resolution", f"{c['image_size']} px, patches of {c['patch_size']} px"),
+            (
+                "towers",
+                f"image {c['n_xf_blocks_image']} blocks x "
+                f"{c['n_head_image'] * c['n_head_state_image']} wide, "
+                f"text {c['n_xf_blocks_text']} blocks x {c['n_head_text'] * c['n_head_state_text']} wide, "
+                f"embedding {c['n_embd']}",
+            ),
+            ("caption tokenizer", f"{c['tokenizer']} (context {c['max_text_len']})"),
+            (
+                "noise",
+                f"{c['beta_schedule']}, {c['n_timesteps']} steps (images noised at uniform timesteps"
+                + (f" below {c['max_timestep']})" if c.get("max_timestep") else ")"),
+            ),
+        ]
     else:
         unet, diff = config["model"]["unet"], config["model"]["diffusion"]
-        rows += [("resolution", f"{unet['image_size']} px"),
-                 ("UNet", f"{unet['model_channels']} channels x {unet['channel_mult']}, {unet['num_res_blocks']} "
-                          f"ResBlock{'s' * (unet['num_res_blocks'] != 1)} per level, "
-                          f"attention at downsampling {unet['attention_resolutions']}"
-                          + (f", on {unet['patch_size']}x{unet['patch_size']} pixel patches"
-                             if unet.get("patch_size", 1) > 1 else "")),
-                 ("caption tokenizer", f"{unet['text']['tokenizer']} (context {unet['text']['context_length']})"),
-                 ("diffusion", f"{diff['noise_schedule']}, {diff['steps']} steps, learned-range variance"),
-                 ("caption dropout (classifier-free guidance)", str(config["cond"]["cfg_dropout"]))]
+        rows += [
+            ("resolution", f"{unet['image_size']} px"),
+            (
+                "UNet",
+                f"{unet['model_channels']} channels x {unet['channel_mult']}, {unet['num_res_blocks']} "
+                f"ResBlock{'s' * (unet['num_res_blocks'] != 1)} per level, "
+                f"attention at downsampling {unet['attention_resolutions']}"
+                + (
+                    f", on {unet['patch_size']}x{unet['patch_size']} pixel patches"
+                    if unet.get("patch_size", 1) > 1
+                    else ""
+                ),
+            ),
+            ("caption tokenizer", f"{unet['text']['tokenizer']} (context {unet['text']['context_length']})"),
+            ("diffusion", f"{diff['noise_schedule']}, {diff['steps']} steps, learned-range variance"),
+            ("caption dropout (classifier-free guidance)", str(config["cond"]["cfg_dropout"])),
+        ]
         v = unet.get("prediction", "eps") == "v"
-        rows.append(("output", "v-prediction (the network predicts v; the model returns [eps, variance])" if v
-                     else "[eps, variance] (GLIDE's)"))
+        rows.append(
+            (
+                "output",
+                "v-prediction (the network predicts v; the model returns [eps, variance])"
+                if v
+                else "[eps, variance] (GLIDE's)",
+            )
+        )
         if config.get("loss", {}).get("min_snr_gamma"):
             rows.append(("loss", f"eps-MSE (Min-SNR weighted, gamma {config['loss']['min_snr_gamma']}) + VB"))
         else:
             cap = config.get("loss", {}).get("v_weight_max") if v else None
-            rows.append(("loss", ("v-MSE" if v else "eps-MSE")
-                         + (f" (weight 1/abar capped at {cap:g} on the eps-MSE)" if cap else "")
-                         + " + VB (learned-range variance)"))
+            rows.append(
+                (
+                    "loss",
+                    ("v-MSE" if v else "eps-MSE")
+                    + (f" (weight 1/abar capped at {cap:g} on the eps-MSE)" if cap else "")
+                    + " + VB (learned-range variance)",
+                )
+            )
     rows += [
-        ("training", f"{summary['steps']} steps x {config['batch_size']} images x {config['grad_accum']} accumulation "
-                     f"x {summary['world_size']} process(es) = {summary['samples_seen']:,} images"),
-        ("optimizer", f"AdamW lr {config['optim']['lr']}, warm-up {config['optim']['warmup_steps']}, "
-                      f"{config['optim']['schedule']} schedule; EMA {config['ema_decay']}"),
+        (
+            "training",
+            f"{summary['steps']} steps x {config['batch_size']} images x {config['grad_accum']} accumulation "
+            f"x {summary['world_size']} process(es) = {summary['samples_seen']:,} images",
+        ),
+        (
+            "optimizer",
+            f"AdamW lr {config['optim']['lr']}, warm-up {config['optim']['warmup_steps']}, "
+            f"{config['optim']['schedule']} schedule; EMA {config['ema_decay']}",
+        ),
         ("final training loss", f"{summary['final_loss']:.4f}"),
         ("throughput", f"{summary['median_images_per_s']:.1f} images/s (median of the logged intervals)"),
         ("wall time", f"{summary['wall_hours']:.2f} h (sum of the logged intervals)"),
         ("hardware", f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"),
     ]
-    lines = [f"# {name}", "", f"A GLIDE-style {kind} model trained on the procedural Shapes dataset",
-             "(`glide_diffusion.data.shapes`, training split: the five held-out colour-shape pairs never seen).",
-             "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
-             f"Reproduce: `{train_command(reproduce[0], summary['world_size'])}` then",
-             f"`python scripts/bundle_model.py {reproduce[1]} {name}` (checkpoint `{ckpt.name}`).",
-             "Weights are stored in float16 and loaded as float32."]
+    lines = [
+        f"# {name}",
+        "",
+        f"A GLIDE-style {kind} model trained on the procedural Shapes dataset",
+        "(`glide_diffusion.data.shapes`, training split: the five held-out colour-shape pairs never seen).",
+        "",
+        "| | |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in rows],
+        "",
+        f"Reproduce: `{train_command(reproduce[0], summary['world_size'])}` then",
+        f"`python scripts/bundle_model.py {reproduce[1]} {name}` (checkpoint `{ckpt.name}`).",
+        "Weights are stored in float16 and loaded as float32.",
+    ]
     if notes:
         lines += ["", "## Notes", "", notes]
     if evaluation:
-        lines += ["", "## Evaluation", "", "From `benchmarks/shapes_quality.py` "
-                  f"(`{json.dumps(evaluation.get('args', {}))}`):", "",
-                  "| guidance | exact (1 object) | " + " | ".join(ATTRIBUTES)
-                  + " | exact (2 objects) | exact (held-out pairs) |",
-                  "|---" * (len(ATTRIBUTES) + 4) + "|"]
+        lines += [
+            "",
+            "## Evaluation",
+            "",
+            f"From `benchmarks/shapes_quality.py` (`{json.dumps(evaluation.get('args', {}))}`):",
+            "",
+            "| guidance | exact (1 object) | "
+            + " | ".join(ATTRIBUTES)
+            + " | exact (2 objects) | exact (held-out pairs) |",
+            "|---" * (len(ATTRIBUTES) + 4) + "|",
+        ]
         for scale, r in evaluation.get("reports", {}).items():
             single = r["single"]
-            cells = [single["exact"], *(single.get(a, float("nan")) for a in ATTRIBUTES),
-                     r["two"]["exact"], r["held_out"]["exact"]]
+            cells = [
+                single["exact"],
+                *(single.get(a, float("nan")) for a in ATTRIBUTES),
+                r["two"]["exact"],
+                r["held_out"]["exact"],
+            ]
             lines.append(f"| {scale} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
-        lines += ["", "(one-object columns: the share of captions whose attribute the evaluator read right; "
-                  "nan where the set was empty)"]
+        lines += [
+            "",
+            "(one-object columns: the share of captions whose attribute the evaluator read right; "
+            "nan where the set was empty)",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -143,14 +211,19 @@ def main() -> None:
     p.add_argument("run", type=Path, help="the training run's out_dir")
     p.add_argument("name", choices=NAMES)
     p.add_argument("--checkpoint", type=Path, help="a checkpoint directory (default: the newest)")
-    p.add_argument("--config", type=Path,
-                   help="the committed config that trains this model, for the card "
-                        "(default: configs/<run folder>.toml)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="the committed config that trains this model, for the card (default: configs/<run folder>.toml)",
+    )
     p.add_argument("--eval", type=Path, help="benchmarks/shapes_quality.py --json output to quote")
     p.add_argument("--notes", help="free text for the card (e.g. how the machine was shared)")
-    p.add_argument("--card-only", action="store_true",
-                   help="rewrite the model card only (the weights file's header order is not deterministic, "
-                        "so rewriting the same weights would still change the file in the history)")
+    p.add_argument(
+        "--card-only",
+        action="store_true",
+        help="rewrite the model card only (the weights file's header order is not deterministic, "
+        "so rewriting the same weights would still change the file in the history)",
+    )
     args = p.parse_args()
 
     reproduce = committed_config(args.run, args.config)
@@ -177,6 +250,7 @@ def main() -> None:
     text = card(args.name, reproduce, ckpt, config, kind, summary, params, evaluation, args.notes)
     atomic_write_text(out.with_suffix(".md"), text)
     print(f"{out} ({out.stat().st_size / 1e6:.1f} MB) and {out.with_suffix('.md')}")
+
 
 if __name__ == "__main__":
     main()

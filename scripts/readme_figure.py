@@ -70,8 +70,7 @@ def main() -> None:
     args = p.parse_args()
 
     base, upsample = RECIPES[MODEL_RECIPES["shapes-base"]]
-    pipe = Text2ImPipeline.from_pretrained("shapes-base", "shapes-upsample",
-                                           rerank_clip=RERANK_CLIPS["shapes-base"])
+    pipe = Text2ImPipeline.from_pretrained("shapes-base", "shapes-upsample", rerank_clip=RERANK_CLIPS["shapes-base"])
     result = pipe(CAPTIONS, seed=args.seed, base=base, upsample=upsample, progress=True)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,18 @@ def small_cpu_work(monkeypatch):
 
 
 # Limits of the test server: small, so each limit is reached by a small request.
-SERVE_FLAGS = ("--queue-size", "3", "--max-images", "8", "--max-upload-mb", "1", "--max-pixels", "262144",
-               "--max-prompt-chars", "200")
+SERVE_FLAGS = (
+    "--queue-size",
+    "3",
+    "--max-images",
+    "8",
+    "--max-upload-mb",
+    "1",
+    "--max-pixels",
+    "262144",
+    "--max-prompt-chars",
+    "200",
+)
 
 
 @pytest.fixture(scope="session")

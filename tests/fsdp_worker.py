@@ -25,8 +25,7 @@ TINY = ROOT / "configs" / "tiny-test.toml"
 # near-zero gradients on step 2, whose float-rounding differences Adam would turn into
 # lr-sized steps; the test is about sharding, not that. No dropout: DDP trains channels-last,
 # FSDP contiguous, and dropout draws its mask in memory order (as random, not the same).
-COMMON = ["max_steps=3", "grad_accum=2", "optim.grad_clip=0.05", "optim.eps=1e-4", "ckpt.every=3",
-          "ema_decay=0.5"]
+COMMON = ["max_steps=3", "grad_accum=2", "optim.grad_clip=0.05", "optim.eps=1e-4", "ckpt.every=3", "ema_decay=0.5"]
 RUNS = {
     "ddp": [],
     "fsdp": ['dist.strategy="fsdp"'],
@@ -38,15 +37,17 @@ def main(out: Path) -> None:
     torch.set_num_threads(1)
     trainers = {}
     for name, extra in RUNS.items():
-        trainers[name] = t = Trainer(load_config(TINY, [f'out_dir="{out / name}"', *COMMON, *extra]),
-                                     messages=lambda _m: None)
+        trainers[name] = t = Trainer(
+            load_config(TINY, [f'out_dir="{out / name}"', *COMMON, *extra]), messages=lambda _m: None
+        )
         t.run()
     t = trainers["fsdp"]
     saved = {
         "model": full_state_dict(t.model),
         "ema": full_state_dict(t.ema),
         "optimizer": get_optimizer_state_dict(
-            t.model, t.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)),
+            t.model, t.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        ),
     }
     local_shapes = {k: tuple(p.to_local().shape) for k, p in t.model.named_parameters()}
     if t.info.is_main:

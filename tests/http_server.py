@@ -26,16 +26,16 @@ _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 class LocalServer:
     """Context manager: ``with LocalServer({"/a.bin": data}) as srv: srv.url("/a.bin")``."""
 
-    def __init__(self, files: dict[str, bytes], mode: str = "ok", truncate_at: int = 0,
-                 max_lifetime: float = 30.0) -> None:
+    def __init__(
+        self, files: dict[str, bytes], mode: str = "ok", truncate_at: int = 0, max_lifetime: float = 30.0
+    ) -> None:
         self.files = dict(files)
         self.mode = mode
         self.truncate_at = truncate_at
         self.requests: list[tuple[str, str, str | None]] = []
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._timer = threading.Timer(max_lifetime, self._httpd.shutdown)
         self._timer.daemon = True
 

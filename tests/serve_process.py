@@ -41,9 +41,23 @@ class ServeProcess:
         self.output.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "glide_diffusion.cli.main", "serve", "--port", str(self.port),
-             "-o", str(self.output), "--quiet", *self.flags],
-            cwd=self.output.parent, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "glide_diffusion.cli.main",
+                "serve",
+                "--port",
+                str(self.port),
+                "-o",
+                str(self.output),
+                "--quiet",
+                *self.flags,
+            ],
+            cwd=self.output.parent,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -91,8 +105,12 @@ class ServeProcess:
         """POST /gradio_api/call/v2/<api> with named fields, then read the event stream:
         ("complete", data), ("error", message), or ("busy", detail) for a 503. The body is Python's JSON,
         which writes NaN and Infinity as JavaScript does (requests' json= refuses them)."""
-        r = requests.post(self.url + f"gradio_api/call/v2/{api}", data=json.dumps(fields), timeout=30,
-                          headers={"Content-Type": "application/json"})
+        r = requests.post(
+            self.url + f"gradio_api/call/v2/{api}",
+            data=json.dumps(fields),
+            timeout=30,
+            headers={"Content-Type": "application/json"},
+        )
         if r.status_code == 503:
             return "busy", r.json().get("detail")
         r.raise_for_status()
@@ -102,9 +120,9 @@ class ServeProcess:
         event, data = None, None
         for line in stream.text.splitlines():
             if line.startswith("event: "):
-                event = line[len("event: "):]
+                event = line[len("event: ") :]
             elif line.startswith("data: ") and event in ("complete", "error"):
-                data = json.loads(line[len("data: "):])
+                data = json.loads(line[len("data: ") :])
                 if event == "error" and isinstance(data, dict):
                     data = data.get("error")
                 return event, data

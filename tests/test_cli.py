@@ -29,8 +29,9 @@ def tiny(tmp_path_factory):
 
 
 def sample(tiny, out, *args):
-    return main(["sample", *args, "--base", tiny, "--upsampler", "none", "--base-steps", "2", "-o", str(out),
-                 "--no-progress"])
+    return main(
+        ["sample", *args, "--base", tiny, "--upsampler", "none", "--base-steps", "2", "-o", str(out), "--no-progress"]
+    )
 
 
 # --- captions a model will not follow --------------------------------------------------------
@@ -47,13 +48,28 @@ def test_caption_problems():
 
 
 def test_shapes_models_warn_once_on_captions_outside_their_grammar(tmp_path, capsys):
-    args = ["sample", "an oil painting of a corgi", "a red circle", "-n", "2", "--upsampler", "none",
-            "--base-steps", "2", "--candidates", "1", "-o", str(tmp_path), "--no-progress"]
+    args = [
+        "sample",
+        "an oil painting of a corgi",
+        "a red circle",
+        "-n",
+        "2",
+        "--upsampler",
+        "none",
+        "--base-steps",
+        "2",
+        "--candidates",
+        "1",
+        "-o",
+        str(tmp_path),
+        "--no-progress",
+    ]
     assert main(args) == 0
     err = capsys.readouterr().err
     assert err.count("warning:") == 1, err
-    assert re.search(r"^glide sample: warning: 'an oil painting of a corgi' is not a Shapes caption.*--models glide",
-                     err, re.M)
+    assert re.search(
+        r"^glide sample: warning: 'an oil painting of a corgi' is not a Shapes caption.*--models glide", err, re.M
+    )
     pipe = Text2ImPipeline.from_pretrained("shapes-base", None)
     quick = dataclasses.replace(FAST_BASE, steps="2")
     with pytest.warns(CaptionWarning, match="not a Shapes caption"):  # the Python API says so too
@@ -93,7 +109,8 @@ def test_names_carry_the_position_and_the_seed(tiny, tmp_path):
     assert sample(tiny, tmp_path, "a red circle", "-n", "3", "--seed", "7") == 0
     names = sorted(p.name for p in tmp_path.glob("*.png"))
     assert [re.sub(r"-[0-9a-f]{8}-", "-H-", n) for n in names] == [
-        f"a-red-circle-H-{i}-seed{7 + i}.png" for i in range(3)]
+        f"a-red-circle-H-{i}-seed{7 + i}.png" for i in range(3)
+    ]
 
 
 def test_npz_is_not_overwritten_either(tiny, tmp_path):
@@ -149,8 +166,19 @@ def test_corrupt_pt_files_are_a_clear_error(tmp_path, capsys, content):
 def test_a_state_dict_without_config_takes_config_preset(tmp_path, capsys):
     torch.manual_seed(0)
     torch.save(build_model("tiny").state_dict(), tmp_path / "m.pt")
-    args = ["sample", "a red circle", "--base", str(tmp_path / "m.pt"), "--upsampler", "none", "--base-steps", "2",
-            "-o", str(tmp_path / "out"), "--no-progress"]
+    args = [
+        "sample",
+        "a red circle",
+        "--base",
+        str(tmp_path / "m.pt"),
+        "--upsampler",
+        "none",
+        "--base-steps",
+        "2",
+        "-o",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
     assert main(args) == 2
     assert "--config PRESET" in capsys.readouterr().err
     assert main([*args, "--config", "tiny"]) == 0
@@ -186,8 +214,11 @@ def test_ctrl_c_ends_with_one_line(command, monkeypatch, capsys):
 
 
 def test_errors_name_the_cli_options(tiny, tmp_path, capsys):
-    cases = [(["-n", "0"], "-n/--num-images must be"), (["--candidates", "0"], "--candidates must be"),
-             (["--base-sampler", "euler"], "--base-sampler must be one of")]
+    cases = [
+        (["-n", "0"], "-n/--num-images must be"),
+        (["--candidates", "0"], "--candidates must be"),
+        (["--base-sampler", "euler"], "--base-sampler must be one of"),
+    ]
     for extra, expected in cases:
         assert sample(tiny, tmp_path / "o", "x", *extra) == 2
         err = capsys.readouterr().err

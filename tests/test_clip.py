@@ -88,8 +88,10 @@ def test_golden_image_encoder(golden):
     assert io["image_t"].tolist() == [0, 500, 999]
     with torch.no_grad():
         _close(clip.image_encoder(io["image_enc_input"], io["image_t"]), io["image_enc_out"])
-        _close(clip.image_encoder(io["image_enc_input"], io["image_t"], return_probe_features=True),
-               io["image_probe_features"])
+        _close(
+            clip.image_encoder(io["image_enc_input"], io["image_t"], return_probe_features=True),
+            io["image_probe_features"],
+        )
         z_i = clip.image_embeddings(io["images"], io["image_t"])
         _close(z_i, io["image_embeddings"])
         z_t = clip.text_embeddings(io["text_tokens"], io["text_lens"])
@@ -198,8 +200,9 @@ def test_mismatched_state_dict_names_missing_and_unexpected_keys(tmp_path):
     state = clip.image_encoder.state_dict()
     state["blocks.input.w_time"] = state.pop("blocks.input.w_t")
     torch.save(state, image)
-    with pytest.raises(CheckpointError,
-                       match=r"missing keys: blocks\.input\.w_t(?s:.*)unexpected keys: blocks\.input\.w_time"):
+    with pytest.raises(
+        CheckpointError, match=r"missing keys: blocks\.input\.w_t(?s:.*)unexpected keys: blocks\.input\.w_time"
+    ):
         load_clip(image, text, config="tiny")
     with pytest.raises(CheckpointError, match="shape mismatches"):
         load_clip(tmp_path / "clip_text_enc.pt", text, config="tiny")  # text weights as the image tower
@@ -325,7 +328,8 @@ def test_cond_fn_broadcasts_one_prompt_and_matches_finite_differences(golden):
     torch.testing.assert_close((grad * direction).sum(), fd, rtol=1e-6, atol=1e-8)
     with pytest.raises(ValueError, match="2 prompts for a batch of 3"):
         clip_cond_fn(clip, (io["cond_text_tokens"], io["cond_text_lens"]), 1.0)(
-            torch.zeros(3, 3, 32, 32), t[:1].repeat(3))
+            torch.zeros(3, 3, 32, 32), t[:1].repeat(3)
+        )
 
 
 def test_rerank_picks_the_best_matching_image(golden):
@@ -342,8 +346,9 @@ def test_rerank_picks_the_best_matching_image(golden):
     scores = clip_scores(clip, images, prompt)
     assert before.argmin().item() == 2 and scores[2] > scores[:2].max() + 1.0
     with torch.no_grad():
-        expected = clip.logits(clip.image_embeddings(images, torch.zeros(3, dtype=torch.long)),
-                               clip.text_embeddings(*prompt))[:, 0]
+        expected = clip.logits(
+            clip.image_embeddings(images, torch.zeros(3, dtype=torch.long)), clip.text_embeddings(*prompt)
+        )[:, 0]
     torch.testing.assert_close(scores, expected, atol=0, rtol=0)
     order = clip_rerank(clip, images, prompt, k=3)
     assert order[0].item() == 2 and order.tolist() == torch.argsort(scores, descending=True).tolist()
@@ -375,8 +380,13 @@ def test_cond_fn_in_a_respaced_sampler_sees_original_timesteps():
 
     def run(fn):
         gen = torch.Generator().manual_seed(0)
-        return sample_ddpm(denoiser, s, torch.randn(2, 3, 16, 16, generator=gen), cond_fn=fn,
-                           noise_fn=lambda x: torch.randn(x.shape, generator=gen))
+        return sample_ddpm(
+            denoiser,
+            s,
+            torch.randn(2, 3, 16, 16, generator=gen),
+            cond_fn=fn,
+            noise_fn=lambda x: torch.randn(x.shape, generator=gen),
+        )
 
     guided, plain = run(cond_fn), run(None)
     assert seen == [[t, t] for t in reversed(s.timestep_map)] and max(s.timestep_map) == 999

@@ -80,8 +80,11 @@ def test_vocab_search(tmp_path, monkeypatch):
     with pytest.raises(VocabNotFoundError):
         find_clip_vocab()
     plain = tmp_path / CLIP_BPE_FILE
-    plain.write_bytes(gzip.decompress((VOCAB_DIR / f"{CLIP_BPE_FILE}.gz").read_bytes())
-                      if (VOCAB_DIR / f"{CLIP_BPE_FILE}.gz").is_file() else (VOCAB_DIR / CLIP_BPE_FILE).read_bytes())
+    plain.write_bytes(
+        gzip.decompress((VOCAB_DIR / f"{CLIP_BPE_FILE}.gz").read_bytes())
+        if (VOCAB_DIR / f"{CLIP_BPE_FILE}.gz").is_file()
+        else (VOCAB_DIR / CLIP_BPE_FILE).read_bytes()
+    )
     assert find_clip_vocab() == plain  # from $GLIDE_VOCAB_DIR, uncompressed also accepted
     monkeypatch.delenv("GLIDE_VOCAB_DIR")
     cache = tmp_path / "cache"

@@ -44,44 +44,54 @@ UP = StageSettings("ddim", "2", 1.0, 0.997)
 # --- the parser ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("prompt", ["a red circle and a blue star", "a sign: no entry", "not a circle", "",
-                                    "ANDROID", "a BAND of NOTES", "x :2"])
+@pytest.mark.parametrize(
+    "prompt",
+    ["a red circle and a blue star", "a sign: no entry", "not a circle", "", "ANDROID", "a BAND of NOTES", "x :2"],
+)
 def test_prompts_without_the_keywords_are_plain_captions_verbatim(prompt):
     assert parse_prompt(prompt) == Composition((Term(prompt, 1.0),))
     assert not parse_prompt(prompt).composed
 
 
-@pytest.mark.parametrize("prompt, terms", [
-    ("a red circle AND a blue star", [("a red circle", 1.0), ("a blue star", 1.0)]),
-    ("a red circle on the left :1.5 AND a blue star on the right",
-     [("a red circle on the left", 1.5), ("a blue star on the right", 1.0)]),
-    ("a circle :2 AND NOT red", [("a circle", 2.0), ("red", -1.0)]),
-    ("  a circle:2 AND   NOT  red :0.5  ", [("a circle", 2.0), ("red", -0.5)]),
-    ("a AND b :-1 AND NOT c :-.5 AND d :1e-1 AND e :+3", [("a", 1), ("b", -1), ("c", 0.5), ("d", 0.1), ("e", 3)]),
-    ("a cat and a dog AND not a mouse", [("a cat and a dog", 1.0), ("not a mouse", 1.0)]),  # lower case: words
-    ("a :0 AND b", [("a", 0.0), ("b", 1.0)]),
-])
+@pytest.mark.parametrize(
+    "prompt, terms",
+    [
+        ("a red circle AND a blue star", [("a red circle", 1.0), ("a blue star", 1.0)]),
+        (
+            "a red circle on the left :1.5 AND a blue star on the right",
+            [("a red circle on the left", 1.5), ("a blue star on the right", 1.0)],
+        ),
+        ("a circle :2 AND NOT red", [("a circle", 2.0), ("red", -1.0)]),
+        ("  a circle:2 AND   NOT  red :0.5  ", [("a circle", 2.0), ("red", -0.5)]),
+        ("a AND b :-1 AND NOT c :-.5 AND d :1e-1 AND e :+3", [("a", 1), ("b", -1), ("c", 0.5), ("d", 0.1), ("e", 3)]),
+        ("a cat and a dog AND not a mouse", [("a cat and a dog", 1.0), ("not a mouse", 1.0)]),  # lower case: words
+        ("a :0 AND b", [("a", 0.0), ("b", 1.0)]),
+    ],
+)
 def test_parse_terms_and_weights(prompt, terms):
     comp = parse_prompt(prompt)
     assert comp.terms == tuple(Term(t, float(w)) for t, w in terms)
     assert comp.composed
 
 
-@pytest.mark.parametrize("prompt, position, problem", [
-    ("a circle AND", 9, "dangling AND"),
-    ("AND a circle", 0, "nothing before AND"),
-    ("a AND  AND b", 7, "empty term between two ANDs"),
-    ("a :x AND b", 3, "'x' is not a number"),
-    ("a :1.5.2 AND b", 3, "'1.5.2' is not a number"),
-    ("a :nan AND b", 3, "'nan' is not a number"),
-    ("a :1e999 AND b", 3, "not finite"),
-    ("a : AND b", 2, "no weight after ':'"),
-    ("a AND :2", 6, "empty term before its weight"),
-    ("a AND NOT", 6, "nothing after NOT"),
-    ("a AND b NOT c", 8, "NOT can only begin a term"),
-    ("DO NOT ENTER", 3, "NOT can only begin a term"),
-    (" AND ".join("abcdefghi"), 2 + 6 * (MAX_TERMS - 1), f"more than {MAX_TERMS} terms"),  # the 8th AND
-])
+@pytest.mark.parametrize(
+    "prompt, position, problem",
+    [
+        ("a circle AND", 9, "dangling AND"),
+        ("AND a circle", 0, "nothing before AND"),
+        ("a AND  AND b", 7, "empty term between two ANDs"),
+        ("a :x AND b", 3, "'x' is not a number"),
+        ("a :1.5.2 AND b", 3, "'1.5.2' is not a number"),
+        ("a :nan AND b", 3, "'nan' is not a number"),
+        ("a :1e999 AND b", 3, "not finite"),
+        ("a : AND b", 2, "no weight after ':'"),
+        ("a AND :2", 6, "empty term before its weight"),
+        ("a AND NOT", 6, "nothing after NOT"),
+        ("a AND b NOT c", 8, "NOT can only begin a term"),
+        ("DO NOT ENTER", 3, "NOT can only begin a term"),
+        (" AND ".join("abcdefghi"), 2 + 6 * (MAX_TERMS - 1), f"more than {MAX_TERMS} terms"),  # the 8th AND
+    ],
+)
 def test_malformed_compositions_point_at_the_character(prompt, position, problem):
     with pytest.raises(CompositionError) as e:
         parse_prompt(prompt)
@@ -112,8 +122,11 @@ def test_composition_caption_and_json():
     comp = parse_prompt("a red circle :2 AND NOT a star AND a blue square")
     assert comp.caption == "a red circle and a blue square"  # what the upsampler conditions on
     assert Composition.plain("a sign: AND").caption == "a sign: AND"
-    assert comp.to_json() == [{"text": "a red circle", "weight": 2.0}, {"text": "a star", "weight": -1.0},
-                              {"text": "a blue square", "weight": 1.0}]
+    assert comp.to_json() == [
+        {"text": "a red circle", "weight": 2.0},
+        {"text": "a star", "weight": -1.0},
+        {"text": "a blue square", "weight": 1.0},
+    ]
 
 
 # --- the wrapper ----------------------------------------------------------------------------------
@@ -248,8 +261,12 @@ def test_the_wrapper_is_the_weighted_sum_of_the_tiny_models_outputs_exactly(stag
     """One forward of the tiny model over [a, b, c | d, e | neg, neg] gives exactly
     eps_neg + s * sum_k w_k (eps_k - eps_neg) per image, summed in the order written."""
     stage = stages["tiny"]
-    text = TextCondition.cat([stage.encode(["a red circle", "a star", "a blue square", "a cross", "a green star"]),
-                              stage.encode(["red"]).repeat(2)])
+    text = TextCondition.cat(
+        [
+            stage.encode(["a red circle", "a star", "a blue square", "a cross", "a green star"]),
+            stage.encode(["red"]).repeat(2),
+        ]
+    )
 
     def model(x, t):
         return stage.model(x, t, text=text)
@@ -277,8 +294,9 @@ def test_sample_stage_binds_terms_then_the_negative_rows(stages):
     stage = stages["tiny"]
     comps = [parse_prompt("a red circle :1.5 AND NOT a star AND a blue square"), Composition.plain("a cross")]
     got = sample_stage(stage, comps, PerSampleNoise([4, 5]), BASE, negative="green")
-    want = _by_hand(stage, ["a red circle", "a star", "a blue square", "a cross"], "green",
-                    [[1.5, -1.0, 1.0], [1.0]], 3.0, [4, 5])
+    want = _by_hand(
+        stage, ["a red circle", "a star", "a blue square", "a cross"], "green", [[1.5, -1.0, 1.0], [1.0]], 3.0, [4, 5]
+    )
     assert torch.equal(got, want)
     plain = sample_stage(stage, ["a cross"], PerSampleNoise([5]), BASE, negative="green")
     assert torch.equal(plain, _by_hand(stage, ["a cross"], "green", [[1.0]], 3.0, [5]))
@@ -325,9 +343,13 @@ def test_text2im_composes_the_base_and_joins_terms_for_the_upsampler(stages, mon
     pipe = Text2ImPipeline(stages["tiny"], stages["tiny-upsample"])
     seen = []
     real = text2im.sample_stage
-    monkeypatch.setattr(text2im, "sample_stage",
-                        lambda stage, rows, *a, **kw: seen.append((stage.config.kind, list(rows), kw["negative"]))
-                        or real(stage, rows, *a, **kw))
+    monkeypatch.setattr(
+        text2im,
+        "sample_stage",
+        lambda stage, rows, *a, **kw: (
+            seen.append((stage.config.kind, list(rows), kw["negative"])) or real(stage, rows, *a, **kw)
+        ),
+    )
     prompt = "a red circle :2 AND NOT a star AND a blue square"
     out = pipe([prompt, "a cross"], num_images=2, base=BASE, upsample=UP, negative="green", dtype="fp32")
     assert out.prompts == [prompt, prompt, "a cross", "a cross"]
@@ -375,14 +397,20 @@ def test_inpaint_and_edit_compose(stages, monkeypatch):
     seen = []
     for module in (inpaint, edit):
         real = module.sample_stage
-        monkeypatch.setattr(module, "sample_stage", lambda stage, rows, *a, _real=real, **kw:
-                            seen.append((list(rows), kw["negative"])) or _real(stage, rows, *a, **kw))
+        monkeypatch.setattr(
+            module,
+            "sample_stage",
+            lambda stage, rows, *a, _real=real, **kw: (
+                seen.append((list(rows), kw["negative"])) or _real(stage, rows, *a, **kw)
+            ),
+        )
     prompt = "a red circle AND NOT a blue star :0.5"
     comp = parse_prompt(prompt)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
     fill = mask_from_rects([(16, 16, 48, 48)], image.size)
     out = InpaintPipeline(stages["tiny-inpaint"], stages["tiny-upsample-inpaint"])(
-        image, fill, prompt, base=BASE, upsample=UP, negative="green")
+        image, fill, prompt, base=BASE, upsample=UP, negative="green"
+    )
     keep = ~fill
     np.testing.assert_array_equal(np.asarray(out.images[0])[keep], np.asarray(image)[keep])
     assert seen == [([comp], "green"), (["a red circle"], "green")]
@@ -415,8 +443,12 @@ def test_clip_scores_a_composition_by_the_weighted_mean_of_its_positive_terms(cl
     z = clip_target(clip, [comp])
     assert z.shape[0] == 1
     per_term = {t: clip_scores(clip, images, t) for t in ("a red circle", "a blue square")}
-    torch.testing.assert_close(clip_scores(clip, images, z),
-                               (3 * per_term["a red circle"] + per_term["a blue square"]) / 4, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(
+        clip_scores(clip, images, z),
+        (3 * per_term["a red circle"] + per_term["a blue square"]) / 4,
+        atol=1e-4,
+        rtol=1e-5,
+    )
     assert clip_target(clip, [Composition.plain("a sign: AND")]) == ["a sign: AND"]  # plain: the caption as before
     one = composed_text_embeddings(clip, [[("a red circle", 1.0)]])
     torch.testing.assert_close(clip_scores(clip, images, one), per_term["a red circle"], atol=1e-5, rtol=1e-5)
@@ -428,8 +460,7 @@ def test_clip_guidance_and_reranking_of_a_composed_prompt(stages, clip):
     out = pipe(prompt, num_images=3, seed=2, base=BASE, clip_guidance_scale=20.0, rerank=2, dtype="fp32")
     assert len(out.images) == 2 and out.settings["terms"][prompt][1]["weight"] == 0.5
     again = pipe.rerank(out, 1)  # reranks from the recorded prompt, parsed again
-    assert again.settings["clip_rerank"]["scores"] == pytest.approx(out.settings["clip_rerank"]["scores"][:1],
-                                                                    abs=1e-4)
+    assert again.settings["clip_rerank"]["scores"] == pytest.approx(out.settings["clip_rerank"]["scores"][:1], abs=1e-4)
 
 
 # --- caption warnings term by term ----------------------------------------------------------------
@@ -438,8 +469,9 @@ def test_clip_guidance_and_reranking_of_a_composed_prompt(stages, clip):
 def test_shapes_captions_are_checked_term_by_term():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        warn_captions([parse_prompt("a red circle on the left :3 AND NOT a blue star AND NOT green")], "shapes",
-                      negative="red")
+        warn_captions(
+            [parse_prompt("a red circle on the left :3 AND NOT a blue star AND NOT green")], "shapes", negative="red"
+        )
     with pytest.warns(CaptionWarning) as record:
         warn_captions([parse_prompt("a green square AND a corgi")], "shapes", negative="a purple dog")
     messages = [str(w.message) for w in record]
@@ -457,29 +489,49 @@ def test_shapes_captions_are_checked_term_by_term():
 def checkpoints(tmp_path_factory):
     d = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    return {n: str(save_model(d / f"{n}.safetensors", build_model(n), get_preset(n)))
-            for n in ("tiny", "tiny-inpaint")}
+    return {n: str(save_model(d / f"{n}.safetensors", build_model(n), get_preset(n))) for n in ("tiny", "tiny-inpaint")}
 
 
 def test_cli_records_the_terms_and_the_negative_prompt(checkpoints, tmp_path, capsys):
     prompt = "a red circle :1.5 AND NOT a star :0.5"
-    rc = main(["sample", prompt, "a cross", "--negative", "green", "--base", checkpoints["tiny"], "--upsampler",
-               "none", "--base-steps", "2", "-o", str(tmp_path), "--no-progress"])
+    rc = main(
+        [
+            "sample",
+            prompt,
+            "a cross",
+            "--negative",
+            "green",
+            "--base",
+            checkpoints["tiny"],
+            "--upsampler",
+            "none",
+            "--base-steps",
+            "2",
+            "-o",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     composed, plain = (Image.open(next(tmp_path.glob(f"{p}-*.png"))) for p in ("a-red-circle-1-5-and-not", "a-cross"))
     assert composed.text["prompt"] == prompt
-    assert json.loads(composed.text["terms"]) == [{"text": "a red circle", "weight": 1.5},
-                                                  {"text": "a star", "weight": -0.5}]
+    assert json.loads(composed.text["terms"]) == [
+        {"text": "a red circle", "weight": 1.5},
+        {"text": "a star", "weight": -0.5},
+    ]
     settings = json.loads(composed.text["settings"])
     assert settings["negative"] == "green" and settings["terms"][prompt][0]["weight"] == 1.5
     assert "terms" not in plain.text
 
 
-@pytest.mark.parametrize("argv", [
-    ["sample", "a red circle AND", "--upsampler", "none"],
-    ["inpaint", "IMAGE", "a red circle AND", "--rect", "0,0,4,4", "--upsampler", "none"],
-    ["edit", "IMAGE", "a red circle AND", "--upsampler", "none"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sample", "a red circle AND", "--upsampler", "none"],
+        ["inpaint", "IMAGE", "a red circle AND", "--rect", "0,0,4,4", "--upsampler", "none"],
+        ["edit", "IMAGE", "a red circle AND", "--upsampler", "none"],
+    ],
+)
 def test_cli_malformed_composition_is_an_error_before_any_work(argv, tmp_path, capsys, monkeypatch):
     from glide_diffusion.pipelines import stage
 
@@ -495,11 +547,27 @@ def test_cli_malformed_composition_is_an_error_before_any_work(argv, tmp_path, c
 
 def test_cli_inpaint_and_edit_take_a_negative_prompt(checkpoints, tmp_path, capsys):
     Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "in.png")
-    for argv, model in ((["inpaint", str(tmp_path / "in.png"), "a circle", "--rect", "0,0,8,8"], "tiny-inpaint"),
-                        (["edit", str(tmp_path / "in.png"), "a circle"], "tiny")):
+    for argv, model in (
+        (["inpaint", str(tmp_path / "in.png"), "a circle", "--rect", "0,0,8,8"], "tiny-inpaint"),
+        (["edit", str(tmp_path / "in.png"), "a circle"], "tiny"),
+    ):
         out = tmp_path / argv[0]
-        rc = main([*argv, "--negative", "red", "--base", checkpoints[model], "--upsampler", "none", "--base-steps",
-                   "2", "-o", str(out), "--no-progress"])
+        rc = main(
+            [
+                *argv,
+                "--negative",
+                "red",
+                "--base",
+                checkpoints[model],
+                "--upsampler",
+                "none",
+                "--base-steps",
+                "2",
+                "-o",
+                str(out),
+                "--no-progress",
+            ]
+        )
         assert rc == 0, capsys.readouterr().err
         (png,) = out.glob("*.png")
         assert json.loads(Image.open(png).text["settings"])["negative"] == "red"

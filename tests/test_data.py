@@ -189,8 +189,12 @@ def test_folder_skips_and_counts_bad_samples(tmp_path):
         "tiny.png": "tiny blue",
     }
     assert dict(ds.stats) == {
-        "corrupt": 2, "empty_file": 1, "not_an_image": 1,
-        "missing_caption": 1, "bad_caption": 1, "upscaled": 1,
+        "corrupt": 2,
+        "empty_file": 1,
+        "not_an_image": 1,
+        "missing_caption": 1,
+        "bad_caption": 1,
+        "upscaled": 1,
     }
     assert items["tiny.png"]["image"].shape == (3, R, R)
 
@@ -229,8 +233,12 @@ def test_jsonl_manifest_image_root_columns_and_bad_rows(tmp_path):
     ]
     (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     ds = ManifestDataset(
-        tmp_path / "m.jsonl", R, image_root=tmp_path / "imgs",
-        image_column="img", caption_column="desc", epochs=1,
+        tmp_path / "m.jsonl",
+        R,
+        image_root=tmp_path / "imgs",
+        image_column="img",
+        caption_column="desc",
+        epochs=1,
     )
     assert {x["key"]: x["caption"] for x in ds} == {"b/img0.png": "zero", "b/img2.png": "two"}
     assert dict(ds.stats) == {"bad_manifest_row": 1, "missing_caption": 1, "unreadable": 1}
@@ -271,9 +279,7 @@ def test_two_ranks_partition_one_rank(tmp_path):
 def test_resume_on_two_ranks_equals_tail_of_one_rank(tmp_path, k):
     root = make_folder(tmp_path, 6)
     full = _indices(ImageFolderDataset(root, R, seed=2, epochs=3))
-    resumed = [
-        _indices(ImageFolderDataset(root, R, seed=2, epochs=3, rank=r, world_size=2, start=k)) for r in range(2)
-    ]
+    resumed = [_indices(ImageFolderDataset(root, R, seed=2, epochs=3, rank=r, world_size=2, start=k)) for r in range(2)]
     assert sorted(resumed[0] + resumed[1]) == [x for x in full if x[0] >= k]
 
 
@@ -336,8 +342,9 @@ def make_shards(root: Path, corrupt: tuple[int, int] | None = (1, 2), per_shard:
         with tarfile.open(root / f"{s:05d}.tar", "w") as tf:
             for j in range(per_shard):
                 key = f"{s:02d}{j:03d}"
-                image = (b"\xff\xd8 not really a jpeg" if (s, j) == corrupt
-                         else encode(solid((s * 80, j * 50, 0)), "JPEG"))
+                image = (
+                    b"\xff\xd8 not really a jpeg" if (s, j) == corrupt else encode(solid((s * 80, j * 50, 0)), "JPEG")
+                )
                 _add(tf, f"{key}.jpg", image)
                 _add(tf, f"{key}.txt", f"caption {key}".encode())
                 _add(tf, f"{key}.json", json.dumps({"key": key, "caption": "from json"}).encode())
@@ -439,8 +446,10 @@ def test_build_dataset_shapes_when_available():
 
 
 def test_collate_stacks_tensors_and_lists_strings():
-    batch = [{"image": torch.zeros(3, 2, 2), "caption": "a", "index": 0},
-             {"image": torch.ones(3, 2, 2), "caption": "b", "index": 5}]
+    batch = [
+        {"image": torch.zeros(3, 2, 2), "caption": "a", "index": 0},
+        {"image": torch.ones(3, 2, 2), "caption": "b", "index": 5},
+    ]
     out = collate(batch)
     assert out["image"].shape == (2, 3, 2, 2) and out["caption"] == ["a", "b"]
     assert out["index"].tolist() == [0, 5]

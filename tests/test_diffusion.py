@@ -125,8 +125,9 @@ def test_respacing_rounding_quirks() -> None:
     assert space_timesteps(1000, "ddim7") == list(range(0, 1000, 143))
 
 
-@pytest.mark.parametrize("bad", ["0", "abc", "ddim999", "ddim600", "ddim0", "ddimx", "2000", "10,abc", "10,0", "-5",
-                                 "fast30", "3,1001"])
+@pytest.mark.parametrize(
+    "bad", ["0", "abc", "ddim999", "ddim600", "ddim0", "ddimx", "2000", "10,abc", "10,0", "-5", "fast30", "3,1001"]
+)
 def test_bad_respacing_raises(bad: str) -> None:
     with pytest.raises(ValueError):
         space_timesteps(1000, bad)

@@ -42,8 +42,7 @@ def _gets(srv):
 def test_full_download_is_verified_and_atomic(tmp_path):
     dest = tmp_path / "sub" / "model.pt"
     with LocalServer({"/model.pt": PAYLOAD}) as srv:
-        out = _get(dest, srv.url("/model.pt"), expected_size=len(PAYLOAD),
-                   sha256=hashlib.sha256(PAYLOAD).hexdigest())
+        out = _get(dest, srv.url("/model.pt"), expected_size=len(PAYLOAD), sha256=hashlib.sha256(PAYLOAD).hexdigest())
     assert out == dest
     assert dest.read_bytes() == PAYLOAD
     assert sorted(p.name for p in dest.parent.iterdir()) == ["model.pt"]  # no .part left
@@ -171,9 +170,18 @@ def test_registry_urls_and_groups():
     assert RELEASED["base"].url == "https://openaipublic.blob.core.windows.net/diffusion/dec-2021/base.pt"
     assert RELEASED["upsample-inpaint"].file_name == "upsample_inpaint.pt"
     assert [f.name for f in resolve_names(["all"])] == [
-        "base", "upsample", "base-inpaint", "upsample-inpaint", "clip-image-enc", "clip-text-enc"]
+        "base",
+        "upsample",
+        "base-inpaint",
+        "upsample-inpaint",
+        "clip-image-enc",
+        "clip-text-enc",
+    ]
     assert {f.file_name for f in resolve_names(["vocab"])} == {
-        "encoder.json", "vocab.bpe", "bpe_simple_vocab_16e6.txt.gz"}
+        "encoder.json",
+        "vocab.bpe",
+        "bpe_simple_vocab_16e6.txt.gz",
+    }
     assert [f.name for f in resolve_names(["base", "all"])][:2] == ["base", "upsample"]  # no duplicates
     assert set(GROUPS) == {"all", "vocab"}
     with pytest.raises(ValueError, match="base-inpaint"):
@@ -247,8 +255,9 @@ def test_cli_download_end_to_end(tmp_path, capsys):
 
 def test_cli_download_failure_message_starts_with_the_command(tmp_path, capsys):
     cache = tmp_path / "cache"
-    rc = cli_download(["base-inpaint", "--cache-dir", str(cache),
-                       "--base-url", f"http://127.0.0.1:{closed_port()}", "--no-progress"])
+    rc = cli_download(
+        ["base-inpaint", "--cache-dir", str(cache), "--base-url", f"http://127.0.0.1:{closed_port()}", "--no-progress"]
+    )
     err = capsys.readouterr().err
     assert rc == 1
     assert err.startswith("glide download: error: base-inpaint: could not download ") and "Traceback" not in err
@@ -264,18 +273,30 @@ def test_cli_download_tries_every_file_and_reports_each(tmp_path, capsys):
     present.parent.mkdir()
     present.write_bytes(PAYLOAD)
     with LocalServer(_mirror()) as srv:  # the mirror has no base_inpaint.pt
-        rc = cli_download(["base-inpaint", "base", "clip-text-enc", "upsample", "--cache-dir", str(tmp_path),
-                           "--base-url", srv.url("/mirror"), "--no-progress"])
+        rc = cli_download(
+            [
+                "base-inpaint",
+                "base",
+                "clip-text-enc",
+                "upsample",
+                "--cache-dir",
+                str(tmp_path),
+                "--base-url",
+                srv.url("/mirror"),
+                "--no-progress",
+            ]
+        )
     out, err = capsys.readouterr()
     assert rc == 1
     ck = tmp_path / "checkpoints"
-    assert out.splitlines() == [f"base: {ck / 'base.pt'} (already present)",
-                                f"upsample: {ck / 'upsample.pt'} (downloaded)"]
+    assert out.splitlines() == [
+        f"base: {ck / 'base.pt'} (already present)",
+        f"upsample: {ck / 'upsample.pt'} (downloaded)",
+    ]
     lines = err.splitlines()
     assert lines[0].startswith("glide download: error: base-inpaint: could not download ") and "404" in lines[0]
     assert lines[1].startswith("glide download: error: clip-text-enc: could not download ") and "404" in lines[1]
-    assert lines[-1] == ("glide download: error: 2 of 4 files failed (base-inpaint, clip-text-enc); "
-                         "2 are in the cache")
+    assert lines[-1] == ("glide download: error: 2 of 4 files failed (base-inpaint, clip-text-enc); 2 are in the cache")
     assert (ck / "upsample.pt").read_bytes() == PAYLOAD[::-1]
     assert sorted(p.name for p in ck.iterdir()) == ["base.pt", "upsample.pt"]
 
@@ -283,8 +304,9 @@ def test_cli_download_tries_every_file_and_reports_each(tmp_path, capsys):
 def test_cli_download_reports_a_cache_it_cannot_write(tmp_path, capsys):
     (tmp_path / "cache").write_text("a file, not a folder")
     with LocalServer(_mirror()) as srv:
-        rc = cli_download(["base", "--cache-dir", str(tmp_path / "cache"), "--base-url", srv.url("/mirror"),
-                           "--no-progress"])
+        rc = cli_download(
+            ["base", "--cache-dir", str(tmp_path / "cache"), "--base-url", srv.url("/mirror"), "--no-progress"]
+        )
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err
     assert err.startswith(f"glide download: error: base: cannot write {tmp_path / 'cache' / 'checkpoints'}")

@@ -341,9 +341,7 @@ def test_matches_diffusers_trajectory(noise_schedule: str, respacing: str, tol: 
         x = sch.step(den(x, t), k, x).prev_sample
         theirs.append(x)
     ours = []
-    sample_dpmpp_2m(
-        den, s, x_T, clip_denoised=False, lower_order_final=False, callback=lambda i, x, x0: ours.append(x)
-    )
+    sample_dpmpp_2m(den, s, x_T, clip_denoised=False, lower_order_final=False, callback=lambda i, x, x0: ours.append(x))
     theirs, ours = torch.stack(theirs), torch.stack(ours)  # (N, B, C, H, W)
     scale = theirs.abs().max().item()
     assert (ours - theirs).abs().max().item() <= tol * scale

@@ -39,8 +39,9 @@ def _picture(size=64):
     return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("base, up", [("tiny-inpaint", "tiny-upsample-inpaint"), ("tiny", "tiny-upsample"),
-                                      ("tiny-inpaint", None)])
+@pytest.mark.parametrize(
+    "base, up", [("tiny-inpaint", "tiny-upsample-inpaint"), ("tiny", "tiny-upsample"), ("tiny-inpaint", None)]
+)
 def test_unmasked_pixels_are_exactly_the_input(stages, base, up):
     pipe = InpaintPipeline(stages[base], stages[up] if up else None)
     size = pipe.output_size
@@ -125,8 +126,9 @@ def test_alpha_and_outpainting():
     rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 255))
     rgba.putpixel((0, 0), (0, 0, 0, 0))
     rgb, transparent = split_alpha(rgba)
-    assert (rgb.mode == "RGB" and rgb.getpixel((0, 0)) == (255, 255, 255) and transparent[0, 0]
-            and transparent.sum() == 1)
+    assert (
+        rgb.mode == "RGB" and rgb.getpixel((0, 0)) == (255, 255, 255) and transparent[0, 0] and transparent.sum() == 1
+    )
     canvas, fill = extend_canvas(Image.new("RGB", (4, 4)), None, 2, 0, 2, 0)
     assert canvas.size == (8, 4) and fill[:, :2].all() and not fill[:, 2:6].any() and fill[:, 6:].all()
 
@@ -181,8 +183,22 @@ def test_cli_inpaint_and_edit(checkpoints, tmp_path, capsys):
     mask.paste(255, (16, 16, 48, 48))
     mask.save(tmp_path / "mask.png")
     common = ["--base-steps", "3", "--up-steps", "2", "--no-progress", "-o", str(tmp_path / "out")]
-    rc = main(["inpaint", str(image), "a red circle", "--mask", str(tmp_path / "mask.png"), "--rect", "0,0,8,8",
-               "--base", checkpoints["tiny-inpaint"], "--upsampler", checkpoints["tiny-upsample-inpaint"], *common])
+    rc = main(
+        [
+            "inpaint",
+            str(image),
+            "a red circle",
+            "--mask",
+            str(tmp_path / "mask.png"),
+            "--rect",
+            "0,0,8,8",
+            "--base",
+            checkpoints["tiny-inpaint"],
+            "--upsampler",
+            checkpoints["tiny-upsample-inpaint"],
+            *common,
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     (out,) = map(Image.open, (tmp_path / "out").glob("a-red-circle-*-0-seed0-inpaint.png"))
     keep = np.ones((64, 64), bool)
@@ -198,39 +214,77 @@ def test_cli_inpaint_and_edit(checkpoints, tmp_path, capsys):
     from glide_diffusion.clip.config import get_clip_preset
     from glide_diffusion.clip.loading import save_clip
 
-    clip = save_clip(tmp_path / "clip.safetensors", build_clip(
-        dataclasses.replace(get_clip_preset("tiny"), tokenizer="shapes", n_vocab=296)))
-    rc = main(["inpaint", str(image), "a red circle", "--rect", "0,0,8,8", "--candidates", "2", "--clip", str(clip),
-               "--base", checkpoints["tiny-inpaint"], "--upsampler", "none", "--no-progress",
-               "-o", str(tmp_path / "best")])
+    clip = save_clip(
+        tmp_path / "clip.safetensors",
+        build_clip(dataclasses.replace(get_clip_preset("tiny"), tokenizer="shapes", n_vocab=296)),
+    )
+    rc = main(
+        [
+            "inpaint",
+            str(image),
+            "a red circle",
+            "--rect",
+            "0,0,8,8",
+            "--candidates",
+            "2",
+            "--clip",
+            str(clip),
+            "--base",
+            checkpoints["tiny-inpaint"],
+            "--upsampler",
+            "none",
+            "--no-progress",
+            "-o",
+            str(tmp_path / "best"),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     (png,) = (tmp_path / "best").glob("*.png")
     settings = json.loads(Image.open(png).text["settings"])
     assert settings["base"]["candidates"] == 2 and settings["clip_rerank"]["clip_model"] == str(clip)
-    rc = main(["edit", str(image), "a blue square", "--strength", "0.5", "--base", checkpoints["tiny"],
-               "--upsampler", checkpoints["tiny-upsample"], *common])
+    rc = main(
+        [
+            "edit",
+            str(image),
+            "a blue square",
+            "--strength",
+            "0.5",
+            "--base",
+            checkpoints["tiny"],
+            "--upsampler",
+            checkpoints["tiny-upsample"],
+            *common,
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     (edited,) = (tmp_path / "out").glob("a-blue-square-*-0-seed0-edit.png")
     assert Image.open(edited).size == (64, 64)
 
 
-@pytest.mark.parametrize("args, match", [
-    (["inpaint", "IMAGE", "x"], "say what to repaint"),
-    (["inpaint", "IMAGE", "x", "--mask", "SMALL"], "the mask is 8x8 but the image is 64x64"),
-    (["inpaint", "IMAGE", "x", "--mask", "BLACK"], "no pixels to fill"),
-    (["inpaint", "NOFILE", "x", "--rect", "0,0,4,4"], "cannot read image"),
-    (["inpaint", "IMAGE", "x", "--rect", "0,0,4,4", "--candidates", "0"], "candidates must be an integer in 1..64"),
-    (["edit", "IMAGE", "x", "--strength", "1.5"], "strength"),
-    (["edit", "IMAGE", "x", "--strength", "0"], "strength"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["inpaint", "IMAGE", "x"], "say what to repaint"),
+        (["inpaint", "IMAGE", "x", "--mask", "SMALL"], "the mask is 8x8 but the image is 64x64"),
+        (["inpaint", "IMAGE", "x", "--mask", "BLACK"], "no pixels to fill"),
+        (["inpaint", "NOFILE", "x", "--rect", "0,0,4,4"], "cannot read image"),
+        (["inpaint", "IMAGE", "x", "--rect", "0,0,4,4", "--candidates", "0"], "candidates must be an integer in 1..64"),
+        (["edit", "IMAGE", "x", "--strength", "1.5"], "strength"),
+        (["edit", "IMAGE", "x", "--strength", "0"], "strength"),
+    ],
+)
 def test_cli_editing_bad_input(checkpoints, tmp_path, capsys, args, match):
     from glide_diffusion.cli.main import main
 
     _picture(64).save(tmp_path / "in.png")
     Image.new("L", (8, 8), 255).save(tmp_path / "small.png")
     Image.new("L", (64, 64), 0).save(tmp_path / "black.png")
-    names = {"IMAGE": tmp_path / "in.png", "SMALL": tmp_path / "small.png", "BLACK": tmp_path / "black.png",
-             "NOFILE": tmp_path / "missing.png"}
+    names = {
+        "IMAGE": tmp_path / "in.png",
+        "SMALL": tmp_path / "small.png",
+        "BLACK": tmp_path / "black.png",
+        "NOFILE": tmp_path / "missing.png",
+    }
     argv = [str(names.get(a, a)) for a in args]
     model = checkpoints["tiny-inpaint"] if args[0] == "inpaint" else checkpoints["tiny"]
     rc = main([*argv, "--base", model, "--upsampler", "none", "--no-progress", "-o", str(tmp_path / "out")])
@@ -249,16 +303,32 @@ def test_cli_inpaint_uses_the_bundled_shapes_models_by_default(tmp_path, capsys)
         pytest.skip("the Shapes inpainting models are not bundled in this installation")
     image = tmp_path / "blank.png"
     render(Scene(background="white", objects=()), 128).save(image)
-    rc = main(["inpaint", str(image), "a large red square in the top left corner", "--rect", "0,0,64,64",
-               "--base-steps", "10", "--up-steps", "5", "--no-download", "--no-progress", "-o", str(tmp_path / "out")])
+    rc = main(
+        [
+            "inpaint",
+            str(image),
+            "a large red square in the top left corner",
+            "--rect",
+            "0,0,64,64",
+            "--base-steps",
+            "10",
+            "--up-steps",
+            "5",
+            "--no-download",
+            "--no-progress",
+            "-o",
+            str(tmp_path / "out"),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     (png,) = (tmp_path / "out").glob("*.png")
     out = Image.open(png)
     assert out.size == (128, 128)
     keep = np.ones((128, 128), bool)
     keep[:64, :64] = False
-    np.testing.assert_array_equal(np.asarray(out.convert("RGB"))[keep],
-                                  np.asarray(Image.open(image).convert("RGB"))[keep])
+    np.testing.assert_array_equal(
+        np.asarray(out.convert("RGB"))[keep], np.asarray(Image.open(image).convert("RGB"))[keep]
+    )
     settings = out.text["settings"]
     assert "shapes-inpaint" in settings and "shapes-upsample-inpaint" in settings
     if "shapes-clip-rerank" in bundled.available():  # best of 4 by the bundled reranking CLIP

@@ -77,8 +77,24 @@ def test_coco_protocol_on_a_fake_coco(fake_coco, tiny_base, tmp_path, monkeypatc
     # 1. reference statistics of the validation images, resized and centre-cropped (here 16 px, there 256);
     # the checksum of the Inception file is printed and recorded
     ref = tmp_path / "coco-val2014-16.npz"
-    assert main(["eval", "stats", str(fake_coco / "val2014"), "-o", str(ref), "--extractor", "inception",
-                 "--resolution", "16", "--no-progress", "--no-download"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "stats",
+                str(fake_coco / "val2014"),
+                "-o",
+                str(ref),
+                "--extractor",
+                "inception",
+                "--resolution",
+                "16",
+                "--no-progress",
+                "--no-download",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert f"inception-2015-12-05 file {inception}: SHA-256 {sha} (not verified: no pinned checksum" in err
     with np.load(ref) as z:
@@ -86,14 +102,53 @@ def test_coco_protocol_on_a_fake_coco(fake_coco, tiny_base, tmp_path, monkeypatc
         assert z["cov"].shape == (2048, 2048) and sha in str(z["description"])
     # FID on 2048-d features costs minutes on this CPU: the score below uses 128-d Shapes features
     small_ref = tmp_path / "coco-val2014-16-shapes.npz"
-    assert main(["eval", "stats", str(fake_coco / "val2014"), "-o", str(small_ref), "--extractor", "shapes",
-                 "--resolution", "16", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "stats",
+                str(fake_coco / "val2014"),
+                "-o",
+                str(small_ref),
+                "--extractor",
+                "shapes",
+                "--resolution",
+                "16",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
     # 2. samples for a random subset of the captions (there: --captions-subset 30000 of ~202k)
     out = tmp_path / "samples"
-    sample = ["eval", "sample", str(captions), "--captions-subset", "6", "--captions-seed", "0", "-o", str(out),
-              "--shard-size", "4", "--base", tiny_base, "--upsampler", "none", "--base-sampler", "ddim",
-              "--base-steps", "2", "-g", "3", "--dtype", "fp32", "--no-progress", "--no-download"]
+    sample = [
+        "eval",
+        "sample",
+        str(captions),
+        "--captions-subset",
+        "6",
+        "--captions-seed",
+        "0",
+        "-o",
+        str(out),
+        "--shard-size",
+        "4",
+        "--base",
+        tiny_base,
+        "--upsampler",
+        "none",
+        "--base-sampler",
+        "ddim",
+        "--base-steps",
+        "2",
+        "-g",
+        "3",
+        "--dtype",
+        "fp32",
+        "--no-progress",
+        "--no-download",
+    ]
     assert main(sample) == 0
     samples = read_samples(out)
     assert samples.captions == caption_subset(read_captions(captions), 6, seed=0)

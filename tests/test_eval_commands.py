@@ -28,23 +28,31 @@ def test_caption_formats(tmp_path):
     (tmp_path / "c.txt").write_text("a red circle\n\n  a blue square \n")
     (tmp_path / "c.jsonl").write_text('{"caption": "a red circle"}\n\n{"text": "a blue square", "id": 3}\n')
     (tmp_path / "c.csv").write_text('id,caption\n1,a red circle\n2,"a blue square"\n')
-    coco = {"images": [], "annotations": [{"image_id": 9, "id": 1, "caption": "a red circle"},
-                                          {"image_id": 9, "id": 2, "caption": " a blue square\n"}]}
+    coco = {
+        "images": [],
+        "annotations": [
+            {"image_id": 9, "id": 1, "caption": "a red circle"},
+            {"image_id": 9, "id": 2, "caption": " a blue square\n"},
+        ],
+    }
     (tmp_path / "c.json").write_text(json.dumps(coco))
     for name in ("c.txt", "c.jsonl", "c.csv", "c.json"):
         assert read_captions(tmp_path / name) == ["a red circle", "a blue square"], name
 
 
-@pytest.mark.parametrize("name, text, where", [
-    ("bad.jsonl", '{"caption": "ok"}\n{"caption": "x"\n', ":2: not valid JSON"),
-    ("bad.jsonl", '{"caption": "ok"}\n\n{"title": "x"}\n', ":3: no 'caption' or 'text' field"),
-    ("bad.jsonl", '{"caption": 5}\n', ":1: field 'caption' must be a non-empty string"),
-    ("bad.csv", "id,title\n1,x\n", ":1: no 'caption' or 'text' column"),
-    ("bad.csv", "id,caption\n1,ok\n2,x,extra\n", ":3: 3 cells, the header has 2"),
-    ("bad.json", '{"annotations": [\n {"image_id": 1, "caption": "ok"},\n {"image_id": 2}\n]}', ":3: annotation 1"),
-    ("bad.json", '{"annotations": [\n {"image_id": 1,, }\n]}', ":2: not valid JSON"),
-    ("empty.txt", "\n \n", "empty.txt: no captions"),
-])
+@pytest.mark.parametrize(
+    "name, text, where",
+    [
+        ("bad.jsonl", '{"caption": "ok"}\n{"caption": "x"\n', ":2: not valid JSON"),
+        ("bad.jsonl", '{"caption": "ok"}\n\n{"title": "x"}\n', ":3: no 'caption' or 'text' field"),
+        ("bad.jsonl", '{"caption": 5}\n', ":1: field 'caption' must be a non-empty string"),
+        ("bad.csv", "id,title\n1,x\n", ":1: no 'caption' or 'text' column"),
+        ("bad.csv", "id,caption\n1,ok\n2,x,extra\n", ":3: 3 cells, the header has 2"),
+        ("bad.json", '{"annotations": [\n {"image_id": 1, "caption": "ok"},\n {"image_id": 2}\n]}', ":3: annotation 1"),
+        ("bad.json", '{"annotations": [\n {"image_id": 1,, }\n]}', ":2: not valid JSON"),
+        ("empty.txt", "\n \n", "empty.txt: no captions"),
+    ],
+)
 def test_caption_errors_name_file_and_line(tmp_path, name, text, where):
     path = tmp_path / name
     path.write_text(text)
@@ -94,9 +102,33 @@ def tiny_base(tmp_path_factory):
 
 
 def _sample_args(base, out, n=6, shard=2, steps="3"):
-    return ["eval", "sample", "shapes:4", "-o", str(out), "-n", str(n), "--seed", "5", "--shard-size", str(shard),
-            "--base", base, "--upsampler", "none", "--base-sampler", "ddim", "--base-steps", steps,
-            "-g", "2", "--dtype", "fp32", "--no-progress", "--no-download"]
+    return [
+        "eval",
+        "sample",
+        "shapes:4",
+        "-o",
+        str(out),
+        "-n",
+        str(n),
+        "--seed",
+        "5",
+        "--shard-size",
+        str(shard),
+        "--base",
+        base,
+        "--upsampler",
+        "none",
+        "--base-sampler",
+        "ddim",
+        "--base-steps",
+        steps,
+        "-g",
+        "2",
+        "--dtype",
+        "fp32",
+        "--no-progress",
+        "--no-download",
+    ]
 
 
 def _env():
@@ -108,8 +140,13 @@ def _env():
 
 def _run(args, *, procs=None, timeout=180):
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)] if procs else []
-    run = subprocess.run([sys.executable, *launcher, "-m", "glide_diffusion.cli.main", *args],
-                         env=_env(), capture_output=True, text=True, timeout=timeout)
+    run = subprocess.run(
+        [sys.executable, *launcher, "-m", "glide_diffusion.cli.main", *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return run
 
@@ -141,8 +178,12 @@ def test_two_processes_write_the_same_shards_as_one(tmp_path, tiny_base):
 def test_resume_after_kill_skips_finished_shards(tmp_path, tiny_base):
     clean, out = tmp_path / "clean", tmp_path / "killed"
     args = _sample_args(tiny_base, out, n=16, shard=2, steps="25")
-    proc = subprocess.Popen([sys.executable, "-m", "glide_diffusion.cli.main", *args], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glide_diffusion.cli.main", *args],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     first = out / shard_name(0)
     deadline = time.monotonic() + 120
     while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -197,13 +238,43 @@ def test_stats_on_shapes_and_score_end_to_end(tmp_path, tiny_base, capsys):
     out = tmp_path / "s"
     assert main(_sample_args(tiny_base, out, n=6, shard=4)) == 0
     ref = tmp_path / "ref.npz"
-    assert main(["eval", "stats", "shapes:64", "-o", str(ref), "--extractor", "shapes", "--resolution", "16",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "stats",
+                "shapes:64",
+                "-o",
+                str(ref),
+                "--extractor",
+                "shapes",
+                "--resolution",
+                "16",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     with np.load(ref) as z:
         assert int(z["n"]) == 64 and int(z["resolution"]) == 16 and str(z["extractor"]) == "shapes-clip-rerank"
     capsys.readouterr()
-    assert main(["eval", "score", str(out), "--ref", str(ref), "--clip", "shapes-clip-rerank", "--shapes",
-                 "--kid-subsets", "5"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "score",
+                str(out),
+                "--ref",
+                str(ref),
+                "--clip",
+                "shapes-clip-rerank",
+                "--shapes",
+                "--kid-subsets",
+                "5",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     biased = [line for line in err.splitlines() if "FID is strongly biased" in line]  # N < dim: one line each
     assert biased and all(line.startswith("glide eval score: warning: FID from") for line in biased)
@@ -218,8 +289,23 @@ def test_stats_on_shapes_and_score_end_to_end(tmp_path, tiny_base, capsys):
 
     # resolution mismatch: refused before any work
     ref32 = tmp_path / "ref32.npz"
-    assert main(["eval", "stats", "shapes:8", "-o", str(ref32), "--extractor", "shapes", "--resolution", "32",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "stats",
+                "shapes:8",
+                "-o",
+                str(ref32),
+                "--extractor",
+                "shapes",
+                "--resolution",
+                "32",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["eval", "score", str(out), "--ref", str(ref32)]) == 2
     assert "are of 32 px images; these images are 16 px" in capsys.readouterr().err
@@ -234,14 +320,30 @@ def test_stats_of_a_folder_and_of_samples(tmp_path, tiny_base):
     for i in range(5):
         Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     ref = tmp_path / "f.npz"
-    assert main(["eval", "stats", str(folder), "-o", str(ref), "--extractor", "shapes", "--resolution", "16",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "stats",
+                str(folder),
+                "-o",
+                str(ref),
+                "--extractor",
+                "shapes",
+                "--resolution",
+                "16",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     with np.load(ref) as z:
         assert int(z["n"]) == 5 and int(z["resolution"]) == 16
     out = tmp_path / "s"
     assert main(_sample_args(tiny_base, out, n=3, shard=2)) == 0
-    assert main(["eval", "stats", str(out), "-o", str(tmp_path / "s.npz"), "--extractor", "shapes",
-                 "--no-progress"]) == 0
+    assert (
+        main(["eval", "stats", str(out), "-o", str(tmp_path / "s.npz"), "--extractor", "shapes", "--no-progress"]) == 0
+    )
     with np.load(tmp_path / "s.npz") as z:
         assert int(z["n"]) == 3
 
@@ -258,8 +360,9 @@ def test_missing_extractor_file_says_where_to_put_it(tmp_path, tiny_base, capsys
     out = tmp_path / "s"
     assert main(_sample_args(tiny_base, out, n=2, shard=2)) == 0
     rng = np.random.default_rng(0)
-    ref = save_stats(tmp_path / "inc.npz", feature_stats(rng.normal(size=(4, 2048)), extractor="inception-2015-12-05",
-                                                         resolution=16))
+    ref = save_stats(
+        tmp_path / "inc.npz", feature_stats(rng.normal(size=(4, 2048)), extractor="inception-2015-12-05", resolution=16)
+    )
     monkeypatch.setenv("GLIDE_CACHE_DIR", str(tmp_path / "cache"))
     capsys.readouterr()
     assert main(["eval", "score", str(out), "--ref", str(ref), "--no-download"]) == 2

@@ -154,8 +154,9 @@ def test_clip_score_is_100_times_the_cosine(small_cpu_work):
     captions = ["a red circle", "a blue square", "a green star"]
     got = clip_score(clip, u, captions, batch_size=2)
     with torch.no_grad():
-        z_i = clip.image_embeddings(torch.from_numpy(u).permute(0, 3, 1, 2).float() / 127.5 - 1,
-                                    torch.zeros(3, dtype=torch.long))
+        z_i = clip.image_embeddings(
+            torch.from_numpy(u).permute(0, 3, 1, 2).float() / 127.5 - 1, torch.zeros(3, dtype=torch.long)
+        )
     z_t = clip_text_embeddings(clip, captions)
     np.testing.assert_allclose(got.numpy(), (100 * (z_i * z_t).sum(-1)).numpy(), atol=1e-4)
     one = clip_score(clip, u, "a red circle")  # one caption for every image

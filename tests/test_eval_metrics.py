@@ -110,8 +110,7 @@ def numpy_mmd2_unbiased(x, y, degree=3, coef=1.0):
         return (a @ b.T / d + coef) ** degree
 
     kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
-    return ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-            - 2 * kxy.mean())
+    return (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean()
 
 
 def test_kid_of_one_full_subset_is_the_unbiased_mmd():
@@ -128,15 +127,17 @@ def test_kid_subsets_average_the_mmd_of_each_subset_and_are_reproducible():
     full = numpy_mmd2_unbiased(a, b)
     assert abs(r1.mean - full) < 4 * r1.std / np.sqrt(20) + 1e-3  # subsets estimate the same MMD
     assert kid(a, a[::-1].copy(), subsets=1, subset_size=300).mean == pytest.approx(
-        numpy_mmd2_unbiased(a, a), abs=1e-12)  # the unbiased estimate of MMD(P, P): about 0, may be < 0
+        numpy_mmd2_unbiased(a, a), abs=1e-12
+    )  # the unbiased estimate of MMD(P, P): about 0, may be < 0
 
 
 # --- precision / recall, density / coverage -----------------------------------------------------
 
 
 def loop_radii(x, k):
-    return np.array([np.sort([np.linalg.norm(x[i] - x[j]) for j in range(len(x)) if j != i])[k - 1]
-                     for i in range(len(x))])
+    return np.array(
+        [np.sort([np.linalg.norm(x[i] - x[j]) for j in range(len(x)) if j != i])[k - 1] for i in range(len(x))]
+    )
 
 
 def loop_prdc(real, fake, k_pr, k_dc):

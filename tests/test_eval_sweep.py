@@ -30,20 +30,27 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_points_of_the_two_curves_share_the_unguided_folder():
     points = sweep_points([1, 3], [0, 2.5], clip_cfg_scale=1)
     assert [(p.kind, p.scale, p.guidance_scale, p.clip_guidance_scale) for p in points] == [
-        ("cfg", 1, 1, 0), ("cfg", 3, 3, 0), ("clip", 0, 1, 0), ("clip", 2.5, 1, 2.5)]
+        ("cfg", 1, 1, 0),
+        ("cfg", 3, 3, 0),
+        ("clip", 0, 1, 0),
+        ("clip", 2.5, 1, 2.5),
+    ]
     assert [p.folder for p in points] == ["g1-c0", "g3-c0", "g1-c0", "g1-c2.5"]
     assert [p.folder for p in unique_points(points)] == ["g1-c0", "g3-c0", "g1-c2.5"]  # sampled once
     assert (format_scale(0.1), format_scale(1e-7), format_scale(100.0)) == ("0.1", "0.0000001", "100")
 
 
-@pytest.mark.parametrize("cfg, clip, clip_cfg, message", [
-    ([1, -2], None, 1, "--cfg-scales: -2 is not a guidance scale (finite and >= 0)"),
-    ([math.nan], None, 1, "--cfg-scales: nan is not a guidance scale"),
-    (None, [math.inf], 1, "--clip-scales: inf is not a guidance scale"),
-    ([1, 3, 1.0], None, 1, "--cfg-scales: 1 is given twice"),
-    ([1], [2], -1, "--clip-cfg-scale: -1 is not a guidance scale"),
-    (None, [], 1, "an empty grid: give --cfg-scales and/or --clip-scales"),
-])
+@pytest.mark.parametrize(
+    "cfg, clip, clip_cfg, message",
+    [
+        ([1, -2], None, 1, "--cfg-scales: -2 is not a guidance scale (finite and >= 0)"),
+        ([math.nan], None, 1, "--cfg-scales: nan is not a guidance scale"),
+        (None, [math.inf], 1, "--clip-scales: inf is not a guidance scale"),
+        ([1, 3, 1.0], None, 1, "--cfg-scales: 1 is given twice"),
+        ([1], [2], -1, "--clip-cfg-scale: -1 is not a guidance scale"),
+        (None, [], 1, "an empty grid: give --cfg-scales and/or --clip-scales"),
+    ],
+)
 def test_bad_grids_are_refused(cfg, clip, clip_cfg, message):
     with pytest.raises(ValueError) as e:
         sweep_points(cfg, clip, clip_cfg)
@@ -51,12 +58,22 @@ def test_bad_grids_are_refused(cfg, clip, clip_cfg, message):
 
 
 def test_table_row_and_markdown_from_a_score():
-    report = {"images": 8, "fid": 1.5, "precision": 0.5, "recall": 0.25, "clip_score": {"mean": 20.0},
-              "shapes": {"all": {"exact": 0.75},
-                         "diversity": {"size": {"entropy_bits": 1.0, "max_bits": 2.0, "n": 4},
-                                       "colour": {"entropy_bits": 0.0, "max_bits": 3.0, "n": 0},
-                                       "background": {"entropy_bits": 0.0, "max_bits": 2.0, "n": 4}},
-                         "fidelity": {"background_mae_median": math.nan}}}
+    report = {
+        "images": 8,
+        "fid": 1.5,
+        "precision": 0.5,
+        "recall": 0.25,
+        "clip_score": {"mean": 20.0},
+        "shapes": {
+            "all": {"exact": 0.75},
+            "diversity": {
+                "size": {"entropy_bits": 1.0, "max_bits": 2.0, "n": 4},
+                "colour": {"entropy_bits": 0.0, "max_bits": 3.0, "n": 0},
+                "background": {"entropy_bits": 0.0, "max_bits": 2.0, "n": 4},
+            },
+            "fidelity": {"background_mae_median": math.nan},
+        },
+    }
     row = table_row(SweepPoint("cfg", 3.0, 3.0, 0.0), report)
     assert row["diversity"] == 0.25  # mean of 1/2 and 0/2; colour showed in no image
     assert row["background_mae"] is None and row["kid"] is None  # NaN and absent: no value
@@ -81,14 +98,44 @@ def tiny_base(tmp_path_factory):
 
 
 def _sweep_args(base, out, *grid):
-    return ["eval", "sweep", "shapes:3", "-o", str(out), "-n", "4", "--shard-size", "2", "--seed", "1",
-            "--base", base, "--upsampler", "none", "--base-sampler", "ddim", "--base-steps", "2", "--dtype", "fp32",
-            "--ref", "shapes:12", "--kid-subsets", "3", "--no-progress", "--no-download", *grid]
+    return [
+        "eval",
+        "sweep",
+        "shapes:3",
+        "-o",
+        str(out),
+        "-n",
+        "4",
+        "--shard-size",
+        "2",
+        "--seed",
+        "1",
+        "--base",
+        base,
+        "--upsampler",
+        "none",
+        "--base-sampler",
+        "ddim",
+        "--base-steps",
+        "2",
+        "--dtype",
+        "fp32",
+        "--ref",
+        "shapes:12",
+        "--kid-subsets",
+        "3",
+        "--no-progress",
+        "--no-download",
+        *grid,
+    ]
 
 
 def _stamps(out):
-    return {p.relative_to(out): (p.stat().st_ino, p.stat().st_mtime_ns)
-            for p in sorted((out / "points").rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(out): (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in sorted((out / "points").rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_sweep_writes_table_and_plots_and_resumes(tmp_path, tiny_base, capsys, small_cpu_work):
@@ -150,8 +197,9 @@ def test_bad_grid_values_from_the_cli_fail_before_any_work(tmp_path, capsys):
     out = tmp_path / "s"
     base = ["eval", "sweep", "shapes:2", "-o", str(out), "--no-download"]
     assert main([*base, "--cfg-scales", "1", "-3"]) == 2
-    assert capsys.readouterr().err.strip() == ("glide eval sweep: error: --cfg-scales: -3 is not a guidance scale "
-                                               "(finite and >= 0)")
+    assert capsys.readouterr().err.strip() == (
+        "glide eval sweep: error: --cfg-scales: -3 is not a guidance scale (finite and >= 0)"
+    )
     assert main([*base, "--clip-scales", "2", "2"]) == 2
     assert "glide eval sweep: error: --clip-scales: 2 is given twice" in capsys.readouterr().err
     assert main(base) == 2

@@ -32,7 +32,7 @@ class DoubledBatchModel:
         """The output one branch gives for B rows."""
         out = self(torch.cat([x, x]), torch.cat([t, t]))
         self.calls.pop()
-        return out[: x.shape[0]] if cond else out[x.shape[0]:]
+        return out[: x.shape[0]] if cond else out[x.shape[0] :]
 
 
 def inputs(channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:

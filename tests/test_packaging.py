@@ -86,12 +86,23 @@ def test_released_clip_fetches_only_its_weights(tmp_path, monkeypatch):
 # --- sampling without the training packages ------------------------------------------------------
 
 CORE_MODULES = [
-    "glide_diffusion.cli.main", "glide_diffusion.cli.sample", "glide_diffusion.cli.edit",
-    "glide_diffusion.cli.common", "glide_diffusion.pipelines.text2im", "glide_diffusion.pipelines.inpaint",
-    "glide_diffusion.pipelines.edit", "glide_diffusion.pipelines.output", "glide_diffusion.checkpoints",
-    "glide_diffusion.hub", "glide_diffusion.hub.download", "glide_diffusion.clip.loading",
-    "glide_diffusion.clip.tokenizer", "glide_diffusion.guidance", "glide_diffusion.text.tokenizer",
-    "glide_diffusion.bundled", "glide_diffusion.vocab",
+    "glide_diffusion.cli.main",
+    "glide_diffusion.cli.sample",
+    "glide_diffusion.cli.edit",
+    "glide_diffusion.cli.common",
+    "glide_diffusion.pipelines.text2im",
+    "glide_diffusion.pipelines.inpaint",
+    "glide_diffusion.pipelines.edit",
+    "glide_diffusion.pipelines.output",
+    "glide_diffusion.checkpoints",
+    "glide_diffusion.hub",
+    "glide_diffusion.hub.download",
+    "glide_diffusion.clip.loading",
+    "glide_diffusion.clip.tokenizer",
+    "glide_diffusion.guidance",
+    "glide_diffusion.text.tokenizer",
+    "glide_diffusion.bundled",
+    "glide_diffusion.vocab",
 ]
 
 
@@ -104,8 +115,10 @@ def _train_only_packages() -> list[str]:
     else:
         tomllib = pytest.importorskip("tomli")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    names = [re.match(r"[A-Za-z0-9_.-]+", r).group().lower().replace("-", "_")
-             for r in project["optional-dependencies"]["train"]]
+    names = [
+        re.match(r"[A-Za-z0-9_.-]+", r).group().lower().replace("-", "_")
+        for r in project["optional-dependencies"]["train"]
+    ]
     assert {"fsspec", "webdataset", "braceexpand"} <= set(names)
     core = {re.match(r"[A-Za-z0-9_.-]+", r).group().lower() for r in project["dependencies"]}
     assert not core & set(names)
@@ -115,16 +128,27 @@ def _train_only_packages() -> list[str]:
 def _run_without_train_packages(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter where importing any [train] package fails."""
     blocker = f"import sys\nfor _n in {_train_only_packages()!r}:\n    sys.modules[_n] = None\n"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "GLIDE_CACHE_DIR": str(tmp_path / "cache")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "GLIDE_CACHE_DIR": str(tmp_path / "cache"),
+    }
     env.pop("GLIDE_VOCAB_DIR", None)
-    return subprocess.run([sys.executable, "-c", blocker + textwrap.dedent(code)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", blocker + textwrap.dedent(code)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_sampling_and_editing_never_import_training_packages(tmp_path):
     out = tmp_path / "out"
-    proc = _run_without_train_packages(f"""
+    proc = _run_without_train_packages(
+        f"""
         import contextlib, importlib, io
         for m in {CORE_MODULES!r}:
             importlib.import_module(m)
@@ -139,7 +163,9 @@ def test_sampling_and_editing_never_import_training_packages(tmp_path):
             import glide_diffusion.data.folder
         except ImportError:
             print("blocked")
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "blocked", proc.stdout
     (image,) = out.glob("*.png")
@@ -147,27 +173,37 @@ def test_sampling_and_editing_never_import_training_packages(tmp_path):
 
 
 def test_training_without_its_packages_is_one_line_naming_the_extra(tmp_path):
-    proc = _run_without_train_packages(f"""
+    proc = _run_without_train_packages(
+        f"""
         import sys
         from glide_diffusion.cli.main import main
         sys.exit(main(["train", {str(ROOT / "configs" / "tiny-test.toml")!r}, "--set", 'data.kind="folder"',
                        "--set", 'data.path="."', "--out-dir", "run", "--max-steps", "1"]))
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        ("glide train: error: training needs 'fsspec', which is not installed; "
-         "install the training extras: pip install 'glide-diffusion[train]'")]
+        (
+            "glide train: error: training needs 'fsspec', which is not installed; "
+            "install the training extras: pip install 'glide-diffusion[train]'"
+        )
+    ]
     assert not (tmp_path / "run").exists()  # nothing written before the check
 
 
 def test_serving_without_gradio_is_one_line_naming_the_extra(tmp_path):
-    code = ("import sys\nsys.modules['gradio'] = None\nfrom glide_diffusion.cli.main import main\n"
-            "sys.exit(main(['serve', '-o', 'out']))\n")
+    code = (
+        "import sys\nsys.modules['gradio'] = None\nfrom glide_diffusion.cli.main import main\n"
+        "sys.exit(main(['serve', '-o', 'out']))\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "glide serve: error: the server needs 'gradio', which is not installed; install the serve extras: "
-        "pip install 'glide-diffusion[serve]'"]
+        "pip install 'glide-diffusion[serve]'"
+    ]
     assert not (tmp_path / "out").exists()  # nothing written before the check

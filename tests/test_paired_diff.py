@@ -44,11 +44,14 @@ def test_reranked_runs_are_flagged_as_unpaired_noise():
     assert "1 and B 4" in paired_diff.noise_note(plain, reranked)
 
 
-@pytest.mark.parametrize("a, b, la, lb, message", [
-    (run_args(5, seed=0), run_args(5, seed=1), 5, 5, "seed"),
-    (run_args(5), run_args(5), 5, 4, "scores"),
-    (run_args(0, 3), run_args(0, 4), 3, 4, "no one-object"),
-])
+@pytest.mark.parametrize(
+    "a, b, la, lb, message",
+    [
+        (run_args(5, seed=0), run_args(5, seed=1), 5, 5, "seed"),
+        (run_args(5), run_args(5), 5, 4, "scores"),
+        (run_args(0, 3), run_args(0, 4), 3, 4, "no one-object"),
+    ],
+)
 def test_runs_that_share_no_captions_are_refused(a, b, la, lb, message):
     with pytest.raises(SystemExit, match=message):
         paired_diff.shared_captions(a, b, la, lb)

@@ -133,14 +133,34 @@ def test_stage_kinds_are_checked(checkpoints):
 
 def test_cli_sample_writes_pngs_with_metadata(checkpoints, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = main([
-        "sample", "a red circle", "-n", "2", "--seed", "3", "--base", checkpoints[0], "--upsampler", checkpoints[1],
-        "--base-steps", "4", "--up-steps", "3", "-o", str(out), "--npz", "--no-progress",
-    ])
+    rc = main(
+        [
+            "sample",
+            "a red circle",
+            "-n",
+            "2",
+            "--seed",
+            "3",
+            "--base",
+            checkpoints[0],
+            "--upsampler",
+            checkpoints[1],
+            "--base-steps",
+            "4",
+            "--up-steps",
+            "3",
+            "-o",
+            str(out),
+            "--npz",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     pngs = sorted(out.glob("*.png"))
     assert [re.sub("-[0-9a-f]{8}-", "-HASH-", p.name) for p in pngs] == [
-        "a-red-circle-HASH-0-seed3.png", "a-red-circle-HASH-1-seed4.png"]
+        "a-red-circle-HASH-0-seed3.png",
+        "a-red-circle-HASH-1-seed4.png",
+    ]
     im = Image.open(pngs[0])
     assert im.size == (64, 64)
     assert im.text["prompt"] == "a red circle" and im.text["seed"] == "3"
@@ -238,7 +258,8 @@ def test_cli_inpaint_samples_the_bundled_model_as_measured():
     assert settings("--models", "shapes") == (SHAPES_INPAINT, INPAINT_UPSAMPLE_DEFAULTS)
     assert SHAPES_INPAINT.candidates == 4 and SHAPES_INPAINT.sampler == "dpm++2m"
     assert settings("--models", "shapes", "--candidates", "1", "--base-steps", "50")[0] == dataclasses.replace(
-        SHAPES_INPAINT, candidates=1, steps="50")
+        SHAPES_INPAINT, candidates=1, steps="50"
+    )
     assert settings("--models", "shapes", "--recipe", "official")[0] == OFFICIAL_BASE
     assert settings("--models", "glide")[0] == OFFICIAL_BASE
 
@@ -299,9 +320,29 @@ def test_cli_clip_guidance(checkpoints, clip_vocab, tmp_path, capsys):
 
     clip_path = save_clip(tmp_path / "clip.safetensors", build_clip("tiny"))
     out = tmp_path / "out"
-    rc = main(["sample", "a red circle", "--base", checkpoints[0], "--upsampler", "none", "--base-steps", "3",
-               "--clip-guidance-scale", "3", "--clip", str(clip_path), "-g", "1", "-o", str(out), "--no-progress",
-               "--cache-dir", str(tmp_path / "cache")])
+    rc = main(
+        [
+            "sample",
+            "a red circle",
+            "--base",
+            checkpoints[0],
+            "--upsampler",
+            "none",
+            "--base-steps",
+            "3",
+            "--clip-guidance-scale",
+            "3",
+            "--clip",
+            str(clip_path),
+            "-g",
+            "1",
+            "-o",
+            str(out),
+            "--no-progress",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     (png,) = out.glob("a-red-circle-*-0-seed0.png")
     settings = json.loads(Image.open(png).text["settings"])
@@ -326,7 +367,7 @@ def test_clip_rerank_keeps_the_best_scored_images(checkpoints, clip_vocab, tmp_p
     best = pipe.rerank(result, 2)
     assert best.prompts == ["a red circle"] * 2 + ["a blue square"] * 2
     for p, first in (("a red circle", 0), ("a blue square", 4)):
-        images = torch.cat([from_pil(im) for im in result.low_res[first:first + 4]])
+        images = torch.cat([from_pil(im) for im in result.low_res[first : first + 4]])
         scores = clip_scores(clip, images, p)
         top = torch.argsort(scores, descending=True, stable=True)[:2].tolist()
         got = [s for s, q in zip(best.seeds, best.prompts) if q == p]
@@ -346,8 +387,25 @@ def test_clip_rerank_keeps_the_best_scored_images(checkpoints, clip_vocab, tmp_p
 
     clip_path = save_clip(tmp_path / "clip.safetensors", clip)
     out = tmp_path / "out"
-    args = ["sample", "a red circle", "--base", checkpoints[0], "--upsampler", "none", "--base-steps", "3",
-            "-n", "3", "--rerank", "1", "--clip", str(clip_path), "-o", str(out), "--no-progress"]
+    args = [
+        "sample",
+        "a red circle",
+        "--base",
+        checkpoints[0],
+        "--upsampler",
+        "none",
+        "--base-steps",
+        "3",
+        "-n",
+        "3",
+        "--rerank",
+        "1",
+        "--clip",
+        str(clip_path),
+        "-o",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0, capsys.readouterr().err
     assert len(list(out.glob("*.png"))) == 1
     bad = [a if a != "1" else "4" for a in args]  # --rerank 4 with -n 3
@@ -370,8 +428,14 @@ def test_rerank_before_upsampling_gives_the_images_of_reranking_after(checkpoint
             pipe(prompts, rerank=bad, **run)
     upsampled = []
     real_stage = text2im.sample_stage
-    monkeypatch.setattr(text2im, "sample_stage", lambda stage, rows, *a, **k: (
-        upsampled.extend(rows) if stage is pipe.upsampler else None, real_stage(stage, rows, *a, **k))[1])
+    monkeypatch.setattr(
+        text2im,
+        "sample_stage",
+        lambda stage, rows, *a, **k: (
+            upsampled.extend(rows) if stage is pipe.upsampler else None,
+            real_stage(stage, rows, *a, **k),
+        )[1],
+    )
     after = pipe.rerank(pipe(prompts, **run), 2)
     assert len(upsampled) == 6
     upsampled.clear()
@@ -405,8 +469,8 @@ def test_best_of_candidates_keeps_the_best_of_each_group(checkpoints, clip_vocab
     assert best.prompts == ["a red circle"] * 2 + ["a blue square"] * 2 and len(best.images) == 4
     everything = pipe(prompts, num_images=6, seed=3, base=FAST_BASE, upsample=FAST_UP)
     for p, first in (("a red circle", 0), ("a blue square", 6)):  # the reranking CLIP chose, not the guiding one
-        scores = clip_scores(judge, torch.cat([from_pil(im) for im in everything.low_res[first:first + 6]]), p)
-        top = [g * 3 + int(torch.argmax(scores[g * 3:(g + 1) * 3])) for g in range(2)]  # best of each 3, in order
+        scores = clip_scores(judge, torch.cat([from_pil(im) for im in everything.low_res[first : first + 6]]), p)
+        top = [g * 3 + int(torch.argmax(scores[g * 3 : (g + 1) * 3])) for g in range(2)]  # best of each 3, in order
         assert [s for s, q in zip(best.seeds, best.prompts) if q == p] == [everything.seeds[first + j] for j in top]
         assert top[0] < 3 <= top[1]  # one from each group, not the best two of all six
     assert best.settings["clip_rerank"]["of"] == 6 and best.settings["clip_rerank"]["clip_model"] == "judge"
@@ -423,8 +487,23 @@ def test_best_of_candidates_keeps_the_best_of_each_group(checkpoints, clip_vocab
         text2im.validate_request(["x"], 1, 0, best3, FAST_UP, "fp32", torch.device("cpu"))
 
     out = tmp_path / "out"
-    args = ["sample", "a red circle", "--base", checkpoints[0], "--upsampler", "none", "--base-steps", "3",
-            "--candidates", "2", "--clip", str(clip_path), "-o", str(out), "--no-progress"]
+    args = [
+        "sample",
+        "a red circle",
+        "--base",
+        checkpoints[0],
+        "--upsampler",
+        "none",
+        "--base-steps",
+        "3",
+        "--candidates",
+        "2",
+        "--clip",
+        str(clip_path),
+        "-o",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0, capsys.readouterr().err
     (png,) = out.glob("*.png")
     settings = json.loads(Image.open(png).text["settings"])
@@ -478,10 +557,14 @@ def test_cli_model_families(monkeypatch):
     assert models(sample_cli.build_parser(), ["x", "--models", "glide"]) == ("base", "upsample")
     assert models(sample_cli.build_parser(), ["x", "--models", "glide", "--upsampler", "none"]) == ("base", "none")
     assert models(edit_cli.inpaint_parser(), ["i", "x", "--models", "shapes"]) == (
-        "shapes-inpaint", "shapes-upsample-inpaint")
+        "shapes-inpaint",
+        "shapes-upsample-inpaint",
+    )
     assert models(edit_cli.inpaint_parser(), ["i", "x", "--models", "glide"]) == ("base-inpaint", "upsample-inpaint")
     assert models(edit_cli.edit_parser(), ["i", "x", "--base", "my.safetensors"]) == (
-        "my.safetensors", "shapes-upsample")
+        "my.safetensors",
+        "shapes-upsample",
+    )
 
 
 def test_bundled_shapes_models_sample_by_default(tmp_path):
@@ -491,8 +574,20 @@ def test_bundled_shapes_models_sample_by_default(tmp_path):
     if not {"shapes-base", "shapes-upsample"} <= set(bundled.available()):
         pytest.skip("the Shapes models are not bundled in this installation")
     out = tmp_path / "out"
-    rc = main(["sample", "a large red circle on a white background", "--base-steps", "10", "--up-steps", "5",
-               "--no-download", "-o", str(out), "--no-progress"])
+    rc = main(
+        [
+            "sample",
+            "a large red circle on a white background",
+            "--base-steps",
+            "10",
+            "--up-steps",
+            "5",
+            "--no-download",
+            "-o",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     (png,) = out.glob("*.png")
     im = Image.open(png)
@@ -515,9 +610,30 @@ def test_shapes_family_guides_with_the_bundled_shapes_clip(tmp_path, capsys):
     if not {"shapes-base", "shapes-clip"} <= set(bundled.available()):
         pytest.skip("the Shapes base model and CLIP are not bundled in this installation")
     out = tmp_path / "out"
-    rc = main(["sample", "a red circle", "--models", "shapes", "--upsampler", "none", "--base-steps", "4",
-               "--clip-guidance-scale", "3", "-g", "1", "-n", "2", "--rerank", "1", "--no-download",
-               "-o", str(out), "--no-progress"])
+    rc = main(
+        [
+            "sample",
+            "a red circle",
+            "--models",
+            "shapes",
+            "--upsampler",
+            "none",
+            "--base-steps",
+            "4",
+            "--clip-guidance-scale",
+            "3",
+            "-g",
+            "1",
+            "-n",
+            "2",
+            "--rerank",
+            "1",
+            "--no-download",
+            "-o",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     (png,) = out.glob("*.png")
     settings = json.loads(Image.open(png).text["settings"])
@@ -528,8 +644,9 @@ def test_shapes_family_guides_with_the_bundled_shapes_clip(tmp_path, capsys):
 def _compiled_pipe(checkpoints, monkeypatch, backend):
     """A fresh pipeline whose stages go through torch.compile with ``backend``."""
     calls, real_compile = [], torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(model) or real_compile(
-        model, backend=backend, **kw))
+    monkeypatch.setattr(
+        torch, "compile", lambda model, **kw: calls.append(model) or real_compile(model, backend=backend, **kw)
+    )
     fresh = Text2ImPipeline.from_pretrained(*checkpoints, download=False)
     compile_stages(fresh, argparse.Namespace(compile=True))  # what --compile does
     assert calls == [fresh.base.model, fresh.upsampler.model]
@@ -539,8 +656,9 @@ def _compiled_pipe(checkpoints, monkeypatch, backend):
 def test_compiled_stages_sample_the_same_images(pipe, checkpoints, monkeypatch):
     """--compile goes through torch.compile; here with dynamo's eager backend (no C++ build in
     the test suite), which traces each step as inductor would but runs the same kernels."""
-    run = dict(num_images=2, seed=4, base=dataclasses.replace(FAST_BASE, guidance_interval=(0.5, 1.0)),
-               upsample=FAST_UP)
+    run = dict(
+        num_images=2, seed=4, base=dataclasses.replace(FAST_BASE, guidance_interval=(0.5, 1.0)), upsample=FAST_UP
+    )
     compiled = _compiled_pipe(checkpoints, monkeypatch, "eager")(["a red circle"], **run)
     plain = pipe(["a red circle"], **run)
     for x, y in zip(_arrays(plain.images), _arrays(compiled.images)):

@@ -24,10 +24,15 @@ def _counts(name):
 
 # GLIDE §4: 3.5B in all, the text transformer's 24 blocks "roughly 1.2 billion", "the visual part
 # ... 2.3 billion"; the upsampler 1.5B. Within 3%.
-@pytest.mark.parametrize("name, total, text", [
-    ("glide-3.5b", 3.5e9, 1.2e9), ("glide-inpaint-3.5b", 3.5e9, 1.2e9),
-    ("glide-upsample-1.5b", 1.5e9, None), ("glide-upsample-inpaint-1.5b", 1.5e9, None),
-])
+@pytest.mark.parametrize(
+    "name, total, text",
+    [
+        ("glide-3.5b", 3.5e9, 1.2e9),
+        ("glide-inpaint-3.5b", 3.5e9, 1.2e9),
+        ("glide-upsample-1.5b", 1.5e9, None),
+        ("glide-upsample-inpaint-1.5b", 1.5e9, None),
+    ],
+)
 def test_paper_presets_have_the_papers_parameter_counts(name, total, text):
     n, n_text = _counts(name)
     assert n == pytest.approx(total, rel=0.03)
@@ -62,12 +67,15 @@ def _measured_peak(config) -> int:
     return peak
 
 
-@pytest.mark.parametrize("overrides, row", [
-    (["batch_size=16"], 0),  # ddp
-    (["batch_size=16", "model=tiny", "model.unet.dropout=0.0"], 0),
-    (["batch_size=16", 'dist.strategy="fsdp"'], 2),  # fsdp on one process
-    (["batch_size=16", 'dist.strategy="fsdp"', "activation_checkpointing=true"], 3),
-])
+@pytest.mark.parametrize(
+    "overrides, row",
+    [
+        (["batch_size=16"], 0),  # ddp
+        (["batch_size=16", "model=tiny", "model.unet.dropout=0.0"], 0),
+        (["batch_size=16", 'dist.strategy="fsdp"'], 2),  # fsdp on one process
+        (["batch_size=16", 'dist.strategy="fsdp"', "activation_checkpointing=true"], 3),
+    ],
+)
 def test_plan_is_within_20_percent_of_the_measured_cpu_peak(tmp_path, overrides, row, small_cpu_work):
     config = load_config(TINY, [f'out_dir="{tmp_path}"', *overrides])
     plan = make_plan(config, 1, device_type="cpu")
@@ -77,8 +85,26 @@ def test_plan_is_within_20_percent_of_the_measured_cpu_peak(tmp_path, overrides,
 
 
 def test_plan_command_prints_every_strategy(capsys):
-    assert glide_main(["train", TINY, "--plan", "--set", "model=glide-3.5b", "--set", "precision=bf16",
-                       "--world-size", "64", "--gpu-memory", "80GB", "--set", "batch_size=32"]) == 0
+    assert (
+        glide_main(
+            [
+                "train",
+                TINY,
+                "--plan",
+                "--set",
+                "model=glide-3.5b",
+                "--set",
+                "precision=bf16",
+                "--world-size",
+                "64",
+                "--gpu-memory",
+                "80GB",
+                "--set",
+                "batch_size=32",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "3,554.4 M parameters" in out and "= 2048" in out
     for name in ("ddp  ", "ddp + checkpointing", "fsdp  ", "fsdp + checkpointing"):

@@ -295,8 +295,12 @@ def test_get_sampler_binds_eta_so_every_sampler_is_called_alike() -> None:
     for name in SAMPLERS:
         assert get_sampler(name)(toy_model, s, x_T, noise_fn=noise(1)).shape == x_T.shape
     assert get_sampler("ddpm", eta=0.7) is sample_ddpm  # no eta to bind: ignored
-    torch.testing.assert_close(get_sampler("ddim", eta=0.5)(toy_model, s, x_T, noise_fn=noise(1)),
-                               sample_ddim(toy_model, s, x_T, eta=0.5, noise_fn=noise(1)), rtol=0, atol=0)
+    torch.testing.assert_close(
+        get_sampler("ddim", eta=0.5)(toy_model, s, x_T, noise_fn=noise(1)),
+        sample_ddim(toy_model, s, x_T, eta=0.5, noise_fn=noise(1)),
+        rtol=0,
+        atol=0,
+    )
     with pytest.raises(ValueError, match="unknown sampler"):
         get_sampler("euler")
 

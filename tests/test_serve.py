@@ -66,8 +66,15 @@ def test_text2im_over_http_defaults_equal_glide_sample(serve, tmp_path):
 
 
 def test_text2im_options_seeds_and_metadata(serve):
-    event, data = serve.call("text2im", prompt="a red circle AND a blue star", negative="green", num_images=2,
-                             seed=5, guidance_scale=4.0, **QUICK)
+    event, data = serve.call(
+        "text2im",
+        prompt="a red circle AND a blue star",
+        negative="green",
+        num_images=2,
+        seed=5,
+        guidance_scale=4.0,
+        **QUICK,
+    )
     assert event == "complete", data
     files, summary = data
     images = [fetch_png(serve, f) for f in files]
@@ -80,8 +87,9 @@ def test_text2im_options_seeds_and_metadata(serve):
 
 def test_inpaint_over_http_keeps_unmasked_pixels(serve):
     source = scene()
-    event, data = serve.call("inpaint", image=serve.upload(png(source)), mask=serve.upload(png(box_mask())),
-                             prompt="a red circle", **QUICK)
+    event, data = serve.call(
+        "inpaint", image=serve.upload(png(source)), mask=serve.upload(png(box_mask())), prompt="a red circle", **QUICK
+    )
     assert event == "complete", data
     (out,) = [fetch_png(serve, f) for f in data[0]]
     a, s = np.asarray(out.convert("RGB")), np.asarray(source)
@@ -92,15 +100,22 @@ def test_inpaint_over_http_keeps_unmasked_pixels(serve):
 
 
 def test_inpaint_rects_and_outpainting(serve):
-    event, data = serve.call("inpaint", image=serve.upload(png(scene().resize((96, 96)))), rects="0,0,10,10",
-                             extend="16", prompt="a red circle", **QUICK)
+    event, data = serve.call(
+        "inpaint",
+        image=serve.upload(png(scene().resize((96, 96)))),
+        rects="0,0,10,10",
+        extend="16",
+        prompt="a red circle",
+        **QUICK,
+    )
     assert event == "complete", data
     assert fetch_png(serve, data[0][0]).size == (128, 128)  # the 96 px canvas grown by 16 on each side
 
 
 def test_img2img_over_http(serve):
-    event, data = serve.call("img2img", image=serve.upload(png(scene())), prompt="a blue square", strength=0.5,
-                             base_steps="10", up_steps="2")
+    event, data = serve.call(
+        "img2img", image=serve.upload(png(scene())), prompt="a blue square", strength=0.5, base_steps="10", up_steps="2"
+    )
     assert event == "complete", data
     out = fetch_png(serve, data[0][0])
     settings = json.loads(out.text["settings"])
@@ -112,12 +127,24 @@ def _bad_requests(serve):
     """(name, api, fields, expected message) for each kind of bad input."""
     image = serve.upload(png(scene()))
     return [
-        ("not an image", "img2img", dict(image=serve.upload(b"not a picture at all", "x.png"), prompt="a"),
-         "not an image"),
-        ("wrong mask size", "inpaint", dict(image=image, mask=serve.upload(png(box_mask(64, (0, 0, 8, 8)))),
-                                            prompt="a"), "the mask is 64x64 but the image is 128x128"),
-        ("empty mask", "inpaint", dict(image=image, mask=serve.upload(png(box_mask(box=(0, 0, 0, 0)))), prompt="a"),
-         "selects no pixels"),
+        (
+            "not an image",
+            "img2img",
+            dict(image=serve.upload(b"not a picture at all", "x.png"), prompt="a"),
+            "not an image",
+        ),
+        (
+            "wrong mask size",
+            "inpaint",
+            dict(image=image, mask=serve.upload(png(box_mask(64, (0, 0, 8, 8)))), prompt="a"),
+            "the mask is 64x64 but the image is 128x128",
+        ),
+        (
+            "empty mask",
+            "inpaint",
+            dict(image=image, mask=serve.upload(png(box_mask(box=(0, 0, 0, 0)))), prompt="a"),
+            "selects no pixels",
+        ),
         ("no mask", "inpaint", dict(image=image, prompt="a"), "say what to repaint"),
         ("NaN guidance", "text2im", dict(prompt="a", guidance_scale=math.nan), "guidance_scale must be a finite"),
         ("negative steps", "text2im", dict(prompt="a", base_steps="-5"), "base_steps"),
@@ -128,10 +155,18 @@ def _bad_requests(serve):
         ("empty prompt", "text2im", dict(prompt="  "), "give a caption"),
         ("a prompt like an option", "text2im", dict(prompt="--help", num_images=0), "num_images must be at least 1"),
         ("bad composition", "text2im", dict(prompt="a red circle AND"), "dangling AND"),
-        ("too many pixels", "img2img", dict(image=serve.upload(png(Image.new("RGB", (600, 600)))), prompt="a"),
-         "at most 262144"),
-        ("not square", "img2img", dict(image=serve.upload(png(Image.new("RGB", (60, 40)))), prompt="a"),
-         "must be square"),
+        (
+            "too many pixels",
+            "img2img",
+            dict(image=serve.upload(png(Image.new("RGB", (600, 600)))), prompt="a"),
+            "at most 262144",
+        ),
+        (
+            "not square",
+            "img2img",
+            dict(image=serve.upload(png(Image.new("RGB", (60, 40)))), prompt="a"),
+            "must be square",
+        ),
         ("strength", "img2img", dict(image=image, prompt="a", strength=1.5), "strength must be in"),
         ("a server file", "img2img", dict(image={"path": "/etc/hostname"}, prompt="a"), "not an uploaded file"),
     ]
@@ -161,16 +196,21 @@ def test_gradio_client(serve, tmp_path):
     from gradio_client.exceptions import AppError
 
     client = Client(serve.url, verbose=False, download_files=str(tmp_path))
-    assert {"/text2im", "/inpaint", "/img2img"} <= set(client.view_api(print_info=False,
-                                                                       return_format="dict")["named_endpoints"])
+    assert {"/text2im", "/inpaint", "/img2img"} <= set(
+        client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    )
     files, summary = client.predict(prompt="a yellow cross", seed=2, api_name="/text2im", **QUICK)
     image = Image.open(files[0])
     assert image.size == (128, 128) and image.text["seed"] == "2" and summary["images"][0]["seed"] == 2
     (tmp_path / "scene.png").write_bytes(png(scene()))
     (tmp_path / "mask.png").write_bytes(png(box_mask()))
-    files, _ = client.predict(image=handle_file(str(tmp_path / "scene.png")),
-                              mask=handle_file(str(tmp_path / "mask.png")), prompt="a red circle",
-                              api_name="/inpaint", **QUICK)
+    files, _ = client.predict(
+        image=handle_file(str(tmp_path / "scene.png")),
+        mask=handle_file(str(tmp_path / "mask.png")),
+        prompt="a red circle",
+        api_name="/inpaint",
+        **QUICK,
+    )
     assert Image.open(files[0]).size == (128, 128)
     with pytest.raises(AppError, match="base_steps"):
         client.predict(prompt="a", base_steps="-5", api_name="/text2im")
@@ -178,6 +218,7 @@ def test_gradio_client(serve, tmp_path):
 
 def _burst(serve, n: int, workers: int):
     """n text2im requests at once from ``workers`` threads: (answers, seconds)."""
+
     def one(i):
         return serve.call("text2im", prompt="a red circle", seed=i, timeout=120, **QUICK)
 

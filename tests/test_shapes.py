@@ -44,12 +44,24 @@ def one(shape="square", colour="red", s=0.4, cx=0.5, cy=0.5, background="gray"):
 
 # --- palette and geometry ---------------------------------------------------------------
 
+
 def test_palette_numbers():
-    assert COLOURS == {"red": (220, 50, 50), "green": (50, 170, 70), "blue": (50, 90, 220),
-                       "yellow": (235, 200, 40), "purple": (140, 70, 190), "orange": (240, 140, 40)}
+    assert COLOURS == {
+        "red": (220, 50, 50),
+        "green": (50, 170, 70),
+        "blue": (50, 90, 220),
+        "yellow": (235, 200, 40),
+        "purple": (140, 70, 190),
+        "orange": (240, 140, 40),
+    }
     assert BACKGROUNDS == {"white": (245, 245, 245), "black": (20, 20, 20), "gray": (128, 128, 128)}
-    assert HELD_OUT_PAIRS == {("purple", "star"), ("green", "triangle"), ("orange", "circle"),
-                              ("blue", "cross"), ("yellow", "square")}
+    assert HELD_OUT_PAIRS == {
+        ("purple", "star"),
+        ("green", "triangle"),
+        ("orange", "circle"),
+        ("blue", "cross"),
+        ("yellow", "square"),
+    }
 
 
 @pytest.mark.parametrize("shape", ["circle", "square", "triangle", "star", "cross"])
@@ -106,6 +118,7 @@ def test_resolution_independence():
 
 # --- scene sampling ---------------------------------------------------------------------
 
+
 def test_boxes_on_canvas_sizes_and_positions(train_scenes):
     for sc in train_scenes:
         for o in sc.objects:
@@ -150,6 +163,7 @@ def test_scene_json_round_trip(train_scenes):
 
 # --- captions -----------------------------------------------------------------------------
 
+
 def test_caption_frequencies_and_round_trip(train_scenes):
     rng = np.random.default_rng(9)
     mentions = {"colour": [], "size": [], "position": [], "background": []}
@@ -183,10 +197,12 @@ def test_every_template_occurs(train_scenes):
 def test_parse_caption_examples():
     assert parse_caption("an orange circle") == CaptionSpec((ObjectSpec("circle", "orange"),))
     assert parse_caption("a small square that is red in the center on a black background") == CaptionSpec(
-        (ObjectSpec("square", "red", "small", "in the center"),), None, "black")
+        (ObjectSpec("square", "red", "small", "in the center"),), None, "black"
+    )
     two = parse_caption("a photo of a large red star to the left of a blue cross on a gray background")
-    assert two == CaptionSpec((ObjectSpec("star", "red", "large"), ObjectSpec("cross", "blue")),
-                              "to the left of", "gray")
+    assert two == CaptionSpec(
+        (ObjectSpec("star", "red", "large"), ObjectSpec("cross", "blue")), "to the left of", "gray"
+    )
     assert parse_caption("") == CaptionSpec()
     for bad in ("a orange circle", "a red dog", "a red circle in the middle", "hello"):
         with pytest.raises(ValueError):
@@ -202,6 +218,7 @@ def test_test_captions_kinds():
 
 
 # --- dataset ------------------------------------------------------------------------------
+
 
 def test_dataset_determinism_and_items():
     ds = ShapesDataset("train", resolution=32, seed=3, size=6, low_res=16)
@@ -238,11 +255,17 @@ def test_dataloader_workers_cover_split():
 
 
 def test_warmup_curriculum_narrows_the_first_images():
-    ds = ShapesDataset("train", resolution=16, seed=1, warmup_images=60,
-                       warmup=dict(colour="red", size="large", background=None))
+    ds = ShapesDataset(
+        "train", resolution=16, seed=1, warmup_images=60, warmup=dict(colour="red", size="large", background=None)
+    )
     warm = [Scene.from_json(ds.item(n)["scene"]) for n in range(60)]
-    assert all(len(s.objects) == 1 and s.objects[0].colour == "red" and s.objects[0].size == "large"
-               and 0.36 <= s.objects[0].s <= 0.44 for s in warm)
+    assert all(
+        len(s.objects) == 1
+        and s.objects[0].colour == "red"
+        and s.objects[0].size == "large"
+        and 0.36 <= s.objects[0].s <= 0.44
+        for s in warm
+    )
     assert {s.objects[0].shape for s in warm} == {"circle", "square", "triangle", "star", "cross"}
     assert len({s.background for s in warm}) == 3  # left open: drawn as usual
     assert all(parse_caption(ds.item(n)["caption"]).consistent_with(warm[n]) for n in range(60))
@@ -255,8 +278,14 @@ def test_warmup_curriculum_narrows_the_first_images():
 
 
 def test_warmup_replay_mixes_narrowed_scenes_into_the_rest():
-    ds = ShapesDataset("train", resolution=8, seed=2, warmup_images=10, warmup_replay=0.25,
-                       warmup=dict(colour="red", size="large", background="white"))
+    ds = ShapesDataset(
+        "train",
+        resolution=8,
+        seed=2,
+        warmup_images=10,
+        warmup_replay=0.25,
+        warmup=dict(colour="red", size="large", background="white"),
+    )
     plain = ShapesDataset("train", resolution=8, seed=2)
     later = range(10, 410)
     replayed = [n for n in later if ds.narrowed(n)]
@@ -287,8 +316,10 @@ def test_curriculum_phases_in_turn_then_replay_the_last(tmp_path):
     from glide_diffusion.train.config import ConfigError, load_config
 
     path = tmp_path / "curriculum.toml"
-    path.write_text('[data.shapes_warmup]\nimages = 20\ncolour = "red"\nsize = "large"\nbackground = "white"\n'
-                    'replay = 0.5\n[[data.shapes_warmup.then]]\nimages = 30\nsize = "large"\n')
+    path.write_text(
+        '[data.shapes_warmup]\nimages = 20\ncolour = "red"\nsize = "large"\nbackground = "white"\n'
+        'replay = 0.5\n[[data.shapes_warmup.then]]\nimages = 30\nsize = "large"\n'
+    )
     ds = build_dataset(load_config(path, []).data, 8)
     scenes = [Scene.from_json(ds.item(n)["scene"]) for n in range(250)]
     assert all(s.background == "white" and s.objects[0].colour == "red" for s in scenes[:20])

@@ -26,8 +26,9 @@ from glide_diffusion.eval.shapes_segment import label_components
 def truth_spec(scene: Scene) -> CaptionSpec:
     """Everything about a scene, as a caption spec (positions only for one object)."""
     single = len(scene.objects) == 1
-    objects = tuple(ObjectSpec(o.shape, o.colour, o.size, object_position(o) if single else None)
-                    for o in scene.objects)
+    objects = tuple(
+        ObjectSpec(o.shape, o.colour, o.size, object_position(o) if single else None) for o in scene.objects
+    )
     return CaptionSpec(objects, scene.relation, scene.background)
 
 
@@ -57,18 +58,28 @@ def oracle_scene(spec: CaptionSpec, rng: np.random.Generator) -> Scene:
         o = dataclasses.replace(o, shape=s.shape, colour=s.colour or o.colour)
         if s.position is not None:
             row, col = divmod(POSITIONS.index(s.position), 3)
-            o = dataclasses.replace(o, cx=float(np.clip((col + 0.5) / 3, o.s / 2, 1 - o.s / 2)),
-                                    cy=float(np.clip((row + 0.5) / 3, o.s / 2, 1 - o.s / 2)))
+            o = dataclasses.replace(
+                o,
+                cx=float(np.clip((col + 0.5) / 3, o.s / 2, 1 - o.s / 2)),
+                cy=float(np.clip((row + 0.5) / 3, o.s / 2, 1 - o.s / 2)),
+            )
         objects.append(o)
     scene = Scene(spec.background or scene.background, tuple(objects), scene.relation)
     assert spec.consistent_with(scene)
     return scene
 
 
-@pytest.mark.parametrize("resolution,n,split,n_objects", [
-    (64, 120, "test", 1), (64, 80, "train", 2), (32, 100, "test", None), (32, 40, "train", 2),
-    (256, 12, "test", 1), (256, 8, "test", 2),
-])
+@pytest.mark.parametrize(
+    "resolution,n,split,n_objects",
+    [
+        (64, 120, "test", 1),
+        (64, 80, "train", 2),
+        (32, 100, "test", None),
+        (32, 40, "train", 2),
+        (256, 12, "test", 1),
+        (256, 8, "test", 2),
+    ],
+)
 def test_recovers_every_attribute(resolution, n, split, n_objects):
     # 32 px is not ambiguous for this evaluator: the shape fit re-renders each
     # candidate at 32 px, so a 6-pixel star still matches its own template.
@@ -83,8 +94,14 @@ def test_robust_to_noise():
 
 
 def test_robust_to_mild_blur():
-    scene = Scene("gray", (ShapeObject("star", "purple", "large", 0.4, 0.3, 0.5),
-                           ShapeObject("triangle", "yellow", "small", 0.22, 0.8, 0.55)), "to the left of")
+    scene = Scene(
+        "gray",
+        (
+            ShapeObject("star", "purple", "large", 0.4, 0.3, 0.5),
+            ShapeObject("triangle", "yellow", "small", 0.22, 0.8, 0.55),
+        ),
+        "to the left of",
+    )
     img = render_array(scene, 128).astype(float)
     kernel = np.array([0.25, 0.5, 0.25])
     for axis in (0, 1):
@@ -109,8 +126,14 @@ def test_wrong_caption_scored_wrong():
     assert score("a large red circle in the center on a black background", img)["exact"]
     wrong = score("a small blue square in the top left corner on a white background", img)
     assert wrong["count"] and not any(v for k, v in wrong.items() if k != "count")
-    two = Scene("white", (ShapeObject("cross", "green", "small", 0.22, 0.2, 0.5),
-                          ShapeObject("star", "orange", "large", 0.4, 0.7, 0.45)), "to the left of")
+    two = Scene(
+        "white",
+        (
+            ShapeObject("cross", "green", "small", 0.22, 0.2, 0.5),
+            ShapeObject("star", "orange", "large", 0.4, 0.7, 0.45),
+        ),
+        "to the left of",
+    )
     img2 = render_array(two, 64)
     assert score("a green cross to the left of an orange star", img2)["exact"]
     assert score("an orange star to the right of a green cross", img2)["exact"]
@@ -119,8 +142,11 @@ def test_wrong_caption_scored_wrong():
 
 
 def test_relation_between_detected_objects():
-    scene = Scene("gray", (ShapeObject("square", "red", "small", 0.2, 0.5, 0.2),
-                           ShapeObject("circle", "blue", "small", 0.2, 0.55, 0.8)), "above")
+    scene = Scene(
+        "gray",
+        (ShapeObject("square", "red", "small", 0.2, 0.5, 0.2), ShapeObject("circle", "blue", "small", 0.2, 0.55, 0.8)),
+        "above",
+    )
     a, b = sorted(analyze(render_array(scene, 64)).objects, key=lambda o: o.cy)
     assert relation_between(a, b) == "above" and relation_between(b, a) == "below"
 

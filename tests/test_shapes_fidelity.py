@@ -36,7 +36,7 @@ def test_clean_renders_score_about_zero(resolution):
         f = fidelity(img)
         assert f.mae <= 0.5, f
         assert f.background_mae == 0.0, f
-        assert f.background_pixels > 0.4 * resolution ** 2
+        assert f.background_pixels > 0.4 * resolution**2
 
 
 @pytest.mark.parametrize("cast", [-15, 10, 15])
@@ -62,7 +62,7 @@ def test_a_frame_scores_what_was_added(width, level):
     framed[border] += level
     f, clean = fidelity(framed.astype(np.uint8)), fidelity(img.astype(np.uint8))
     n_frame = int(border.sum())
-    assert f.mae - clean.mae == pytest.approx(level * n_frame / R ** 2, abs=1e-12)
+    assert f.mae - clean.mae == pytest.approx(level * n_frame / R**2, abs=1e-12)
     assert f.background_mae == pytest.approx(level * n_frame / f.background_pixels, abs=1e-12)
 
 

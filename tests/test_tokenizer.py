@@ -206,8 +206,9 @@ def test_downloaded_vocab_is_found_in_cache(tmp_path, monkeypatch):
     files = {}
     for name in ("encoder.json", "vocab.bpe"):
         src = VOCAB_DIR / name
-        files[f"/gpt2/{name}"] = src.read_bytes() if src.is_file() else gzip.decompress(
-            (VOCAB_DIR / f"{name}.gz").read_bytes())
+        files[f"/gpt2/{name}"] = (
+            src.read_bytes() if src.is_file() else gzip.decompress((VOCAB_DIR / f"{name}.gz").read_bytes())
+        )
     monkeypatch.setenv("GLIDE_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("GLIDE_VOCAB_DIR", raising=False)
     monkeypatch.setattr(shipped, "HERE", tmp_path / "not-shipped")  # else the package's copy comes first

@@ -58,8 +58,14 @@ def subprocess_env():
 
 
 def test_config_file_overrides_and_round_trip(tmp_path):
-    c = cfg(tmp_path, "optim.lr=3e-4", "data.size=100", "sample.prompts=['a', 'b']", "init_from=none",
-            "optim.betas=[0.9, 0.99]")
+    c = cfg(
+        tmp_path,
+        "optim.lr=3e-4",
+        "data.size=100",
+        "sample.prompts=['a', 'b']",
+        "init_from=none",
+        "optim.betas=[0.9, 0.99]",
+    )
     assert c.optim.lr == 3e-4 and c.data.size == 100 and c.sample.prompts == ("a", "b")
     assert c.init_from is None and c.optim.betas == (0.9, 0.99)
     assert c.model.unet.image_size == 8 and c.model.unet.text.width == 32 and c.task == "base"
@@ -68,26 +74,31 @@ def test_config_file_overrides_and_round_trip(tmp_path):
     assert apply_overrides(c, ["model=tiny-upsample"]).low_res_size == 16
     assert parse_override("a.b=plain words") == {"a": {"b": "plain words"}}
     # Merged in order, a later one winning; a table merged into a preset name sets its fields.
-    merged = merge_overrides({"model": {"preset": "tiny", "unet": {"dropout": 0.1}}},
-                             ["model.unet.dropout=0.2", "model=tiny-upsample", "model.unet.dropout=0.3"])
+    merged = merge_overrides(
+        {"model": {"preset": "tiny", "unet": {"dropout": 0.1}}},
+        ["model.unet.dropout=0.2", "model=tiny-upsample", "model.unet.dropout=0.3"],
+    )
     assert merged == {"model": {"preset": "tiny-upsample", "unet": {"dropout": 0.3}}}
     c2 = load_config(TINY, ["model=tiny-upsample", "model.unet.dropout=0.3"])
     assert c2.low_res_size == 16 and c2.model.unet.dropout == 0.3
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optim.lrr=1", "valid keys: lr, weight_decay"),
-    ("nope=1", "valid keys: model, clip, init_from"),
-    ("optim.lr=abc", "optim.lr: expected float, got str"),
-    ("batch_size=1.5", "batch_size: expected int"),
-    ("data.shuffle=1", "data.shuffle: expected bool"),
-    ("model=huge", "unknown preset 'huge'"),
-    ("model.unet.text.foo=1", "[model.unet.text]"),
-    ("model.unet.image_size=9", "not divisible"),
-    ("precision=fp8", "precision must be one of"),
-    ("cond.mask_kinds=['circle']", "cond.mask_kinds"),
-    ("lr", "KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=1", "valid keys: lr, weight_decay"),
+        ("nope=1", "valid keys: model, clip, init_from"),
+        ("optim.lr=abc", "optim.lr: expected float, got str"),
+        ("batch_size=1.5", "batch_size: expected int"),
+        ("data.shuffle=1", "data.shuffle: expected bool"),
+        ("model=huge", "unknown preset 'huge'"),
+        ("model.unet.text.foo=1", "[model.unet.text]"),
+        ("model.unet.image_size=9", "not divisible"),
+        ("precision=fp8", "precision must be one of"),
+        ("cond.mask_kinds=['circle']", "cond.mask_kinds"),
+        ("lr", "KEY=VALUE"),
+    ],
+)
 def test_config_errors_are_clear(tmp_path, override, message):
     with pytest.raises(ConfigError, match=None) as e:
         cfg(tmp_path, override)
@@ -192,8 +203,15 @@ def _fixed_eval_loss(trainer, batch):
 
 
 def test_loss_decreases_when_overfitting_a_fixed_batch(tmp_path):
-    c = cfg(tmp_path, "data.size=2", "batch_size=2", "max_steps=20", "ckpt.every=1000", "cond.cfg_dropout=0.0",
-            "optim.lr=3e-3")
+    c = cfg(
+        tmp_path,
+        "data.size=2",
+        "batch_size=2",
+        "max_steps=20",
+        "ckpt.every=1000",
+        "cond.cfg_dropout=0.0",
+        "optim.lr=3e-3",
+    )
     trainer = Trainer(c)
     batch = _Batches(lambda pos: SyntheticDataset(8, size=2, start=pos), 2, 0).next(0)
     before = _fixed_eval_loss(trainer, batch)
@@ -225,7 +243,7 @@ def test_v_prediction_trains_on_the_v_mse(tmp_path):
     from glide_diffusion.diffusion import hybrid_loss
     from glide_diffusion.diffusion.losses import v_weights
 
-    c = cfg(tmp_path, "batch_size=4", "max_steps=2", "model.unet.prediction=\"v\"")
+    c = cfg(tmp_path, "batch_size=4", "max_steps=2", 'model.unet.prediction="v"')
     trainer = Trainer(c)
     batch = _Batches(lambda pos: trainer.factory(c, 0, 1, pos, None), 4, 0).next(0)
     inputs = make_inputs(batch, c, trainer.schedule, trainer.tokenizer, step_generator(0, 0, 0), trainer.device)
@@ -237,7 +255,7 @@ def test_v_prediction_trains_on_the_v_mse(tmp_path):
     model, config = load_model(result.checkpoint / "ema.safetensors")
     assert config.unet.prediction == "v" and result.step == 2
 
-    capped = cfg(tmp_path, "batch_size=4", "model.unet.prediction=\"v\"", "loss.v_weight_max=20")
+    capped = cfg(tmp_path, "batch_size=4", 'model.unet.prediction="v"', "loss.v_weight_max=20")
     trainer = Trainer(capped)
     loss, _ = trainer._forward_loss(trainer.model, inputs)
     out = trainer.model(inputs.x_t, inputs.t_model, tokens=inputs.tokens, mask=inputs.mask)
@@ -252,10 +270,12 @@ def test_v_prediction_trains_on_the_v_mse(tmp_path):
 
 def _labelled_factory(config, rank, world_size, start, low_res):
     """Synthetic items whose caption ends with their global index."""
+
     class Labelled(SyntheticDataset):
         def item(self, index):
             it = super().item(index)
             return {**it, "caption": f"c {index}"}
+
     return Labelled(config.model.unet.image_size, rank=rank, world_size=world_size, start=start, low_res=low_res)
 
 
@@ -264,8 +284,11 @@ def _per_sample_inputs(batch, config, schedule, tokenizer, generator, device):
     rows = []
     for i, caption in enumerate(batch["caption"]):
         g = torch.Generator().manual_seed(int(caption.split()[-1]))
-        rows.append(make_inputs({"image": batch["image"][i:i + 1], "caption": [caption]}, config, schedule,
-                                tokenizer, g, device))
+        rows.append(
+            make_inputs(
+                {"image": batch["image"][i : i + 1], "caption": [caption]}, config, schedule, tokenizer, g, device
+            )
+        )
 
     def cat(name):
         return torch.cat([getattr(r, name) for r in rows])
@@ -282,8 +305,13 @@ def test_grad_accumulation_matches_the_big_batch(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "make_inputs", _per_sample_inputs)
     grads = []
     for batch_size, accum in ((4, 1), (2, 2)):
-        c = cfg(tmp_path / f"{accum}", f"batch_size={batch_size}", f"grad_accum={accum}", "optim.grad_clip=0.0",
-                "cond.cfg_dropout=0.0")
+        c = cfg(
+            tmp_path / f"{accum}",
+            f"batch_size={batch_size}",
+            f"grad_accum={accum}",
+            "optim.grad_clip=0.0",
+            "cond.cfg_dropout=0.0",
+        )
         t = Trainer(c, _labelled_factory)
         t.train_step(t.model, _Batches(lambda pos, c=c: _labelled_factory(c, 0, 1, pos, None), batch_size, 0))
         grads.append(torch.cat([p.grad.flatten() for p in t.model.parameters()]))
@@ -312,8 +340,10 @@ def test_compile_trains_the_same_model_and_checkpoints_it_uncompiled(tmp_path, m
         return real_compile(model, backend="eager", **kwargs)
 
     monkeypatch.setattr(torch, "compile", eager_compile)
-    runs = {flag: train(cfg(tmp_path / flag, f"compile={flag}", "max_steps=3", "ckpt.every=3"))
-            for flag in ("false", "true")}
+    runs = {
+        flag: train(cfg(tmp_path / flag, f"compile={flag}", "max_steps=3", "ckpt.every=3"))
+        for flag in ("false", "true")
+    }
     assert len(calls) == 1  # only the compiled run, once
     for name in ("model.safetensors", "ema.safetensors"):
         a, b = load_file(runs["false"].checkpoint / name), load_file(runs["true"].checkpoint / name)
@@ -334,8 +364,10 @@ def test_compile_falls_back_to_eager_where_the_backend_fails(tmp_path, monkeypat
         raise RuntimeError("no C++ compiler found")
 
     monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=broken_backend, **kw))
-    runs = {flag: train(cfg(tmp_path / flag, f"compile={flag}", "max_steps=2", "ckpt.every=2"))
-            for flag in ("false", "true")}
+    runs = {
+        flag: train(cfg(tmp_path / flag, f"compile={flag}", "max_steps=2", "ckpt.every=2"))
+        for flag in ("false", "true")
+    }
     assert calls  # the backend was tried
     a, b = (load_file(runs[flag].checkpoint / "model.safetensors") for flag in ("false", "true"))
     for k in a:
@@ -401,10 +433,24 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tm
 
 
 def test_sigkill_then_resume_from_the_newest_complete_checkpoint(tmp_path):
-    cmd = [sys.executable, "-m", "glide_diffusion.cli.main", "train", str(TINY), "--out-dir", str(tmp_path),
-           "--set", "ckpt.every=2", "--set", "ckpt.keep_last=3", "--set", "debug.step_sleep=0.02"]
-    proc = subprocess.Popen(cmd + ["--max-steps", "100000"], env=subprocess_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "glide_diffusion.cli.main",
+        "train",
+        str(TINY),
+        "--out-dir",
+        str(tmp_path),
+        "--set",
+        "ckpt.every=2",
+        "--set",
+        "ckpt.keep_last=3",
+        "--set",
+        "debug.step_sleep=0.02",
+    ]
+    proc = subprocess.Popen(
+        cmd + ["--max-steps", "100000"], env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 60
         while not list_checkpoints(tmp_path) and time.time() < deadline and proc.poll() is None:
@@ -420,8 +466,9 @@ def test_sigkill_then_resume_from_the_newest_complete_checkpoint(tmp_path):
         read_checkpoint(path)
         assert load_state(path)["step"] == int(path.name[5:])
     newest = found[-1][0]
-    out = subprocess.run(cmd + ["--max-steps", str(newest + 2)], env=subprocess_env(), capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        cmd + ["--max-steps", str(newest + 2)], env=subprocess_env(), capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert f"step={newest} data_position={2 * newest}" in out.stderr
     steps = [r["step"] for r in read_metrics(tmp_path)]
@@ -443,17 +490,22 @@ def test_upsample_task_gets_low_res_inputs(tmp_path):
 
 
 def test_upsample_trains_on_matching_random_crops(tmp_path):
-    c = cfg(tmp_path, "model=tiny-upsample", "model.unet.image_size=16", "batch_size=3", "max_steps=1",
-            "cond.crop_size=8")
+    c = cfg(
+        tmp_path, "model=tiny-upsample", "model.unet.image_size=16", "batch_size=3", "max_steps=1", "cond.crop_size=8"
+    )
     t = Trainer(c)
     batch = _Batches(lambda pos: t.factory(c, 0, 1, pos, c.low_res_size), 3, 0).next(0)
     inputs = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 0, 0), t.device)
     assert inputs.x0.shape == inputs.noise.shape == (3, 3, 8, 8) and inputs.cond["low_res"].shape == (3, 3, 2, 2)
     for i in range(3):  # each crop is the same region of the high- and low-res image
         lo = batch["low_res"][i]
-        hits = [(y, x) for y in range(3) for x in range(3)
-                if torch.equal(lo[:, y:y + 2, x:x + 2], inputs.cond["low_res"][i])
-                and torch.equal(batch["image"][i, :, 4 * y:4 * y + 8, 4 * x:4 * x + 8], inputs.x0[i])]
+        hits = [
+            (y, x)
+            for y in range(3)
+            for x in range(3)
+            if torch.equal(lo[:, y : y + 2, x : x + 2], inputs.cond["low_res"][i])
+            and torch.equal(batch["image"][i, :, 4 * y : 4 * y + 8, 4 * x : 4 * x + 8], inputs.x0[i])
+        ]
         assert hits, f"crop {i} is not an aligned region of its pair"
     assert train(c).step == 1
     with pytest.raises(ConfigError, match="crop_size"):
@@ -463,8 +515,15 @@ def test_upsample_trains_on_matching_random_crops(tmp_path):
 
 
 def test_upsample_inpaint_crops_then_masks_the_crop(tmp_path):
-    c = cfg(tmp_path, "model=tiny-upsample", "model.unet.image_size=16", "model.unet.inpaint=true",
-            "batch_size=2", "max_steps=1", "cond.crop_size=8")
+    c = cfg(
+        tmp_path,
+        "model=tiny-upsample",
+        "model.unet.image_size=16",
+        "model.unet.inpaint=true",
+        "batch_size=2",
+        "max_steps=1",
+        "cond.crop_size=8",
+    )
     t = Trainer(c)
     batch = _Batches(lambda pos: t.factory(c, 0, 1, pos, c.low_res_size), 2, 0).next(0)
     inputs = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 0, 0), t.device)
@@ -474,8 +533,7 @@ def test_upsample_inpaint_crops_then_masks_the_crop(tmp_path):
 
 def test_upsample_corruption_uses_degrade_low_res(tmp_path):
     pytest.importorskip("glide_diffusion.train.augment")
-    c = cfg(tmp_path, "model=tiny-upsample", "model.unet.image_size=16", "cond.corrupt_low_res=true",
-            "max_steps=1")
+    c = cfg(tmp_path, "model=tiny-upsample", "model.unet.image_size=16", "cond.corrupt_low_res=true", "max_steps=1")
     assert train(c).step == 1
 
 
@@ -504,8 +562,17 @@ def test_sample_grid_for_conditioned_models(tmp_path, model):
     from PIL import Image
 
     size = "32" if model == "tiny-upsample" else "16"
-    train(cfg(tmp_path, f"model={model}", f"model.unet.image_size={size}", "max_steps=1", "sample.every=1",
-              "sample.steps='2'", "sample.seeds=[0]"))
+    train(
+        cfg(
+            tmp_path,
+            f"model={model}",
+            f"model.unet.image_size={size}",
+            "max_steps=1",
+            "sample.every=1",
+            "sample.steps='2'",
+            "sample.seeds=[0]",
+        )
+    )
     assert Image.open(tmp_path / "samples" / "step_00000001.png").size[0] > 0
 
 
@@ -514,8 +581,19 @@ def test_sample_grid_uses_whole_images_when_training_crops(tmp_path):
     upsampler once failed here on masks of the crop's size)."""
     from PIL import Image
 
-    train(cfg(tmp_path, "model=tiny-upsample", "model.unet.image_size=16", "model.unet.inpaint=true",
-              "cond.crop_size=8", "max_steps=1", "sample.every=1", "sample.steps='2'", "sample.seeds=[0]"))
+    train(
+        cfg(
+            tmp_path,
+            "model=tiny-upsample",
+            "model.unet.image_size=16",
+            "model.unet.inpaint=true",
+            "cond.crop_size=8",
+            "max_steps=1",
+            "sample.every=1",
+            "sample.steps='2'",
+            "sample.seeds=[0]",
+        )
+    )
     grid = Image.open(tmp_path / "samples" / "step_00000001.png")
     assert grid.size[1] == 2 * 16  # condition row + one seed, each 16 px
 
@@ -551,8 +629,12 @@ def test_compile_is_announced_before_the_first_step(tmp_path, monkeypatch, capsy
     assert said == ["step"]
     torch._dynamo.reset()
     # The command prints it under its name.
-    assert glide_main(["train", str(TINY), "--out-dir", str(tmp_path / "cli"), "--max-steps", "1",
-                       "--set", "compile=true"]) == 0
+    assert (
+        glide_main(
+            ["train", str(TINY), "--out-dir", str(tmp_path / "cli"), "--max-steps", "1", "--set", "compile=true"]
+        )
+        == 0
+    )
     assert "glide train: compiling the model (the first step takes a minute or two)" in capsys.readouterr().err
     torch._dynamo.reset()
 
@@ -576,8 +658,9 @@ def test_a_finished_run_says_there_is_nothing_to_train(tmp_path):
     train(cfg(tmp_path, "max_steps=2"))
     said = []
     r = train(cfg(tmp_path, "max_steps=2"), messages=said.append)
-    assert r.step == 2 and said[-1] == ("nothing to train: the run is at step 2 and max_steps is 2; "
-                                        "raise max_steps (--max-steps) to train further")
+    assert r.step == 2 and said[-1] == (
+        "nothing to train: the run is at step 2 and max_steps is 2; raise max_steps (--max-steps) to train further"
+    )
 
 
 def test_command_errors_start_with_its_name_and_use_its_option_names(tmp_path, capsys):
@@ -590,7 +673,7 @@ def test_command_errors_start_with_its_name_and_use_its_option_names(tmp_path, c
         assert rc == 2 and "Traceback" not in err, err
         lines = [line for line in err.splitlines() if line and not line.startswith(("usage:", " ", "[rank"))]
         assert lines and all(line.startswith("glide train: error: ") for line in lines), err
-        return lines[0][len("glide train: error: "):]
+        return lines[0][len("glide train: error: ") :]
 
     assert error(str(tmp_path / "nope.toml")) == f"config file not found: {tmp_path / 'nope.toml'}"
     assert error(str(tmp_path)) == f"config file {tmp_path} is a folder, not a file"
@@ -599,17 +682,38 @@ def test_command_errors_start_with_its_name_and_use_its_option_names(tmp_path, c
     assert error(str(TINY), "--out-dir", "") == "argument --out-dir: must not be empty"
     (tmp_path / "file").write_text("")
     assert error(str(TINY), "--out-dir", str(tmp_path / "file")).startswith(
-        f"cannot use {tmp_path / 'file'} as the run folder")
-    assert "image folder" in error(str(TINY), "--out-dir", str(tmp_path / "run"), "--set", 'data.kind="folder"',
-                                   "--set", f"data.path={tmp_path / 'no-images'}")
+        f"cannot use {tmp_path / 'file'} as the run folder"
+    )
+    assert "image folder" in error(
+        str(TINY),
+        "--out-dir",
+        str(tmp_path / "run"),
+        "--set",
+        'data.kind="folder"',
+        "--set",
+        f"data.path={tmp_path / 'no-images'}",
+    )
 
 
 # --- one run per folder ---------------------------------------------------------------------
 
 
 def test_a_second_run_on_the_same_folder_refuses_then_resume_works_after_a_kill(tmp_path, capsys):
-    cmd = [sys.executable, "-m", "glide_diffusion.cli.main", "train", str(TINY), "--out-dir", str(tmp_path),
-           "--set", "ckpt.every=2", "--set", "debug.step_sleep=0.05", "--max-steps", "100000"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "glide_diffusion.cli.main",
+        "train",
+        str(TINY),
+        "--out-dir",
+        str(tmp_path),
+        "--set",
+        "ckpt.every=2",
+        "--set",
+        "debug.step_sleep=0.05",
+        "--max-steps",
+        "100000",
+    ]
     proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60
@@ -647,8 +751,9 @@ def test_the_run_lock_is_held_by_the_process_not_by_children_it_forks(tmp_path):
         "print(child, flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=subprocess_env(), capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], env=subprocess_env(), capture_output=True, text=True, timeout=60
+    )
     child = int(out.stdout.split()[0])
     try:
         with lock_run_dir(tmp_path):

@@ -12,9 +12,18 @@ from glide_diffusion.train.clip_task import ClipInputs, clip_loss, shape_negativ
 from glide_diffusion.train.metrics import read_metrics
 from tests.test_train import ROOT, TINY
 
-TINY_CLIP = ["clip.preset=shapes", "clip.n_embd=16", "clip.n_head_state_text=8", "clip.n_head_text=2",
-             "clip.n_xf_blocks_text=1", "clip.n_head_state_image=8", "clip.n_head_image=2",
-             "clip.n_xf_blocks_image=1", "clip.image_size=16", "data.kind=shapes"]
+TINY_CLIP = [
+    "clip.preset=shapes",
+    "clip.n_embd=16",
+    "clip.n_head_state_text=8",
+    "clip.n_head_text=2",
+    "clip.n_xf_blocks_text=1",
+    "clip.n_head_state_image=8",
+    "clip.n_head_image=2",
+    "clip.n_xf_blocks_image=1",
+    "clip.image_size=16",
+    "data.kind=shapes",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +81,7 @@ def test_shape_negatives_swap_one_shape_word():
     negatives, valid = shape_negatives(captions, 4, torch.Generator().manual_seed(0))
     assert len(negatives) == 12 and valid.tolist() == [[True] * 4, [True] * 4, [False] * 4]
     for i, caption in enumerate(captions[:2]):
-        mine = negatives[4 * i:4 * i + 4]
+        mine = negatives[4 * i : 4 * i + 4]
         assert len(set(mine)) == 4 and caption not in mine
         for negative in mine:  # exactly one word differs, and it is a shape for a shape
             diff = [(a, b) for a, b in zip(caption.split(), negative.split()) if a != b]
@@ -93,23 +102,32 @@ def test_shape_negatives_enter_only_the_image_rows():
     near = torch.nn.functional.normalize(z + 0.1, dim=-1)  # negatives close to each image
 
     def fake(x, t, tok, lens):
-        return z, torch.cat([z, near.repeat_interleave(3, dim=0)])[:tok.shape[0]]
+        return z, torch.cat([z, near.repeat_interleave(3, dim=0)])[: tok.shape[0]]
 
     clip.forward = fake
     base = ClipInputs(torch.zeros(2, 3, 16, 16), torch.zeros(2, dtype=torch.long), tokens, torch.tensor([2, 2]))
     plain = clip_loss(clip, base)[0]
 
     def with_negatives(valid):
-        return ClipInputs(base.x_t, base.t, tokens, base.lens, tokens.repeat_interleave(3, dim=0),
-                          torch.full((6,), 2), torch.tensor(valid))
+        return ClipInputs(
+            base.x_t,
+            base.t,
+            tokens,
+            base.lens,
+            tokens.repeat_interleave(3, dim=0),
+            torch.full((6,), 2),
+            torch.tensor(valid),
+        )
 
     hard = clip_loss(clip, with_negatives([[True] * 3] * 2))[0]
     masked = clip_loss(clip, with_negatives([[False] * 3] * 2))[0]
     # image -> text rows gain the negatives' columns; text -> image columns do not change
     logits = 10 * z @ z.T
     i2t = torch.cat([logits, 10 * (z * near).sum(-1, keepdim=True).expand(2, 3)], dim=1)
-    expected = 0.5 * (torch.nn.functional.cross_entropy(i2t, torch.arange(2))
-                      + torch.nn.functional.cross_entropy(logits.T, torch.arange(2)))
+    expected = 0.5 * (
+        torch.nn.functional.cross_entropy(i2t, torch.arange(2))
+        + torch.nn.functional.cross_entropy(logits.T, torch.arange(2))
+    )
     assert hard.item() == pytest.approx(expected.item(), rel=1e-5) and hard > plain
     assert masked.item() == pytest.approx(plain.item(), rel=1e-6)
 
@@ -125,8 +143,7 @@ def test_shape_negatives_config():
 
 
 def test_clip_trains_checkpoints_and_resumes_exactly(tmp_path):
-    full = train(clip_cfg(tmp_path / "full", "max_steps=40", "ckpt.every=20", "optim.lr=2e-3",
-                          "optim.warmup_steps=5"))
+    full = train(clip_cfg(tmp_path / "full", "max_steps=40", "ckpt.every=20", "optim.lr=2e-3", "optim.warmup_steps=5"))
     losses = [m["loss"] for m in read_metrics(tmp_path / "full")]
     assert set(read_metrics(tmp_path / "full")[0]) >= {"loss", "acc_i2t", "acc_t2i", "lr", "grad_norm"}
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10  # it learns
@@ -135,8 +152,9 @@ def test_clip_trains_checkpoints_and_resumes_exactly(tmp_path):
     assert clip.config.image_size == 16 and math.exp(clip.logit_scale.item()) <= 100 + 1e-3
     # the same run stopped at step 20 and resumed gives the same weights
     train(clip_cfg(tmp_path / "split", "max_steps=20", "ckpt.every=20", "optim.lr=2e-3", "optim.warmup_steps=5"))
-    resumed = train(clip_cfg(tmp_path / "split", "max_steps=40", "ckpt.every=20", "optim.lr=2e-3",
-                             "optim.warmup_steps=5"))
+    resumed = train(
+        clip_cfg(tmp_path / "split", "max_steps=40", "ckpt.every=20", "optim.lr=2e-3", "optim.warmup_steps=5")
+    )
     assert resumed.resumed_from is not None
     a = load_clip(full.checkpoint / "model.safetensors").state_dict()
     b = load_clip(resumed.checkpoint / "model.safetensors").state_dict()
@@ -149,9 +167,27 @@ def test_two_process_clip_contrasts_the_global_batch(tmp_path):
 
     from tests.test_train_ddp import _env
 
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-            "-m", "glide_diffusion.cli.main", "train", str(TINY), "--out-dir", str(tmp_path), "--max-steps", "3",
-            "--no-progress", "--set", "batch_size=4", "--set", "log.every=1"]
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        "-m",
+        "glide_diffusion.cli.main",
+        "train",
+        str(TINY),
+        "--out-dir",
+        str(tmp_path),
+        "--max-steps",
+        "3",
+        "--no-progress",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "log.every=1",
+    ]
     for item in TINY_CLIP:
         args += ["--set", item]
     args += ["--set", "loss.clip_shape_negatives=2"]  # their embeddings are gathered too
@@ -172,8 +208,9 @@ def test_clip_timesteps_stay_below_max_timestep():
     assert config.clip.max_timestep == 500
     batch = {"image": torch.zeros(4000, 3, 32, 32), "caption": ["a red circle"] * 4000}
     schedule = make_schedule(config.clip.beta_schedule, config.clip.n_timesteps)
-    inputs = make_clip_inputs(batch, config, schedule, clip_tokenizer_for(config.clip),
-                              torch.Generator().manual_seed(0), torch.device("cpu"))
+    inputs = make_clip_inputs(
+        batch, config, schedule, clip_tokenizer_for(config.clip), torch.Generator().manual_seed(0), torch.device("cpu")
+    )
     assert int(inputs.t.min()) == 0 and int(inputs.t.max()) == 499
 
 
@@ -185,7 +222,7 @@ def _gather_grad_worker(rank: int, init: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     try:
         full = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
-        z = full[4 * rank:4 * (rank + 1)].clone().requires_grad_(True)
+        z = full[4 * rank : 4 * (rank + 1)].clone().requires_grad_(True)
         gathered = _gather(z)
         loss = torch.nn.functional.cross_entropy(gathered @ gathered.T, torch.arange(8))
         loss.backward()
@@ -207,4 +244,4 @@ def test_gathered_rows_carry_the_global_gradient(tmp_path):
         got = torch.load(tmp_path / f"out.{rank}")
         torch.testing.assert_close(got["gathered"], full.detach())
         torch.testing.assert_close(got["loss"], loss.detach())
-        torch.testing.assert_close(got["grad"] / 2, full.grad[4 * rank:4 * (rank + 1)])
+        torch.testing.assert_close(got["grad"] / 2, full.grad[4 * rank : 4 * (rank + 1)])

@@ -25,12 +25,23 @@ def _env():
 
 
 def test_two_processes_then_resume_on_one(tmp_path):
-    args = ["-m", "glide_diffusion.cli.main", "train", str(TINY), "--out-dir", str(tmp_path),
-            "--set", "ckpt.every=2"]
+    args = ["-m", "glide_diffusion.cli.main", "train", str(TINY), "--out-dir", str(tmp_path), "--set", "ckpt.every=2"]
     run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", *args,
-         "--max-steps", "4"],
-        env=_env(), capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            *args,
+            "--max-steps",
+            "4",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     for rank in (0, 1):  # both processes trained

@@ -45,8 +45,13 @@ def _torchrun(*args):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
-    run = subprocess.run(_torchrun(str(ROOT / "tests" / "fsdp_worker.py"), str(out)), env=_env(),
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        _torchrun(str(ROOT / "tests" / "fsdp_worker.py"), str(out)),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     return out
 
@@ -95,8 +100,18 @@ def test_checkpoint_saved_on_two_processes_resumes_on_one(runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(runs / "fsdp", run)
     saved = torch.load(runs / "fsdp-saved.pt", weights_only=True)
-    config = load_config(TINY, [f'out_dir="{run}"', "grad_accum=2", "optim.grad_clip=0.05", "optim.eps=1e-4",
-                                "ema_decay=0.5", 'ckpt.format="dcp"', "max_steps=4"])
+    config = load_config(
+        TINY,
+        [
+            f'out_dir="{run}"',
+            "grad_accum=2",
+            "optim.grad_clip=0.05",
+            "optim.eps=1e-4",
+            "ema_decay=0.5",
+            'ckpt.format="dcp"',
+            "max_steps=4",
+        ],
+    )
     trainer = Trainer(config, messages=lambda _m: None)  # one process, unsharded
     trainer.resume()
     assert trainer.step == 3 and trainer.samples_seen == 24
@@ -112,7 +127,11 @@ def test_checkpoint_saved_on_two_processes_resumes_on_one(runs, tmp_path):
     result = trainer.run()  # continues at the recorded data position, with 1 process
     assert result.step == 4 and result.samples_seen == 24 + 2 * 2
     assert read_metrics(run)[-1] | {"loss": 0} == read_metrics(run)[-1] | {
-        "loss": 0, "step": 4, "samples_seen": 28, "world_size": 1}
+        "loss": 0,
+        "step": 4,
+        "samples_seen": 28,
+        "world_size": 1,
+    }
 
 
 def test_export_gives_glide_sample_the_unsharded_models_outputs(runs, tmp_path):
@@ -126,8 +145,27 @@ def test_export_gives_glide_sample_the_unsharded_models_outputs(runs, tmp_path):
     outputs = []
     for base in (exported, direct):
         out = tmp_path / base.stem
-        assert glide_main(["sample", "a red picture", "--base", str(base), "--upsampler", "none", "--base-steps",
-                           "2", "--npz", "-o", str(out), "--no-progress", "--dtype", "fp32"]) == 0
+        assert (
+            glide_main(
+                [
+                    "sample",
+                    "a red picture",
+                    "--base",
+                    str(base),
+                    "--upsampler",
+                    "none",
+                    "--base-steps",
+                    "2",
+                    "--npz",
+                    "-o",
+                    str(out),
+                    "--no-progress",
+                    "--dtype",
+                    "fp32",
+                ]
+            )
+            == 0
+        )
         (npz,) = out.glob("*.npz")
         outputs.append(np.load(npz))
     assert outputs[0].files == outputs[1].files
@@ -139,13 +177,28 @@ def test_export_gives_glide_sample_the_unsharded_models_outputs(runs, tmp_path):
 
 
 def test_sigkill_while_shards_are_written_keeps_the_previous_step(tmp_path):
-    cmd = _torchrun("-m", "glide_diffusion.cli.main", "train", str(TINY), "--out-dir", str(tmp_path),
-                    "--set", 'dist.strategy="fsdp"', "--set", "ckpt.every=1")
+    cmd = _torchrun(
+        "-m",
+        "glide_diffusion.cli.main",
+        "train",
+        str(TINY),
+        "--out-dir",
+        str(tmp_path),
+        "--set",
+        'dist.strategy="fsdp"',
+        "--set",
+        "ckpt.every=1",
+    )
     first = subprocess.run([*cmd, "--max-steps", "1"], env=_env(), capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr[-3000:]
     # Resumed, it trains step 2, writes its shards, then sleeps before the commit: killed there.
-    proc = subprocess.Popen([*cmd, "--set", "debug.ckpt_sleep=60", "--max-steps", "100"], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [*cmd, "--set", "debug.ckpt_sleep=60", "--max-steps", "100"],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     tmp = tmp_path / "checkpoints" / ".tmp-step_00000002"
     try:
         deadline = time.time() + 120

@@ -60,10 +60,13 @@ def _with_coords(name: str, coords: bool, patch: int = 1) -> ModelConfig:
 
 @pytest.mark.parametrize(
     "source, target, suffix, coords, patch",
-    [("tiny", "tiny-inpaint", ".safetensors", False, 1), ("tiny-upsample", "tiny-upsample-inpaint", ".pt", False, 1),
-     ("tiny", "tiny-inpaint", ".safetensors", True, 1),
-     ("tiny-upsample", "tiny-upsample-inpaint", ".safetensors", True, 1),
-     ("tiny", "tiny-inpaint", ".safetensors", True, 2)],
+    [
+        ("tiny", "tiny-inpaint", ".safetensors", False, 1),
+        ("tiny-upsample", "tiny-upsample-inpaint", ".pt", False, 1),
+        ("tiny", "tiny-inpaint", ".safetensors", True, 1),
+        ("tiny-upsample", "tiny-upsample-inpaint", ".safetensors", True, 1),
+        ("tiny", "tiny-inpaint", ".safetensors", True, 2),
+    ],
 )
 def test_inpainting_start_computes_what_its_source_computes(tmp_path, source, target, suffix, coords, patch):
     source_config, target_config = _with_coords(source, coords, patch), _with_coords(target, coords, patch)
@@ -97,6 +100,7 @@ def test_inpainting_start_computes_what_its_source_computes(tmp_path, source, ta
     assert not torch.equal(inputs["inpaint_mask"][0], inputs["inpaint_mask"][1])
     out = _run(model, inputs, inpaint=True)
     torch.testing.assert_close(out, expected.expand_as(out), atol=1e-5, rtol=1e-5)
+
 
 def test_same_kind_init_is_an_exact_copy(tmp_path):
     src = _perturbed("tiny-inpaint", seed=3)

@@ -237,7 +237,7 @@ def test_coord_channels_give_the_network_its_position():
         plain.load_state_dict(state)
         out_plain = plain(x, torch.tensor([500]), tokens=tokens, mask=torch.ones_like(tokens, dtype=torch.bool))
     c = s // 2
-    centre, centre_plain = out[0, :, c - 1:c + 1, c - 1:c + 1], out_plain[0, :, c - 1:c + 1, c - 1:c + 1]
+    centre, centre_plain = out[0, :, c - 1 : c + 1, c - 1 : c + 1], out_plain[0, :, c - 1 : c + 1, c - 1 : c + 1]
     assert (centre.std(dim=(1, 2)) > 1e-3).all()
     assert not torch.allclose(centre, centre_plain)
 
@@ -340,13 +340,15 @@ def test_embed_channels_widens_the_timestep_embedding_only():
     assert wide.keys() == plain.keys()
     changed = {k for k in wide if wide[k].shape != plain[k].shape}
     # the embedding MLP, the caption projections into it, and each ResBlock's reading of it
-    assert changed and all(k.startswith(("time_embed", "transformer_proj")) or ".emb_layers." in k
-                           for k in changed), sorted(changed)
+    assert changed and all(k.startswith(("time_embed", "transformer_proj")) or ".emb_layers." in k for k in changed), (
+        sorted(changed)
+    )
     assert wide["time_embed.2.weight"].shape == (cfg.time_embed_dim, cfg.time_embed_dim)
     s = cfg.image_size
     tokens = torch.randint(0, 256, (2, cfg.text.context_length))
-    out = GlideUNet(cfg)(torch.randn(2, 3, s, s), torch.tensor([10, 900]), tokens=tokens,
-                         mask=torch.ones_like(tokens, dtype=torch.bool))
+    out = GlideUNet(cfg)(
+        torch.randn(2, 3, s, s), torch.tensor([10, 900]), tokens=tokens, mask=torch.ones_like(tokens, dtype=torch.bool)
+    )
     assert out.shape == (2, 6, s, s)
 
 
@@ -366,14 +368,18 @@ def test_reduced_precision_keeps_the_residual_stream_and_the_edges_in_float32():
     def record(name):
         def hook(module, inputs, output):
             dtypes[name] = output.dtype
+
         return hook
 
     watched = {n: m for n, m in model.named_modules() if isinstance(m, (ResBlock, AttentionBlock))}
-    hooks = [m.register_forward_hook(record(n))
-             for n, m in {**watched, "time_embed": model.time_embed, "out": model.out}.items()]
+    hooks = [
+        m.register_forward_hook(record(n))
+        for n, m in {**watched, "time_embed": model.time_embed, "out": model.out}.items()
+    ]
     with torch.no_grad():
-        text = model.encode_text(tokens[:, : model.config.text.context_length],
-                                 mask[:, : model.config.text.context_length])
+        text = model.encode_text(
+            tokens[:, : model.config.text.context_length], mask[:, : model.config.text.context_length]
+        )
         ref = model(x, t, text=text)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(x, t, text=text.kv_to(torch.bfloat16))
@@ -402,10 +408,16 @@ def test_clause_words_give_the_second_clause_its_own_bag_of_words():
     plain = GlideUNet(bow).eval()
     missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
     assert missing == [] and unexpected == ["clause_bag_of_words.weight"]
-    captions = ["a red circle to the left of a blue star", "a blue circle to the left of a red star",
-                "a red star above a blue circle", "a red circle", ""]
-    tokens, mask = map(torch.tensor, zip(*(tok.padded_tokens_and_mask(tok.encode(c), text.context_length)
-                                           for c in captions)))
+    captions = [
+        "a red circle to the left of a blue star",
+        "a blue circle to the left of a red star",
+        "a red star above a blue circle",
+        "a red circle",
+        "",
+    ]
+    tokens, mask = map(
+        torch.tensor, zip(*(tok.padded_tokens_and_mask(tok.encode(c), text.context_length) for c in captions))
+    )
     with torch.no_grad():
         # Zero-initialised: grown from a plain bag, the model starts unchanged.
         torch.testing.assert_close(model.encode_text(tokens, mask).xf_proj, plain.encode_text(tokens, mask).xf_proj)

@@ -13,8 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).parent
-NAMES = ("shapes-base", "shapes-upsample", "shapes-inpaint", "shapes-upsample-inpaint", "shapes-clip",
-         "shapes-clip-rerank")
+NAMES = (
+    "shapes-base",
+    "shapes-upsample",
+    "shapes-inpaint",
+    "shapes-upsample-inpaint",
+    "shapes-clip",
+    "shapes-clip-rerank",
+)
 
 
 def bundled_path(name: str) -> Path:

@@ -19,13 +19,12 @@ from ..presets import PRESETS
 # "glide": the released GLIDE (filtered) weights (downloaded into the cache on first use).
 FAMILIES = {
     "text2im": {"shapes": ("shapes-base", "shapes-upsample"), "glide": ("base", "upsample")},
-    "inpaint": {"shapes": ("shapes-inpaint", "shapes-upsample-inpaint"),
-                "glide": ("base-inpaint", "upsample-inpaint")},
+    "inpaint": {"shapes": ("shapes-inpaint", "shapes-upsample-inpaint"), "glide": ("base-inpaint", "upsample-inpaint")},
 }
 
 
 def default_family(task: str) -> str:
-    """"shapes" where this installation ships both of the task's Shapes models, else "glide"."""
+    """ "shapes" where this installation ships both of the task's Shapes models, else "glide"."""
     return "shapes" if set(FAMILIES[task]["shapes"]) <= set(bundled.available()) else "glide"
 
 
@@ -33,18 +32,34 @@ def add_model_args(p: argparse.ArgumentParser, task: str) -> None:
     choices = FAMILIES[task]
     listing = "; ".join(f"{k}: {b} + {u}" for k, (b, u) in choices.items())
     default = default_family(task)
-    p.add_argument("--models", choices=sorted(choices), default=default,
-                   help=f"model family ({listing}); default: {default} (shapes where both are bundled)")
-    p.add_argument("--base", default=None,
-                   help="base model: a released or bundled name, or a checkpoint path (default: from --models)")
-    p.add_argument("--upsampler", default=None,
-                   help="upsampler: a released or bundled name, a path, or 'none' (default: from --models)")
+    p.add_argument(
+        "--models",
+        choices=sorted(choices),
+        default=default,
+        help=f"model family ({listing}); default: {default} (shapes where both are bundled)",
+    )
+    p.add_argument(
+        "--base",
+        default=None,
+        help="base model: a released or bundled name, or a checkpoint path (default: from --models)",
+    )
+    p.add_argument(
+        "--upsampler",
+        default=None,
+        help="upsampler: a released or bundled name, a path, or 'none' (default: from --models)",
+    )
     presets = sorted(PRESETS)
-    p.add_argument("--config", choices=presets, default=None, metavar="PRESET",
-                   help="the base model's preset, for a .pt state dict that does not record its configuration "
-                        f"({', '.join(presets)})")
-    p.add_argument("--up-config", choices=presets, default=None, metavar="PRESET",
-                   help="the upsampler's preset, likewise")
+    p.add_argument(
+        "--config",
+        choices=presets,
+        default=None,
+        metavar="PRESET",
+        help="the base model's preset, for a .pt state dict that does not record its configuration "
+        f"({', '.join(presets)})",
+    )
+    p.add_argument(
+        "--up-config", choices=presets, default=None, metavar="PRESET", help="the upsampler's preset, likewise"
+    )
     p.set_defaults(model_task=task)
 
 
@@ -55,9 +70,14 @@ def resolve_models(args: argparse.Namespace) -> None:
     args.upsampler = args.upsampler or upsampler
 
 
-def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings | None = None, up: StageSettings | None = None,
-                      recipes: dict[str, tuple[StageSettings, StageSettings]] | None = None,
-                      model_recipes: dict[str, str] | None = None, outputs: bool = True) -> None:
+def add_sampling_args(
+    p: argparse.ArgumentParser,
+    base: StageSettings | None = None,
+    up: StageSettings | None = None,
+    recipes: dict[str, tuple[StageSettings, StageSettings]] | None = None,
+    model_recipes: dict[str, str] | None = None,
+    outputs: bool = True,
+) -> None:
     """The sampling options, defaulting to the ``base`` and ``up`` settings; or, with ``recipes``
     (name -> (base, upsampler) settings, the first the default), a ``--recipe`` option that
     gives the settings the per-stage options leave unset; ``model_recipes`` (base model name ->
@@ -70,9 +90,12 @@ def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings | None = N
         names = list(recipes)
         listing = "; ".join(f"{n}: {_describe(*recipes[n])}" for n in names)
         own = "".join(f"{r} for {m}, " for m, r in (model_recipes or {}).items())
-        p.add_argument("--recipe", choices=names, default=None,
-                       help=f"sampling settings the options below override ({listing}; default: {own}"
-                            f"else {names[0]})")
+        p.add_argument(
+            "--recipe",
+            choices=names,
+            default=None,
+            help=f"sampling settings the options below override ({listing}; default: {own}else {names[0]})",
+        )
         p.set_defaults(recipes=recipes, model_recipes=model_recipes or {})
 
     def value(settings: StageSettings | None, field: str) -> tuple:
@@ -90,38 +113,66 @@ def add_sampling_args(p: argparse.ArgumentParser, base: StageSettings | None = N
     un, un_help = value(up, "steps")
     ut, ut_help = value(up, "temperature")
     ug, ug_help = value(up, "guidance_scale")
-    p.add_argument("-g", "--guidance-scale", type=float, default=g,
-                   help=f"classifier-free guidance scale of the base stage (default: {g_help})")
-    p.add_argument("--guidance-interval", type=_interval, default=gi, metavar="LO,HI",
-                   help="guide only the base steps with t in [LO*T, HI*T], fractions of the T diffusion "
-                        "steps (e.g. 0.2,0.8; 0,1 = every step); the others run the conditional model alone, "
-                        f"at half the cost (default: {gi_help})")
+    p.add_argument(
+        "-g",
+        "--guidance-scale",
+        type=float,
+        default=g,
+        help=f"classifier-free guidance scale of the base stage (default: {g_help})",
+    )
+    p.add_argument(
+        "--guidance-interval",
+        type=_interval,
+        default=gi,
+        metavar="LO,HI",
+        help="guide only the base steps with t in [LO*T, HI*T], fractions of the T diffusion "
+        "steps (e.g. 0.2,0.8; 0,1 = every step); the others run the conditional model alone, "
+        f"at half the cost (default: {gi_help})",
+    )
     p.add_argument("--base-sampler", default=bs, help=f"ddpm, ddim or dpm++2m (default: {bs_help})")
     p.add_argument("--base-steps", default=bn, help=f"respacing, e.g. 100, 50, ddim25 (default: {bn_help})")
     p.add_argument("--up-sampler", default=us, help=f"ddpm, ddim or dpm++2m (default: {us_help})")
     p.add_argument("--up-steps", default=un, help=f"(default: {un_help})")
-    p.add_argument("--up-temperature", type=float, default=ut,
-                   help=f"scale of the upsampler's initial noise (default: {ut_help})")
-    p.add_argument("--up-guidance-scale", type=float, default=ug,
-                   help=f"classifier-free guidance scale of the upsampler (1 = conditional only; default: {ug_help})")
-    p.add_argument("--negative", default=None, metavar="TEXT",
-                   help="negative prompt: replaces the empty caption of classifier-free guidance, so the images "
-                        "move away from TEXT (every guided stage; default: the empty caption)")
+    p.add_argument(
+        "--up-temperature", type=float, default=ut, help=f"scale of the upsampler's initial noise (default: {ut_help})"
+    )
+    p.add_argument(
+        "--up-guidance-scale",
+        type=float,
+        default=ug,
+        help=f"classifier-free guidance scale of the upsampler (1 = conditional only; default: {ug_help})",
+    )
+    p.add_argument(
+        "--negative",
+        default=None,
+        metavar="TEXT",
+        help="negative prompt: replaces the empty caption of classifier-free guidance, so the images "
+        "move away from TEXT (every guided stage; default: the empty caption)",
+    )
     if outputs:
         p.add_argument("-o", "--output", default="samples", help="output folder (default: ./samples)")
-        p.add_argument("--overwrite", action="store_true",
-                       help="replace files of the same name in the output folder (default: never; a name in use "
-                            "gets a counter)")
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace files of the same name in the output folder (default: never; a name in use gets a counter)",
+        )
         p.add_argument("--npz", action="store_true", help="also write all images to samples.npz in the output folder")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
-                   help="model precision; auto: bf16 on CPUs with native bf16, fp16 on CUDA, else fp32 "
-                        "(default: auto)")
-    p.add_argument("--compile", action="store_true",
-                   help="sample through torch.compile: each step faster, after a minute or two of building "
-                        "kernels per stage; pays for many images, not one (docs/results.md)")
-    p.add_argument("--cache-dir", default=None,
-                   help="where released files live (default: $GLIDE_CACHE_DIR or the user cache)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_CHOICES,
+        help="model precision; auto: bf16 on CPUs with native bf16, fp16 on CUDA, else fp32 (default: auto)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="sample through torch.compile: each step faster, after a minute or two of building "
+        "kernels per stage; pays for many images, not one (docs/results.md)",
+    )
+    p.add_argument(
+        "--cache-dir", default=None, help="where released files live (default: $GLIDE_CACHE_DIR or the user cache)"
+    )
     p.add_argument("--no-download", action="store_true", help="never download missing released files")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -141,8 +192,10 @@ def _describe(base: StageSettings, up: StageSettings) -> str:
     interval = base.guidance_interval
     guided = "" if interval is None else " guided for t in [{:g}, {:g}] T".format(*interval)
     best = f", best of {base.candidates} by CLIP" if base.candidates > 1 else ""
-    return (f"base {base.sampler} {base.steps} at guidance {base.guidance_scale:g}{guided}{best}, "
-            f"upsampler {up.sampler} {up.steps}")
+    return (
+        f"base {base.sampler} {base.steps} at guidance {base.guidance_scale:g}{guided}{best}, "
+        f"upsampler {up.sampler} {up.steps}"
+    )
 
 
 def stage_settings(args: argparse.Namespace) -> tuple[StageSettings, StageSettings]:
@@ -155,16 +208,38 @@ def stage_settings(args: argparse.Namespace) -> tuple[StageSettings, StageSettin
         def given(**kw: object) -> dict[str, object]:
             return {k: v for k, v in kw.items() if v is not None}
 
-        return (dataclasses.replace(base, **given(sampler=args.base_sampler, steps=args.base_steps,
-                                                  guidance_scale=args.guidance_scale,
-                                                  guidance_interval=args.guidance_interval,
-                                                  candidates=getattr(args, "candidates", None))),
-                dataclasses.replace(up, **given(sampler=args.up_sampler, steps=args.up_steps,
-                                                guidance_scale=args.up_guidance_scale,
-                                                temperature=args.up_temperature)))
-    return (StageSettings(args.base_sampler, args.base_steps, args.guidance_scale, 1.0,
-                          guidance_interval=args.guidance_interval, candidates=_given(args, "candidates", 1)),
-            StageSettings(args.up_sampler, args.up_steps, args.up_guidance_scale, args.up_temperature))
+        return (
+            dataclasses.replace(
+                base,
+                **given(
+                    sampler=args.base_sampler,
+                    steps=args.base_steps,
+                    guidance_scale=args.guidance_scale,
+                    guidance_interval=args.guidance_interval,
+                    candidates=getattr(args, "candidates", None),
+                ),
+            ),
+            dataclasses.replace(
+                up,
+                **given(
+                    sampler=args.up_sampler,
+                    steps=args.up_steps,
+                    guidance_scale=args.up_guidance_scale,
+                    temperature=args.up_temperature,
+                ),
+            ),
+        )
+    return (
+        StageSettings(
+            args.base_sampler,
+            args.base_steps,
+            args.guidance_scale,
+            1.0,
+            guidance_interval=args.guidance_interval,
+            candidates=_given(args, "candidates", 1),
+        ),
+        StageSettings(args.up_sampler, args.up_steps, args.up_guidance_scale, args.up_temperature),
+    )
 
 
 def _given(args: argparse.Namespace, name: str, default):
@@ -188,8 +263,9 @@ def load_clip_option(args: argparse.Namespace, choice: str, device):
     tokenizer and name, with the command's cache and download options."""
     from ..clip.loading import load_clip_and_tokenizer
 
-    clip, tokenizer = load_clip_and_tokenizer(choice, device=device, cache_dir=args.cache_dir,
-                                              download=not args.no_download)
+    clip, tokenizer = load_clip_and_tokenizer(
+        choice, device=device, cache_dir=args.cache_dir, download=not args.no_download
+    )
     return clip, tokenizer, choice
 
 
@@ -219,12 +295,22 @@ def device_arg(args: argparse.Namespace):
 
 # The option each library setting comes from (pipelines.stage.SettingError.name), for error messages.
 OPTIONS = {
-    "num_images": "-n/--num-images", "seed": "--seed", "batch_size": "--batch-size", "dtype": "--dtype",
-    "rerank": "--rerank", "clip_guidance_scale": "--clip-guidance-scale", "strength": "--strength",
-    "base.sampler": "--base-sampler", "base.steps": "--base-steps", "base.guidance_scale": "-g/--guidance-scale",
-    "base.guidance_interval": "--guidance-interval", "base.candidates": "--candidates",
-    "upsample.sampler": "--up-sampler", "upsample.steps": "--up-steps",
-    "upsample.guidance_scale": "--up-guidance-scale", "upsample.temperature": "--up-temperature",
+    "num_images": "-n/--num-images",
+    "seed": "--seed",
+    "batch_size": "--batch-size",
+    "dtype": "--dtype",
+    "rerank": "--rerank",
+    "clip_guidance_scale": "--clip-guidance-scale",
+    "strength": "--strength",
+    "base.sampler": "--base-sampler",
+    "base.steps": "--base-steps",
+    "base.guidance_scale": "-g/--guidance-scale",
+    "base.guidance_interval": "--guidance-interval",
+    "base.candidates": "--candidates",
+    "upsample.sampler": "--up-sampler",
+    "upsample.steps": "--up-steps",
+    "upsample.guidance_scale": "--up-guidance-scale",
+    "upsample.temperature": "--up-temperature",
 }
 
 
@@ -276,11 +362,26 @@ def write_outputs(result, args: argparse.Namespace, suffix: str = "") -> list[Pa
     from ..pipelines.output import save_npz, save_samples
 
     def save(folder: Path) -> list[Path]:
-        paths = save_samples(result.images, result.prompts, result.seeds, result.settings, folder, suffix=suffix,
-                             overwrite=args.overwrite)
+        paths = save_samples(
+            result.images,
+            result.prompts,
+            result.seeds,
+            result.settings,
+            folder,
+            suffix=suffix,
+            overwrite=args.overwrite,
+        )
         if args.npz:
-            paths.append(save_npz(folder / "samples.npz", result.images, result.prompts, result.seeds,
-                                  result.settings, overwrite=args.overwrite))
+            paths.append(
+                save_npz(
+                    folder / "samples.npz",
+                    result.images,
+                    result.prompts,
+                    result.seeds,
+                    result.settings,
+                    overwrite=args.overwrite,
+                )
+            )
         return paths
 
     try:

@@ -16,8 +16,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", help="a checkpoint folder (runs/X/checkpoints/step_N) or a run folder (its newest)")
     p.add_argument("out", help="the .safetensors file to write")
-    p.add_argument("--weights", choices=("ema", "model"), default="ema",
-                   help="ema (default: the ones to sample with) or the raw training weights")
+    p.add_argument(
+        "--weights",
+        choices=("ema", "model"),
+        default="ema",
+        help="ema (default: the ones to sample with) or the raw training weights",
+    )
     return p
 
 

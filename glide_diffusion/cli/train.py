@@ -20,22 +20,41 @@ def build_parser() -> argparse.ArgumentParser:
         "Several processes: torchrun --nproc_per_node N -m glide_diffusion.cli.main train CONFIG",
     )
     p.add_argument("config", help="TOML config file (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field by its dotted path, e.g. --set optim.lr=1e-4 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field by its dotted path, e.g. --set optim.lr=1e-4 (repeatable)",
+    )
     p.add_argument("--out-dir", type=_non_empty, help="same as --set out_dir=DIR")
     p.add_argument("--max-steps", type=_positive_int, help="same as --set max_steps=N")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
-    p.add_argument("--plan", action="store_true",
-                   help="print per-GPU memory (DDP and FSDP, with and without activation checkpointing) and the "
-                   "expected steps/s, then exit; nothing is allocated")
-    p.add_argument("--world-size", type=_positive_int, default=None, metavar="N",
-                   help="--plan: the number of GPUs (default: torchrun's WORLD_SIZE, else 1)")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print per-GPU memory (DDP and FSDP, with and without activation checkpointing) and the "
+        "expected steps/s, then exit; nothing is allocated",
+    )
+    p.add_argument(
+        "--world-size",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="--plan: the number of GPUs (default: torchrun's WORLD_SIZE, else 1)",
+    )
     p.add_argument("--gpu-memory", default=None, metavar="SIZE", help="--plan: memory of one GPU, e.g. 80GB")
-    p.add_argument("--peak-tflops", type=float, default=312.0,
-                   help="--plan: one GPU's dense rate in the compute dtype (default 312: an A100's bf16)")
-    p.add_argument("--utilisation", type=float, default=0.4,
-                   help="--plan: the share of that rate a step reaches (default 0.4)")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=312.0,
+        help="--plan: one GPU's dense rate in the compute dtype (default 312: an A100's bf16)",
+    )
+    p.add_argument(
+        "--utilisation", type=float, default=0.4, help="--plan: the share of that rate a step reaches (default 0.4)"
+    )
     return p
 
 
@@ -66,8 +85,11 @@ def main(argv: Sequence[str]) -> int:
     except ModuleNotFoundError as e:
         if (e.name or "").partition(".")[0] not in TRAIN_PACKAGES:
             raise
-        print(f"glide train: error: training needs {e.name!r}, which is not installed; "
-              f"install the training extras: {TRAIN_INSTALL}", file=sys.stderr)
+        print(
+            f"glide train: error: training needs {e.name!r}, which is not installed; "
+            f"install the training extras: {TRAIN_INSTALL}",
+            file=sys.stderr,
+        )
         return 2
 
 

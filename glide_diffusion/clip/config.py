@@ -47,9 +47,20 @@ class ClipConfig:
     bag_of_words: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("n_timesteps", "image_size", "patch_size", "n_vocab", "max_text_len", "n_embd",
-                     "n_head_state_text", "n_head_text", "n_xf_blocks_text",
-                     "n_head_state_image", "n_head_image", "n_xf_blocks_image"):
+        for name in (
+            "n_timesteps",
+            "image_size",
+            "patch_size",
+            "n_vocab",
+            "max_text_len",
+            "n_embd",
+            "n_head_state_text",
+            "n_head_text",
+            "n_xf_blocks_text",
+            "n_head_state_image",
+            "n_head_image",
+            "n_xf_blocks_image",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"ClipConfig.{name} must be a positive integer, got {value!r}")
@@ -60,8 +71,9 @@ class ClipConfig:
         if self.tokenizer not in ("clip", "shapes"):
             raise ValueError(f"ClipConfig.tokenizer must be 'clip' or 'shapes', got {self.tokenizer!r}")
         if not isinstance(self.max_timestep, int) or not 0 <= self.max_timestep <= self.n_timesteps:
-            raise ValueError(f"ClipConfig.max_timestep must be 0 (all) or in 1..{self.n_timesteps}, "
-                             f"got {self.max_timestep!r}")
+            raise ValueError(
+                f"ClipConfig.max_timestep must be 0 (all) or in 1..{self.n_timesteps}, got {self.max_timestep!r}"
+            )
         if not isinstance(self.bag_of_words, bool):
             raise ValueError(f"ClipConfig.bag_of_words must be true or false, got {self.bag_of_words!r}")
         if not self.logit_scale > 0:
@@ -105,19 +117,37 @@ CLIP_PRESETS: dict[str, ClipConfig] = {
     # For tests and small experiments: 16 px images (17 image tokens), 16-token text, the
     # full CLIP BPE vocabulary (49408 ids) so the real tokenizer can feed it.
     "tiny": ClipConfig(
-        image_size=16, patch_size=4, n_vocab=49408, max_text_len=16, n_embd=16,
-        n_head_state_text=8, n_head_text=2, n_xf_blocks_text=2,
-        n_head_state_image=8, n_head_image=2, n_xf_blocks_image=2,
+        image_size=16,
+        patch_size=4,
+        n_vocab=49408,
+        max_text_len=16,
+        n_embd=16,
+        n_head_state_text=8,
+        n_head_text=2,
+        n_xf_blocks_text=2,
+        n_head_state_image=8,
+        n_head_image=2,
+        n_xf_blocks_image=2,
     ),
     # The bundled Shapes CLIP: 32 px images (8x8 patches of 4 px + the timestep token), the
     # Shapes word tokenizer, 4+4 blocks of width 128 (~1.7 M parameters); the same noise
     # schedule as the Shapes base model it guides. Trained on t < 500 only: on that schedule a
     # 32 px Shapes image is pure noise above t ~ 600 (docs/results.md, "The noised CLIPs").
     "shapes": ClipConfig(
-        image_size=32, patch_size=4, n_vocab=296, max_text_len=24, n_embd=128,
-        n_head_state_text=32, n_head_text=4, n_xf_blocks_text=4,
-        n_head_state_image=32, n_head_image=4, n_xf_blocks_image=4, tokenizer="shapes",
-        beta_schedule="linear", max_timestep=500,
+        image_size=32,
+        patch_size=4,
+        n_vocab=296,
+        max_text_len=24,
+        n_embd=128,
+        n_head_state_text=32,
+        n_head_text=4,
+        n_xf_blocks_text=4,
+        n_head_state_image=32,
+        n_head_image=4,
+        n_xf_blocks_image=4,
+        tokenizer="shapes",
+        beta_schedule="linear",
+        max_timestep=500,
     ),
 }
 

@@ -138,7 +138,10 @@ def _resolve(source: str | os.PathLike, cache_dir: str | os.PathLike | None) -> 
 
 
 def load_clip_and_tokenizer(
-    name: str, *, device: torch.device | str = "cpu", cache_dir: str | os.PathLike | None = None,
+    name: str,
+    *,
+    device: torch.device | str = "cpu",
+    cache_dir: str | os.PathLike | None = None,
     download: bool = True,
 ) -> tuple[NoisedClip, ClipTokenizer]:
     """A noised CLIP by name and its tokenizer: ``"released"`` (GLIDE's, its two towers fetched

@@ -104,7 +104,7 @@ class AttentionResblock(nn.Module):
     def forward(self, m: torch.Tensor) -> torch.Tensor:
         B, L, _ = m.shape
         r = self.ln(m)
-        scale = self.n_head_state ** -0.25  # applied to q and k each, as the official code does
+        scale = self.n_head_state**-0.25  # applied to q and k each, as the official code does
 
         def heads(x: torch.Tensor) -> torch.Tensor:  # (B, L, H*D) -> (B, H, L, D), head-major channels
             return x.view(B, L, self.n_head, self.n_head_state).transpose(1, 2)
@@ -159,9 +159,9 @@ class ImageEmbedding(nn.Module):
         super().__init__()
         self.image_size, self.patch_size = image_size, patch_size
         n_patch = image_size // patch_size
-        self.w_t = _normal(n_timesteps, n_state, std=n_state ** -0.5)
+        self.w_t = _normal(n_timesteps, n_state, std=n_state**-0.5)
         self.patch_proj = _normal(n_state, 3, patch_size, patch_size, std=math.sqrt(2 / (n_state * patch_size**2)))
-        self.w_pos = _normal(1 + n_patch**2, n_state, std=n_state ** -0.5)
+        self.w_pos = _normal(1 + n_patch**2, n_state, std=n_state**-0.5)
         self.ln = LayerNorm(n_state)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -205,8 +205,7 @@ class FeatureExtractor(nn.Module):
 
 def _blocks(n_blocks: int, n_state: int, n_head: int, n_head_state: int, causal: bool) -> dict[str, nn.Module]:
     return {
-        f"block_{i}": TransformerBlock(n_state, n_head, n_head_state, 2 * n_blocks, causal)
-        for i in range(n_blocks)
+        f"block_{i}": TransformerBlock(n_state, n_head, n_head_state, 2 * n_blocks, causal) for i in range(n_blocks)
     }
 
 
@@ -252,8 +251,7 @@ class TextEncoder(nn.Module):
         if self.bag_of_words is not None:
             nn.init.normal_(self.bag_of_words.weight, std=0.02)
 
-    def forward(self, tokens: torch.Tensor, lens: torch.Tensor, *,
-                return_probe_features: bool = False) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, lens: torch.Tensor, *, return_probe_features: bool = False) -> torch.Tensor:
         if tokens.ndim != 2 or tokens.shape[1] > self.max_text_len:
             raise ValueError(f"expected tokens (B, L <= {self.max_text_len}), got {tuple(tokens.shape)}")
         lens = torch.as_tensor(lens, device=tokens.device).long()
@@ -295,8 +293,9 @@ class NoisedClip(nn.Module):
         """Unit embeddings (B, n_embd) of padded CLIP tokens (B, L) with lengths (B,)."""
         return normalize_embeddings(self.text_encoder(tokens, lens))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor,
-                lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor, lens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit image and text embeddings ``(z_image, z_text)``, each (B, n_embd) (training)."""
         return self.image_embeddings(x, t), self.text_embeddings(tokens, lens)
 

@@ -195,8 +195,9 @@ def clip_tokenizer_for(config, vocab_dir: str | os.PathLike[str] | None = None):
     tokenizer = ClipWordTokenizer() if config.tokenizer == "shapes" else load_clip_tokenizer(vocab_dir)
     # The released config says 65536 rows for CLIP's 49408 ids; more rows than ids is fine.
     if tokenizer.n_vocab > config.n_vocab:
-        raise ValueError(f"the {config.tokenizer!r} tokenizer has {tokenizer.n_vocab} ids but the CLIP's "
-                         f"n_vocab is {config.n_vocab}")
+        raise ValueError(
+            f"the {config.tokenizer!r} tokenizer has {tokenizer.n_vocab} ids but the CLIP's n_vocab is {config.n_vocab}"
+        )
     return tokenizer
 
 
@@ -276,5 +277,4 @@ def clip_tokenize_batch(
         row, n = tokenizer.padded_tokens_and_len(tokenizer.encode(prompt), text_ctx)
         rows.append(row)
         lens.append(n)
-    return (torch.tensor(rows, dtype=torch.long).reshape(len(rows), text_ctx),
-            torch.tensor(lens, dtype=torch.long))
+    return (torch.tensor(rows, dtype=torch.long).reshape(len(rows), text_ctx), torch.tensor(lens, dtype=torch.long))

@@ -111,8 +111,15 @@ def build_dataset(
         w = cfg.shapes_warmup
         if cfg.shapes_two_objects is not None:
             common["two_object_prob"] = cfg.shapes_two_objects
-        return ShapesDataset(split=cfg.split, resolution=resolution, warmup_images=w.images,
-                             warmup_replay=w.replay, warmup=w.scene(), warmup_then=w.later_phases(), **common)
+        return ShapesDataset(
+            split=cfg.split,
+            resolution=resolution,
+            warmup_images=w.images,
+            warmup_replay=w.replay,
+            warmup=w.scene(),
+            warmup_then=w.later_phases(),
+            **common,
+        )
     if cfg.kind == "synthetic":
         from .synthetic import SyntheticDataset
 
@@ -126,8 +133,12 @@ def build_dataset(
         from .folder import ManifestDataset
 
         return ManifestDataset(
-            _require_path(cfg), resolution, image_root=cfg.image_root,
-            image_column=cfg.image_column, caption_column=cfg.caption_column, **files,
+            _require_path(cfg),
+            resolution,
+            image_root=cfg.image_root,
+            image_column=cfg.image_column,
+            caption_column=cfg.caption_column,
+            **files,
         )
     if cfg.kind == "webdataset":
         from .webdataset import WebDatasetShards

@@ -157,8 +157,13 @@ class IndexedImageDataset(IterableDataset):
             self.stats.note(exn.reason, str(exn))
             return None
         out = decode_item(
-            src, caption, resolution=self.resolution, stats=self.stats, detail=key,
-            low_res=self.low_res, flip=self.random_flip and flip_coin(self.seed, n),
+            src,
+            caption,
+            resolution=self.resolution,
+            stats=self.stats,
+            detail=key,
+            low_res=self.low_res,
+            flip=self.random_flip and flip_coin(self.seed, n),
             max_pixels=self.max_pixels,
         )
         if out is not None:
@@ -246,9 +251,7 @@ def pick_column(rows: list[dict], wanted: str | None, candidates: Sequence[str],
     for name in options:
         if name in columns:
             return name
-    raise ValueError(
-        f"manifest {path} has no {role} column (looked for {options}; columns are {sorted(columns)})"
-    )
+    raise ValueError(f"manifest {path} has no {role} column (looked for {options}; columns are {sorted(columns)})")
 
 
 def _join(root: str, rel: str) -> str:

@@ -63,7 +63,9 @@ class SkipStats(Counter):
             self._logged.add(reason)
             logger.warning(
                 "data: %s (%s); further '%s' events are only counted in dataset.stats",
-                reason, detail, reason,
+                reason,
+                detail,
+                reason,
             )
 
 
@@ -182,9 +184,7 @@ def resize_center_crop(img: Image.Image, resolution: int) -> Image.Image:
     box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
     if side == resolution and w == h:
         return img
-    return img.resize(
-        (resolution, resolution), Image.Resampling.BICUBIC, box=box, reducing_gap=REDUCING_GAP
-    )
+    return img.resize((resolution, resolution), Image.Resampling.BICUBIC, box=box, reducing_gap=REDUCING_GAP)
 
 
 def downsample(img: Image.Image, size: int) -> Image.Image:

@@ -51,11 +51,35 @@ from glide_diffusion.data.shapes_scene import (
 )
 
 __all__ = [
-    "ALL_PAIRS", "BACKGROUNDS", "COLOURS", "HELD_OUT_PAIRS", "POSITIONS", "RELATIONS", "SHAPES",
-    "SIZES", "SPLITS", "TRAIN_PAIRS", "CaptionSpec", "ObjectSpec", "Scene", "ShapeObject",
-    "ShapesDataset", "article", "box_gap", "image_to_tensor", "object_position", "parse_caption",
-    "relation_holds", "render", "render_array", "sample_caption", "sample_caption_with_mentions",
-    "sample_narrowed_scene", "sample_scene", "sample_with_caption", "test_captions",
+    "ALL_PAIRS",
+    "BACKGROUNDS",
+    "COLOURS",
+    "HELD_OUT_PAIRS",
+    "POSITIONS",
+    "RELATIONS",
+    "SHAPES",
+    "SIZES",
+    "SPLITS",
+    "TRAIN_PAIRS",
+    "CaptionSpec",
+    "ObjectSpec",
+    "Scene",
+    "ShapeObject",
+    "ShapesDataset",
+    "article",
+    "box_gap",
+    "image_to_tensor",
+    "object_position",
+    "parse_caption",
+    "relation_holds",
+    "render",
+    "render_array",
+    "sample_caption",
+    "sample_caption_with_mentions",
+    "sample_narrowed_scene",
+    "sample_scene",
+    "sample_with_caption",
+    "test_captions",
 ]
 
 
@@ -64,8 +88,9 @@ def sample_rng(seed: int, split: str, n: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLITS[split], n])
 
 
-def sample_with_caption(seed: int, split: str, n: int, narrow: Mapping[str, str] | None = None,
-                        two_object_prob: float = TWO_OBJECT_PROB) -> tuple[Scene, str, CaptionSpec]:
+def sample_with_caption(
+    seed: int, split: str, n: int, narrow: Mapping[str, str] | None = None, two_object_prob: float = TWO_OBJECT_PROB
+) -> tuple[Scene, str, CaptionSpec]:
     """Scene, caption and caption spec of global sample ``n`` (no rendering).
 
     ``narrow`` (keys colour, size, background) draws a one-object scene with those attributes
@@ -73,8 +98,11 @@ def sample_with_caption(seed: int, split: str, n: int, narrow: Mapping[str, str]
     ``two_object_prob`` is the share of two-object scenes (the dataset's: 1/3).
     """
     rng = sample_rng(seed, split, n)
-    scene = (sample_scene(rng, split, two_object_prob=two_object_prob) if narrow is None
-             else sample_narrowed_scene(rng, split, **narrow))
+    scene = (
+        sample_scene(rng, split, two_object_prob=two_object_prob)
+        if narrow is None
+        else sample_narrowed_scene(rng, split, **narrow)
+    )
     caption, spec = sample_caption_with_mentions(scene, rng)
     return scene, caption, spec
 
@@ -113,12 +141,22 @@ class ShapesDataset(torch.utils.data.IterableDataset):
     index=int[, low_res=(3, r, r)])``. DataLoader workers split the rank's indices.
     """
 
-    def __init__(self, split: str = "train", resolution: int = 64, seed: int = 0, size: int | None = None,
-                 rank: int = 0, world_size: int = 1, start: int = 0, low_res: int | None = None,
-                 warmup_images: int = 0, warmup: Mapping[str, str | None] | None = None,
-                 warmup_replay: float = 0.0,
-                 warmup_then: Sequence[tuple[int, Mapping[str, str | None]]] = (),
-                 two_object_prob: float = TWO_OBJECT_PROB) -> None:
+    def __init__(
+        self,
+        split: str = "train",
+        resolution: int = 64,
+        seed: int = 0,
+        size: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        start: int = 0,
+        low_res: int | None = None,
+        warmup_images: int = 0,
+        warmup: Mapping[str, str | None] | None = None,
+        warmup_replay: float = 0.0,
+        warmup_then: Sequence[tuple[int, Mapping[str, str | None]]] = (),
+        two_object_prob: float = TWO_OBJECT_PROB,
+    ) -> None:
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
@@ -149,8 +187,12 @@ class ShapesDataset(torch.utils.data.IterableDataset):
     def item(self, n: int) -> dict:
         """The item of global index ``n``."""
         scene, caption, _ = sample_with_caption(self.seed, self.split, n, self.narrowing(n), self.two_object_prob)
-        out = {"image": image_to_tensor(render_array(scene, self.resolution)), "caption": caption,
-               "scene": scene.to_json(), "index": n}
+        out = {
+            "image": image_to_tensor(render_array(scene, self.resolution)),
+            "caption": caption,
+            "scene": scene.to_json(),
+            "index": n,
+        }
         if self.low_res is not None:
             out["low_res"] = image_to_tensor(render_array(scene, self.low_res))
         return out
@@ -161,7 +203,8 @@ class ShapesDataset(torch.utils.data.IterableDataset):
             if n < end:
                 return narrowing
         if self.warmup_replay and (
-                np.random.default_rng([self.seed, SPLITS[self.split], n, 1]).uniform() < self.warmup_replay):
+            np.random.default_rng([self.seed, SPLITS[self.split], n, 1]).uniform() < self.warmup_replay
+        ):
             return self.phases[-1][1]
         return None
 

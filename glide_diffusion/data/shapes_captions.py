@@ -30,7 +30,12 @@ from glide_diffusion.data.shapes_scene import (
 # room for position or background, so the other templates (total 0.9) mention
 # each with p = 5/9, which makes each mentioned half the time overall.
 SINGLE_TEMPLATES: dict[str, float] = {
-    "a": 0.2, "photo": 0.2, "image": 0.2, "that_is": 0.2, "bare": 0.1, "no_colour": 0.1,
+    "a": 0.2,
+    "photo": 0.2,
+    "image": 0.2,
+    "that_is": 0.2,
+    "bare": 0.1,
+    "no_colour": 0.1,
 }
 OPTIONAL_PHRASE_PROB = 5 / 9  # position / background, in templates that allow them
 SIZE_PROB = 0.5
@@ -75,15 +80,14 @@ class CaptionSpec:
         if self.relation is not None and self.relation != scene.relation:
             return False
         for spec, obj in zip(self.objects, scene.objects):
-            actual = {"shape": obj.shape, "colour": obj.colour, "size": obj.size,
-                      "position": object_position(obj)}
+            actual = {"shape": obj.shape, "colour": obj.colour, "size": obj.size, "position": object_position(obj)}
             if any(v is not None and v != actual[k] for k, v in dataclasses.asdict(spec).items()):
                 return False
         return True
 
 
 def article(word: str) -> str:
-    """"an" before a vowel, else "a" (spec: "an orange circle")."""
+    """ "an" before a vowel, else "a" (spec: "an orange circle")."""
     return "an" if word[:1] in "aeiou" else "a"
 
 
@@ -171,8 +175,10 @@ _SINGLE_PATTERNS = {
     "no_colour": f"{_ART}{_SZ}(){_SH}{_TAIL}",
 }
 _SINGLE_ORDER = {"that_is": (0, 1, 3, 2, 4, 5)}
-_TWO_PATTERN = (f"(?:a photo of )?{_ART}{_SZ}{_COL} {_SH} ({_alt(RELATIONS)}) "
-                f"{_ART}{_SZ}{_COL} {_SH}(?: on a ({_alt(BACKGROUNDS)}) background)?")
+_TWO_PATTERN = (
+    f"(?:a photo of )?{_ART}{_SZ}{_COL} {_SH} ({_alt(RELATIONS)}) "
+    f"{_ART}{_SZ}{_COL} {_SH}(?: on a ({_alt(BACKGROUNDS)}) background)?"
+)
 
 
 def _check_article(art: str | None, next_word: str) -> None:

@@ -33,9 +33,15 @@ SIZE_SIDE: dict[str, float] = {"small": 0.22, "large": 0.40}  # s / R before jit
 SIZE_JITTER: tuple[float, float] = (0.9, 1.1)
 # Row-major over the 3x3 grid: POSITIONS[3 * row + col], row 0 = top.
 POSITIONS: tuple[str, ...] = (
-    "in the top left corner", "at the top", "in the top right corner",
-    "on the left", "in the center", "on the right",
-    "in the bottom left corner", "at the bottom", "in the bottom right corner",
+    "in the top left corner",
+    "at the top",
+    "in the top right corner",
+    "on the left",
+    "in the center",
+    "on the right",
+    "in the bottom left corner",
+    "at the bottom",
+    "in the bottom right corner",
 )
 CELL_CENTRES: tuple[float, ...] = (1 / 6, 1 / 2, 5 / 6)
 CELL_JITTER = 0.04  # max |offset| from the cell centre, per axis, in units of R
@@ -44,8 +50,7 @@ RELATION_MIN_OFFSET = 0.25  # primary-axis separation of the centres, strict
 RELATION_MAX_CROSS = 0.15  # cross-axis separation of the centres, strict
 MIN_BOX_GAP = 0.05  # distance between the two boxes
 HELD_OUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
-    {("purple", "star"), ("green", "triangle"), ("orange", "circle"),
-     ("blue", "cross"), ("yellow", "square")}
+    {("purple", "star"), ("green", "triangle"), ("orange", "circle"), ("blue", "cross"), ("yellow", "square")}
 )  # (colour, shape); only ever in the test split
 ALL_PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLOURS for s in SHAPES)
 TRAIN_PAIRS: tuple[tuple[str, str], ...] = tuple(p for p in ALL_PAIRS if p not in HELD_OUT_PAIRS)
@@ -192,14 +197,22 @@ def sample_two_objects(rng: np.random.Generator, pairs) -> tuple[tuple[ShapeObje
 
 def check_narrowing(colour: str | None = None, size: str | None = None, background: str | None = None) -> None:
     """ValueError unless each given attribute is a Shapes colour, size or background name."""
-    for name, value, allowed in (("colour", colour, COLOURS), ("size", size, SIZES),
-                                 ("background", background, BACKGROUNDS)):
+    for name, value, allowed in (
+        ("colour", colour, COLOURS),
+        ("size", size, SIZES),
+        ("background", background, BACKGROUNDS),
+    ):
         if value is not None and value not in allowed:
             raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
 
 
-def sample_narrowed_scene(rng: np.random.Generator, split: str = "train", colour: str | None = None,
-                          size: str | None = None, background: str | None = None) -> Scene:
+def sample_narrowed_scene(
+    rng: np.random.Generator,
+    split: str = "train",
+    colour: str | None = None,
+    size: str | None = None,
+    background: str | None = None,
+) -> Scene:
     """One object with the given attributes fixed and the rest drawn as in :func:`sample_scene`.
 
     The narrowed scenes of a training curriculum (``ShapesDataset(warmup_images=...)``): the
@@ -212,8 +225,12 @@ def sample_narrowed_scene(rng: np.random.Generator, split: str = "train", colour
     return Scene(bg, (sample_single_object(rng, _sample_pair(rng, pairs), size),), None)
 
 
-def sample_scene(rng: np.random.Generator, split: str = "train", n_objects: int | None = None,
-                 two_object_prob: float = TWO_OBJECT_PROB) -> Scene:
+def sample_scene(
+    rng: np.random.Generator,
+    split: str = "train",
+    n_objects: int | None = None,
+    two_object_prob: float = TWO_OBJECT_PROB,
+) -> Scene:
     """Draw a scene: background, then one object (p = 2/3) or two related objects (p = 1/3).
 
     ``n_objects`` forces one or two objects (used for evaluation prompts);

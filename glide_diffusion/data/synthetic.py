@@ -25,8 +25,17 @@ COLOURS = {
 
 
 class SyntheticDataset(IterableDataset):
-    def __init__(self, resolution: int, *, size: int | None = None, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, start: int = 0, low_res: int | None = None):
+    def __init__(
+        self,
+        resolution: int,
+        *,
+        size: int | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        start: int = 0,
+        low_res: int | None = None,
+    ):
         super().__init__()
         self.resolution, self.size, self.seed = resolution, size, seed
         self.rank, self.world_size, self.start, self.low_res = rank, world_size, start, low_res
@@ -39,7 +48,7 @@ class SyntheticDataset(IterableDataset):
         image = torch.tensor(COLOURS[name]).view(3, 1, 1).expand(3, r, r).clone()
         s = max(1, r // 4)
         y, x = torch.randint(0, r - s + 1, (2,), generator=g).tolist()
-        image[:, y:y + s, x:x + s] = 0.9
+        image[:, y : y + s, x : x + s] = 0.9
         image = (image + 0.05 * torch.randn(3, r, r, generator=g)).clamp(-1, 1)
         item = {"image": image, "caption": f"a {name} picture"}
         if self.low_res:
@@ -51,4 +60,3 @@ class SyntheticDataset(IterableDataset):
         while True:
             yield self.item(index)
             index += self.world_size
-

@@ -216,8 +216,14 @@ class WebDatasetShards(IterableDataset):
             self.stats.note(reason, detail)
             return None
         item = decode_item(
-            image, caption, resolution=self.resolution, stats=self.stats, detail=detail,
-            low_res=self.low_res, flip=flip, max_pixels=self.max_pixels,
+            image,
+            caption,
+            resolution=self.resolution,
+            stats=self.stats,
+            detail=detail,
+            low_res=self.low_res,
+            flip=flip,
+            max_pixels=self.max_pixels,
         )
         if item is not None:
             item.update(key=key, url=url)

@@ -105,7 +105,7 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
             return list(range(num_timesteps))
         if spec.startswith("ddim"):
             try:
-                count = int(spec[len("ddim"):])
+                count = int(spec[len("ddim") :])
             except ValueError:
                 raise ValueError(f"bad timestep respacing {section_counts!r}: expected 'ddimN'") from None
             if count < 1:

@@ -69,16 +69,22 @@ def _text(path: Path, text: str) -> list[str]:
 def _field(path: Path, line: int | None, record) -> str:
     """The caption of one record (a JSON object or a CSV row)."""
     if not isinstance(record, dict):
-        raise CaptionFileError(path, line, f"expected an object with a {' or '.join(map(repr, CAPTION_FIELDS))} "
-                                           f"field, got {type(record).__name__}")
+        raise CaptionFileError(
+            path,
+            line,
+            f"expected an object with a {' or '.join(map(repr, CAPTION_FIELDS))} field, got {type(record).__name__}",
+        )
     for name in CAPTION_FIELDS:
         if name in record:
             value = record[name]
             if not isinstance(value, str) or not value.strip():
                 raise CaptionFileError(path, line, f"field {name!r} must be a non-empty string, got {value!r}")
             return value.strip()
-    raise CaptionFileError(path, line, f"no {' or '.join(map(repr, CAPTION_FIELDS))} field "
-                                       f"(fields: {', '.join(map(str, record)) or 'none'})")
+    raise CaptionFileError(
+        path,
+        line,
+        f"no {' or '.join(map(repr, CAPTION_FIELDS))} field (fields: {', '.join(map(str, record)) or 'none'})",
+    )
 
 
 def _jsonl(path: Path, text: str) -> list[str]:
@@ -103,8 +109,9 @@ def _csv(path: Path, text: str) -> list[str]:
     if not header:
         raise CaptionFileError(path, 1, "no header row")
     if not any(name in header for name in CAPTION_FIELDS):
-        raise CaptionFileError(path, 1, f"no {' or '.join(map(repr, CAPTION_FIELDS))} column "
-                                        f"(columns: {', '.join(header)})")
+        raise CaptionFileError(
+            path, 1, f"no {' or '.join(map(repr, CAPTION_FIELDS))} column (columns: {', '.join(header)})"
+        )
     out = []
     try:
         for row in reader:
@@ -130,8 +137,9 @@ def _json(path: Path, text: str) -> list[str]:
     elif isinstance(data, dict) and isinstance(data.get("annotations"), list):
         records, what = data["annotations"], "annotation"
     else:
-        raise CaptionFileError(path, None, "expected COCO captions ({\"annotations\": [{\"image_id\", \"caption\"}, "
-                                           "...]}) or a list of captions")
+        raise CaptionFileError(
+            path, None, 'expected COCO captions ({"annotations": [{"image_id", "caption"}, ...]}) or a list of captions'
+        )
     out = []
     for i, record in enumerate(records):
         if isinstance(record, str) and record.strip():

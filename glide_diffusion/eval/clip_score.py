@@ -22,8 +22,14 @@ from .extractors import ClipImageExtractor, check_images, extract_features
 __all__ = ["clip_score", "clip_score_from_embeddings"]
 
 
-def clip_score(clip: NoisedClip, images, captions: str | Sequence[str], *, batch_size: int = 64,
-               tokenizer: ClipTokenizer | None = None) -> torch.Tensor:
+def clip_score(
+    clip: NoisedClip,
+    images,
+    captions: str | Sequence[str],
+    *,
+    batch_size: int = 64,
+    tokenizer: ClipTokenizer | None = None,
+) -> torch.Tensor:
     """Per-image CLIP scores (N,) float32: 100 x cos(image embedding at t = 0, caption embedding).
 
     ``images``: a batch as :func:`~.extractors.to_pixels` takes it (resized to the CLIP's size);
@@ -34,8 +40,12 @@ def clip_score(clip: NoisedClip, images, captions: str | Sequence[str], *, batch
     if len(captions) not in (1, n):
         raise ValueError(f"{len(captions)} captions for {n} images (need 1 or {n})")
     image_emb = torch.from_numpy(extract_features(ClipImageExtractor(clip, "clip"), images, batch_size=batch_size))
-    text_emb = torch.cat([clip_text_embeddings(clip, captions[i:i + batch_size], tokenizer).float().cpu()
-                          for i in range(0, len(captions), batch_size)])
+    text_emb = torch.cat(
+        [
+            clip_text_embeddings(clip, captions[i : i + batch_size], tokenizer).float().cpu()
+            for i in range(0, len(captions), batch_size)
+        ]
+    )
     return clip_score_from_embeddings(image_emb, text_emb)
 
 
@@ -44,10 +54,16 @@ def clip_score_from_embeddings(image_embeddings: torch.Tensor, text_embeddings: 
 
     Not clamped at 0 (torchmetrics' ``CLIPScore`` clamps, and only wraps Hugging Face CLIPs).
     """
-    if image_embeddings.ndim != 2 or text_embeddings.ndim != 2 or text_embeddings.shape[0] not in (
-            1, image_embeddings.shape[0]) or image_embeddings.shape[1] != text_embeddings.shape[1]:
-        raise ValueError(f"image embeddings {tuple(image_embeddings.shape)} and text embeddings "
-                         f"{tuple(text_embeddings.shape)} do not pair up")
+    if (
+        image_embeddings.ndim != 2
+        or text_embeddings.ndim != 2
+        or text_embeddings.shape[0] not in (1, image_embeddings.shape[0])
+        or image_embeddings.shape[1] != text_embeddings.shape[1]
+    ):
+        raise ValueError(
+            f"image embeddings {tuple(image_embeddings.shape)} and text embeddings "
+            f"{tuple(text_embeddings.shape)} do not pair up"
+        )
     if image_embeddings.shape[0] == 0:
         raise ValueError("no images")
     return 100 * torch.nn.functional.cosine_similarity(image_embeddings.float(), text_embeddings.float(), dim=-1)

@@ -43,8 +43,15 @@ from glide_diffusion.guidance.clip import clip_resize  # the resize CLIP guidanc
 from .stats import DEFAULT_MAX_FEATURES, FeatureAccumulator
 
 __all__ = [
-    "FeatureExtractor", "ClipImageExtractor", "EXTRACTORS", "get_extractor", "to_pixels", "check_images",
-    "feature_batches", "extract_features", "accumulate",
+    "FeatureExtractor",
+    "ClipImageExtractor",
+    "EXTRACTORS",
+    "get_extractor",
+    "to_pixels",
+    "check_images",
+    "feature_batches",
+    "extract_features",
+    "accumulate",
 ]
 
 
@@ -82,9 +89,13 @@ def _clip_extractor(source: str, name: str) -> Callable[..., ClipImageExtractor]
     def make(*, device: torch.device | str = "cpu", cache_dir: str | os.PathLike | None = None) -> ClipImageExtractor:
         from glide_diffusion.clip.loading import load_clip
 
-        clip = load_clip(source, cache_dir=cache_dir, device=device) if source else load_clip(
-            cache_dir=cache_dir, device=device)
+        clip = (
+            load_clip(source, cache_dir=cache_dir, device=device)
+            if source
+            else load_clip(cache_dir=cache_dir, device=device)
+        )
         return ClipImageExtractor(clip, name)
+
     return make
 
 
@@ -104,8 +115,9 @@ EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {
 """Extractor factories by name: ``factory(device=..., cache_dir=...)``."""
 
 
-def get_extractor(name: str, *, device: torch.device | str = "cpu",
-                  cache_dir: str | os.PathLike | None = None) -> FeatureExtractor:
+def get_extractor(
+    name: str, *, device: torch.device | str = "cpu", cache_dir: str | os.PathLike | None = None
+) -> FeatureExtractor:
     """Build the extractor ``name`` (a key of :data:`EXTRACTORS`)."""
     if name not in EXTRACTORS:
         raise ValueError(f"unknown feature extractor {name!r}; known: {', '.join(EXTRACTORS)}")
@@ -125,8 +137,9 @@ def check_images(images, resolution: int | None = None) -> tuple[int, int]:
         h, w = shape[2], shape[3]
     else:
         raise ValueError(f"expected 3 colour channels, got images of shape {shape}")
-    if not is_uint8 and not (torch.is_floating_point(images) if isinstance(images, torch.Tensor)
-                             else np.issubdtype(dtype, np.floating)):
+    if not is_uint8 and not (
+        torch.is_floating_point(images) if isinstance(images, torch.Tensor) else np.issubdtype(dtype, np.floating)
+    ):
         raise ValueError(f"images must be uint8 or float in [-1, 1], got {dtype}")
     if shape[0] == 0:
         raise ValueError("no images")
@@ -147,37 +160,49 @@ def to_pixels(images) -> torch.Tensor:
     return ((x.float() + 1) * 127.5).round().clamp(0, 255).contiguous()
 
 
-def feature_batches(extractor: FeatureExtractor, images, *, batch_size: int = 64,
-                    resolution: int | None = None) -> Iterator[torch.Tensor]:
+def feature_batches(
+    extractor: FeatureExtractor, images, *, batch_size: int = 64, resolution: int | None = None
+) -> Iterator[torch.Tensor]:
     """Features (B, D) float32 on the CPU of consecutive batches of ``images`` (an array, a
     memory-mapped ``.npy`` from ``np.load(..., mmap_mode="r")``, or a tensor)."""
     n, _ = check_images(images, resolution)
     for start in range(0, n, batch_size):
-        pixels = to_pixels(images[start:start + batch_size]).to(extractor.device)
+        pixels = to_pixels(images[start : start + batch_size]).to(extractor.device)
         yield extractor(pixels).float().cpu()
 
 
-def extract_features(extractor: FeatureExtractor, images, *, batch_size: int = 64,
-                     resolution: int | None = None) -> np.ndarray:
+def extract_features(
+    extractor: FeatureExtractor, images, *, batch_size: int = 64, resolution: int | None = None
+) -> np.ndarray:
     """All features (N, D) float32 of ``images``."""
-    return torch.cat(list(feature_batches(extractor, images, batch_size=batch_size,
-                                          resolution=resolution))).numpy()
+    return torch.cat(list(feature_batches(extractor, images, batch_size=batch_size, resolution=resolution))).numpy()
 
 
-def accumulate(extractor: FeatureExtractor, images, accumulator: FeatureAccumulator | None = None, *,
-               batch_size: int = 64, max_features: int = DEFAULT_MAX_FEATURES, seed: int = 0) -> FeatureAccumulator:
+def accumulate(
+    extractor: FeatureExtractor,
+    images,
+    accumulator: FeatureAccumulator | None = None,
+    *,
+    batch_size: int = 64,
+    max_features: int = DEFAULT_MAX_FEATURES,
+    seed: int = 0,
+) -> FeatureAccumulator:
     """Stream the features of ``images`` into ``accumulator`` (a new one by default) and return it.
 
     A given accumulator must be for this extractor and image resolution (checked before any work).
     """
     _, side = check_images(images)
     if accumulator is None:
-        accumulator = FeatureAccumulator(extractor.dim, extractor=extractor.name, resolution=side,
-                                         max_features=max_features, seed=seed)
+        accumulator = FeatureAccumulator(
+            extractor.dim, extractor=extractor.name, resolution=side, max_features=max_features, seed=seed
+        )
     elif (accumulator.extractor, accumulator.dim) != (extractor.name, extractor.dim):
-        raise ValueError(f"accumulator for {accumulator.extractor!r} ({accumulator.dim}-d), "
-                         f"extractor {extractor.name!r} ({extractor.dim}-d)")
-    for features in feature_batches(extractor, images, batch_size=batch_size,
-                                    resolution=accumulator.resolution or None):
+        raise ValueError(
+            f"accumulator for {accumulator.extractor!r} ({accumulator.dim}-d), "
+            f"extractor {extractor.name!r} ({extractor.dim}-d)"
+        )
+    for features in feature_batches(
+        extractor, images, batch_size=batch_size, resolution=accumulator.resolution or None
+    ):
         accumulator.update(features)
     return accumulator

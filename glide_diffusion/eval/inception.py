@@ -61,8 +61,15 @@ class InceptionExtractor:
     name = INCEPTION_NAME
     dim = INCEPTION_DIM
 
-    def __init__(self, module: torch.nn.Module, device: torch.device | str = "cpu", *, path: Path | None = None,
-                 sha256: str | None = None, verified: bool = False) -> None:
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        device: torch.device | str = "cpu",
+        *,
+        path: Path | None = None,
+        sha256: str | None = None,
+        verified: bool = False,
+    ) -> None:
         self.module, self.device = module, torch.device(device)
         # the file it came from, its SHA-256, and whether that matched a pinned value (printed and recorded)
         self.path, self.sha256, self.verified = path, sha256, verified
@@ -72,9 +79,13 @@ class InceptionExtractor:
             return self.module(pixels.to(self.device, torch.float32), return_features=True).float()
 
 
-def load_inception(path: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
-                   device: torch.device | str = "cpu", sha256: str | None = RELEASED[_RELEASED_NAME].sha256,
-                   ) -> InceptionExtractor:
+def load_inception(
+    path: str | os.PathLike | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu",
+    sha256: str | None = RELEASED[_RELEASED_NAME].sha256,
+) -> InceptionExtractor:
     """Load the FID Inception TorchScript file as an :class:`InceptionExtractor`.
 
     ``path`` defaults to ``<cache>/eval/inception-2015-12-05.pt``. ``sha256``, when known, must
@@ -88,8 +99,9 @@ def load_inception(path: str | os.PathLike | None = None, *, cache_dir: str | os
     """
     path = Path(path) if path is not None else find_released(_RELEASED_NAME, cache_dir)
     if not path.is_file():
-        raise FileNotFoundError(f"FID Inception file {path} does not exist; the standard one is "
-                                f"{RELEASED[_RELEASED_NAME].url}")
+        raise FileNotFoundError(
+            f"FID Inception file {path} does not exist; the standard one is {RELEASED[_RELEASED_NAME].url}"
+        )
     got = sha256_of(path)  # always: ``glide eval`` prints it, so a user can compare it with a trusted value
     if sha256 is not None and got != sha256.lower():
         raise ValueError(f"{path}: SHA-256 {got} is not the FID Inception's {sha256}")
@@ -102,6 +114,8 @@ def load_inception(path: str | os.PathLike | None = None, *, cache_dir: str | os
     extractor = InceptionExtractor(module, device, path=path, sha256=got, verified=sha256 is not None)
     width = extractor(torch.zeros(1, 3, 32, 32)).shape
     if tuple(width) != (1, INCEPTION_DIM):
-        raise ValueError(f"{path}: the network returns features of shape {tuple(width)} for one image, "
-                         f"not (1, {INCEPTION_DIM}): not the FID Inception")
+        raise ValueError(
+            f"{path}: the network returns features of shape {tuple(width)} for one image, "
+            f"not (1, {INCEPTION_DIM}): not the FID Inception"
+        )
     return extractor

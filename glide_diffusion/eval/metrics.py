@@ -36,14 +36,24 @@ try:
     from torchmetrics.image.fid import _compute_fid
     from torchmetrics.image.kid import poly_mmd
 except ImportError as e:  # pragma: no cover - depends on the install
-    raise ImportError(f"glide_diffusion.eval.metrics needs torchmetrics ({e}); "
-                      "install the evaluation extras: pip install 'glide-diffusion[eval]'") from e
+    raise ImportError(
+        f"glide_diffusion.eval.metrics needs torchmetrics ({e}); "
+        "install the evaluation extras: pip install 'glide-diffusion[eval]'"
+    ) from e
 
 from .stats import FeatureStats, as_features, feature_stats
 
 __all__ = [
-    "EvalWarning", "KID", "PrecisionRecall", "DensityCoverage",
-    "fid", "frechet_distance", "kid", "knn_radii", "precision_recall", "density_coverage",
+    "EvalWarning",
+    "KID",
+    "PrecisionRecall",
+    "DensityCoverage",
+    "fid",
+    "frechet_distance",
+    "kid",
+    "knn_radii",
+    "precision_recall",
+    "density_coverage",
 ]
 
 
@@ -105,9 +115,13 @@ def fid(real, fake) -> float:
         if s.n < 2:
             raise ValueError(f"FID needs at least 2 {name} samples, got {s.n}")
         if s.n < s.dim:
-            warnings.warn(f"FID from {s.n} {name} samples of {s.dim}-d features: with fewer samples than "
-                          f"dimensions the covariance is rank-deficient and FID is strongly biased upwards; "
-                          f"compare only numbers computed at the same N", EvalWarning, stacklevel=2)
+            warnings.warn(
+                f"FID from {s.n} {name} samples of {s.dim}-d features: with fewer samples than "
+                f"dimensions the covariance is rank-deficient and FID is strongly biased upwards; "
+                f"compare only numbers computed at the same N",
+                EvalWarning,
+                stacklevel=2,
+            )
     return frechet_distance(real.mean, real.cov, fake.mean, fake.cov)
 
 
@@ -132,8 +146,17 @@ def _pair(real, fake) -> tuple[torch.Tensor, torch.Tensor]:
     return r, f.to(r.device)
 
 
-def kid(real, fake, *, subsets: int = 100, subset_size: int = 1000, degree: int = 3,
-        gamma: float | None = None, coef: float = 1.0, seed: int = 0) -> KID:
+def kid(
+    real,
+    fake,
+    *,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef: float = 1.0,
+    seed: int = 0,
+) -> KID:
     """KID: per subset, ``poly_mmd`` (torchmetrics) of ``subset_size`` real and fake rows drawn
     without replacement; mean and population std over ``subsets`` subsets.
 
@@ -163,8 +186,7 @@ def knn_radii(x: torch.Tensor, k: int, batch_size: int = 1024) -> torch.Tensor:
     return torch.cat([torch.cdist(b, x).kthvalue(k + 1, dim=1).values for b in x.split(batch_size)])
 
 
-def _in_balls(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
-              batch_size: int) -> torch.Tensor:
+def _in_balls(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, batch_size: int) -> torch.Tensor:
     """(P, C) -> per point, how many balls B(centre_i, radius_i) hold it (closed balls), (P,)."""
     return torch.cat([(torch.cdist(b, centres) <= radii[None]).sum(dim=1) for b in points.split(batch_size)])
 

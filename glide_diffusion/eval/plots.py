@@ -21,8 +21,13 @@ __all__ = ["PLOTS", "require_matplotlib", "trade_off_plots"]
 PLOTS = {
     "fid_vs_clip_score": ("clip_score", "CLIP score (100 × cosine)", "fid", "FID", "FID against CLIP score"),
     "precision_vs_recall": ("precision", "precision", "recall", "recall", "precision against recall"),
-    "exact_vs_diversity": ("exact", "exact match (Shapes evaluator)", "diversity",
-                           "diversity (entropy / max of open attributes)", "exact match against diversity"),
+    "exact_vs_diversity": (
+        "exact",
+        "exact match (Shapes evaluator)",
+        "diversity",
+        "diversity (entropy / max of open attributes)",
+        "exact match against diversity",
+    ),
 }
 MARKERS = {"cfg": "o", "clip": "s"}
 
@@ -43,8 +48,11 @@ def _plot(rows: Sequence[dict], x: str, xlabel: str, y: str, ylabel: str, title:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for kind, name in KINDS.items():
-        pts = sorted((r["scale"], r[x], r[y]) for r in rows if r["kind"] == kind
-                     and r.get(x) is not None and r.get(y) is not None)
+        pts = sorted(
+            (r["scale"], r[x], r[y])
+            for r in rows
+            if r["kind"] == kind and r.get(x) is not None and r.get(y) is not None
+        )
         if not pts:
             continue
         ax.plot([p[1] for p in pts], [p[2] for p in pts], marker=MARKERS[kind], label=name)

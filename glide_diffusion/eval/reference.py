@@ -39,11 +39,15 @@ def save_stats(path: str | os.PathLike, stats: FeatureStats, description: str = 
     """Write ``stats`` to ``path`` (.npz), atomically; returns the path."""
     path = Path(path)
     arrays = {
-        "format": np.array(STATS_FORMAT), "extractor": np.array(stats.extractor),
-        "dim": np.array(stats.dim, dtype=np.int64), "n": np.array(stats.n, dtype=np.int64),
+        "format": np.array(STATS_FORMAT),
+        "extractor": np.array(stats.extractor),
+        "dim": np.array(stats.dim, dtype=np.int64),
+        "n": np.array(stats.n, dtype=np.int64),
         "resolution": np.array(stats.resolution, dtype=np.int64),
-        "mean": stats.mean.astype(np.float64), "cov": stats.cov.astype(np.float64),
-        "features": stats.features.astype(np.float32), "description": np.array(description),
+        "mean": stats.mean.astype(np.float64),
+        "cov": stats.cov.astype(np.float64),
+        "features": stats.features.astype(np.float32),
+        "description": np.array(description),
     }
 
     def write(tmp: str) -> None:
@@ -54,8 +58,14 @@ def save_stats(path: str | os.PathLike, stats: FeatureStats, description: str = 
     return path
 
 
-def check_stats(stats: FeatureStats, *, extractor: str | None = None, dim: int | None = None,
-                resolution: int | None = None, source: str = "reference statistics") -> None:
+def check_stats(
+    stats: FeatureStats,
+    *,
+    extractor: str | None = None,
+    dim: int | None = None,
+    resolution: int | None = None,
+    source: str = "reference statistics",
+) -> None:
     """ValueError unless ``stats`` were made by ``extractor`` with width ``dim`` from images of
     ``resolution`` px (each check skipped when None; a recorded resolution of 0 matches any)."""
     if extractor is not None and stats.extractor != extractor:
@@ -66,8 +76,9 @@ def check_stats(stats: FeatureStats, *, extractor: str | None = None, dim: int |
         raise ValueError(f"{source} are of {stats.resolution} px images; these images are {resolution} px")
 
 
-def load_stats(path: str | os.PathLike, *, extractor: str | None = None, dim: int | None = None,
-               resolution: int | None = None) -> FeatureStats:
+def load_stats(
+    path: str | os.PathLike, *, extractor: str | None = None, dim: int | None = None, resolution: int | None = None
+) -> FeatureStats:
     """Read statistics written by :func:`save_stats`, checked as :func:`check_stats` says."""
     path = Path(path)
     if not path.is_file():
@@ -75,7 +86,8 @@ def load_stats(path: str | os.PathLike, *, extractor: str | None = None, dim: in
     with np.load(path, allow_pickle=False) as z:
         if "format" not in z.files or str(z["format"]) != STATS_FORMAT:
             raise ValueError(f"{path} is not a {STATS_FORMAT} statistics file")
-        stats = FeatureStats(str(z["extractor"]), int(z["dim"]), int(z["n"]), z["mean"], z["cov"],
-                             z["features"], int(z["resolution"]))
+        stats = FeatureStats(
+            str(z["extractor"]), int(z["dim"]), int(z["n"]), z["mean"], z["cov"], z["features"], int(z["resolution"])
+        )
     check_stats(stats, extractor=extractor, dim=dim, resolution=resolution, source=str(path))
     return stats

@@ -86,8 +86,19 @@ def _object(alpha: np.ndarray, votes: Counter, n_pixels: int) -> DetectedObject:
     shape, shape_conf, _ = classify_shape(alpha, f, ramp=_soft)
     s, cx, cy = box_from_features(f, shape, R)
     position = object_position(ShapeObject(shape, "red", "small", s, cx, cy))
-    return DetectedObject(shape, COLOUR_NAMES[colour_index], size_word(s), position, s, cx, cy,
-                          f.area, f.fill, f.skew_y, min(count / n_pixels, shape_conf))
+    return DetectedObject(
+        shape,
+        COLOUR_NAMES[colour_index],
+        size_word(s),
+        position,
+        s,
+        cx,
+        cy,
+        f.area,
+        f.fill,
+        f.skew_y,
+        min(count / n_pixels, shape_conf),
+    )
 
 
 def analyze(image) -> DetectedScene:
@@ -138,8 +149,7 @@ def relation_between(a: DetectedObject, b: DetectedObject) -> str:
 
 def _object_checks(spec: ObjectSpec, obj: DetectedObject | None) -> dict[str, bool]:
     """Correctness of each attribute the object spec names (all False if no object)."""
-    return {k: obj is not None and getattr(obj, k) == v
-            for k, v in dataclasses.asdict(spec).items() if v is not None}
+    return {k: obj is not None and getattr(obj, k) == v for k, v in dataclasses.asdict(spec).items() if v is not None}
 
 
 def _match(spec: CaptionSpec, scene: DetectedScene) -> tuple[DetectedObject | None, ...]:
@@ -191,8 +201,12 @@ def entropy_bits(values: list[str]) -> float:
     return float(-(p * np.log2(p)).sum()) if len(values) else 0.0
 
 
-OPEN_ATTRIBUTES = {"colour": len(COLOURS), "size": len(SIZES), "position": len(POSITIONS),
-                   "background": len(BACKGROUNDS)}
+OPEN_ATTRIBUTES = {
+    "colour": len(COLOURS),
+    "size": len(SIZES),
+    "position": len(POSITIONS),
+    "background": len(BACKGROUNDS),
+}
 
 
 def _open_values(spec: CaptionSpec, scene: DetectedScene) -> dict[str, list[str]]:
@@ -232,14 +246,17 @@ def evaluate(captions, images) -> dict:
         "two": [len(sp.objects) == 2 for sp in specs],
         "held_out": [any((o.colour, o.shape) in HELD_OUT_PAIRS for o in sp.objects) for sp in specs],
     }
-    report: dict[str, Any] = {name: _accuracies([s for s, m in zip(scores, member) if m])
-                              for name, member in groups.items()}
+    report: dict[str, Any] = {
+        name: _accuracies([s for s, m in zip(scores, member) if m]) for name, member in groups.items()
+    }
     open_values: dict[str, list[str]] = {k: [] for k in OPEN_ATTRIBUTES}
     for sp, sc in zip(specs, scenes):
         for k, v in _open_values(sp, sc).items():
             open_values[k] += v
-    report["diversity"] = {k: {"entropy_bits": entropy_bits(v), "max_bits": math.log2(OPEN_ATTRIBUTES[k]),
-                               "n": len(v)} for k, v in open_values.items()}
+    report["diversity"] = {
+        k: {"entropy_bits": entropy_bits(v), "max_bits": math.log2(OPEN_ATTRIBUTES[k]), "n": len(v)}
+        for k, v in open_values.items()
+    }
     report["unknown_rate"] = float(np.mean([sc.unknown for sc in scenes])) if scenes else 0.0
     report["scores"] = scores
     return report

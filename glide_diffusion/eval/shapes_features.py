@@ -45,8 +45,7 @@ FILL: dict[str, float] = {
     **{k: v for k, v in AREA_PER_S2.items() if k != "star"},
     "star": AREA_PER_S2["star"] / (STAR_BBOX[0] * STAR_BBOX[1]),
 }
-SKEW: dict[str, float] = {"square": 0.0, "circle": 0.0, "cross": 0.0, "star": 0.0,
-                          "triangle": -(2 ** 1.5) / 5}
+SKEW: dict[str, float] = {"square": 0.0, "circle": 0.0, "cross": 0.0, "star": 0.0, "triangle": -(2**1.5) / 5}
 SIZE_THRESHOLD = 0.30  # s / R between small (<= 0.242) and large (>= 0.36)
 
 
@@ -116,5 +115,5 @@ def box_from_features(f: Features, shape: str, resolution: int) -> tuple[float, 
 
 
 def size_word(s: float) -> str:
-    """"small" below 0.30 R, else "large" (spec sizes 0.22 R and 0.40 R, jitter 0.9-1.1)."""
+    """ "small" below 0.30 R, else "large" (spec sizes 0.22 R and 0.40 R, jitter 0.9-1.1)."""
     return "small" if s < SIZE_THRESHOLD else "large"

@@ -31,8 +31,16 @@ from glide_diffusion.data.shapes_scene import Scene, ShapeObject
 from .shapes_eval import DetectedScene, analyze, evaluate
 from .shapes_segment import to_array
 
-__all__ = ["BACKGROUND_MARGIN", "Fidelity", "detected_to_scene", "object_mask", "background_mask",
-           "fidelity", "summarize_fidelity", "evaluate_with_fidelity"]
+__all__ = [
+    "BACKGROUND_MARGIN",
+    "Fidelity",
+    "detected_to_scene",
+    "object_mask",
+    "background_mask",
+    "fidelity",
+    "summarize_fidelity",
+    "evaluate_with_fidelity",
+]
 
 BACKGROUND_MARGIN = 3  # px from any object (issue 35: "background pixels at least 3 px from any object")
 
@@ -74,7 +82,7 @@ def background_mask(objects: np.ndarray, margin: int = BACKGROUND_MARGIN) -> np.
     for dy in range(-margin + 1, margin):
         for dx in range(-margin + 1, margin):
             if dy * dy + dx * dx < margin * margin:
-                near |= padded[margin + dy:margin + dy + H, margin + dx:margin + dx + W]
+                near |= padded[margin + dy : margin + dy + H, margin + dx : margin + dx + W]
     return ~near
 
 
@@ -101,9 +109,14 @@ def summarize_fidelity(scores: list[Fidelity]) -> dict:
     def stat(f: Callable[[np.ndarray], Any], a: np.ndarray) -> float:
         return float(f(a[~np.isnan(a)])) if (~np.isnan(a)).any() else float("nan")
 
-    return {"n": int(ok.sum()), "undefined": int((~ok).sum()),
-            "mae": stat(np.mean, mae), "mae_median": stat(np.median, mae),
-            "background_mae": stat(np.mean, bg), "background_mae_median": stat(np.median, bg)}
+    return {
+        "n": int(ok.sum()),
+        "undefined": int((~ok).sum()),
+        "mae": stat(np.mean, mae),
+        "mae_median": stat(np.median, mae),
+        "background_mae": stat(np.mean, bg),
+        "background_mae_median": stat(np.median, bg),
+    }
 
 
 def evaluate_with_fidelity(captions, images) -> dict:

@@ -70,8 +70,9 @@ def _shifted(a: np.ndarray, dy: int, dx: int, fill) -> np.ndarray:
     """a shifted by (dy, dx) with ``fill`` entering at the border."""
     out = np.full_like(a, fill)
     H, W = a.shape
-    out[max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = a[max(-dy, 0):H + min(-dy, 0),
-                                                                  max(-dx, 0):W + min(-dx, 0)]
+    out[max(dy, 0) : H + min(dy, 0), max(dx, 0) : W + min(dx, 0)] = a[
+        max(-dy, 0) : H + min(-dy, 0), max(-dx, 0) : W + min(-dx, 0)
+    ]
     return out
 
 

@@ -28,8 +28,18 @@ import numpy as np
 from ..checkpoints import atomic_write, atomic_write_text
 
 __all__ = [
-    "SHARD_FORMAT", "DEFAULT_SHARD_SIZE", "Samples", "shard_name", "shard_ranges", "rank_shards",
-    "write_shard", "shard_problem", "request_record", "sample_shards", "read_samples", "write_manifest",
+    "SHARD_FORMAT",
+    "DEFAULT_SHARD_SIZE",
+    "Samples",
+    "shard_name",
+    "shard_ranges",
+    "rank_shards",
+    "write_shard",
+    "shard_problem",
+    "request_record",
+    "sample_shards",
+    "read_samples",
+    "write_manifest",
 ]
 
 SHARD_FORMAT = "glide-eval-shard/1"
@@ -111,8 +121,15 @@ def shard_problem(path: Path, indices: range, captions: Sequence[str]) -> str | 
 def request_record(request: dict, captions: Sequence[str], n: int, seed: int, shard_size: int) -> dict:
     """What ``request.json`` holds for this request (a rerun must match it)."""
     digest = hashlib.sha256("\n".join(captions).encode("utf-8")).hexdigest()
-    return {"format": SHARD_FORMAT, "n": n, "seed": seed, "shard_size": shard_size,
-            "captions": len(captions), "captions_sha256": digest, **request}
+    return {
+        "format": SHARD_FORMAT,
+        "n": n,
+        "seed": seed,
+        "shard_size": shard_size,
+        "captions": len(captions),
+        "captions_sha256": digest,
+        **request,
+    }
 
 
 def _check_request(out: Path, record: dict) -> None:
@@ -125,15 +142,27 @@ def _check_request(out: Path, record: dict) -> None:
             old = None
         if old is not None and old != record:
             keys = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-            raise ValueError(f"{out} holds samples of another request (differs in {', '.join(keys)}); "
-                             "choose another -o/--output or remove that folder")
+            raise ValueError(
+                f"{out} holds samples of another request (differs in {', '.join(keys)}); "
+                "choose another -o/--output or remove that folder"
+            )
     else:
         atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
-def sample_shards(sample_fn: SampleFn, captions: Sequence[str], out: str | os.PathLike, *, n: int, seed: int = 0,
-                  shard_size: int = DEFAULT_SHARD_SIZE, rank: int = 0, world: int = 1, request: dict | None = None,
-                  progress: bool = True) -> list[Path]:
+def sample_shards(
+    sample_fn: SampleFn,
+    captions: Sequence[str],
+    out: str | os.PathLike,
+    *,
+    n: int,
+    seed: int = 0,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    rank: int = 0,
+    world: int = 1,
+    request: dict | None = None,
+    progress: bool = True,
+) -> list[Path]:
     """Sample this process's shards of ``n`` images into ``out`` (skipping complete ones) and return
     every shard path of this process, in order. ``request``: settings that must match on a rerun."""
     out = Path(out)
@@ -163,11 +192,17 @@ def sample_shards(sample_fn: SampleFn, captions: Sequence[str], out: str | os.Pa
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.shape[0] != len(idx):
             raise ValueError(f"the sampler returned {images.dtype} {images.shape} for {len(idx)} images")
-        write_shard(out / shard_name(k), {
-            "format": np.array(SHARD_FORMAT), "images": images, "captions": np.array(rows),
-            "indices": np.arange(idx.start, idx.stop, dtype=np.int64), "seeds": np.asarray(seeds, dtype=np.int64),
-            "settings": np.array(json.dumps(settings, sort_keys=True)),
-        })
+        write_shard(
+            out / shard_name(k),
+            {
+                "format": np.array(SHARD_FORMAT),
+                "images": images,
+                "captions": np.array(rows),
+                "indices": np.arange(idx.start, idx.stop, dtype=np.int64),
+                "seeds": np.asarray(seeds, dtype=np.int64),
+                "settings": np.array(json.dumps(settings, sort_keys=True)),
+            },
+        )
         if bar is not None:
             bar.update(len(idx))
     if bar is not None:
@@ -233,8 +268,10 @@ def read_samples(folder: str | os.PathLike) -> Samples:
             z = _load(path)
             rows = z["captions"].tolist()
         except Exception as e:
-            raise ValueError(f"{path}: missing or unreadable ({type(e).__name__}); rerun glide eval sample "
-                             f"with the same options to resample it") from None
+            raise ValueError(
+                f"{path}: missing or unreadable ({type(e).__name__}); rerun glide eval sample "
+                f"with the same options to resample it"
+            ) from None
         problem = shard_problem(path, idx, rows)
         if problem is not None:
             raise ValueError(f"{path}: {problem}; rerun glide eval sample with the same options to resample it")
@@ -253,10 +290,14 @@ def write_manifest(folder: str | os.PathLike, world: int, seconds: float | None 
     folder = Path(folder)
     samples = read_samples(folder)
     record = {
-        "request": samples.request, "images": len(samples.captions), "resolution": samples.resolution,
-        "shards": [shard_name(k) for k in range(len(shard_ranges(samples.request["n"],
-                                                                 samples.request["shard_size"])))],
-        "processes": world, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "request": samples.request,
+        "images": len(samples.captions),
+        "resolution": samples.resolution,
+        "shards": [
+            shard_name(k) for k in range(len(shard_ranges(samples.request["n"], samples.request["shard_size"])))
+        ],
+        "processes": world,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if seconds is not None:
         record["seconds"] = round(seconds, 3)

@@ -28,7 +28,7 @@ def image_batches(source: str, resolution: int | None, batch: int, seed: int = 0
         if resolution is not None and images.shape[1] != resolution:
             raise ValueError(f"{path} holds {images.shape[1]} px images, --resolution asks for {resolution}")
         for i in range(0, len(images), batch):
-            yield images[i:i + batch]
+            yield images[i : i + batch]
     elif path.is_dir():
         yield from _folder_batches(path, resolution, batch)
     else:
@@ -38,14 +38,18 @@ def image_batches(source: str, resolution: int | None, batch: int, seed: int = 0
 def _shapes_batches(source: str, resolution: int | None, batch: int, seed: int) -> Iterator[np.ndarray]:
     from ..data.shapes import render_array, sample_with_caption
 
-    n = source[len(SHAPES_PREFIX):]
+    n = source[len(SHAPES_PREFIX) :]
     if not n.isdigit() or int(n) < 1:
         raise ValueError(f"expected shapes:N with N >= 1, got {source!r}")
     if resolution is None:
         raise ValueError("shapes:N needs --resolution (the side of the samples it is compared with)")
     for i in range(0, int(n), batch):
-        yield np.stack([render_array(sample_with_caption(seed, "test", j)[0], resolution)
-                        for j in range(i, min(i + batch, int(n)))])
+        yield np.stack(
+            [
+                render_array(sample_with_caption(seed, "test", j)[0], resolution)
+                for j in range(i, min(i + batch, int(n)))
+            ]
+        )
 
 
 def _folder_batches(root: Path, resolution: int | None, batch: int) -> Iterator[np.ndarray]:
@@ -57,7 +61,7 @@ def _folder_batches(root: Path, resolution: int | None, batch: int) -> Iterator[
         raise ValueError(f"no images in {root}")
     for i in range(0, len(files), batch):
         out = []
-        for f in files[i:i + batch]:
+        for f in files[i : i + batch]:
             try:
                 img = load_image(f)
             except BadSample as e:

@@ -86,8 +86,15 @@ class FeatureAccumulator:
         seed: seeds the reservoir; the same seed and batches give the same sample.
     """
 
-    def __init__(self, dim: int, *, extractor: str = "", resolution: int = 0,
-                 max_features: int = DEFAULT_MAX_FEATURES, seed: int = 0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        extractor: str = "",
+        resolution: int = 0,
+        max_features: int = DEFAULT_MAX_FEATURES,
+        seed: int = 0,
+    ) -> None:
         if dim <= 0 or max_features <= 0:
             raise ValueError(f"dim and max_features must be positive, got {dim} and {max_features}")
         self.dim, self.extractor, self.resolution = dim, extractor, resolution
@@ -154,15 +161,18 @@ class FeatureAccumulator:
         if self.n == 0:
             raise ValueError("no features were added")
         cov = self._m2 / (self.n - 1) if self.n > 1 else np.zeros_like(self._m2)
-        return FeatureStats(self.extractor, self.dim, self.n, self._mean.copy(), cov,
-                            self._sample.copy(), self.resolution)
+        return FeatureStats(
+            self.extractor, self.dim, self.n, self._mean.copy(), cov, self._sample.copy(), self.resolution
+        )
 
 
-def feature_stats(features, *, extractor: str = "", resolution: int = 0,
-                  max_features: int = DEFAULT_MAX_FEATURES, seed: int = 0) -> FeatureStats:
+def feature_stats(
+    features, *, extractor: str = "", resolution: int = 0, max_features: int = DEFAULT_MAX_FEATURES, seed: int = 0
+) -> FeatureStats:
     """:class:`FeatureStats` of an (N, D) feature array in one go."""
     x = as_features(features)
-    acc = FeatureAccumulator(x.shape[1], extractor=extractor, resolution=resolution,
-                             max_features=max_features, seed=seed)
+    acc = FeatureAccumulator(
+        x.shape[1], extractor=extractor, resolution=resolution, max_features=max_features, seed=seed
+    )
     acc.update(x)
     return acc.stats()

@@ -22,8 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["KINDS", "SweepPoint", "format_scale", "sweep_points", "unique_points", "point_finished",
-           "shapes_diversity", "table_row", "markdown_table", "TABLE_COLUMNS"]
+__all__ = [
+    "KINDS",
+    "SweepPoint",
+    "format_scale",
+    "sweep_points",
+    "unique_points",
+    "point_finished",
+    "shapes_diversity",
+    "table_row",
+    "markdown_table",
+    "TABLE_COLUMNS",
+]
 
 KINDS = {"cfg": "classifier-free guidance", "clip": "CLIP guidance"}
 POINTS_DIR = "points"
@@ -65,8 +75,9 @@ def _check_scales(option: str, scales: Sequence[float]) -> list[float]:
     return out
 
 
-def sweep_points(cfg_scales: Sequence[float] | None, clip_scales: Sequence[float] | None,
-                 clip_cfg_scale: float = 1.0) -> list[SweepPoint]:
+def sweep_points(
+    cfg_scales: Sequence[float] | None, clip_scales: Sequence[float] | None, clip_cfg_scale: float = 1.0
+) -> list[SweepPoint]:
     """The points of the two curves, each in the order given; ValueError (naming the option) for a
     scale that is negative, NaN or infinite, given twice, or an empty grid."""
     cfg = _check_scales("--cfg-scales", cfg_scales or [])
@@ -74,8 +85,7 @@ def sweep_points(cfg_scales: Sequence[float] | None, clip_scales: Sequence[float
     _check_scales("--clip-cfg-scale", [clip_cfg_scale])
     if not cfg and not clip:
         raise ValueError("an empty grid: give --cfg-scales and/or --clip-scales")
-    return ([SweepPoint("cfg", s, s, 0.0) for s in cfg]
-            + [SweepPoint("clip", s, float(clip_cfg_scale), s) for s in clip])
+    return [SweepPoint("cfg", s, s, 0.0) for s in cfg] + [SweepPoint("clip", s, float(clip_cfg_scale), s) for s in clip]
 
 
 def unique_points(points: Sequence[SweepPoint]) -> list[SweepPoint]:
@@ -94,8 +104,11 @@ def point_finished(folder: Path, request: dict, scoring: dict) -> bool:
         recorded = json.loads((folder / "request.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
-    return ((folder / "manifest.json").is_file() and recorded == request
-            and report.get("sweep", {}).get("scoring") == scoring)
+    return (
+        (folder / "manifest.json").is_file()
+        and recorded == request
+        and report.get("sweep", {}).get("scoring") == scoring
+    )
 
 
 def shapes_diversity(diversity: dict) -> float | None:
@@ -114,35 +127,62 @@ def table_row(point: SweepPoint, report: dict) -> dict:
     shapes = report.get("shapes") or {}
     clip = report.get("clip_score") or {}
     sweep = report.get("sweep") or {}
-    row = {**asdict(point), "folder": f"{POINTS_DIR}/{point.folder}", "images": report.get("images"),
-           "fid": report.get("fid"), "kid": report.get("kid"), "precision": report.get("precision"),
-           "recall": report.get("recall"), "density": report.get("density"), "coverage": report.get("coverage"),
-           "clip_score": clip.get("mean"),
-           "exact": (shapes.get("all") or {}).get("exact"),
-           "diversity": shapes_diversity(shapes["diversity"]) if "diversity" in shapes else None,
-           "diversity_bits": {k: v["entropy_bits"] for k, v in shapes.get("diversity", {}).items()} or None,
-           "background_mae": (shapes.get("fidelity") or {}).get("background_mae_median"),
-           "sample_seconds": sweep.get("sample_seconds"), "sample_cpu_seconds": sweep.get("sample_cpu_seconds"),
-           "score_seconds": sweep.get("score_seconds"), "score_cpu_seconds": sweep.get("score_cpu_seconds")}
+    row = {
+        **asdict(point),
+        "folder": f"{POINTS_DIR}/{point.folder}",
+        "images": report.get("images"),
+        "fid": report.get("fid"),
+        "kid": report.get("kid"),
+        "precision": report.get("precision"),
+        "recall": report.get("recall"),
+        "density": report.get("density"),
+        "coverage": report.get("coverage"),
+        "clip_score": clip.get("mean"),
+        "exact": (shapes.get("all") or {}).get("exact"),
+        "diversity": shapes_diversity(shapes["diversity"]) if "diversity" in shapes else None,
+        "diversity_bits": {k: v["entropy_bits"] for k, v in shapes.get("diversity", {}).items()} or None,
+        "background_mae": (shapes.get("fidelity") or {}).get("background_mae_median"),
+        "sample_seconds": sweep.get("sample_seconds"),
+        "sample_cpu_seconds": sweep.get("sample_cpu_seconds"),
+        "score_seconds": sweep.get("score_seconds"),
+        "score_cpu_seconds": sweep.get("score_cpu_seconds"),
+    }
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
 # (key, header, format) of the Markdown table; a column every row lacks is left out.
-TABLE_COLUMNS = [("fid", "FID", ".3g"), ("kid", "KID", ".3g"), ("precision", "precision", ".3f"),
-                 ("recall", "recall", ".3f"), ("clip_score", "CLIP score", ".2f"), ("exact", "exact match", ".3f"),
-                 ("diversity", "diversity", ".3f"), ("background_mae", "background MAE", ".2f"),
-                 ("sample_seconds", "sampling s", ".0f")]
+TABLE_COLUMNS = [
+    ("fid", "FID", ".3g"),
+    ("kid", "KID", ".3g"),
+    ("precision", "precision", ".3f"),
+    ("recall", "recall", ".3f"),
+    ("clip_score", "CLIP score", ".2f"),
+    ("exact", "exact match", ".3f"),
+    ("diversity", "diversity", ".3f"),
+    ("background_mae", "background MAE", ".2f"),
+    ("sample_seconds", "sampling s", ".0f"),
+]
 
 
 def markdown_table(rows: Sequence[dict], title: str, notes: Sequence[str] = (), plots: Sequence[str] = ()) -> str:
     """The trade-off table as Markdown: one row per (kind, scale), then the plots."""
     cols = [c for c in TABLE_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
-    lines = [f"# {title}", "", *[f"- {n}" for n in notes], "",
-             "| guidance | scale | g | CLIP λ | images | " + " | ".join(h for _, h, _ in cols) + " |",
-             "|---|---|---|---|---|" + "---|" * len(cols)]
+    lines = [
+        f"# {title}",
+        "",
+        *[f"- {n}" for n in notes],
+        "",
+        "| guidance | scale | g | CLIP λ | images | " + " | ".join(h for _, h, _ in cols) + " |",
+        "|---|---|---|---|---|" + "---|" * len(cols),
+    ]
     for r in rows:
-        cells = [KINDS[r["kind"]], format_scale(r["scale"]), format_scale(r["guidance_scale"]),
-                 format_scale(r["clip_guidance_scale"]), str(r.get("images") or "—")]
+        cells = [
+            KINDS[r["kind"]],
+            format_scale(r["scale"]),
+            format_scale(r["guidance_scale"]),
+            format_scale(r["clip_guidance_scale"]),
+            str(r.get("images") or "—"),
+        ]
         cells += ["—" if r.get(k) is None else format(r[k], f) for k, _, f in cols]
         lines.append("| " + " | ".join(cells) + " |")
     if plots:

@@ -127,8 +127,8 @@ def composed_guidance(
                 f"unconditional; for one term a doubled batch) with {channels} channels; "
                 f"expected ({rows}, {2 * channels}, ...)"
             )
-        eps_u = out[lay.terms:, :channels]  # (B, C, H, W)
-        eps_k = out[:lay.terms, :channels][lay.gather]  # (B, K, C, H, W), padding rows of weight 0
+        eps_u = out[lay.terms :, :channels]  # (B, C, H, W)
+        eps_k = out[: lay.terms, :channels][lay.gather]  # (B, K, C, H, W), padding rows of weight 0
         w = lay.weights.to(eps_u.dtype).view(*lay.gather.shape, 1, 1, 1)
         eps = eps_u + scale * (w * (eps_k - eps_u[:, None])).sum(dim=1)
         if inside is not None:
@@ -169,5 +169,10 @@ def _layout(weights: list[list[float]], batch: int, device: torch.device) -> _La
     def as_index(v: list[int] | list[list[int]]) -> torch.Tensor:
         return torch.tensor(v, dtype=torch.long, device=device)
 
-    return _Layout(len(owner), as_index(owner), as_index(gather),
-                   torch.tensor(padded, dtype=torch.float32, device=device), as_index(lead))
+    return _Layout(
+        len(owner),
+        as_index(owner),
+        as_index(gather),
+        torch.tensor(padded, dtype=torch.float32, device=device),
+        as_index(lead),
+    )

@@ -34,8 +34,9 @@ def clip_text_embeddings(clip: NoisedClip, prompts: Prompts, tokenizer: ClipToke
     """
     if isinstance(prompts, torch.Tensor):
         if not prompts.is_floating_point() or prompts.ndim != 2:
-            raise ValueError(f"text embeddings must be a float (B, n_embd) tensor, got {prompts.dtype} "
-                             f"{tuple(prompts.shape)}")
+            raise ValueError(
+                f"text embeddings must be a float (B, n_embd) tensor, got {prompts.dtype} {tuple(prompts.shape)}"
+            )
         return prompts.to(clip.logit_scale.device)
     if isinstance(prompts, tuple) and len(prompts) == 2 and isinstance(prompts[0], torch.Tensor):
         tokens, lens = prompts
@@ -50,7 +51,9 @@ def clip_text_embeddings(clip: NoisedClip, prompts: Prompts, tokenizer: ClipToke
 
 
 def composed_text_embeddings(
-    clip: NoisedClip, compositions: Sequence[Sequence[tuple[str, float]]], tokenizer: ClipTokenizer | None = None,
+    clip: NoisedClip,
+    compositions: Sequence[Sequence[tuple[str, float]]],
+    tokenizer: ClipTokenizer | None = None,
 ) -> torch.Tensor:
     """One text embedding (B, n_embd) per composition of (caption, weight) terms: the weighted mean
     ``sum_k w_k z_k / sum_k w_k`` of the unit embeddings of its terms of weight > 0.

@@ -17,8 +17,12 @@ __all__ = ["clip_best", "clip_rerank", "clip_scores"]
 
 
 def clip_scores(
-    clip: NoisedClip, images: torch.Tensor, prompt: Prompts, *,
-    tokenizer: ClipTokenizer | None = None, batch_size: int = 32,
+    clip: NoisedClip,
+    images: torch.Tensor,
+    prompt: Prompts,
+    *,
+    tokenizer: ClipTokenizer | None = None,
+    batch_size: int = 32,
 ) -> torch.Tensor:
     """CLIP logits ``exp(logit_scale) * z_i . z_t`` (N,) of clean images (N, 3, H, W) in [-1, 1] at t = 0.
 
@@ -41,8 +45,13 @@ def clip_scores(
 
 
 def clip_best(
-    clip: NoisedClip, images: torch.Tensor, prompt: Prompts, k: int, *,
-    tokenizer: ClipTokenizer | None = None, batch_size: int = 32,
+    clip: NoisedClip,
+    images: torch.Tensor,
+    prompt: Prompts,
+    k: int,
+    *,
+    tokenizer: ClipTokenizer | None = None,
+    batch_size: int = 32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices (k,) int64 of the k images best matching ``prompt`` by :func:`clip_scores`, best first
     (ties keep the earlier image first), and their scores (k,) float32, on the CPU."""
@@ -54,8 +63,13 @@ def clip_best(
 
 
 def clip_rerank(
-    clip: NoisedClip, images: torch.Tensor, prompt: Prompts, k: int, *,
-    tokenizer: ClipTokenizer | None = None, batch_size: int = 32,
+    clip: NoisedClip,
+    images: torch.Tensor,
+    prompt: Prompts,
+    k: int,
+    *,
+    tokenizer: ClipTokenizer | None = None,
+    batch_size: int = 32,
 ) -> torch.Tensor:
     """Indices (k,) int64 of the k images best matching ``prompt`` (:func:`clip_best`)."""
     return clip_best(clip, images, prompt, k, tokenizer=tokenizer, batch_size=batch_size)[0]

@@ -226,8 +226,14 @@ def _stream(
     """Write the body to ``part``; on a dropped connection keep what arrived."""
     written = offset
     bar = tqdm(
-        total=target, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-        desc=dest.name, disable=not progress, leave=False,
+        total=target,
+        initial=offset,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=dest.name,
+        disable=not progress,
+        leave=False,
     )
     with bar, open(part, mode) as f:
         try:
@@ -306,9 +312,7 @@ def _network_error(
     msg = f"could not download {url}: {kind}{progress} ({err.__class__.__name__}: {err})."
     if part.exists() and part.stat().st_size:
         msg += f"\nThe partial file {part} ({part.stat().st_size} bytes) is kept; run again to resume."
-    msg += (
-        f"\nIf this machine is offline, download the file elsewhere and put it at:\n    {dest}"
-    )
+    msg += f"\nIf this machine is offline, download the file elsewhere and put it at:\n    {dest}"
     return DownloadError(msg)
 
 
@@ -345,9 +349,7 @@ def download_released(
         for rf in files:
             dest = released_path(rf.name, cache_dir)
             url = _release_url(rf, base_url)
-            download_file(
-                url, dest, expected_size=rf.size, sha256=rf.sha256, progress=progress, session=sess
-            )
+            download_file(url, dest, expected_size=rf.size, sha256=rf.sha256, progress=progress, session=sess)
             paths.append(dest)
     return paths
 
@@ -358,8 +360,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="glide download",
         description="Download released GLIDE checkpoints and tokenizer files into the cache.",
     )
-    p.add_argument("names", nargs="*", default=["base", "upsample"],
-                   help=f"files or groups ({valid}); default: base upsample")
+    p.add_argument(
+        "names", nargs="*", default=["base", "upsample"], help=f"files or groups ({valid}); default: base upsample"
+    )
     p.add_argument("--cache-dir", default=None, help="cache root (default: $GLIDE_CACHE_DIR or the user cache dir)")
     p.add_argument("--base-url", default=None, help="mirror URL; files are fetched from BASE_URL/<file name>")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -396,21 +399,33 @@ def cli_download(argv: Sequence[str] | None = None) -> int:
             dest = released_path(rf.name, args.cache_dir)
             before = _identity(dest)
             try:
-                download_file(_release_url(rf, base_url), dest, expected_size=rf.size, sha256=rf.sha256,
-                              progress=not args.no_progress, session=sess)
+                download_file(
+                    _release_url(rf, base_url),
+                    dest,
+                    expected_size=rf.size,
+                    sha256=rf.sha256,
+                    progress=not args.no_progress,
+                    session=sess,
+                )
             except DownloadError as e:
                 failed.append(rf.name)
                 print(f"{prefix} {rf.name}: {e}", file=sys.stderr, flush=True)
                 continue
             except OSError as e:  # the cache folder cannot be made or written
                 failed.append(rf.name)
-                print(f"{prefix} {rf.name}: cannot write {e.filename or dest}: {e.strerror or e}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"{prefix} {rf.name}: cannot write {e.filename or dest}: {e.strerror or e}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 continue
             status = "already present" if before is not None and before == _identity(dest) else "downloaded"
             print(f"{rf.name}: {dest} ({status})", flush=True)
     if failed and len(files) > 1:
         done = len(files) - len(failed)
-        print(f"{prefix} {len(failed)} of {len(files)} files failed ({', '.join(failed)}); "
-              f"{done} {'is' if done == 1 else 'are'} in the cache", file=sys.stderr)
+        print(
+            f"{prefix} {len(failed)} of {len(files)} files failed ({', '.join(failed)}); "
+            f"{done} {'is' if done == 1 else 'are'} in the cache",
+            file=sys.stderr,
+        )
     return 1 if failed else 0

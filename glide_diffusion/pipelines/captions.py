@@ -30,11 +30,16 @@ def caption_problem(prompt: str, tokenizer: str) -> str | None:
     except ValueError:
         pass
     unknown = [w for w in re.findall(r"\w+|[^\w\s]", prompt.lower()) if w not in SHAPES_WORDS]
-    why = (f"it has words the Shapes models never saw: {', '.join(map(repr, dict.fromkeys(unknown)))}"
-           if unknown else "its words are not in the Shapes grammar's order")
-    return (f"{prompt!r} is not a Shapes caption ({why}); the bundled Shapes models draw only captions like "
-            f"{EXAMPLES}, and give noise for others: for any other caption use the released GLIDE models "
-            "(--models glide on the command line)")
+    why = (
+        f"it has words the Shapes models never saw: {', '.join(map(repr, dict.fromkeys(unknown)))}"
+        if unknown
+        else "its words are not in the Shapes grammar's order"
+    )
+    return (
+        f"{prompt!r} is not a Shapes caption ({why}); the bundled Shapes models draw only captions like "
+        f"{EXAMPLES}, and give noise for others: for any other caption use the released GLIDE models "
+        "(--models glide on the command line)"
+    )
 
 
 def negative_problem(negative: str, tokenizer: str, what: str = "the negative prompt") -> str | None:
@@ -45,16 +50,20 @@ def negative_problem(negative: str, tokenizer: str, what: str = "the negative pr
     unknown = [w for w in re.findall(r"\w+|[^\w\s]", negative.lower()) if w not in SHAPES_WORDS]
     if not unknown:
         return None
-    return (f"{what} {negative!r} has words the Shapes models never saw: "
-            f"{', '.join(map(repr, dict.fromkeys(unknown)))}; they do not steer these models")
+    return (
+        f"{what} {negative!r} has words the Shapes models never saw: "
+        f"{', '.join(map(repr, dict.fromkeys(unknown)))}; they do not steer these models"
+    )
 
 
 def warn_captions(prompts: Iterable[str | Composition], tokenizer: str, negative: str | None = None) -> None:
     """One :class:`CaptionWarning` per distinct caption the model will not follow: a
     composition's terms one by one (a negated term, like the negative prompt, by its words only)."""
     terms = [t for p in prompts for t in (p if isinstance(p, Composition) else Composition.plain(p)).terms]
-    problems = [caption_problem(t.text, tokenizer) if t.weight >= 0 else
-                negative_problem(t.text, tokenizer, "the negated term") for t in terms]
+    problems = [
+        caption_problem(t.text, tokenizer) if t.weight >= 0 else negative_problem(t.text, tokenizer, "the negated term")
+        for t in terms
+    ]
     if negative:
         problems.append(negative_problem(negative, tokenizer))
     for problem in dict.fromkeys(problems):

@@ -45,11 +45,28 @@ class EditPipeline:
         self.base, self.upsampler = base, upsampler
 
     @classmethod
-    def from_pretrained(cls, base: str = "base", upsampler: str | None = "upsample", *,
-                        device="cpu", cache_dir=None, download=True,
-                        base_config=None, upsampler_config=None) -> EditPipeline:
-        return cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download,
-                                 base_config=base_config, upsampler_config=upsampler_config))
+    def from_pretrained(
+        cls,
+        base: str = "base",
+        upsampler: str | None = "upsample",
+        *,
+        device="cpu",
+        cache_dir=None,
+        download=True,
+        base_config=None,
+        upsampler_config=None,
+    ) -> EditPipeline:
+        return cls(
+            *load_stages(
+                base,
+                upsampler,
+                device=device,
+                cache_dir=cache_dir,
+                download=download,
+                base_config=base_config,
+                upsampler_config=upsampler_config,
+            )
+        )
 
     @torch.inference_mode()
     def __call__(
@@ -75,9 +92,18 @@ class EditPipeline:
         image, _ = split_alpha(image)
         if image.size[0] != image.size[1]:
             raise ValueError(f"the image must be square, got {image.size[0]}x{image.size[1]}")
-        validate_request([prompt], num_images, seed, base, upsample, dtype, self.base.device,
-                         self.base.config.diffusion.steps,
-                         self.upsampler.config.diffusion.steps if self.upsampler else None, negative=negative)
+        validate_request(
+            [prompt],
+            num_images,
+            seed,
+            base,
+            upsample,
+            dtype,
+            self.base.device,
+            self.base.config.diffusion.steps,
+            self.upsampler.config.diffusion.steps if self.upsampler else None,
+            negative=negative,
+        )
         comp = parse_prompt(prompt)
         dtype = resolve_dtype(dtype, self.base.device)
         warn_captions([comp], self.base.config.unet.text.tokenizer, negative)
@@ -93,12 +119,22 @@ class EditPipeline:
         low = sample_stage(self.base, [comp] * num_images, noise, base, schedule=truncate(full, k), x_T=x_start, **run)
         final = low
         if self.upsampler is not None:
-            final = sample_stage(self.upsampler, [comp.caption] * num_images, noise, upsample, low_res=quantize(low),
-                                 **run)
-        settings = {"base_model": self.base.name, "upsample_model": self.upsampler.name if self.upsampler else None,
-                    "base": asdict(base), "upsample": asdict(upsample) if self.upsampler else None,
-                    "dtype": dtype, "seed": seed, "num_images": num_images, "task": "edit",
-                    "strength": strength, "start_step": k, **prompt_settings([prompt], [comp], negative)}
+            final = sample_stage(
+                self.upsampler, [comp.caption] * num_images, noise, upsample, low_res=quantize(low), **run
+            )
+        settings = {
+            "base_model": self.base.name,
+            "upsample_model": self.upsampler.name if self.upsampler else None,
+            "base": asdict(base),
+            "upsample": asdict(upsample) if self.upsampler else None,
+            "dtype": dtype,
+            "seed": seed,
+            "num_images": num_images,
+            "task": "edit",
+            "strength": strength,
+            "start_step": k,
+            **prompt_settings([prompt], [comp], negative),
+        }
         return Text2ImResult(to_pil(final), to_pil(low), rows, seeds, settings)
 
 

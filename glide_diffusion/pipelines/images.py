@@ -15,8 +15,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-__all__ = ["extend_canvas", "from_pil", "known_at", "mask_from_image", "mask_from_rects", "quantize", "resized",
-           "split_alpha", "to_pil", "to_uint8"]
+__all__ = [
+    "extend_canvas",
+    "from_pil",
+    "known_at",
+    "mask_from_image",
+    "mask_from_rects",
+    "quantize",
+    "resized",
+    "split_alpha",
+    "to_pil",
+    "to_uint8",
+]
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
@@ -73,8 +83,14 @@ def mask_from_rects(rects: Sequence[tuple[int, int, int, int]], size: tuple[int,
     return fill
 
 
-def extend_canvas(image: Image.Image, fill: np.ndarray | None, left: int, top: int, right: int, bottom: int,
-                  ) -> tuple[Image.Image, np.ndarray]:
+def extend_canvas(
+    image: Image.Image,
+    fill: np.ndarray | None,
+    left: int,
+    top: int,
+    right: int,
+    bottom: int,
+) -> tuple[Image.Image, np.ndarray]:
     """Outpainting: grow the canvas by the given margins (grey), which become the region to fill."""
     if min(left, top, right, bottom) < 0:
         raise ValueError("canvas extensions must be >= 0 pixels")
@@ -82,7 +98,7 @@ def extend_canvas(image: Image.Image, fill: np.ndarray | None, left: int, top: i
     canvas = Image.new("RGB", (w + left + right, h + top + bottom), (128, 128, 128))
     canvas.paste(image, (left, top))
     new_fill = np.ones((canvas.size[1], canvas.size[0]), dtype=bool)
-    new_fill[top:top + h, left:left + w] = fill if fill is not None else False
+    new_fill[top : top + h, left : left + w] = fill if fill is not None else False
     return canvas, new_fill
 
 

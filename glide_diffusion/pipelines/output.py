@@ -98,13 +98,21 @@ def save_samples(
         terms = (settings.get("terms") or {}).get(prompt)
         if terms:  # a composed prompt: its parsed terms (text, weight), also under settings["terms"]
             chunks["terms"] = json.dumps(terms)
-        paths.append(save_png(image, out / sample_name(prompt, index, seed, settings, suffix), chunks,
-                              overwrite=overwrite))
+        paths.append(
+            save_png(image, out / sample_name(prompt, index, seed, settings, suffix), chunks, overwrite=overwrite)
+        )
     return paths
 
 
-def save_npz(path: str | os.PathLike, images: Sequence[Image.Image], prompts: Sequence[str],
-             seeds: Sequence[int], settings: dict, *, overwrite: bool = True) -> Path:
+def save_npz(
+    path: str | os.PathLike,
+    images: Sequence[Image.Image],
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    settings: dict,
+    *,
+    overwrite: bool = True,
+) -> Path:
     """All images as one uint8 array (N, H, W, 3) with prompts, seeds and settings; the path written
     (``overwrite=False``: the next free name where ``path`` is taken)."""
     arrays = {

@@ -25,8 +25,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["MAX_TERMS", "Composition", "CompositionError", "CompositionWarning", "Term", "clip_target",
-           "is_composed", "parse_prompt", "parse_prompts", "prompt_settings", "warn_unused_negative"]
+__all__ = [
+    "MAX_TERMS",
+    "Composition",
+    "CompositionError",
+    "CompositionWarning",
+    "Term",
+    "clip_target",
+    "is_composed",
+    "parse_prompt",
+    "parse_prompts",
+    "prompt_settings",
+    "warn_unused_negative",
+]
 
 MAX_TERMS = 8  # each term is one more row of every forward pass (K + 1 rows per image)
 _KEYWORD = re.compile(r"\b(AND|NOT)\b")
@@ -117,14 +128,22 @@ def parse_prompt(prompt: str, *, max_terms: int = MAX_TERMS, warn: bool = True) 
         after = ands[i] if i < len(ands) else None
         terms.append(_term(prompt, start, end, before, after))
     if not any(t.weight > 0 for t in terms):
-        raise CompositionError(prompt, None, "every term is negative (NOT, or a weight <= 0); a composition "
-                                             "needs one positive term. To steer away from a caption alone, "
-                                             "give it as the negative prompt (--negative, negative=)")
+        raise CompositionError(
+            prompt,
+            None,
+            "every term is negative (NOT, or a weight <= 0); a composition "
+            "needs one positive term. To steer away from a caption alone, "
+            "give it as the negative prompt (--negative, negative=)",
+        )
     if warn and math.isclose(sum(t.weight for t in terms), 0.0, abs_tol=1e-9):
-        warnings.warn(f"the weights of {prompt!r} sum to 0, so the guided prediction eps(neg) + s * sum w_k "
-                      "(eps(c_k) - eps(neg)) keeps no net weight on the terms (only their differences); where the "
-                      "images lose the positive terms, weigh them more ('A :2 AND NOT B') or steer away with a "
-                      "negative prompt (--negative, negative=)", CompositionWarning, stacklevel=2)
+        warnings.warn(
+            f"the weights of {prompt!r} sum to 0, so the guided prediction eps(neg) + s * sum w_k "
+            "(eps(c_k) - eps(neg)) keeps no net weight on the terms (only their differences); where the "
+            "images lose the positive terms, weigh them more ('A :2 AND NOT B') or steer away with a "
+            "negative prompt (--negative, negative=)",
+            CompositionWarning,
+            stacklevel=2,
+        )
     return Composition(tuple(terms))
 
 
@@ -146,21 +165,25 @@ def _term(prompt: str, start: int, end: int, before: int | None, after: int | No
     if nots:
         raise CompositionError(prompt, nots[0], f"NOT can only begin a term, as in 'A AND NOT B' {_HINT}")
     colon = prompt.find(":", body, end)
-    text = prompt[body:end if colon < 0 else colon].strip()
+    text = prompt[body : end if colon < 0 else colon].strip()
     if not text:
         if sign < 0 and colon < 0:
             raise CompositionError(prompt, body - 3, "nothing after NOT")
         raise CompositionError(prompt, colon, "empty term before its weight")
     if colon < 0:
         return Term(text, sign)
-    raw = prompt[colon + 1:end]
+    raw = prompt[colon + 1 : end]
     at = colon + 1 + len(raw) - len(raw.lstrip())
     number = raw.strip()
     if not number:
         raise CompositionError(prompt, colon, "no weight after ':' (a term's weight is ':' then a number)")
     if not _NUMBER.fullmatch(number):
-        raise CompositionError(prompt, at, f"the weight {number!r} is not a number (a term's weight is ':' then "
-                                           "a number, e.g. ':1.5'; ':' begins the weight)")
+        raise CompositionError(
+            prompt,
+            at,
+            f"the weight {number!r} is not a number (a term's weight is ':' then "
+            "a number, e.g. ':1.5'; ':' begins the weight)",
+        )
     weight = float(number)
     if not math.isfinite(weight):
         raise CompositionError(prompt, at, f"the weight {number!r} is not finite")
@@ -187,12 +210,14 @@ def prompt_settings(prompts: Sequence[str], comps: Sequence[Composition], negati
 def warn_unused_negative(negative: str | None, comps: Sequence[Composition], *scales_of) -> None:
     """Warn where a negative prompt changes nothing: plain captions and every stage's settings
     (``scales_of``: StageSettings, or None for a stage not run) at guidance scale 1."""
-    if negative and not any(c.composed for c in comps) and all(
-        s is None or s.guidance_scale == 1.0 for s in scales_of
-    ):
-        warnings.warn(f"the negative prompt {negative!r} has no effect: at guidance scale 1 a caption runs the "
-                      "conditional model alone (the negative prompt replaces the empty caption of "
-                      "classifier-free guidance, -g/guidance_scale)", CompositionWarning, stacklevel=3)
+    if negative and not any(c.composed for c in comps) and all(s is None or s.guidance_scale == 1.0 for s in scales_of):
+        warnings.warn(
+            f"the negative prompt {negative!r} has no effect: at guidance scale 1 a caption runs the "
+            "conditional model alone (the negative prompt replaces the empty caption of "
+            "classifier-free guidance, -g/guidance_scale)",
+            CompositionWarning,
+            stacklevel=3,
+        )
 
 
 def clip_target(clip, comps: Sequence[Composition], tokenizer=None):

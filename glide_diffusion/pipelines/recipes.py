@@ -14,9 +14,24 @@ from dataclasses import dataclass
 from ..diffusion.schedule import space_timesteps
 from ..sampling.samplers import SAMPLERS
 
-__all__ = ["BASE_DEFAULTS", "FAST_BASE", "FAST_UPSAMPLE", "INPAINT_MODEL_RECIPES", "INPAINT_RECIPES",
-           "INPAINT_UPSAMPLE_DEFAULTS", "MODEL_RECIPES", "OFFICIAL_BASE", "OFFICIAL_UPSAMPLE", "RECIPES",
-           "RERANK_CLIPS", "SHAPES_BASE", "SHAPES_INPAINT", "SettingError", "StageSettings", "UPSAMPLE_DEFAULTS"]
+__all__ = [
+    "BASE_DEFAULTS",
+    "FAST_BASE",
+    "FAST_UPSAMPLE",
+    "INPAINT_MODEL_RECIPES",
+    "INPAINT_RECIPES",
+    "INPAINT_UPSAMPLE_DEFAULTS",
+    "MODEL_RECIPES",
+    "OFFICIAL_BASE",
+    "OFFICIAL_UPSAMPLE",
+    "RECIPES",
+    "RERANK_CLIPS",
+    "SHAPES_BASE",
+    "SHAPES_INPAINT",
+    "SettingError",
+    "StageSettings",
+    "UPSAMPLE_DEFAULTS",
+]
 
 
 @dataclass(frozen=True)
@@ -45,6 +60,7 @@ class StageSettings:
 
     def validate(self, stage: str, num_steps: int) -> None:
         """Raise :class:`SettingError` (named ``"<stage>.<field>"``) for a setting that cannot run."""
+
         def bad(name: str, problem: str) -> SettingError:
             return SettingError(f"{stage}.{name}", problem)
 
@@ -65,8 +81,10 @@ class StageSettings:
         if self.guidance_interval is not None:
             lo, hi = self.guidance_interval
             if not 0 <= lo <= hi <= 1:
-                raise bad("guidance_interval", "must satisfy 0 <= lo <= hi <= 1 (fractions of the diffusion "
-                                               f"steps), got {lo}, {hi}")
+                raise bad(
+                    "guidance_interval",
+                    f"must satisfy 0 <= lo <= hi <= 1 (fractions of the diffusion steps), got {lo}, {hi}",
+                )
 
 
 class SettingError(ValueError):
@@ -89,8 +107,11 @@ FAST_UPSAMPLE = StageSettings("dpm++2m", "3", 1.0, 0.997)
 # by shapes-clip-rerank: what scored best on it (docs/results.md, "Sampling the Shapes base").
 SHAPES_BASE = StageSettings("dpm++2m", "25", 5.0, 1.0, candidates=4)
 # Named (base, upsampler) settings: what ``glide sample --recipe`` picks from.
-RECIPES = {"fast": (FAST_BASE, FAST_UPSAMPLE), "official": (OFFICIAL_BASE, OFFICIAL_UPSAMPLE),
-           "shapes": (SHAPES_BASE, FAST_UPSAMPLE)}
+RECIPES = {
+    "fast": (FAST_BASE, FAST_UPSAMPLE),
+    "official": (OFFICIAL_BASE, OFFICIAL_UPSAMPLE),
+    "shapes": (SHAPES_BASE, FAST_UPSAMPLE),
+}
 # The recipe ``glide sample`` uses for a base model unless --recipe says otherwise.
 MODEL_RECIPES = {"shapes-base": "shapes"}
 # The noised CLIP ``glide sample`` and ``glide inpaint`` choose a model's candidates with unless --clip
@@ -106,8 +127,10 @@ INPAINT_UPSAMPLE_DEFAULTS = StageSettings("ddpm", "fast27", 1.0, 0.997)
 # DPM-Solver++(2M) 25 steps at guidance 3, best of 4 by CLIP.
 SHAPES_INPAINT = StageSettings("dpm++2m", "25", 3.0, 1.0, candidates=4)
 # Named (base, upsampler) settings ``glide inpaint --recipe`` picks from; the first is the default.
-INPAINT_RECIPES = {"official": (OFFICIAL_BASE, INPAINT_UPSAMPLE_DEFAULTS),
-                   "shapes": (SHAPES_INPAINT, INPAINT_UPSAMPLE_DEFAULTS)}
+INPAINT_RECIPES = {
+    "official": (OFFICIAL_BASE, INPAINT_UPSAMPLE_DEFAULTS),
+    "shapes": (SHAPES_INPAINT, INPAINT_UPSAMPLE_DEFAULTS),
+}
 # The recipe ``glide inpaint`` uses for an inpainting model unless --recipe says otherwise (its
 # reranking CLIP: RERANK_CLIPS).
 INPAINT_MODEL_RECIPES = {"shapes-inpaint": "shapes"}

@@ -81,7 +81,11 @@ class Stage:
 
 
 def load_stage(
-    source: str, *, device: str | torch.device = "cpu", cache_dir: str | None = None, download: bool = True,
+    source: str,
+    *,
+    device: str | torch.device = "cpu",
+    cache_dir: str | None = None,
+    download: bool = True,
     config: ModelConfig | str | None = None,
 ) -> Stage:
     """A released name (fetched into the cache when missing, unless ``download`` is False) or a checkpoint path;
@@ -94,14 +98,21 @@ def load_stage(
 
 
 def load_stages(
-    base: str, upsampler: str | None, *, device: str | torch.device = "cpu", cache_dir: str | None = None,
-    download: bool = True, base_config: ModelConfig | str | None = None,
+    base: str,
+    upsampler: str | None,
+    *,
+    device: str | torch.device = "cpu",
+    cache_dir: str | None = None,
+    download: bool = True,
+    base_config: ModelConfig | str | None = None,
     upsampler_config: ModelConfig | str | None = None,
 ) -> tuple[Stage, Stage | None]:
     """The (base, upsampler) stages of a pipeline's ``from_pretrained``; no upsampler when it is None or empty."""
     kw: dict[str, Any] = dict(device=device, cache_dir=cache_dir, download=download)
-    return (load_stage(base, config=base_config, **kw),
-            load_stage(upsampler, config=upsampler_config, **kw) if upsampler else None)
+    return (
+        load_stage(base, config=base_config, **kw),
+        load_stage(upsampler, config=upsampler_config, **kw) if upsampler else None,
+    )
 
 
 def _ensure_released(source: str, cache_dir, download: bool) -> str | None:
@@ -190,8 +201,9 @@ def sample_stage(
             conditional = caption_rows
         elif interval is not None:  # the composition at scale 1, on all rows
             conditional = composed_guidance(model_rows, 1.0, weights)
-        denoiser = composed_guidance(model_rows, settings.guidance_scale, weights, interval=interval,
-                                     conditional=conditional)
+        denoiser = composed_guidance(
+            model_rows, settings.guidance_scale, weights, interval=interval, conditional=conditional
+        )
     if x_T is None:
         x_T = noise.initial((cfg.in_channels, cfg.image_size, cfg.image_size)) * settings.temperature
     label = f"{stage.config.kind} {cfg.image_size}px {settings.sampler} {settings.steps}" if progress else False

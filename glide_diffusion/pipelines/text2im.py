@@ -39,9 +39,23 @@ from .recipes import (
 from .stage import Stage, load_stages, sample_stage
 
 # The recipes and StageSettings live in .recipes; re-exported here, where the Python API has imported them.
-__all__ = ["BASE_DEFAULTS", "UPSAMPLE_DEFAULTS", "FAST_BASE", "FAST_UPSAMPLE", "OFFICIAL_BASE", "OFFICIAL_UPSAMPLE",
-           "MODEL_RECIPES", "RECIPES", "RERANK_CLIPS", "SHAPES_BASE", "Stage", "StageSettings", "Text2ImPipeline",
-           "Text2ImResult", "validate_request"]
+__all__ = [
+    "BASE_DEFAULTS",
+    "UPSAMPLE_DEFAULTS",
+    "FAST_BASE",
+    "FAST_UPSAMPLE",
+    "OFFICIAL_BASE",
+    "OFFICIAL_UPSAMPLE",
+    "MODEL_RECIPES",
+    "RECIPES",
+    "RERANK_CLIPS",
+    "SHAPES_BASE",
+    "Stage",
+    "StageSettings",
+    "Text2ImPipeline",
+    "Text2ImResult",
+    "validate_request",
+]
 
 MAX_SEED = 2**63 - 1
 
@@ -58,8 +72,15 @@ class Text2ImResult:
 class Text2ImPipeline:
     """``pipeline(prompts) -> Text2ImResult``: GLIDE's text-to-image sampling."""
 
-    def __init__(self, base: Stage, upsampler: Stage | None = None, clip=None, clip_tokenizer=None,
-                 rerank_clip=None, rerank_clip_tokenizer=None):
+    def __init__(
+        self,
+        base: Stage,
+        upsampler: Stage | None = None,
+        clip=None,
+        clip_tokenizer=None,
+        rerank_clip=None,
+        rerank_clip_tokenizer=None,
+    ):
         """``clip``: an optional noised CLIP (``glide_diffusion.clip``) for CLIP guidance of the base
         stage and CLIP reranking, with its tokenizer (default: the one its config names, the CLIP
         BPE found in ``$GLIDE_VOCAB_DIR`` or the cache). ``rerank_clip``: another noised CLIP
@@ -95,8 +116,17 @@ class Text2ImPipeline:
         the same kinds of name, for reranking and settings with ``candidates`` > 1 (the ``shapes``
         recipe: ``rerank_clip="shapes-clip-rerank"``). ``base_config``, ``upsampler_config``:
         presets of ``.pt`` state dicts that record none."""
-        pipe = cls(*load_stages(base, upsampler, device=device, cache_dir=cache_dir, download=download,
-                                base_config=base_config, upsampler_config=upsampler_config))
+        pipe = cls(
+            *load_stages(
+                base,
+                upsampler,
+                device=device,
+                cache_dir=cache_dir,
+                download=download,
+                base_config=base_config,
+                upsampler_config=upsampler_config,
+            )
+        )
         from ..clip.loading import load_clip_and_tokenizer
 
         kw: dict[str, Any] = dict(device=device, cache_dir=cache_dir, download=download)
@@ -145,10 +175,17 @@ class Text2ImPipeline:
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         validate_request(
-            prompts, num_images, seed, base, upsample, dtype, self.base.device,
+            prompts,
+            num_images,
+            seed,
+            base,
+            upsample,
+            dtype,
+            self.base.device,
             self.base.config.diffusion.steps,
             self.upsampler.config.diffusion.steps if self.upsampler else None,
-            reranks=True, negative=negative,
+            reranks=True,
+            negative=negative,
         )
         comps = parse_prompts(prompts)
         dtype = resolve_dtype(dtype, self.base.device)
@@ -164,13 +201,19 @@ class Text2ImPipeline:
             raise SettingError("batch_size", f"must be a positive integer, got {batch_size!r}")
         if rerank is not None:
             if isinstance(rerank, bool) or not isinstance(rerank, int) or not 1 <= rerank <= num_images:
-                raise SettingError("rerank", f"must be an integer in 1..{num_images} (the images per prompt), "
-                                 f"got {rerank!r}")
+                raise SettingError(
+                    "rerank", f"must be an integer in 1..{num_images} (the images per prompt), got {rerank!r}"
+                )
         if (rerank is not None or base.candidates > 1) and self._reranker()[0] is None:
-            why = f"base.candidates={base.candidates} keeps the best of each {base.candidates} by" \
-                if base.candidates > 1 else "CLIP reranking needs"
-            raise ValueError(f"{why} a noised CLIP: pass rerank_clip= or clip= "
-                             "(glide_diffusion.clip.load_clip(); for the Shapes models 'shapes-clip-rerank')")
+            why = (
+                f"base.candidates={base.candidates} keeps the best of each {base.candidates} by"
+                if base.candidates > 1
+                else "CLIP reranking needs"
+            )
+            raise ValueError(
+                f"{why} a noised CLIP: pass rerank_clip= or clip= "
+                "(glide_diffusion.clip.load_clip(); for the Shapes models 'shapes-clip-rerank')"
+            )
         per = num_images * base.candidates  # images sampled for each prompt
         rows = [p for p in prompts for _ in range(per)]
         crows = [c for c in comps for _ in range(per)]
@@ -182,8 +225,9 @@ class Text2ImPipeline:
         for i in range(0, len(rows), step):
             chunk = crows[i : i + step]
             cond_fn = self._clip_cond_fn(chunk, clip_guidance_scale) if clip_guidance_scale else None
-            lows.append(sample_stage(self.base, chunk, noise.select(range(i, i + len(chunk))), base,
-                                     cond_fn=cond_fn, **run))
+            lows.append(
+                sample_stage(self.base, chunk, noise.select(range(i, i + len(chunk))), base, cond_fn=cond_fn, **run)
+            )
         low = torch.cat(lows)
         low8 = quantize(low)  # as the images are saved: what reranking scores and the upsampler was trained on
         kept, scores = list(range(len(rows))), None
@@ -199,8 +243,16 @@ class Text2ImPipeline:
             finals = []
             for i in range(0, len(kept), step):
                 idx = kept[i : i + step]
-                finals.append(sample_stage(self.upsampler, [crows[j].caption for j in idx], noise.select(idx), upsample,
-                                           low_res=low8[i : i + step], **run))
+                finals.append(
+                    sample_stage(
+                        self.upsampler,
+                        [crows[j].caption for j in idx],
+                        noise.select(idx),
+                        upsample,
+                        low_res=low8[i : i + step],
+                        **run,
+                    )
+                )
             final = torch.cat(finals)
         settings = {
             "base_model": self.base.name,
@@ -216,8 +268,13 @@ class Text2ImPipeline:
             **prompt_settings(prompts, comps, negative),
         }
         if scores is not None:
-            settings["clip_rerank"] = {"keep": rerank or num_images, "of": per, "best_of": base.candidates,
-                                       "scores": scores, "clip_model": self._reranker()[2]}
+            settings["clip_rerank"] = {
+                "keep": rerank or num_images,
+                "of": per,
+                "best_of": base.candidates,
+                "scores": scores,
+                "clip_model": self._reranker()[2],
+            }
         return Text2ImResult(to_pil(final), to_pil(low), [rows[j] for j in kept], [seeds[j] for j in kept], settings)
 
     @torch.inference_mode()
@@ -229,8 +286,9 @@ class Text2ImPipeline:
         (the resolution the CLIP was trained at), recorded in ``settings["clip_rerank"]``.
         """
         if self._reranker()[0] is None:
-            raise ValueError("CLIP reranking needs a noised CLIP: pass rerank_clip= or clip= "
-                             "(glide_diffusion.clip.load_clip())")
+            raise ValueError(
+                "CLIP reranking needs a noised CLIP: pass rerank_clip= or clip= (glide_diffusion.clip.load_clip())"
+            )
         # One group per requested prompt (rows come as prompt-major runs of num_images, or of
         # the kept count once reranked), so a prompt given twice is reranked twice, not pooled.
         settings = result.settings
@@ -238,8 +296,10 @@ class Text2ImPipeline:
         if not per:  # a result built by hand: runs of the same prompt
             per = next((i for i, p in enumerate(result.prompts) if p != result.prompts[0]), len(result.prompts))
         groups = [list(range(i, i + per)) for i in range(0, len(result.prompts), per)]
-        if not result.prompts or len(result.prompts) % per or any(
-            len({result.prompts[i] for i in g}) != 1 for g in groups
+        if (
+            not result.prompts
+            or len(result.prompts) % per
+            or any(len({result.prompts[i] for i in g}) != 1 for g in groups)
         ):
             raise ValueError(f"a result of {len(result.prompts)} images is not whole runs of {per} per prompt")
         if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= per:
@@ -247,17 +307,27 @@ class Text2ImPipeline:
         images = torch.cat([from_pil(im) for im in result.low_res])
         chosen, scores = self._best(images, parse_prompts(result.prompts, warn=False), per, keep)
         best_of = (result.settings.get("base") or {}).get("candidates", 1)
-        settings = dict(result.settings, clip_rerank={"keep": keep, "of": per * best_of, "best_of": best_of,
-                                                      "scores": scores, "clip_model": self._reranker()[2]})
+        settings = dict(
+            result.settings,
+            clip_rerank={
+                "keep": keep,
+                "of": per * best_of,
+                "best_of": best_of,
+                "scores": scores,
+                "clip_model": self._reranker()[2],
+            },
+        )
 
         def pick(xs: list[Any]) -> list[Any]:
             return [xs[i] for i in chosen]
 
-        return Text2ImResult(pick(result.images), pick(result.low_res), pick(result.prompts),
-                             pick(result.seeds), settings)
+        return Text2ImResult(
+            pick(result.images), pick(result.low_res), pick(result.prompts), pick(result.seeds), settings
+        )
 
-    def _best(self, images: torch.Tensor, prompts: Sequence[Composition], per: int, keep: int
-              ) -> tuple[list[int], list[float]]:
+    def _best(
+        self, images: torch.Tensor, prompts: Sequence[Composition], per: int, keep: int
+    ) -> tuple[list[int], list[float]]:
         """Indices of the ``keep`` best-scored images of each run of ``per`` (one prompt), best
         first, and their scores. ``images``: (N, 3, H, W) in [-1, 1]."""
         from ..guidance.rerank import clip_best
@@ -281,8 +351,9 @@ class Text2ImPipeline:
         """GLIDE's CLIP guidance for these prompts: the mean moves along the similarity gradient."""
         from ..guidance.clip import clip_cond_fn
 
-        return clip_cond_fn(self.clip, clip_target(self.clip, rows, self.clip_tokenizer), scale,
-                            tokenizer=self.clip_tokenizer)
+        return clip_cond_fn(
+            self.clip, clip_target(self.clip, rows, self.clip_tokenizer), scale, tokenizer=self.clip_tokenizer
+        )
 
 
 def validate_request(
@@ -313,8 +384,10 @@ def validate_request(
         raise SettingError("num_images", f"must be an integer in [1, 1024], got {num_images!r}")
     base.validate("base", base_steps)
     if base.candidates != 1 and not reranks:
-        raise ValueError(f"base: candidates (best of N by a noised CLIP) is for text-to-image and inpainting; "
-                         f"got {base.candidates}, expected 1")
+        raise ValueError(
+            f"base: candidates (best of N by a noised CLIP) is for text-to-image and inpainting; "
+            f"got {base.candidates}, expected 1"
+        )
     if upsample.candidates != 1:
         raise ValueError(f"upsample: candidates applies to the base stage only; got {upsample.candidates}")
     batch = len(prompts) * num_images * base.candidates

@@ -229,9 +229,7 @@ def sample_ddim(
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
 
     def step(model_out: torch.Tensor, x: torch.Tensor, i: int, noise: torch.Tensor) -> StepResult:
-        return ddim_step(
-            s, model_out, x, i, noise, eta=eta, clip_denoised=clip_denoised, x0_fn=x0_fn, cond_fn=cond_fn
-        )
+        return ddim_step(s, model_out, x, i, noise, eta=eta, clip_denoised=clip_denoised, x0_fn=x0_fn, cond_fn=cond_fn)
 
     return _run(step, denoiser, s, x_T, noise_fn, cond_fn is not None, progress, callback)
 

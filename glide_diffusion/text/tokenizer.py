@@ -103,14 +103,10 @@ class Tokenizer(Protocol):
 
     def decode(self, tokens: Sequence[int]) -> str: ...
 
-    def padded_tokens_and_mask(
-        self, tokens: Sequence[int], context_length: int
-    ) -> tuple[list[int], list[bool]]: ...
+    def padded_tokens_and_mask(self, tokens: Sequence[int], context_length: int) -> tuple[list[int], list[bool]]: ...
 
 
-def padded_tokens_and_mask(
-    tokens: Sequence[int], context_length: int, pad_token: int
-) -> tuple[list[int], list[bool]]:
+def padded_tokens_and_mask(tokens: Sequence[int], context_length: int, pad_token: int) -> tuple[list[int], list[bool]]:
     """Truncate to ``context_length``, pad with ``pad_token``; mask is True on real tokens."""
     tokens = list(tokens)[:context_length]
     n_pad = context_length - len(tokens)
@@ -137,9 +133,7 @@ class GPT2Tokenizer:
         """Text of ``tokens``; invalid UTF-8 becomes U+FFFD, as in GLIDE."""
         return self.encoding.decode(list(tokens), errors="replace")
 
-    def padded_tokens_and_mask(
-        self, tokens: Sequence[int], context_length: int
-    ) -> tuple[list[int], list[bool]]:
+    def padded_tokens_and_mask(self, tokens: Sequence[int], context_length: int) -> tuple[list[int], list[bool]]:
         """Truncate/pad to ``context_length`` with 50256, as GLIDE does."""
         return padded_tokens_and_mask(tokens, context_length, self.pad_token)
 
@@ -164,9 +158,7 @@ class ByteTokenizer:
         """Text of the byte ids; padding is dropped, invalid UTF-8 becomes U+FFFD."""
         return bytes(t for t in tokens if 0 <= t < 256).decode("utf-8", errors="replace")
 
-    def padded_tokens_and_mask(
-        self, tokens: Sequence[int], context_length: int
-    ) -> tuple[list[int], list[bool]]:
+    def padded_tokens_and_mask(self, tokens: Sequence[int], context_length: int) -> tuple[list[int], list[bool]]:
         return padded_tokens_and_mask(tokens, context_length, self.pad_token)
 
     def __repr__(self) -> str:
@@ -177,13 +169,43 @@ class ByteTokenizer:
 # (docs/shapes.md). Part of the checkpoint contract of models trained
 # with it: append only, never reorder.
 SHAPES_WORDS: tuple[str, ...] = (
-    "a", "an", "the", "of", "that", "is", "photo", "image",
-    "small", "large",
-    "red", "green", "blue", "yellow", "purple", "orange",
-    "circle", "square", "triangle", "star", "cross",
-    "in", "at", "on", "to", "top", "bottom", "left", "right", "center", "corner",
-    "above", "below",
-    "white", "black", "gray", "background",
+    "a",
+    "an",
+    "the",
+    "of",
+    "that",
+    "is",
+    "photo",
+    "image",
+    "small",
+    "large",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "purple",
+    "orange",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "cross",
+    "in",
+    "at",
+    "on",
+    "to",
+    "top",
+    "bottom",
+    "left",
+    "right",
+    "center",
+    "corner",
+    "above",
+    "below",
+    "white",
+    "black",
+    "gray",
+    "background",
 )
 
 _WORD_PATTERN = re.compile(r"\w+|[^\w\s]")
@@ -230,9 +252,7 @@ class WordTokenizer:
             parts.append(run.decode("utf-8", errors="replace"))
         return " ".join(parts)
 
-    def padded_tokens_and_mask(
-        self, tokens: Sequence[int], context_length: int
-    ) -> tuple[list[int], list[bool]]:
+    def padded_tokens_and_mask(self, tokens: Sequence[int], context_length: int) -> tuple[list[int], list[bool]]:
         return padded_tokens_and_mask(tokens, context_length, self.pad_token)
 
     def __repr__(self) -> str:
@@ -373,8 +393,10 @@ def load_gpt2_encoding(vocab_dir: str | os.PathLike[str] | None = None) -> tikto
     try:
         return _encoding_from_tiktoken()
     except Exception as e:  # tiktoken surfaces network failures as assorted types
-        reason = (f"this installation lacks the package's copy ({shipped.HERE}), none in the cache, and "
-                  f"tiktoken could not download them ({type(e).__name__}: {e})")
+        reason = (
+            f"this installation lacks the package's copy ({shipped.HERE}), none in the cache, and "
+            f"tiktoken could not download them ({type(e).__name__}: {e})"
+        )
         raise VocabNotFoundError(_missing_message([cache_dir() / "vocab"], reason)) from e
 
 

@@ -15,9 +15,9 @@ class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 whatever the input dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(
-            x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps
-        ).to(x.dtype)
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).to(
+            x.dtype
+        )
 
 
 class MultiheadAttention(nn.Module):

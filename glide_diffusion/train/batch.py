@@ -84,8 +84,9 @@ def make_inputs(
             from .augment import degrade_low_res
 
             blur_lo, blur_hi = config.cond.low_res_blur
-            low_res = degrade_low_res(low_res, generator, blur_sigma=(blur_lo, blur_hi),
-                                      noise_std=config.cond.low_res_noise_std)
+            low_res = degrade_low_res(
+                low_res, generator, blur_sigma=(blur_lo, blur_hi), noise_std=config.cond.low_res_noise_std
+            )
         if config.cond.crop_size:
             x0, low_res = random_crop(x0, low_res, config.cond.crop_size, generator)
         cond["low_res"] = low_res
@@ -111,9 +112,13 @@ def random_crop(
     small = size // factor
     n, side = image.shape[0], low_res.shape[-1]
     offsets = torch.randint(0, side - small + 1, (n, 2), generator=generator).tolist()
-    hi = torch.stack([image[i, :, y * factor:(y + small) * factor, x * factor:(x + small) * factor]
-                      for i, (y, x) in enumerate(offsets)])
-    lo = torch.stack([low_res[i, :, y:y + small, x:x + small] for i, (y, x) in enumerate(offsets)])
+    hi = torch.stack(
+        [
+            image[i, :, y * factor : (y + small) * factor, x * factor : (x + small) * factor]
+            for i, (y, x) in enumerate(offsets)
+        ]
+    )
+    lo = torch.stack([low_res[i, :, y : y + small, x : x + small] for i, (y, x) in enumerate(offsets)])
     return hi, lo
 
 

@@ -73,12 +73,13 @@ def shape_negatives(captions: list[str], n: int, generator: torch.Generator) -> 
         others = [s for s in SHAPES if s != words[j]]
         first = int(torch.randint(len(others), (1,), generator=generator))
         for k in range(n):
-            out.append(" ".join(words[:j] + [others[(first + k) % len(others)]] + words[j + 1:]))
+            out.append(" ".join(words[:j] + [others[(first + k) % len(others)]] + words[j + 1 :]))
     return out, valid
 
 
-def make_clip_inputs(batch: dict, config, schedule: Schedule, tokenizer, generator: torch.Generator,
-                     device: torch.device) -> ClipInputs:
+def make_clip_inputs(
+    batch: dict, config, schedule: Schedule, tokenizer, generator: torch.Generator, device: torch.device
+) -> ClipInputs:
     """Noised images at uniform timesteps (below ``clip.max_timestep`` when set) and their
     tokenized captions (no caption dropout)."""
     x0 = batch["image"].float()
@@ -149,8 +150,9 @@ def clip_loss(model, inputs: ClipInputs) -> tuple[torch.Tensor, torch.Tensor]:
         z_image, z_text = model(inputs.x_t, inputs.t, inputs.tokens, inputs.lens)
     else:  # one text-tower call for the captions and their negatives
         neg_tokens, neg_lens, neg_valid = negatives
-        z_image, z_all = model(inputs.x_t, inputs.t, torch.cat([inputs.tokens, neg_tokens]),
-                               torch.cat([inputs.lens, neg_lens]))
+        z_image, z_all = model(
+            inputs.x_t, inputs.t, torch.cat([inputs.tokens, neg_tokens]), torch.cat([inputs.lens, neg_lens])
+        )
         z_text, z_neg = z_all[:B], z_all[B:].reshape(B, -1, z_all.shape[-1])
     z_image, z_text = _gather(z_image), _gather(z_text)
     tokens = _gather(inputs.tokens)

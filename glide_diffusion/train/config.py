@@ -134,8 +134,10 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         _check(self.min_snr_gamma >= 0, "loss.min_snr_gamma must be >= 0 (0 = off)")
-        _check(0 <= self.clip_shape_negatives <= 4,
-               "loss.clip_shape_negatives must be in 0..4 (0 = off; Shapes has 5 shapes)")
+        _check(
+            0 <= self.clip_shape_negatives <= 4,
+            "loss.clip_shape_negatives must be in 0..4 (0 = off; Shapes has 5 shapes)",
+        )
         _check(self.v_weight_max == 0 or self.v_weight_max >= 1, "loss.v_weight_max must be 0 (off) or >= 1")
 
 
@@ -203,8 +205,9 @@ class DistConfig:
     reshard_after_forward: bool = True
 
     def __post_init__(self) -> None:
-        _check(self.strategy in DIST_STRATEGIES,
-               f"dist.strategy must be one of {DIST_STRATEGIES}, got {self.strategy!r}")
+        _check(
+            self.strategy in DIST_STRATEGIES, f"dist.strategy must be one of {DIST_STRATEGIES}, got {self.strategy!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -261,11 +264,15 @@ class TrainConfig:
         _check(d.size is None or d.size > 0, "data.size must be > 0")
         _check(d.num_workers >= 0, "data.num_workers must be >= 0")
         if self.dist.strategy == "fsdp":
-            _check(self.clip is None, "dist.strategy = \"fsdp\" shards diffusion models; train a noised CLIP with ddp")
-            _check(self.ckpt.format != "files",
-                   "dist.strategy = \"fsdp\" writes sharded checkpoints: ckpt.format must be \"dcp\" (or \"auto\")")
-        _check(not self.ckpt.async_save or self.checkpoint_format == "dcp",
-               "ckpt.async_save needs ckpt.format = \"dcp\" (the default under dist.strategy = \"fsdp\")")
+            _check(self.clip is None, 'dist.strategy = "fsdp" shards diffusion models; train a noised CLIP with ddp')
+            _check(
+                self.ckpt.format != "files",
+                'dist.strategy = "fsdp" writes sharded checkpoints: ckpt.format must be "dcp" (or "auto")',
+            )
+        _check(
+            not self.ckpt.async_save or self.checkpoint_format == "dcp",
+            'ckpt.async_save needs ckpt.format = "dcp" (the default under dist.strategy = "fsdp")',
+        )
         if self.clip is not None:
             _check(not self.activation_checkpointing, "activation_checkpointing is for diffusion models, not clip")
             _check(self.precision != "fp16", "clip training runs in fp32 or bf16")
@@ -273,15 +280,19 @@ class TrainConfig:
             _check(not self.loss.clip_shape_negatives, "loss.clip_shape_negatives is for noised CLIP training")
         crop, unet = self.cond.crop_size, self.model.unet
         if self.loss.v_weight_max:
-            _check(unet.prediction == "v" and not self.loss.min_snr_gamma,
-                   "loss.v_weight_max caps the v-MSE weight: for model.unet.prediction = \"v\" without min_snr_gamma")
+            _check(
+                unet.prediction == "v" and not self.loss.min_snr_gamma,
+                'loss.v_weight_max caps the v-MSE weight: for model.unet.prediction = "v" without min_snr_gamma',
+            )
         if crop:
             _check(unet.super_res, "cond.crop_size is for upsamplers (model.unet.super_res)")
             factor = unet.image_size // self.low_res_size
             levels = 2 ** (len(unet.channel_mult) - 1)
-            _check(crop <= unet.image_size and crop % factor == 0 and crop % levels == 0,
-                   f"cond.crop_size must be at most image_size ({unet.image_size}) and a multiple of "
-                   f"the upsampling factor ({factor}) and of {levels} (the UNet's downsampling)")
+            _check(
+                crop <= unet.image_size and crop % factor == 0 and crop % levels == 0,
+                f"cond.crop_size must be at most image_size ({unet.image_size}) and a multiple of "
+                f"the upsampling factor ({factor}) and of {levels} (the UNet's downsampling)",
+            )
 
     @property
     def task(self) -> str:

@@ -120,9 +120,18 @@ class PendingSave:
         return self.final
 
 
-def save_dcp(final: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
-             state: dict[str, Any] | None, config_json: str, *, async_group=None, use_async: bool = False,
-             commit_sleep: float = 0.0) -> PendingSave:
+def save_dcp(
+    final: Path,
+    model: nn.Module,
+    ema: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any] | None,
+    config_json: str,
+    *,
+    async_group=None,
+    use_async: bool = False,
+    commit_sleep: float = 0.0,
+) -> PendingSave:
     """Start writing a checkpoint of ``model``, ``ema`` and ``optimizer`` for step folder ``final``.
 
     Every process calls it (a collective). ``state`` is rank 0's ``state.pt`` content (None on
@@ -156,8 +165,9 @@ def save_dcp(final: Path, model: nn.Module, ema: nn.Module, optimizer: torch.opt
     return PendingSave(tmp, final, state, config_json, None, commit_sleep)
 
 
-def load_dcp(path: str | os.PathLike, model: nn.Module, ema: nn.Module,
-             optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def load_dcp(
+    path: str | os.PathLike, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
     """Load a DCP checkpoint into ``model``, ``ema`` and ``optimizer`` (sharded or not, any
     number of processes: DCP reshards); returns ``state.pt``. Every process calls it."""
     path = Path(path)

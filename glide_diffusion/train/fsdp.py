@@ -39,8 +39,15 @@ from ..precision import DTYPES
 from ..text.transformer import ResidualAttentionBlock
 from ..unet.blocks import AttentionBlock, ResBlock
 
-__all__ = ["BLOCK_TYPES", "checkpoint_blocks", "clip_grad_norm", "full_state_dict", "local", "shard_for_training",
-           "shard_model"]
+__all__ = [
+    "BLOCK_TYPES",
+    "checkpoint_blocks",
+    "clip_grad_norm",
+    "full_state_dict",
+    "local",
+    "shard_for_training",
+    "shard_model",
+]
 
 # The FSDP units (and the activation-checkpointed blocks), innermost first.
 BLOCK_TYPES: tuple[type[nn.Module], ...] = (ResBlock, AttentionBlock, ResidualAttentionBlock)
@@ -51,8 +58,9 @@ def _fsdp():
     try:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     except ImportError:  # public from PyTorch 2.6
-        raise RuntimeError(f"dist.strategy = \"fsdp\" needs PyTorch 2.6 or newer (FSDP2's fully_shard); "
-                           f"this is {torch.__version__}") from None
+        raise RuntimeError(
+            f'dist.strategy = "fsdp" needs PyTorch 2.6 or newer (FSDP2\'s fully_shard); this is {torch.__version__}'
+        ) from None
     return fully_shard, MixedPrecisionPolicy
 
 
@@ -87,8 +95,9 @@ def _project_text_through_module(self: AttentionBlock, xf_out: torch.Tensor) -> 
     return kv.reshape(b, n, self.heads, -1).transpose(1, 2)  # (B, heads, L, 2ch)
 
 
-def shard_model(model: nn.Module, *, precision: str = "fp32", reshard_after_forward: bool = True,
-                mesh=None) -> nn.Module:
+def shard_model(
+    model: nn.Module, *, precision: str = "fp32", reshard_after_forward: bool = True, mesh=None
+) -> nn.Module:
     """Apply ``fully_shard`` to ``model`` in place (per block, then the root); returns it.
 
     Needs the default process group (any size, gloo or NCCL) or a ``mesh``. ``precision``:
@@ -98,8 +107,9 @@ def shard_model(model: nn.Module, *, precision: str = "fp32", reshard_after_forw
     """
     fully_shard, MixedPrecisionPolicy = _fsdp()
     compute = DTYPES[precision]
-    blocks_mp = MixedPrecisionPolicy(param_dtype=None if compute == torch.float32 else compute,
-                                     reduce_dtype=torch.float32)
+    blocks_mp = MixedPrecisionPolicy(
+        param_dtype=None if compute == torch.float32 else compute, reduce_dtype=torch.float32
+    )
     root_mp = MixedPrecisionPolicy(reduce_dtype=torch.float32)
     kw = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
     for module in list(model.modules()):  # children before parents is not needed: units nest

@@ -53,8 +53,15 @@ from .state import (
     set_rng_state,
 )
 
-__all__ = ["DatasetFactory", "RunLockedError", "TrainResult", "TrainingDivergedError", "build_train_dataset",
-           "mse_weights", "train"]
+__all__ = [
+    "DatasetFactory",
+    "RunLockedError",
+    "TrainResult",
+    "TrainingDivergedError",
+    "build_train_dataset",
+    "mse_weights",
+    "train",
+]
 
 # (config, rank, world_size, start, low_res) -> an index-stream IterableDataset
 DatasetFactory = Callable[[TrainConfig, int, int, int, "int | None"], IterableDataset]
@@ -75,12 +82,14 @@ class TrainResult:
     images_per_s: float  # over this call's steps, all processes
 
 
-def build_train_dataset(config: TrainConfig, rank: int, world_size: int, start: int,
-                        low_res: int | None) -> IterableDataset:
+def build_train_dataset(
+    config: TrainConfig, rank: int, world_size: int, start: int, low_res: int | None
+) -> IterableDataset:
     """This process's share of the data stream, from global position ``start``."""
     try:
-        return build_dataset(config.data, config.image_size, rank=rank, world_size=world_size,
-                             start=start, low_res=low_res)
+        return build_dataset(
+            config.data, config.image_size, rank=rank, world_size=world_size, start=start, low_res=low_res
+        )
     except (ValueError, FileNotFoundError) as e:  # a source that cannot be used: a config error
         raise ConfigError(f"data: {e}") from None
 
@@ -125,8 +134,12 @@ def _print_message(message: str) -> None:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, dataset_factory: DatasetFactory | None = None,
-                 messages: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        dataset_factory: DatasetFactory | None = None,
+        messages: Callable[[str], None] | None = None,
+    ):
         self.config = config
         self._messages = messages or _print_message
         try:
@@ -197,12 +210,13 @@ class Trainer:
         elif c.activation_checkpointing:
             enable_activation_checkpointing(self.model)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=c.optim.lr, betas=c.optim.betas, eps=c.optim.eps,
+            self.model.parameters(),
+            lr=c.optim.lr,
+            betas=c.optim.betas,
+            eps=c.optim.eps,
             weight_decay=c.optim.weight_decay,
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, c.optim, c.max_steps)
-        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, c.optim, c.max_steps))
         if self.fsdp and c.precision == "fp16":  # the inf check all-reduced over the gradient shards
             from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
@@ -272,8 +286,10 @@ class Trainer:
     def _restore(self, ck: dict, path: Path) -> None:
         self._check_saved_config(ck["config_json"], path)
         if self.fsdp:
-            raise ConfigError(f"{path} was written by a dist.strategy = \"ddp\" run (ckpt.format = \"files\"); "
-                              f"resume it with ddp, or start a sharded run from its weights with init_from")
+            raise ConfigError(
+                f'{path} was written by a dist.strategy = "ddp" run (ckpt.format = "files"); '
+                f"resume it with ddp, or start a sharded run from its weights with init_from"
+            )
         self.model.load_state_dict(ck["model"])
         self.ema.load_state_dict(ck["ema"])
         self.optimizer.load_state_dict(ck["state"]["optimizer"])
@@ -363,8 +379,10 @@ class Trainer:
     def _diverged_message(self, what: str) -> str:
         last = list_checkpoints(self.out_dir)
         where = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written"
-        return (f"training diverged at step {self.step + 1}: {what}; stopped without saving; {where}. "
-                f"Lower optim.lr, raise optim.warmup_steps or keep optim.grad_clip on.")
+        return (
+            f"training diverged at step {self.step + 1}: {what}; stopped without saving; {where}. "
+            f"Lower optim.lr, raise optim.warmup_steps or keep optim.grad_clip on."
+        )
 
     # -- checkpoints and samples ----------------------------------------------
 
@@ -383,16 +401,29 @@ class Trainer:
                 "world_size": self.info.world_size,
                 "rng": rngs,
             }
-            path = save_checkpoint(self.out_dir, self.step, self.model, self.ema, self.config.clip or self.config.model,
-                                   self.config.to_json(), state)
+            path = save_checkpoint(
+                self.out_dir,
+                self.step,
+                self.model,
+                self.ema,
+                self.config.clip or self.config.model,
+                self.config.to_json(),
+                state,
+            )
             prune(self.out_dir, self.config.ckpt.keep_last)
             self.last_checkpoint = path
         tdist.barrier()
         return path
 
     def _train_state(self, rngs: list) -> dict:
-        return {"scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
-                "samples_seen": self.samples_seen, "world_size": self.info.world_size, "rng": rngs}
+        return {
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "samples_seen": self.samples_seen,
+            "world_size": self.info.world_size,
+            "rng": rngs,
+        }
 
     def _save_dcp(self) -> Path | None:
         """Every rank writes its shards (train/dcp.py); committed now, or at the next save for async."""
@@ -406,9 +437,16 @@ class Trainer:
 
             self._async_group = dist.new_group(backend="gloo")  # the writer thread's collectives
         self._pending_save = save_dcp(
-            checkpoint_dir(self.out_dir, self.step), self.model, self.ema, self.optimizer,
-            self._train_state(rngs) if self.info.is_main else None, c.to_json(),
-            async_group=self._async_group, use_async=c.ckpt.async_save, commit_sleep=c.debug.ckpt_sleep)
+            checkpoint_dir(self.out_dir, self.step),
+            self.model,
+            self.ema,
+            self.optimizer,
+            self._train_state(rngs) if self.info.is_main else None,
+            c.to_json(),
+            async_group=self._async_group,
+            use_async=c.ckpt.async_save,
+            commit_sleep=c.debug.ckpt_sleep,
+        )
         return None if c.ckpt.async_save else self.commit_pending()
 
     def commit_pending(self) -> Path | None:
@@ -445,9 +483,17 @@ class Trainer:
             batch = collate([it for _, it in zip(range(n), self.factory(self.config, 0, 1, 0, low))])
             prompts = batch["caption"]
             # whole images (training may crop), clean low-res inputs, captions kept
-            inputs = make_inputs(batch, dataclasses.replace(self.config, cond=dataclasses.replace(
-                self.config.cond, cfg_dropout=0.0, corrupt_low_res=False, crop_size=0)), self.schedule, self.tokenizer,
-                torch.Generator().manual_seed(0), torch.device("cpu"))
+            inputs = make_inputs(
+                batch,
+                dataclasses.replace(
+                    self.config,
+                    cond=dataclasses.replace(self.config.cond, cfg_dropout=0.0, corrupt_low_res=False, crop_size=0),
+                ),
+                self.schedule,
+                self.tokenizer,
+                torch.Generator().manual_seed(0),
+                torch.device("cpu"),
+            )
             cond = inputs.cond
             rows.append(condition_row(cond, mc.unet.image_size))
         for seed in s.seeds:
@@ -485,10 +531,15 @@ class Trainer:
         c, info = self.config, self.info
         self.resume()
         if self.step >= c.max_steps:
-            self.say(f"nothing to train: the run is at step {self.step} and max_steps is {c.max_steps}; "
-                     f"raise max_steps (--max-steps) to train further")
-        model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
-            if info.distributed and not self.fsdp else self.model
+            self.say(
+                f"nothing to train: the run is at step {self.step} and max_steps is {c.max_steps}; "
+                f"raise max_steps (--max-steps) to train further"
+            )
+        model = (
+            DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if info.distributed and not self.fsdp
+            else self.model
+        )
         fallback = contextlib.nullcontext()
         if c.compile and self.step < c.max_steps:
             self.say("compiling the model (the first step takes a minute or two)")
@@ -497,20 +548,25 @@ class Trainer:
             # platform), dynamo logs the error and runs the model eagerly: slower, not stopped.
             fallback = torch._dynamo.config.patch(suppress_errors=True)
         low = c.low_res_size if c.clip is None and c.model.unet.super_res else None
-        batches = _Batches(lambda pos: self.factory(c, info.rank, info.world_size, pos, low),
-                           c.batch_size, c.data.num_workers)
+        batches = _Batches(
+            lambda pos: self.factory(c, info.rank, info.world_size, pos, low), c.batch_size, c.data.num_workers
+        )
         if info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.json").write_text(c.to_json(), encoding="utf-8")
             truncate_metrics(self.out_dir, self.step)
         metrics = MetricsWriter(self.out_dir, c.log.metrics, enabled=info.is_main)
-        print(f"[rank {info.rank}/{info.world_size}] device={self.device} task={c.task} "
-              f"step={self.step} data_position={self.samples_seen} max_steps={c.max_steps}",
-              file=sys.stderr, flush=True)
+        print(
+            f"[rank {info.rank}/{info.world_size}] device={self.device} task={c.task} "
+            f"step={self.step} data_position={self.samples_seen} max_steps={c.max_steps}",
+            file=sys.stderr,
+            flush=True,
+        )
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=c.max_steps, initial=self.step, disable=not (info.is_main and c.log.progress),
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=c.max_steps, initial=self.step, disable=not (info.is_main and c.log.progress), dynamic_ncols=True
+        )
         first_step, t_start = self.step, time.perf_counter()
         t_log, step_log, last = t_start, self.step, None
         try:
@@ -524,14 +580,23 @@ class Trainer:
                         now = time.perf_counter()
                         ips = (self.step - step_log) * self.global_batch / max(now - t_log, 1e-9)
                         t_log, step_log = now, self.step
-                        record = {"step": self.step, **last, "images_per_s": ips,
-                                  "samples_seen": self.samples_seen, "world_size": info.world_size}
+                        record = {
+                            "step": self.step,
+                            **last,
+                            "images_per_s": ips,
+                            "samples_seen": self.samples_seen,
+                            "world_size": info.world_size,
+                        }
                         metrics.write(record)
                         bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{ips:.1f}")
                     if self.step % c.ckpt.every == 0 or self.step == c.max_steps:
                         self.save()
-                    if c.sample.every and self.step % c.sample.every == 0 and (info.is_main or self.fsdp) \
-                            and c.clip is None:
+                    if (
+                        c.sample.every
+                        and self.step % c.sample.every == 0
+                        and (info.is_main or self.fsdp)
+                        and c.clip is None
+                    ):
                         self.write_samples()
             self.commit_pending()
         finally:
@@ -539,13 +604,20 @@ class Trainer:
             metrics.close()
         elapsed = time.perf_counter() - t_start
         ips = (self.step - first_step) * self.global_batch / elapsed if self.step > first_step else 0.0
-        return TrainResult(self.step, self.samples_seen, self.out_dir, self.last_checkpoint or
-                           (list_checkpoints(self.out_dir)[-1][1] if list_checkpoints(self.out_dir) else None),
-                           self.resumed_from, last["loss"] if last else None, ips)
+        return TrainResult(
+            self.step,
+            self.samples_seen,
+            self.out_dir,
+            self.last_checkpoint or (list_checkpoints(self.out_dir)[-1][1] if list_checkpoints(self.out_dir) else None),
+            self.resumed_from,
+            last["loss"] if last else None,
+            ips,
+        )
 
 
-def train(config: TrainConfig, *, dataset_factory: DatasetFactory | None = None,
-          messages: Callable[[str], None] | None = None) -> TrainResult:
+def train(
+    config: TrainConfig, *, dataset_factory: DatasetFactory | None = None, messages: Callable[[str], None] | None = None
+) -> TrainResult:
     """Train (or resume) per ``config``; under torchrun, one call per process.
 
     ``dataset_factory(config, rank, world_size, start, low_res)`` replaces the

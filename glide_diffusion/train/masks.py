@@ -176,9 +176,7 @@ def random_mask(kind: str, size: int, generator: torch.Generator) -> torch.Tenso
     return _centred_hole(size, size // 2, size // 2)[None]
 
 
-def random_masks(
-    batch: int, size: int, kinds: Sequence[str], generator: torch.Generator
-) -> torch.Tensor:
+def random_masks(batch: int, size: int, kinds: Sequence[str], generator: torch.Generator) -> torch.Tensor:
     """A batch of masks, (B, 1, size, size); each row's kind is drawn uniformly from ``kinds``."""
     if not kinds:
         raise ValueError("kinds must name at least one mask kind")

@@ -74,7 +74,7 @@ class Plan:
 
 
 def parse_bytes(text: str) -> float:
-    """"80GB", "80GiB", "80" (GB) -> bytes; GB is read as GiB, as GPU memory is quoted."""
+    """ "80GB", "80GiB", "80" (GB) -> bytes; GB is read as GiB, as GPU memory is quoted."""
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     scale = {"K": 1024, "M": 1024**2, "G": GIB, "T": 1024**4}
     if t and t[-1] in scale:
@@ -87,8 +87,10 @@ def _dummy_inputs(config, batch: int, device: str | torch.device, dtype=torch.fl
     size = unet.image_size
     x = torch.zeros(batch, unet.in_channels, size, size, device=device, dtype=dtype)
     t = torch.zeros(batch, dtype=torch.long, device=device)
-    kw: dict = {"tokens": torch.zeros(batch, unet.text.context_length, dtype=torch.long, device=device),
-                "mask": torch.ones(batch, unet.text.context_length, dtype=torch.bool, device=device)}
+    kw: dict = {
+        "tokens": torch.zeros(batch, unet.text.context_length, dtype=torch.long, device=device),
+        "mask": torch.ones(batch, unet.text.context_length, dtype=torch.bool, device=device),
+    }
     if unet.super_res:
         low = config.low_res_size
         kw["low_res"] = torch.zeros(batch, unet.in_channels, low, low, device=device, dtype=dtype)
@@ -105,6 +107,7 @@ def _attention_as(device_type: str) -> Iterator[None]:
     from ..unet import blocks, model
 
     original = blocks.F.scaled_dot_product_attention
+
     def replacement(q, k, v, *args, **kwargs):
         if device_type == "cpu":
             return blocks._attention_for_backward(q, k, v)
@@ -125,8 +128,9 @@ def _storage_key(t: torch.Tensor):
     return t.untyped_storage()._cdata
 
 
-def activation_bytes(model: nn.Module, config, batch: int, device_type: str,
-                     compute: torch.dtype = torch.float32) -> tuple[float, float]:
+def activation_bytes(
+    model: nn.Module, config, batch: int, device_type: str, compute: torch.dtype = torch.float32
+) -> tuple[float, float]:
     """(without, with per-block checkpointing): bytes autograd keeps for backward at ``batch``.
 
     ``model`` lives on "meta". Saved tensors are attributed to the outermost block running
@@ -187,8 +191,15 @@ def forward_flops(model: nn.Module, config) -> float:
     return float(counter.get_total_flops())
 
 
-def make_plan(config, world_size: int = 1, gpu_memory: float | None = None, *, device_type: str = "cuda",
-              peak_tflops: float = 312.0, utilisation: float = 0.4) -> Plan:
+def make_plan(
+    config,
+    world_size: int = 1,
+    gpu_memory: float | None = None,
+    *,
+    device_type: str = "cuda",
+    peak_tflops: float = 312.0,
+    utilisation: float = 0.4,
+) -> Plan:
     """The memory rows and speed of ``config`` (a TrainConfig) on ``world_size`` processes.
 
     ``peak_tflops``: the stated dense rate of one GPU in the compute dtype (312: an A100's bf16).
@@ -213,11 +224,32 @@ def make_plan(config, world_size: int = 1, gpu_memory: float | None = None, *, d
     for strategy in ("ddp", "fsdp"):
         shard = world_size if strategy == "fsdp" else 1
         for ckpt, act in ((False, act_full), (True, act_ckpt)):
-            rows.append(MemoryRow(strategy, ckpt, 4 * n / shard, 4 * n / shard, ADAM_BYTES * n / shard, 4 * n / shard,
-                                  gathered if strategy == "fsdp" else 0.0, act))
-    return Plan(n, text, max(units, default=0), root, world_size, config.batch_size,
-                config.batch_size * config.grad_accum * world_size, forward_flops(model, config), tuple(rows),
-                gpu_memory, peak_tflops * 1e12, utilisation)
+            rows.append(
+                MemoryRow(
+                    strategy,
+                    ckpt,
+                    4 * n / shard,
+                    4 * n / shard,
+                    ADAM_BYTES * n / shard,
+                    4 * n / shard,
+                    gathered if strategy == "fsdp" else 0.0,
+                    act,
+                )
+            )
+    return Plan(
+        n,
+        text,
+        max(units, default=0),
+        root,
+        world_size,
+        config.batch_size,
+        config.batch_size * config.grad_accum * world_size,
+        forward_flops(model, config),
+        tuple(rows),
+        gpu_memory,
+        peak_tflops * 1e12,
+        utilisation,
+    )
 
 
 def format_plan(plan: Plan, config) -> str:
@@ -228,17 +260,21 @@ def format_plan(plan: Plan, config) -> str:
         f"batch: {plan.batch_size} per process and micro-step x {config.grad_accum} micro-steps x "
         f"{plan.world_size} processes = {plan.global_batch}; precision {config.precision}",
         "",
-        f"per-GPU memory, {unit}      weights  grads  AdamW    EMA  gathered  activations   total" +
-        ("  fits" if plan.gpu_memory else ""),
+        f"per-GPU memory, {unit}      weights  grads  AdamW    EMA  gathered  activations   total"
+        + ("  fits" if plan.gpu_memory else ""),
     ]
     for r in plan.rows:
         name = f"{r.strategy}{' + checkpointing' if r.checkpointing else ''}"
         fits = ("  yes" if r.total <= plan.gpu_memory * 0.9 else "  no") if plan.gpu_memory else ""
-        lines.append(f"  {name:<22} {r.weights / g:8.2f} {r.grads / g:6.2f} {r.optimizer / g:6.2f} {r.ema / g:6.2f} "
-                     f"{r.gathered / g:9.2f} {r.activations / g:12.2f} {r.total / g:7.2f}{fits}")
+        lines.append(
+            f"  {name:<22} {r.weights / g:8.2f} {r.grads / g:6.2f} {r.optimizer / g:6.2f} {r.ema / g:6.2f} "
+            f"{r.gathered / g:9.2f} {r.activations / g:12.2f} {r.total / g:7.2f}{fits}"
+        )
     if plan.gpu_memory:
-        lines.append(f"  (fits: total within 90% of {plan.gpu_memory / GIB:.0f} GiB, leaving room for the "
-                     f"allocator's fragmentation and the CUDA context)")
+        lines.append(
+            f"  (fits: total within 90% of {plan.gpu_memory / GIB:.0f} GiB, leaving room for the "
+            f"allocator's fragmentation and the CUDA context)"
+        )
     lines += [
         "",
         f"compute: {plan.flops_per_sample / 1e9:,.1f} GFLOP per sample forward; x3 forward+backward, x4 with "
@@ -248,4 +284,3 @@ def format_plan(plan: Plan, config) -> str:
         f"with checkpointing {plan.steps_per_s(True):.3f} steps/s",
     ]
     return "\n".join(lines)
-

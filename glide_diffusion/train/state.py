@@ -82,15 +82,18 @@ def get_rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state((
-        "MT19937",
-        state["numpy_keys"].numpy().astype(np.uint32),
-        state["numpy_pos"],
-        state["numpy_has_gauss"],
-        state["numpy_gauss"],
-    ))
-    random.setstate((state["python_version"], tuple(int(v) for v in state["python_internal"].tolist()),
-                     state["python_gauss"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            state["numpy_has_gauss"],
+            state["numpy_gauss"],
+        )
+    )
+    random.setstate(
+        (state["python_version"], tuple(int(v) for v in state["python_internal"].tolist()), state["python_gauss"])
+    )
     if "cuda" in state and torch.cuda.is_available():
         states = state["cuda"][: torch.cuda.device_count()]
         torch.cuda.set_rng_state_all(states)

@@ -23,9 +23,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     (ADM, after Vaswani et al. 2017); cos comes first.
     """
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
-    )
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t[:, None].float() * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
@@ -62,9 +60,7 @@ class GroupNorm32(nn.GroupNorm):
         super().__init__(groups, channels, eps=1e-5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.group_norm(
-            x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps
-        ).to(x.dtype)
+        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
 
 
 class Upsample(nn.Module):
@@ -170,16 +166,13 @@ class AttentionBlock(nn.Module):
     :class:`TextCondition`.
     """
 
-    def __init__(self, channels: int, heads: int, encoder_channels: int | None, kv_index: int,
-                 norm_groups: int = 32):
+    def __init__(self, channels: int, heads: int, encoder_channels: int | None, kv_index: int, norm_groups: int = 32):
         super().__init__()
         self.heads = heads
         self.kv_index = kv_index
         self.norm = GroupNorm32(channels, norm_groups)
         self.qkv = nn.Conv1d(channels, channels * 3, 1)
-        self.encoder_kv = (
-            nn.Conv1d(encoder_channels, channels * 2, 1) if encoder_channels else None
-        )
+        self.encoder_kv = nn.Conv1d(encoder_channels, channels * 2, 1) if encoder_channels else None
         self.proj_out = nn.Conv1d(channels, channels, 1)
 
     def project_text(self, xf_out: torch.Tensor) -> torch.Tensor:

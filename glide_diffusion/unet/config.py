@@ -107,9 +107,7 @@ class UNetConfig:
     def __post_init__(self) -> None:
         _check_positive(self, "image_size", "model_channels", "num_res_blocks", "in_channels", "patch_size")
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
-        object.__setattr__(
-            self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions)
-        )
+        object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
         if not self.channel_mult or min(self.channel_mult) <= 0:
             raise ValueError(f"channel_mult must be positive integers, got {self.channel_mult}")
         if self.image_size % (self.patch_size * 2 ** (len(self.channel_mult) - 1)):
@@ -126,8 +124,9 @@ class UNetConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         widths = sorted({self.model_channels * m for m in self.channel_mult})
         if self.norm_groups < 1 or any(w % self.norm_groups for w in widths):
-            raise ValueError(f"norm_groups must be a positive divisor of every level's width {widths}, "
-                             f"got {self.norm_groups}")
+            raise ValueError(
+                f"norm_groups must be a positive divisor of every level's width {widths}, got {self.norm_groups}"
+            )
         if self.prediction not in ("eps", "v"):
             raise ValueError(f"prediction must be 'eps' or 'v', got {self.prediction!r}")
         if isinstance(self.text, dict):
@@ -141,9 +140,11 @@ class UNetConfig:
     def first_conv_channels(self) -> int:
         """Input channels of the first convolution: x (``in_channels``), the inpainting and low-res
         conditions, coordinates."""
-        extra = (self.in_channels + 1 if self.inpaint else 0) + (
-            self.in_channels if self.super_res else 0
-        ) + (2 if self.coord_channels else 0)
+        extra = (
+            (self.in_channels + 1 if self.inpaint else 0)
+            + (self.in_channels if self.super_res else 0)
+            + (2 if self.coord_channels else 0)
+        )
         return self.in_channels + extra
 
     @property
@@ -162,9 +163,7 @@ class UNetConfig:
     def heads_for(self, channels: int, upsample: bool = False) -> int:
         if self.num_head_channels != -1:
             if channels % self.num_head_channels:
-                raise ValueError(
-                    f"{channels} channels are not divisible by num_head_channels={self.num_head_channels}"
-                )
+                raise ValueError(f"{channels} channels are not divisible by num_head_channels={self.num_head_channels}")
             return channels // self.num_head_channels
         if upsample and self.num_heads_upsample != -1:
             return self.num_heads_upsample
@@ -190,9 +189,7 @@ class UNetConfig:
             channel_mult = tuple(int(m) for m in str(mult).split(","))
         else:
             channel_mult = _default_channel_mult(size)
-        attention = tuple(
-            size // int(r) for r in str(options["attention_resolutions"]).split(",")
-        )
+        attention = tuple(size // int(r) for r in str(options["attention_resolutions"]).split(","))
         return cls(
             image_size=size,
             model_channels=int(options["num_channels"]),

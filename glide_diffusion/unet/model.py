@@ -110,8 +110,9 @@ class GlideUNet(nn.Module):
         if config.prediction == "v":
             if alphas_cumprod is None:
                 raise ValueError("a prediction='v' model needs the noise schedule's alphas_cumprod")
-            self.register_buffer("v_alphas_cumprod", torch.as_tensor(alphas_cumprod, dtype=torch.float64).float(),
-                                 persistent=False)
+            self.register_buffer(
+                "v_alphas_cumprod", torch.as_tensor(alphas_cumprod, dtype=torch.float64).float(), persistent=False
+            )
         tc = config.text
         ch = config.model_channels
         self._n_attention = 0
@@ -120,9 +121,7 @@ class GlideUNet(nn.Module):
             nn.Linear(ch, config.time_embed_dim), nn.SiLU(), nn.Linear(config.time_embed_dim, config.time_embed_dim)
         )
         self.input_blocks, skip_channels, ch = self._build_input_blocks()
-        self.middle_block = ConditionedSequential(
-            self._res(ch, ch), self._attention(ch), self._res(ch, ch)
-        )
+        self.middle_block = ConditionedSequential(self._res(ch, ch), self._attention(ch), self._res(ch, ch))
         self.output_blocks, ch = self._build_output_blocks(ch, skip_channels)
         self.out = nn.Sequential(
             GroupNorm32(ch, config.norm_groups),
@@ -134,9 +133,7 @@ class GlideUNet(nn.Module):
         self.final_ln = LayerNorm(tc.width) if tc.final_ln else None
         self.token_embedding = nn.Embedding(tc.n_vocab, tc.width)
         self.positional_embedding = nn.Parameter(torch.empty(tc.context_length, tc.width))
-        self.padding_embedding = (
-            nn.Parameter(torch.empty(tc.context_length, tc.width)) if tc.padding else None
-        )
+        self.padding_embedding = nn.Parameter(torch.empty(tc.context_length, tc.width)) if tc.padding else None
         self.transformer_proj = nn.Linear(tc.width, config.time_embed_dim)
         self.bag_of_words = nn.Embedding(tc.n_vocab, config.time_embed_dim) if tc.bag_of_words else None
         # The second clause's own bag (zero init: a model grown from a plain bag starts unchanged).
@@ -156,7 +153,10 @@ class GlideUNet(nn.Module):
 
     def _attention(self, ch: int, upsample: bool = False) -> AttentionBlock:
         block = AttentionBlock(
-            ch, self.config.heads_for(ch, upsample), self.config.text.width, self._n_attention,
+            ch,
+            self.config.heads_for(ch, upsample),
+            self.config.text.width,
+            self._n_attention,
             norm_groups=self.config.norm_groups,
         )
         self._n_attention += 1
@@ -236,9 +236,7 @@ class GlideUNet(nn.Module):
         """
         tc = self.config.text
         if tokens.shape[-1] != tc.context_length:
-            raise ValueError(
-                f"tokens have length {tokens.shape[-1]}, the model's context is {tc.context_length}"
-            )
+            raise ValueError(f"tokens have length {tokens.shape[-1]}, the model's context is {tc.context_length}")
         xf_in = self.token_embedding(tokens.long()) + self.positional_embedding[None]
         if self.padding_embedding is not None:
             xf_in = torch.where(mask[..., None].bool(), xf_in, self.padding_embedding[None].to(xf_in.dtype))
@@ -329,9 +327,7 @@ class GlideUNet(nn.Module):
         if c.super_res:
             if low_res is None:
                 raise ValueError("the upsampler needs low_res, the (B, C, h, w) image to upsample")
-            parts.append(
-                F.interpolate(low_res.to(x.dtype), x.shape[-2:], mode="bilinear", align_corners=False)
-            )
+            parts.append(F.interpolate(low_res.to(x.dtype), x.shape[-2:], mode="bilinear", align_corners=False))
         if c.coord_channels:
             parts.append(coordinate_channels(x))
         return torch.cat(parts, dim=1) if len(parts) > 1 else x
