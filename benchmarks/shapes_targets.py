@@ -41,7 +41,8 @@ from glide_diffusion.data.shapes_captions import sample_caption_with_mentions
 from glide_diffusion.data.shapes_scene import Scene, sample_scene
 from glide_diffusion.eval.shapes_eval import analyze, score
 from glide_diffusion.eval.shapes_fidelity import fidelity
-from glide_diffusion.pipelines.inpaint import INPAINT_RECIPES, InpaintPipeline
+from glide_diffusion.pipelines.inpaint import InpaintPipeline
+from glide_diffusion.pipelines.recipes import INPAINT_RECIPES
 from glide_diffusion.pipelines.text2im import RECIPES, Text2ImPipeline
 
 MASK_MARGIN = 1.3  # the inpainting mask's side, in units of the object's box side
@@ -91,13 +92,10 @@ def main() -> None:
 
     scores: dict[str, list[dict]] = {}
     if args.n_inpaint:
-        inpaint = InpaintPipeline.from_pretrained(args.inpaint, "shapes-upsample-inpaint")
-        from glide_diffusion.clip.loading import load_clip
-        from glide_diffusion.clip.tokenizer import clip_tokenizer_for
-
-        clip = load_clip("shapes-clip-rerank")  # as glide inpaint sets it for the shapes recipe
-        inpaint.rerank_clip, inpaint.rerank_clip_tokenizer = clip, clip_tokenizer_for(clip.config)
-        inpaint.rerank_clip_name = "shapes-clip-rerank"
+        # glide inpaint's shapes recipe: best of 4 by the bundled reranking CLIP
+        inpaint = InpaintPipeline.from_pretrained(
+            args.inpaint, "shapes-upsample-inpaint", rerank_clip="shapes-clip-rerank"
+        )
         ibase, iup = INPAINT_RECIPES["shapes"]
         start = time.perf_counter()
         scores["inpaint"] = []  # first: the slowest per image
