@@ -7,8 +7,9 @@ import torch
 
 from glide_diffusion.clip.loading import build_clip, load_clip
 from glide_diffusion.clip.tokenizer import ClipWordTokenizer, clip_tokenize_batch, clip_tokenizer_for
+from glide_diffusion.data.shapes_captions import binding_swaps, parse_caption
 from glide_diffusion.train import ConfigError, load_config, train
-from glide_diffusion.train.clip_task import ClipInputs, clip_loss, shape_negatives
+from glide_diffusion.train.clip_task import ClipInputs, binding_negatives, clip_loss, hard_negatives, shape_negatives
 from glide_diffusion.train.metrics import read_metrics
 from tests.test_train import ROOT, TINY
 
@@ -93,6 +94,50 @@ def test_shape_negatives_swap_one_shape_word():
         shape_negatives(captions, 5, torch.Generator())
 
 
+def test_binding_swaps_keep_the_words_and_change_what_is_true():
+    caption = "a photo of a red circle to the left of a large blue star on a gray background"
+    assert binding_swaps(caption) == [
+        "a photo of a blue circle to the left of a large red star on a gray background",
+        "a photo of a red star to the left of a large blue circle on a gray background",
+        "a photo of a red circle to the right of a large blue star on a gray background",
+    ]
+    for swap in binding_swaps(caption):
+        assert parse_caption(swap) != parse_caption(caption)
+    assert binding_swaps("an orange cross above a red cross") == [
+        "a red cross above an orange cross",  # articles follow the words
+        "an orange cross below a red cross",
+    ]
+    assert binding_swaps("a red star below a red star") == []  # reversed, it is still true
+    assert binding_swaps("a red circle") == binding_swaps("not a caption") == []
+
+
+def test_binding_negatives_fill_and_mask_their_slots():
+    captions = ["a red circle above a blue star", "an orange cross below an orange star", "a red circle"]
+    negatives, valid = binding_negatives(captions, 3, torch.Generator().manual_seed(0))
+    assert valid.tolist() == [[True] * 3, [True, True, False], [False] * 3]
+    assert sorted(negatives[:3]) == sorted(binding_swaps(captions[0]))
+    assert sorted(negatives[3:5]) == sorted(binding_swaps(captions[1])) and negatives[5] == captions[1]
+    assert negatives[6:] == [captions[2]] * 3
+    assert binding_negatives(captions, 3, torch.Generator().manual_seed(0))[0] == negatives
+    two, valid_two = binding_negatives(captions, 1, torch.Generator().manual_seed(1))
+    assert valid_two.tolist() == [[True], [True], [False]] and two[0] in binding_swaps(captions[0])
+
+
+def test_hard_negatives_put_shape_then_binding_negatives_in_each_row():
+    from types import SimpleNamespace
+
+    captions = ["a red circle above a blue star", "a red circle"]
+    loss = SimpleNamespace(clip_shape_negatives=2, clip_binding_negatives=3)
+    negatives, valid = hard_negatives(captions, loss, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    shapes, shape_valid = shape_negatives(captions, 2, g)
+    binds, bind_valid = binding_negatives(captions, 3, g)
+    assert negatives == shapes[:2] + binds[:3] + shapes[2:] + binds[3:]
+    assert torch.equal(valid, torch.cat([shape_valid, bind_valid], dim=1)) and valid.shape == (2, 5)
+    none = SimpleNamespace(clip_shape_negatives=0, clip_binding_negatives=0)
+    assert hard_negatives(captions, none, torch.Generator()) is None
+
+
 def test_shape_negatives_enter_only_the_image_rows():
     clip = build_clip(load_config(TINY, TINY_CLIP).clip)
     with torch.no_grad():
@@ -140,6 +185,11 @@ def test_shape_negatives_config():
         load_config(TINY, [*TINY_CLIP, "loss.clip_shape_negatives=5"])
     with pytest.raises(ConfigError, match="for noised CLIP training"):
         load_config(TINY, ["loss.clip_shape_negatives=2"])
+    assert load_config(TINY, [*TINY_CLIP, "loss.clip_binding_negatives=3"]).loss.clip_binding_negatives == 3
+    with pytest.raises(ConfigError, match="clip_binding_negatives must be in"):
+        load_config(TINY, [*TINY_CLIP, "loss.clip_binding_negatives=4"])
+    with pytest.raises(ConfigError, match="for noised CLIP training"):
+        load_config(TINY, ["loss.clip_binding_negatives=1"])
 
 
 def test_clip_trains_checkpoints_and_resumes_exactly(tmp_path):

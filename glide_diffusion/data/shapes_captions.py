@@ -132,10 +132,47 @@ def _two_caption(scene: Scene, rng: np.random.Generator) -> tuple[str, CaptionSp
     photo = rng.uniform() < TWO_PHOTO_PROB
     specs = tuple(ObjectSpec(o.shape, o.colour, _maybe(rng, SIZE_PROB, o.size)) for o in scene.objects)
     background = _maybe(rng, TWO_BACKGROUND_PROB, scene.background)
-    a, b = (_with_article(_words(s.size, s.colour, s.shape)) for s in specs)
-    bg_phrase = f"on a {background} background" if background else None
-    caption = _words("a photo of" if photo else None, a, scene.relation, b, bg_phrase)
-    return caption, CaptionSpec(specs, scene.relation, background)
+    spec = CaptionSpec(specs, scene.relation, background)
+    return two_object_caption(spec, photo), spec
+
+
+def two_object_caption(spec: CaptionSpec, photo: bool = False) -> str:
+    """The caption of a two-object spec, as the two-object template writes it."""
+    a, b = (_with_article(_words(s.size, s.colour, s.shape)) for s in spec.objects)
+    bg_phrase = f"on a {spec.background} background" if spec.background else None
+    return _words("a photo of" if photo else None, a, spec.relation, b, bg_phrase)
+
+
+OPPOSITE = {
+    "to the left of": "to the right of",
+    "to the right of": "to the left of",
+    "above": "below",
+    "below": "above",
+}
+
+
+def binding_swaps(caption: str) -> list[str]:
+    """The false captions a two-object caption turns into when its words are bound otherwise:
+    the two colours swapped, the two shapes swapped, the relation reversed (each only where it
+    makes a false caption). A bag of words cannot tell any of them from the caption but the last.
+    [] for a one-object or unparseable caption."""
+    try:
+        spec = parse_caption(caption)
+    except ValueError:
+        return []
+    if len(spec.objects) != 2 or spec.relation is None:
+        return []
+    a, b = spec.objects
+    photo = " ".join(caption.lower().split()).startswith("a photo of ")
+    swapped = []
+    if a.colour != b.colour:
+        swapped.append((dataclasses.replace(a, colour=b.colour), dataclasses.replace(b, colour=a.colour)))
+    if a.shape != b.shape:
+        swapped.append((dataclasses.replace(a, shape=b.shape), dataclasses.replace(b, shape=a.shape)))
+    specs = [dataclasses.replace(spec, objects=objects) for objects in swapped]
+    if a != b:  # two alike objects: the reversed caption is true too
+        specs.append(dataclasses.replace(spec, relation=OPPOSITE[spec.relation]))
+    return [two_object_caption(s, photo) for s in specs]
 
 
 def sample_caption_with_mentions(

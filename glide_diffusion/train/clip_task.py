@@ -15,12 +15,17 @@ columns holding its caption.
 With ``loss.clip_shape_negatives = N`` (Shapes captions), each image's row
 also holds N hard negatives: its own caption with one shape word replaced by
 another shape (a caption without a shape word gets none: those columns are
-masked out). The caption columns' loss is unchanged.
+masked out). With ``loss.clip_binding_negatives = M``, each two-object caption's
+row also holds up to M of its binding swaps (colours or shapes swapped between
+the objects, the relation reversed; the unused columns masked out), after the
+shape negatives. The caption columns' loss is unchanged.
 
 Random draws of one micro-batch, in order, from the step's generator:
 timesteps (B ints), then noise (B, 3, S, S), then (with shape negatives) per
 caption with a shape word, the mention replaced (one int) and the first
-replacement (one int); the N negatives use N different shapes.
+replacement (one int); the N negatives use N different shapes; then (with
+binding negatives) per caption with k > 0 binding swaps, their order (a
+permutation of k).
 """
 
 from __future__ import annotations
@@ -34,10 +39,20 @@ import torch.nn.functional as F
 from ..clip.model import NoisedClip
 from ..clip.tokenizer import clip_tokenize_batch
 from ..data.shapes import SHAPES
+from ..data.shapes_captions import binding_swaps
 from ..diffusion import q_sample, sample_timesteps
 from ..diffusion.schedule import Schedule
 
-__all__ = ["ClipInputs", "clip_loss", "init_logit_scale", "make_clip_inputs", "shape_negatives", "TERMS"]
+__all__ = [
+    "ClipInputs",
+    "binding_negatives",
+    "clip_loss",
+    "hard_negatives",
+    "init_logit_scale",
+    "make_clip_inputs",
+    "shape_negatives",
+    "TERMS",
+]
 
 TERMS = ("loss", "acc_i2t", "acc_t2i")  # the logged terms, in order
 INITIAL_TEMPERATURE = 0.07  # CLIP's initial softmax temperature (logit scale 1/0.07)
@@ -49,9 +64,9 @@ class ClipInputs:
     t: torch.Tensor  # (B,) original timesteps
     tokens: torch.Tensor  # (B, L)
     lens: torch.Tensor  # (B,)
-    neg_tokens: torch.Tensor | None = None  # (B * N, L): N shape-swapped captions per image, image-major
+    neg_tokens: torch.Tensor | None = None  # (B * N, L): N hard negative captions per image, image-major
     neg_lens: torch.Tensor | None = None  # (B * N,)
-    neg_valid: torch.Tensor | None = None  # (B, N) bool: False where the caption names no shape
+    neg_valid: torch.Tensor | None = None  # (B, N) bool: False where a caption has no such negative
 
 
 def shape_negatives(captions: list[str], n: int, generator: torch.Generator) -> tuple[list[str], torch.Tensor]:
@@ -77,6 +92,35 @@ def shape_negatives(captions: list[str], n: int, generator: torch.Generator) -> 
     return out, valid
 
 
+def binding_negatives(captions: list[str], n: int, generator: torch.Generator) -> tuple[list[str], torch.Tensor]:
+    """Up to N negatives per caption, image-major: its binding swaps in a random order; and a
+    (len(captions), N) bool mask, False where a caption has fewer than N (the slot holds the
+    caption itself and must not be used)."""
+    out, valid = [], torch.zeros(len(captions), n, dtype=torch.bool)
+    for i, caption in enumerate(captions):
+        swaps = binding_swaps(caption)
+        if swaps:
+            swaps = [swaps[j] for j in torch.randperm(len(swaps), generator=generator).tolist()][:n]
+        valid[i, : len(swaps)] = True
+        out += swaps + [caption] * (n - len(swaps))
+    return out, valid
+
+
+def hard_negatives(captions: list[str], loss, generator: torch.Generator) -> tuple[list[str], torch.Tensor] | None:
+    """The shape negatives then the binding negatives of each caption (image-major), with their
+    validity mask (len(captions), N); None when the config asks for neither."""
+    parts = []
+    if loss.clip_shape_negatives:
+        parts.append(shape_negatives(captions, loss.clip_shape_negatives, generator))
+    if loss.clip_binding_negatives:
+        parts.append(binding_negatives(captions, loss.clip_binding_negatives, generator))
+    if not parts:
+        return None
+    sizes = [valid.shape[1] for _, valid in parts]
+    out = [c for i in range(len(captions)) for (negs, _), k in zip(parts, sizes) for c in negs[i * k : (i + 1) * k]]
+    return out, torch.cat([valid for _, valid in parts], dim=1)
+
+
 def make_clip_inputs(
     batch: dict, config, schedule: Schedule, tokenizer, generator: torch.Generator, device: torch.device
 ) -> ClipInputs:
@@ -88,9 +132,9 @@ def make_clip_inputs(
     noise = torch.randn(x0.shape, generator=generator)
     x_t = q_sample(schedule, x0, t, noise)
     inputs = ClipInputs(x_t.to(device), t.to(device), tokens.to(device), lens.to(device))
-    n = config.loss.clip_shape_negatives
-    if n:
-        negatives, valid = shape_negatives(list(batch["caption"]), n, generator)
+    hard = hard_negatives(list(batch["caption"]), config.loss, generator)
+    if hard is not None:
+        negatives, valid = hard
         neg_tokens, neg_lens = clip_tokenize_batch(tokenizer, negatives, config.clip.max_text_len)
         inputs.neg_tokens, inputs.neg_lens = neg_tokens.to(device), neg_lens.to(device)
         inputs.neg_valid = valid.to(device)
@@ -98,7 +142,7 @@ def make_clip_inputs(
 
 
 def _negatives(inputs: ClipInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """The shape negatives' (tokens, lens, valid), or None where the batch has none."""
+    """The hard negatives' (tokens, lens, valid), or None where the batch has none."""
     if inputs.neg_tokens is None:
         return None
     if inputs.neg_lens is None or inputs.neg_valid is None:

@@ -131,6 +131,10 @@ class LossConfig:
     # batch of random captions two rarely differ only in the shape, so without them colour and
     # background separate the batch and the shape is barely learned (configs/clip-shapes.toml).
     clip_shape_negatives: int = 0
+    # Noised CLIP on Shapes captions only. N > 0 adds, for each two-object caption, up to N of its
+    # binding swaps (colours swapped between the objects, shapes swapped, relation reversed:
+    # data.shapes_captions.binding_swaps), which a bag of words cannot tell from the caption.
+    clip_binding_negatives: int = 0
 
     def __post_init__(self) -> None:
         _check(self.min_snr_gamma >= 0, "loss.min_snr_gamma must be >= 0 (0 = off)")
@@ -139,6 +143,10 @@ class LossConfig:
             "loss.clip_shape_negatives must be in 0..4 (0 = off; Shapes has 5 shapes)",
         )
         _check(self.v_weight_max == 0 or self.v_weight_max >= 1, "loss.v_weight_max must be 0 (off) or >= 1")
+        _check(
+            0 <= self.clip_binding_negatives <= 3,
+            "loss.clip_binding_negatives must be in 0..3 (0 = off; a caption has at most 3 binding swaps)",
+        )
 
 
 @dataclass(frozen=True)
@@ -278,6 +286,7 @@ class TrainConfig:
             _check(self.precision != "fp16", "clip training runs in fp32 or bf16")
         else:
             _check(not self.loss.clip_shape_negatives, "loss.clip_shape_negatives is for noised CLIP training")
+            _check(not self.loss.clip_binding_negatives, "loss.clip_binding_negatives is for noised CLIP training")
         crop, unet = self.cond.crop_size, self.model.unet
         if self.loss.v_weight_max:
             _check(
