@@ -8,7 +8,9 @@ score can be split into base and upsampler errors. Beside exact match it reports
 fidelity (``eval/shapes_fidelity.py``): the mean absolute error (0-255) against a clean render
 of what the evaluator read, over the whole image and over the background at least 3 px from
 any object (the grey cast and frame a few-step upsampler leaves). Several ``--steps`` and
-``--temperature`` values give one row each, on the same scenes and seeds.
+``--temperature`` values give one row each, on the same scenes and seeds. ``--x0-timesteps``
+also prints, for the first 16 scenes, the error of the model's x0 estimate at those noise
+levels on whole images and on crops of half the size (a crop-trained upsampler's colours).
 
     python benchmarks/shapes_upsampler.py --upsampler runs/upsample-shapes/checkpoints/step_00001600/ema.safetensors
     python benchmarks/shapes_upsampler.py --upsampler shapes-upsample --n 200 --sampler dpm++2m --steps 10
@@ -26,6 +28,7 @@ import torch
 from glide_diffusion.checkpoints import atomic_write_text
 from glide_diffusion.data.shapes import image_to_tensor, sample_with_caption
 from glide_diffusion.data.shapes_render import render_array
+from glide_diffusion.diffusion.gaussian import predict_x0_from_eps, q_sample, split_model_output
 from glide_diffusion.eval.shapes_fidelity import evaluate_with_fidelity
 from glide_diffusion.pipelines.images import quantize, to_pil
 from glide_diffusion.pipelines.recipes import StageSettings
@@ -36,6 +39,32 @@ from glide_diffusion.sampling.noise import PerSampleNoise, seeds_for
 def test_scenes(n: int, seed: int):
     """The first n test-split samples (one- and two-object, in the split's mix) as (scene, caption, spec)."""
     return [sample_with_caption(seed, "test", i) for i in range(n)]
+
+
+@torch.no_grad()
+def x0_error(stage, captions, low_res, high_res, t: int, seed: int) -> float:
+    """Mean absolute error (0-255) of the model's x0 estimate at timestep t, averaged over 16 px
+    blocks: how well the noisy steps, which fix the colours, read them from the low-res input."""
+    s = stage.schedule(str(stage.config.diffusion.steps))
+    noise = torch.randn(high_res.shape, generator=torch.Generator().manual_seed(seed))
+    x_t = q_sample(s, high_res, t, noise)
+    out = stage.model(x_t, torch.full((len(captions),), t), text=stage.encode(captions), low_res=low_res)
+    x0 = predict_x0_from_eps(s, x_t, t, split_model_output(out, x_t.shape[1])[0]).clamp(-1, 1)
+    return float(torch.nn.functional.avg_pool2d(x0 - high_res, 16).abs().mean() * 127.5)
+
+
+def report_x0(stage, samples, low, timesteps: list[int], seed: int) -> None:
+    """x0 errors on whole images and on their centre crops of half the size (how crop-trained
+    upsamplers learned), at each of ``timesteps``."""
+    captions = [c for _, c, _ in samples]
+    size = stage.image_size
+    high = torch.stack([image_to_tensor(render_array(scene, size)) for scene, _, _ in samples])
+    low_res = torch.stack([image_to_tensor(render_array(scene, low)) for scene, _, _ in samples])
+    lo, hi = slice(low // 4, low - low // 4), slice(size // 4, size - size // 4)
+    for t in timesteps:
+        whole = x0_error(stage, captions, low_res, high, t, seed)
+        crop = x0_error(stage, captions, low_res[..., lo, lo], high[..., hi, hi], t, seed)
+        print(f"x0 error at t={t} (16 px blocks, 0-255): whole {size} px {whole:.2f}, {size // 2} px crops {crop:.2f}")
 
 
 def main() -> None:
@@ -49,6 +78,9 @@ def main() -> None:
     p.add_argument("--low-res", type=int, default=None, help="input resolution (default: a quarter of the output)")
     p.add_argument("--batch-size", type=int, default=25)
     p.add_argument("--json", help="also write the reports here")
+    p.add_argument(
+        "--x0-timesteps", type=int, nargs="*", default=[], help="also print the x0 estimate's error at these t"
+    )
     args = p.parse_args()
 
     stage = load_stage(args.upsampler, download=False)
@@ -58,6 +90,8 @@ def main() -> None:
     specs = [s for _, _, s in samples]
     low_res = torch.stack([image_to_tensor(render_array(scene, low)) for scene, _, _ in samples])
     seeds = seeds_for(args.seed, len(samples))
+    if args.x0_timesteps:
+        report_x0(stage, samples[:16], low, args.x0_timesteps, args.seed)
     reports = {"low_res_input": evaluate_with_fidelity(specs, to_pil(low_res))}
     print(f"{args.n} test scenes, low res {low} px -> {stage.image_size} px, {args.sampler}")
     for steps in args.steps:
