@@ -16,6 +16,7 @@ from glide_diffusion.cli.main import main
 from glide_diffusion.pipelines import text2im
 from glide_diffusion.pipelines.recipes import StageSettings
 from glide_diffusion.pipelines.text2im import Text2ImPipeline
+from glide_diffusion.precision import native_bf16_cpu
 from glide_diffusion.presets import get_preset
 
 FAST_BASE = StageSettings("ddpm", "4", 3.0)
@@ -124,6 +125,18 @@ def test_base_only_pipeline(checkpoints):
     pipe = Text2ImPipeline.from_pretrained(checkpoints[0], None, download=False)
     out = pipe("a red circle", base=FAST_BASE)
     assert out.images[0].size == (16, 16)
+
+
+def test_bf16_held_weights_sample_in_bf16_only(checkpoints):
+    if not native_bf16_cpu():
+        pytest.skip("this CPU has no native bf16, which dtype='bf16' needs")
+    pipe = Text2ImPipeline.from_pretrained(*checkpoints, download=False, dtype="bf16")
+    assert pipe.base.model.token_embedding.weight.dtype == torch.bfloat16
+    assert pipe.base.held_dtype == pipe.upsampler.held_dtype == "bf16"
+    out = pipe("a red circle", base=FAST_BASE, upsample=FAST_UP, dtype="bf16")
+    assert out.images[0].size == (64, 64)
+    with pytest.raises(ValueError, match="held in bf16: sample with dtype='bf16'"):
+        pipe("a red circle", base=FAST_BASE, upsample=FAST_UP, dtype="fp32")
 
 
 def test_stage_kinds_are_checked(checkpoints):

@@ -71,9 +71,17 @@ class Stage:
     def image_size(self) -> int:
         return self.config.unet.image_size
 
+    @property
+    def held_dtype(self) -> str:
+        """The precision the weights are held in ("fp32" unless loaded with ``dtype="bf16"``/"fp16")."""
+        held = self.model.token_embedding.weight.dtype  # always cast with the bulk of the weights
+        return next(name for name, d in DTYPES.items() if d == held)
+
     def encode(self, prompts: Sequence[str]) -> TextCondition:
+        """The captions' :class:`TextCondition`: in float32, or under autocast for bf16/fp16-held weights."""
         tokens, mask = tokenize_batch(self.tokenizer, prompts, self.config.unet.text.context_length)
-        return self.model.encode_text(tokens.to(self.device), mask.to(self.device))
+        with autocast(self.device, self.held_dtype):
+            return self.model.encode_text(tokens.to(self.device), mask.to(self.device))
 
     def schedule(self, steps: str) -> Schedule:
         d = self.config.diffusion
@@ -87,13 +95,15 @@ def load_stage(
     cache_dir: str | None = None,
     download: bool = True,
     config: ModelConfig | str | None = None,
+    dtype: str = "fp32",
 ) -> Stage:
     """A released name (fetched into the cache when missing, unless ``download`` is False) or a checkpoint path;
-    ``config``: the preset or config of a ``.pt`` state dict that does not record its own."""
+    ``config``: the preset or config of a ``.pt`` state dict that does not record its own;
+    ``dtype``: the precision to hold the weights in (see :func:`~glide_diffusion.checkpoints.load_model`)."""
     from ..checkpoints import load_model
 
     vocab_dir = _ensure_released(source, cache_dir, download)
-    model, config = load_model(source, config=config, device=device, cache_dir=cache_dir)
+    model, config = load_model(source, config=config, device=device, cache_dir=cache_dir, dtype=dtype)
     return Stage(model, config, str(source), vocab_dir)
 
 
@@ -106,9 +116,10 @@ def load_stages(
     download: bool = True,
     base_config: ModelConfig | str | None = None,
     upsampler_config: ModelConfig | str | None = None,
+    dtype: str = "fp32",
 ) -> tuple[Stage, Stage | None]:
     """The (base, upsampler) stages of a pipeline's ``from_pretrained``; no upsampler when it is None or empty."""
-    kw: dict[str, Any] = dict(device=device, cache_dir=cache_dir, download=download)
+    kw: dict[str, Any] = dict(device=device, cache_dir=cache_dir, download=download, dtype=dtype)
     return (
         load_stage(base, config=base_config, **kw),
         load_stage(upsampler, config=upsampler_config, **kw) if upsampler else None,
@@ -165,6 +176,11 @@ def sample_stage(
     (the samplers' hooks).
     """
     cfg = stage.config.unet
+    if stage.held_dtype != "fp32" and dtype != stage.held_dtype:
+        raise ValueError(
+            f"the {stage.name} model's weights are held in {stage.held_dtype}: sample with dtype="
+            f"{stage.held_dtype!r}, or load it with dtype='fp32' to sample in {dtype}"
+        )
 
     def amp() -> AbstractContextManager:
         return autocast(stage.device, dtype)

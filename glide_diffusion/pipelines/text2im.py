@@ -108,6 +108,7 @@ class Text2ImPipeline:
         rerank_clip: str | None = None,
         base_config: ModelConfig | str | None = None,
         upsampler_config: ModelConfig | str | None = None,
+        dtype: str = "fp32",
     ) -> Text2ImPipeline:
         """Load released names (``"base"``, ``"upsample"``), bundled names (``"shapes-base"``) or
         checkpoint paths. ``clip``: a noised CLIP for CLIP guidance (and reranking, unless
@@ -115,7 +116,10 @@ class Text2ImPipeline:
         is False), a bundled name (``"shapes-clip"``) or a ``.safetensors`` path. ``rerank_clip``:
         the same kinds of name, for reranking and settings with ``candidates`` > 1 (the ``shapes``
         recipe: ``rerank_clip="shapes-clip-rerank"``). ``base_config``, ``upsampler_config``:
-        presets of ``.pt`` state dicts that record none."""
+        presets of ``.pt`` state dicts that record none. ``dtype``: the precision the models'
+        weights are held in ("fp32"; "bf16" or "fp16" halve their memory, and the pipeline then
+        samples in that dtype only; "auto" as in ``__call__``)."""
+        check_dtype(dtype, device)
         pipe = cls(
             *load_stages(
                 base,
@@ -125,6 +129,7 @@ class Text2ImPipeline:
                 download=download,
                 base_config=base_config,
                 upsampler_config=upsampler_config,
+                dtype=resolve_dtype(dtype, device),
             )
         )
         from ..clip.loading import load_clip_and_tokenizer

@@ -145,8 +145,9 @@ class ResBlock(nn.Module):
         # Under autocast the convolutions return bf16/fp16; the norm, its scale and shift and
         # the residual sum run in the parameters' dtype (float32) and are rounded once, at
         # the next convolution's input: with the caption encoded in float32, that keeps the bf16
-        # error of eps under 1% (docs/results.md, "One denoising step").
-        dtype = self.out_layers[-1].weight.dtype
+        # error of eps under 1% (docs/results.md, "One denoising step"). The norm's weight gives
+        # that dtype: it stays float32 when the convolutions are held in bf16 (load_model(dtype=)).
+        dtype = self.out_layers[0].weight.dtype
         emb_out = self.emb_layers(emb).to(dtype)[..., None, None]  # (B, C', 1, 1)
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)

@@ -88,6 +88,17 @@ def coordinate_channels(x: torch.Tensor) -> torch.Tensor:
     return grid.to(x.dtype).expand(b, 2, h, w)
 
 
+# Weights the forward pass reads in full precision whatever the rest is held in: the time
+# embedding and output layer (run with autocast off), the embeddings added to the caption's
+# tokens, and every 1-D tensor (norm weights, whose dtype sets each residual sum's, and biases).
+FULL_PRECISION_PREFIXES = ("time_embed.", "out.", "positional_embedding", "padding_embedding")
+
+
+def keeps_full_precision(name: str, tensor: torch.Tensor) -> bool:
+    """Whether the state-dict entry ``name`` stays float32 when the model is held in bf16/fp16."""
+    return tensor.ndim < 2 or name.startswith(FULL_PRECISION_PREFIXES)
+
+
 class GlideUNet(nn.Module):
     """ADM UNet whose class embedding is replaced by a caption transformer (GLIDE §4.1).
 
