@@ -181,9 +181,9 @@ def test_step_inputs_are_a_function_of_seed_rank_step(tmp_path):
     c = cfg(tmp_path)
     t = Trainer(c)
     batch = {"image": torch.rand(3, 3, 8, 8) * 2 - 1, "caption": ["a", "b", "c"]}
-    a = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 0, 5), torch.device("cpu"))
-    b = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 0, 5), torch.device("cpu"))
-    other = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 1, 5), torch.device("cpu"))
+    a = t.task.make_inputs(batch, step_generator(0, 0, 5))
+    b = t.task.make_inputs(batch, step_generator(0, 0, 5))
+    other = t.task.make_inputs(batch, step_generator(0, 1, 5))
     assert torch.equal(a.x_t, b.x_t) and torch.equal(a.t, b.t)
     assert not torch.equal(a.noise, other.noise)
     assert a.tokens.shape == (3, 16) and a.t_model.dtype == torch.int64
@@ -197,8 +197,8 @@ def _fixed_eval_loss(trainer, batch):
     losses = []
     with torch.no_grad():
         for _ in range(4):
-            inputs = make_inputs(batch, trainer.config, trainer.schedule, trainer.tokenizer, gen, trainer.device)
-            losses.append(trainer._forward_loss(trainer.model, inputs)[0].item())
+            inputs = trainer.task.make_inputs(batch, gen)
+            losses.append(trainer.task.loss(trainer.model, inputs)[0].item())
     return sum(losses) / len(losses)
 
 
@@ -226,13 +226,13 @@ def test_min_snr_weighting_reaches_the_loss(tmp_path):
     c = cfg(tmp_path, "batch_size=4", "max_steps=1", "loss.min_snr_gamma=1.0")
     trainer = Trainer(c)
     batch = _Batches(lambda pos: trainer.factory(c, 0, 1, pos, None), 4, 0).next(0)
-    inputs = make_inputs(batch, c, trainer.schedule, trainer.tokenizer, step_generator(0, 0, 0), trainer.device)
-    loss, terms = trainer._forward_loss(trainer.model, inputs)
+    inputs = trainer.task.make_inputs(batch, step_generator(0, 0, 0))
+    loss, terms = trainer.task.loss(trainer.model, inputs)
     out = trainer.model(inputs.x_t, inputs.t_model, tokens=inputs.tokens, mask=inputs.mask)
     from glide_diffusion.diffusion import hybrid_loss
 
-    plain = hybrid_loss(trainer.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise)
-    w = min_snr_weights(trainer.schedule, inputs.t, 1.0)
+    plain = hybrid_loss(trainer.task.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise)
+    w = min_snr_weights(trainer.task.schedule, inputs.t, 1.0)
     assert torch.allclose(loss, (w * plain.mse + plain.vb).mean(), rtol=1e-5)
     assert torch.allclose(terms[1], plain.mse.mean(), rtol=1e-5)  # the logged mse stays unweighted
     with pytest.raises(ConfigError, match="min_snr_gamma"):
@@ -246,21 +246,21 @@ def test_v_prediction_trains_on_the_v_mse(tmp_path):
     c = cfg(tmp_path, "batch_size=4", "max_steps=2", 'model.unet.prediction="v"')
     trainer = Trainer(c)
     batch = _Batches(lambda pos: trainer.factory(c, 0, 1, pos, None), 4, 0).next(0)
-    inputs = make_inputs(batch, c, trainer.schedule, trainer.tokenizer, step_generator(0, 0, 0), trainer.device)
-    loss, _ = trainer._forward_loss(trainer.model, inputs)
+    inputs = trainer.task.make_inputs(batch, step_generator(0, 0, 0))
+    loss, _ = trainer.task.loss(trainer.model, inputs)
     out = trainer.model(inputs.x_t, inputs.t_model, tokens=inputs.tokens, mask=inputs.mask)
-    plain = hybrid_loss(trainer.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise)
-    assert torch.allclose(loss, (v_weights(trainer.schedule, inputs.t) * plain.mse + plain.vb).mean(), rtol=1e-4)
+    plain = hybrid_loss(trainer.task.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise)
+    assert torch.allclose(loss, (v_weights(trainer.task.schedule, inputs.t) * plain.mse + plain.vb).mean(), rtol=1e-4)
     result = train(c)
     model, config = load_model(result.checkpoint / "ema.safetensors")
     assert config.unet.prediction == "v" and result.step == 2
 
     capped = cfg(tmp_path, "batch_size=4", 'model.unet.prediction="v"', "loss.v_weight_max=20")
     trainer = Trainer(capped)
-    loss, _ = trainer._forward_loss(trainer.model, inputs)
+    loss, _ = trainer.task.loss(trainer.model, inputs)
     out = trainer.model(inputs.x_t, inputs.t_model, tokens=inputs.tokens, mask=inputs.mask)
-    plain = hybrid_loss(trainer.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise)
-    w = v_weights(trainer.schedule, inputs.t, 20.0)
+    plain = hybrid_loss(trainer.task.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise)
+    w = v_weights(trainer.task.schedule, inputs.t, 20.0)
     assert torch.allclose(loss, (w * plain.mse + plain.vb).mean(), rtol=1e-4)
     with pytest.raises(ConfigError, match="v_weight_max"):
         cfg(tmp_path, "loss.v_weight_max=0.5")
@@ -300,9 +300,9 @@ def _per_sample_inputs(batch, config, schedule, tokenizer, generator, device):
 
 
 def test_grad_accumulation_matches_the_big_batch(tmp_path, monkeypatch):
-    import glide_diffusion.train.loop as loop
+    import glide_diffusion.train.diffusion_task as diffusion_task
 
-    monkeypatch.setattr(loop, "make_inputs", _per_sample_inputs)
+    monkeypatch.setattr(diffusion_task, "make_inputs", _per_sample_inputs)
     grads = []
     for batch_size, accum in ((4, 1), (2, 2)):
         c = cfg(
@@ -484,7 +484,7 @@ def test_upsample_task_gets_low_res_inputs(tmp_path):
     assert c.task == "upsample" and c.low_res_size == 4
     t = Trainer(c)
     batch = _Batches(lambda pos: t.factory(c, 0, 1, pos, c.low_res_size), 2, 0).next(0)
-    inputs = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 0, 0), t.device)
+    inputs = t.task.make_inputs(batch, step_generator(0, 0, 0))
     assert inputs.cond["low_res"].shape == (2, 3, 4, 4) and set(inputs.cond) == {"low_res"}
     assert train(c).step == 1
 
@@ -495,7 +495,7 @@ def test_upsample_trains_on_matching_random_crops(tmp_path):
     )
     t = Trainer(c)
     batch = _Batches(lambda pos: t.factory(c, 0, 1, pos, c.low_res_size), 3, 0).next(0)
-    inputs = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 0, 0), t.device)
+    inputs = t.task.make_inputs(batch, step_generator(0, 0, 0))
     assert inputs.x0.shape == inputs.noise.shape == (3, 3, 8, 8) and inputs.cond["low_res"].shape == (3, 3, 2, 2)
     for i in range(3):  # each crop is the same region of the high- and low-res image
         lo = batch["low_res"][i]
@@ -526,7 +526,7 @@ def test_upsample_inpaint_crops_then_masks_the_crop(tmp_path):
     )
     t = Trainer(c)
     batch = _Batches(lambda pos: t.factory(c, 0, 1, pos, c.low_res_size), 2, 0).next(0)
-    inputs = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 0, 0), t.device)
+    inputs = t.task.make_inputs(batch, step_generator(0, 0, 0))
     assert inputs.cond["inpaint_mask"].shape == (2, 1, 8, 8) and torch.equal(inputs.cond["inpaint_image"], inputs.x0)
     assert train(c).step == 1
 
@@ -542,7 +542,7 @@ def test_inpaint_task_gets_image_and_mask(tmp_path):
     c = cfg(tmp_path, "model=tiny-inpaint", "model.unet.image_size=16", "max_steps=1")
     t = Trainer(c)
     batch = {"image": torch.rand(2, 3, 16, 16) * 2 - 1, "caption": ["a", "b"]}
-    inputs = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 0, 0), t.device)
+    inputs = t.task.make_inputs(batch, step_generator(0, 0, 0))
     assert inputs.cond["inpaint_mask"].shape == (2, 1, 16, 16)
     assert torch.equal(inputs.cond["inpaint_image"], inputs.x0)
     assert train(c).step == 1
