@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from glide_diffusion.train.init import check_same_architecture
 from glide_diffusion.train.loop import Trainer, _Batches
 from glide_diffusion.train.metrics import read_metrics
 from glide_diffusion.train.state import list_checkpoints, load_state, read_checkpoint
+from tests.faults import FAULTS, nan_loss_at_step
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny-test.toml"
@@ -81,6 +83,17 @@ def test_config_file_overrides_and_round_trip(tmp_path):
     assert merged == {"model": {"preset": "tiny-upsample", "unet": {"dropout": 0.3}}}
     c2 = load_config(TINY, ["model=tiny-upsample", "model.unet.dropout=0.3"])
     assert c2.low_res_size == 16 and c2.model.unet.dropout == 0.3
+
+
+def test_configs_saved_with_the_old_debug_table_still_load(tmp_path):
+    """Checkpoints written before fault injection moved to tests/faults.py hold [debug] at its defaults."""
+    c = cfg(tmp_path)
+    saved = {**json.loads(c.to_json()), "debug": {"nan_at_step": -1, "step_sleep": 0.0, "ckpt_sleep": 0.0}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert config_from_dict(saved) == c
+    with pytest.warns(FutureWarning, match=r"\[debug\] config table is gone"):
+        assert cfg(tmp_path, "debug.step_sleep=0.5") == c
 
 
 @pytest.mark.parametrize(
@@ -423,20 +436,22 @@ def test_exact_resume_matches_an_uninterrupted_run(tmp_path):
     assert la == lb and len(la) == 6
 
 
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    nan_loss_at_step(monkeypatch, 3)
     with pytest.raises(TrainingDivergedError, match=r"at step 3: loss is nan.*step_00000002"):
-        train(cfg(tmp_path, "max_steps=6", "ckpt.every=2", "debug.nan_at_step=3"))
+        train(cfg(tmp_path, "max_steps=6", "ckpt.every=2"))
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2]
     ck = read_checkpoint(list_checkpoints(tmp_path)[0][1])
     assert all(torch.isfinite(v).all() for v in ck["ema"].values())
-    assert glide_main(["train", str(TINY), "--out-dir", str(tmp_path / "cli"), "--set", "debug.nan_at_step=1"]) == 1
+    nan_loss_at_step(monkeypatch, 1)
+    assert glide_main(["train", str(TINY), "--out-dir", str(tmp_path / "cli")]) == 1
 
 
 def test_sigkill_then_resume_from_the_newest_complete_checkpoint(tmp_path):
     cmd = [
         sys.executable,
-        "-m",
-        "glide_diffusion.cli.main",
+        str(FAULTS),
+        "--step-sleep=0.02",
         "train",
         str(TINY),
         "--out-dir",
@@ -445,8 +460,6 @@ def test_sigkill_then_resume_from_the_newest_complete_checkpoint(tmp_path):
         "ckpt.every=2",
         "--set",
         "ckpt.keep_last=3",
-        "--set",
-        "debug.step_sleep=0.02",
     ]
     proc = subprocess.Popen(
         cmd + ["--max-steps", "100000"], env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -701,16 +714,14 @@ def test_command_errors_start_with_its_name_and_use_its_option_names(tmp_path, c
 def test_a_second_run_on_the_same_folder_refuses_then_resume_works_after_a_kill(tmp_path, capsys):
     cmd = [
         sys.executable,
-        "-m",
-        "glide_diffusion.cli.main",
+        str(FAULTS),
+        "--step-sleep=0.05",
         "train",
         str(TINY),
         "--out-dir",
         str(tmp_path),
         "--set",
         "ckpt.every=2",
-        "--set",
-        "debug.step_sleep=0.05",
         "--max-steps",
         "100000",
     ]

@@ -260,9 +260,6 @@ class Trainer:
             sync = wrapped.no_sync() if (isinstance(wrapped, DDP) and not last) else contextlib.nullcontext()
             with sync:
                 loss, terms = self.task.loss(model, inputs)
-                if self.step + 1 == c.debug.nan_at_step:
-                    loss = loss * float("nan")
-                    terms = terms * float("nan")
                 self.scaler.scale(loss / c.grad_accum).backward()
             sums += terms
         values = (tdist.reduce_mean(sums / c.grad_accum)).tolist()
@@ -361,7 +358,6 @@ class Trainer:
             c.to_json(),
             async_group=self._async_group,
             use_async=c.ckpt.async_save,
-            commit_sleep=c.debug.ckpt_sleep,
         )
         return None if c.ckpt.async_save else self.commit_pending()
 
@@ -449,8 +445,6 @@ class Trainer:
         try:
             with fallback:
                 while self.step < c.max_steps:
-                    if c.debug.step_sleep:
-                        time.sleep(c.debug.step_sleep)
                     last = self.train_step(model, batches)
                     bar.update(1)
                     if self.step % c.log.every == 0 or self.step == c.max_steps:
