@@ -190,6 +190,18 @@ def test_lr_warmup_then_constant_or_cosine():
     assert lr_factor(110, o, 110) == pytest.approx(0.1)
 
 
+def test_timesteps_stay_in_the_task_t_range(tmp_path):
+    from glide_diffusion.train.diffusion_task import DiffusionTask
+
+    t = Trainer(cfg(tmp_path), task=lambda context: DiffusionTask(context, t_range=(900, 950)))
+    batch = {"image": torch.zeros(64, 3, 8, 8), "caption": [""] * 64}
+    drawn = t.task.make_inputs(batch, step_generator(0, 0, 0)).t
+    assert 900 <= drawn.min() and drawn.max() < 950 and len(set(drawn.tolist())) > 20
+    with pytest.raises(ValueError, match="t_range"):
+        t.task.t_range = (0, 1001)
+        t.task.make_inputs(batch, step_generator(0, 0, 0))
+
+
 def test_step_inputs_are_a_function_of_seed_rank_step(tmp_path):
     c = cfg(tmp_path)
     t = Trainer(c)
@@ -292,14 +304,20 @@ def _labelled_factory(config, rank, world_size, start, low_res):
     return Labelled(config.model.unet.image_size, rank=rank, world_size=world_size, start=start, low_res=low_res)
 
 
-def _per_sample_inputs(batch, config, schedule, tokenizer, generator, device):
+def _per_sample_inputs(batch, config, schedule, tokenizer, generator, device, t_range=None):
     """make_inputs row by row, each row's draws seeded by its data index: independent of batching."""
     rows = []
     for i, caption in enumerate(batch["caption"]):
         g = torch.Generator().manual_seed(int(caption.split()[-1]))
         rows.append(
             make_inputs(
-                {"image": batch["image"][i : i + 1], "caption": [caption]}, config, schedule, tokenizer, g, device
+                {"image": batch["image"][i : i + 1], "caption": [caption]},
+                config,
+                schedule,
+                tokenizer,
+                g,
+                device,
+                t_range,
             )
         )
 

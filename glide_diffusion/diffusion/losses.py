@@ -142,9 +142,13 @@ def sample_timesteps(
     num_steps: int,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    *,
+    low: int = 0,
 ) -> torch.Tensor:
-    """Uniform training timesteps: (batch,) int64 in [0, num_steps), drawn on
+    """Uniform training timesteps: (batch,) int64 in [low, num_steps), drawn on
     the generator's device and moved to ``device``."""
+    if not 0 <= low < num_steps:
+        raise ValueError(f"need 0 <= low < num_steps, got {low} and {num_steps}")
     draw_device = generator.device if generator is not None else device
-    t = torch.randint(0, num_steps, (batch,), generator=generator, device=draw_device)
+    t = torch.randint(low, num_steps, (batch,), generator=generator, device=draw_device)
     return t.to(device) if device is not None else t

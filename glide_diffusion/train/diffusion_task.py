@@ -44,12 +44,13 @@ def mse_weights(config: TrainConfig, schedule: Schedule, t: torch.Tensor) -> tor
 
 
 class DiffusionTask:
-    """The :class:`~glide_diffusion.train.task.Task` of ``config.model``."""
+    """The :class:`~glide_diffusion.train.task.Task` of ``config.model``; ``t_range`` = [lo, hi)
+    trains on those timesteps only (probes: benchmarks/high_noise_probe.py), None on all."""
 
     terms = ("loss", "mse", "vb")
 
-    def __init__(self, context: RunContext):
-        self.context = context
+    def __init__(self, context: RunContext, *, t_range: tuple[int, int] | None = None):
+        self.context, self.t_range = context, t_range
         c = self.config = context.config
         self.device = context.device
         self.schedule = make_schedule(c.model.diffusion.noise_schedule, c.model.diffusion.steps)
@@ -73,7 +74,7 @@ class DiffusionTask:
         return init_model(c.model, c.init_from)
 
     def make_inputs(self, batch: dict, generator: torch.Generator) -> ModelInputs:
-        return make_inputs(batch, self.config, self.schedule, self.tokenizer, generator, self.device)
+        return make_inputs(batch, self.config, self.schedule, self.tokenizer, generator, self.device, self.t_range)
 
     def loss(self, model: nn.Module, inputs: ModelInputs) -> tuple[torch.Tensor, torch.Tensor]:
         with precision_autocast(self.device, self.config.precision):

@@ -45,7 +45,7 @@ from .state import (
     save_checkpoint,
     set_rng_state,
 )
-from .task import DatasetFactory, RunContext, make_task
+from .task import DatasetFactory, RunContext, TaskFactory, make_task
 
 __all__ = [
     "DatasetFactory",
@@ -115,6 +115,7 @@ class Trainer:
         config: TrainConfig,
         dataset_factory: DatasetFactory | None = None,
         messages: Callable[[str], None] | None = None,
+        task: TaskFactory | None = None,
     ):
         self.config = config
         self._messages = messages or _print_message
@@ -127,7 +128,7 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self.factory = dataset_factory or build_train_dataset
         try:
-            self.task = make_task(RunContext(config, self.device, self.info.is_main, self.factory))
+            self.task = (task or make_task)(RunContext(config, self.device, self.info.is_main, self.factory))
         except ValueError as e:  # a tokenizer the model cannot embed
             raise ConfigError(str(e)) from None
         self.global_batch = config.batch_size * config.grad_accum * self.info.world_size
@@ -482,7 +483,11 @@ class Trainer:
 
 
 def train(
-    config: TrainConfig, *, dataset_factory: DatasetFactory | None = None, messages: Callable[[str], None] | None = None
+    config: TrainConfig,
+    *,
+    dataset_factory: DatasetFactory | None = None,
+    messages: Callable[[str], None] | None = None,
+    task: TaskFactory | None = None,
 ) -> TrainResult:
     """Train (or resume) per ``config``; under torchrun, one call per process.
 
@@ -491,10 +496,11 @@ def train(
     running it (resuming from a checkpoint, compiling; rank 0 only; default: print
     to stderr). The process group, if this call created one, is destroyed before
     returning, also on errors. A second run on the same ``out_dir`` while this
-    one holds it raises :class:`RunLockedError`.
+    one holds it raises :class:`RunLockedError`. ``task(context)`` replaces the
+    task the config names (:func:`~glide_diffusion.train.task.make_task`; probes).
     """
     try:
-        result = Trainer(config, dataset_factory, messages).run()
+        result = Trainer(config, dataset_factory, messages, task).run()
     except BaseException:
         tdist.cleanup(wait=False)  # the other processes may be anywhere: no barrier
         raise

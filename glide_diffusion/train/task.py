@@ -24,7 +24,7 @@ from ..clip.config import ClipConfig
 from ..presets import ModelConfig
 from .config import TrainConfig
 
-__all__ = ["DatasetFactory", "RunContext", "Task", "make_task"]
+__all__ = ["DatasetFactory", "RunContext", "Task", "TaskFactory", "make_task"]
 
 # (config, rank, world_size, start, low_res) -> an index-stream IterableDataset
 DatasetFactory = Callable[[TrainConfig, int, int, int, "int | None"], IterableDataset]
@@ -67,6 +67,10 @@ class Task(Protocol):
     def write_samples(self, ema: nn.Module, step: int) -> Path | None:
         """Samples of the EMA model at a sampling step; called on every process (None where none written)."""
         ...
+
+
+# A task for a run: make_task, or another (probes) passed to train(task=...)
+TaskFactory = Callable[[RunContext], Task]
 
 
 def make_task(context: RunContext) -> Task:
