@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from ..diffusion.schedule import Schedule
 from ..pipelines.recipes import StageSettings
 from ..precision import autocast as precision_autocast
 from ..text.tokenizer import tokenizer_for
+from ..unet.model import GlideUNet
 from .batch import ModelInputs, make_inputs
 from .config import ConfigError, TrainConfig
 from .task import RunContext
@@ -105,7 +107,7 @@ class DiffusionTask:
         settings = StageSettings(s.sampler, s.steps, s.guidance_scale, 1.0)
         prompts, cond, rows = self._sample_conditions()
         for seed in s.seeds:
-            rows.append(sample_images(ema, mc, prompts, seed, settings, cond))
+            rows.append(sample_images(cast(GlideUNet, ema), mc, prompts, seed, settings, cond))
         return write_grid(Path(self.config.out_dir) / "samples" / f"step_{step:08d}.png", rows)
 
     def _sample_conditions(self) -> tuple[list[str], dict | None, list]:

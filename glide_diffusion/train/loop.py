@@ -151,7 +151,8 @@ class Trainer:
         c = self.config
         torch.manual_seed(c.seed)  # the same initial weights on every process
         model = self.task.build_model(fresh=not list_checkpoints(self.out_dir))
-        self.model = model.to(self.device, memory_format=self.task.memory_format).train()
+        # torch's stubs omit Module.to's memory_format, which it accepts
+        self.model = model.to(self.device, memory_format=self.task.memory_format).train()  # type: ignore[call-overload]
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         if self.fsdp:  # weights, EMA (and so the optimizer state) sharded; per-block checkpointing
             from .fsdp import shard_for_training

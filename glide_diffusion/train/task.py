@@ -43,10 +43,25 @@ class RunContext:
 class Task(Protocol):
     """One kind of training as the loop sees it; the loop has no other per-task code."""
 
-    terms: tuple[str, ...]  # the names of the logged terms :meth:`loss` returns, "loss" first
-    model_config: ModelConfig | ClipConfig  # what a checkpoint's weights are rebuilt from
-    low_res: int | None  # the side of the low-res images the data must carry (upsamplers), else None
-    memory_format: torch.memory_format  # of the trained model's weights
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """The names of the logged terms :meth:`loss` returns, "loss" first."""
+        ...
+
+    @property
+    def model_config(self) -> ModelConfig | ClipConfig:
+        """What a checkpoint's weights are rebuilt from."""
+        ...
+
+    @property
+    def low_res(self) -> int | None:
+        """The side of the low-res images the data must carry (upsamplers), else None."""
+        ...
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The layout of the trained model's weights."""
+        ...
 
     def build_model(self, fresh: bool) -> nn.Module:
         """The model to train, on the CPU; ``fresh``: no checkpoint to resume, so ``init_from`` applies."""
