@@ -269,13 +269,13 @@ class Trainer:
         if not math.isfinite(loss):
             raise TrainingDivergedError(self._diverged_message(f"loss is {loss}"))
         self.scaler.unscale_(self.optimizer)
-        clip = c.optim.grad_clip if c.optim.grad_clip > 0 else math.inf
+        max_norm = c.optim.grad_clip if c.optim.grad_clip > 0 else math.inf
         if self.fsdp:  # the global norm over every process's gradient shards
-            from .fsdp import clip_grad_norm
+            from .fsdp import limit_grad_norm
 
-            grad_norm = clip_grad_norm(self.model.parameters(), clip)
+            grad_norm = limit_grad_norm(self.model.parameters(), max_norm)
         else:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
             raise TrainingDivergedError(self._diverged_message(f"gradient norm is {grad_norm}"))
         lr = self.optimizer.param_groups[0]["lr"]
