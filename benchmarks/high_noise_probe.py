@@ -26,12 +26,41 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
+from glide_diffusion.cli.train import main as train_main
+from glide_diffusion.data.factory import build_dataset
+from glide_diffusion.data.shapes import CaptionOdds
+from glide_diffusion.train.config import ConfigError
+from glide_diffusion.train.diffusion_task import DiffusionTask
 
-import glide_diffusion.data.shapes_captions as shapes_captions
-import glide_diffusion.data.shapes_scene as shapes_scene
-import glide_diffusion.train.batch as train_batch
-from glide_diffusion.cli.main import main as glide_main
+EVERY_ATTRIBUTE = CaptionOdds(size=1.0, optional_phrase=1.0)  # captions name all a template allows
+
+
+def probe_dataset(config, rank, world_size, start, low_res):
+    """The config's Shapes stream, its captions naming every attribute (one-object scenes: --set below)."""
+    if config.data.kind != "shapes":
+        raise ConfigError(f"the probe trains on Shapes data, not data.kind = {config.data.kind!r}")
+    return build_dataset(
+        config.data,
+        config.image_size,
+        rank=rank,
+        world_size=world_size,
+        start=start,
+        low_res=low_res,
+        caption_odds=EVERY_ATTRIBUTE,
+    )
+
+
+def probe_task(t_min: int, t_max: int | None):
+    """A diffusion task whose timesteps are uniform in [t_min, t_max)."""
+
+    def task(context):
+        steps = context.config.model.diffusion.steps
+        hi = steps if t_max is None else t_max
+        if not 0 <= t_min < hi <= steps:
+            raise SystemExit(f"need 0 <= --t-min < --t-max <= {steps}, got {t_min} and {hi}")
+        return DiffusionTask(context, t_range=(t_min, hi))
+
+    return task
 
 
 def main() -> None:
@@ -43,18 +72,8 @@ def main() -> None:
         print(__doc__)
         print("Any other arguments are `glide train`'s: CONFIG [--out-dir D] [--max-steps N] [--set K=V ...]")
         raise SystemExit(0)
-    shapes_captions.OPTIONAL_PHRASE_PROB = 1.0
-    shapes_captions.SIZE_PROB = 1.0
-    shapes_scene.TWO_OBJECT_PROB = 0.0
-
-    def probe_timesteps(batch: int, num_steps: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        t_max = num_steps if args.t_max is None else args.t_max
-        if not 0 <= args.t_min < t_max <= num_steps:
-            raise SystemExit(f"need 0 <= --t-min < --t-max <= {num_steps}, got {args.t_min} and {t_max}")
-        return torch.randint(args.t_min, t_max, (batch,), generator=generator)
-
-    train_batch.sample_timesteps = probe_timesteps
-    sys.exit(glide_main(["train", *rest]))
+    one_object = ["--set", "data.shapes_two_objects=0.0"]  # before the user's --set items, which win
+    sys.exit(train_main([*one_object, *rest], dataset_factory=probe_dataset, task=probe_task(args.t_min, args.t_max)))
 
 
 if __name__ == "__main__":

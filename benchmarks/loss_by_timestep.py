@@ -25,7 +25,8 @@ from glide_diffusion.data.factory import collate
 from glide_diffusion.diffusion import hybrid_loss, make_schedule, predict_x0_from_eps, q_sample
 from glide_diffusion.text.tokenizer import tokenize_batch, tokenizer_for
 from glide_diffusion.train.config import load_config
-from glide_diffusion.train.loop import build_train_dataset, mse_weights
+from glide_diffusion.train.diffusion_task import mse_weights
+from glide_diffusion.train.loop import build_train_dataset
 
 
 def main() -> None:

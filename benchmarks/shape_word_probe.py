@@ -29,6 +29,7 @@ import sys
 import numpy as np
 
 import glide_diffusion.data.shapes as shapes
+from glide_diffusion.data.shapes import ShapesDataset, sample_caption_with_mentions, sample_rng
 from glide_diffusion.data.shapes_scene import (
     POSITIONS,
     SHAPES,
@@ -42,16 +43,45 @@ from glide_diffusion.data.shapes_scene import (
 COLOUR, BACKGROUND, SIZE = "red", "white", "large"
 
 
-def probe_scene_sampler(position: str):
-    """A ``sample_scene`` replacement: one large red object on white, shape uniform."""
+def one_factor_scene(rng: np.random.Generator, position: str) -> Scene:
+    """One large red object on white, shape uniform; in the centre cell or any of the nine."""
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    s = SIZE_SIDE[SIZE] * rng.uniform(*SIZE_JITTER)
+    cx, cy = place_in_cell(rng, 4 if position == "center" else int(rng.integers(9)), s)
+    return Scene(BACKGROUND, (ShapeObject(shape, COLOUR, SIZE, float(s), cx, cy),), None)
 
-    def sample_scene(rng: np.random.Generator, split: str = "train", n_objects: int | None = None) -> Scene:
-        shape = SHAPES[rng.integers(len(SHAPES))]
-        s = SIZE_SIDE[SIZE] * rng.uniform(*SIZE_JITTER)
-        cx, cy = place_in_cell(rng, 4 if position == "center" else int(rng.integers(9)), s)
-        return Scene(BACKGROUND, (ShapeObject(shape, COLOUR, SIZE, float(s), cx, cy),), None)
 
-    return sample_scene
+class OneFactorShapes(ShapesDataset):
+    """The Shapes stream with :func:`one_factor_scene` scenes, captions from the usual templates."""
+
+    def __init__(self, position: str, **kwargs):
+        super().__init__(**kwargs)
+        self.position = position
+
+    def scene_and_caption(self, n: int) -> tuple[Scene, str]:
+        rng = sample_rng(self.seed, self.split, n)
+        scene = one_factor_scene(rng, self.position)
+        return scene, sample_caption_with_mentions(scene, rng)[0]
+
+
+def probe_dataset(position: str):
+    """A ``glide train`` dataset factory of :class:`OneFactorShapes`."""
+
+    def make(config, rank, world_size, start, low_res):
+        d = config.data
+        return OneFactorShapes(
+            position,
+            split=d.split,
+            resolution=config.image_size,
+            seed=d.seed,
+            size=d.size,
+            rank=rank,
+            world_size=world_size,
+            start=start,
+            low_res=low_res,
+        )
+
+    return make
 
 
 def score(
@@ -120,10 +150,9 @@ def main() -> None:
         print(__doc__)
         print("Any other arguments are `glide train`'s: CONFIG [--out-dir D] [--max-steps N] [--set K=V ...]")
         raise SystemExit(0)
-    shapes.sample_scene = probe_scene_sampler(args.position)  # sample_with_caption looks it up here
-    from glide_diffusion.cli.main import main as glide_main
+    from glide_diffusion.cli.train import main as train_main
 
-    sys.exit(glide_main(["train", *rest]))
+    sys.exit(train_main(rest, dataset_factory=probe_dataset(args.position)))
 
 
 if __name__ == "__main__":

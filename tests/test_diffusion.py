@@ -198,7 +198,7 @@ def test_extract_rounds_to_float32_and_shapes() -> None:
 @pytest.mark.parametrize("clip", [True, False])
 def test_p_mean_variance_golden(clip: bool) -> None:
     g = tensors()
-    out = p_mean_variance(d100(), g["case/model_out"], g["case/x_t"], g["case/t"], clip_denoised=clip)
+    out = p_mean_variance(d100(), g["case/model_out"], g["case/x_t"], g["case/t"], clamp_x0=clip)
     pre = f"p_mean_variance/clip_{clip}/"
     close(out.mean, g[pre + "mean"])
     close(out.variance, g[pre + "variance"])
@@ -219,7 +219,7 @@ def test_p_mean_variance_with_inpainting_x0_fn() -> None:
         seen.append(t)
         return x0 * (1 - mask) + image * mask
 
-    out = p_mean_variance(d100(), g["case/model_out"], g["case/x_t"], g["case/t"], clip_denoised=True, x0_fn=x0_fn)
+    out = p_mean_variance(d100(), g["case/model_out"], g["case/x_t"], g["case/t"], clamp_x0=True, x0_fn=x0_fn)
     close(out.mean, g["denoised_fn/mean"])
     close(out.pred_x0, g["denoised_fn/pred_xstart"])
     # x0_fn sees ORIGINAL timesteps, like the model (json: observed.model_t_received_for_case_t).

@@ -53,7 +53,7 @@ def exact_gain(s, sig: float = SIG) -> float:
 def gain(sampler, s, **kw) -> float:
     """The (per-element constant) x0 / x_T of a deterministic sampler on Gaussian data."""
     x_T = torch.ones(1, 1, 1, 1, dtype=torch.float64)
-    return sampler(gaussian_denoiser("squaredcos_cap_v2"), s, x_T, clip_denoised=False, **kw).item()
+    return sampler(gaussian_denoiser("squaredcos_cap_v2"), s, x_T, clamp_x0=False, **kw).item()
 
 
 def test_gaussian_trajectory_is_second_order_accurate() -> None:
@@ -71,7 +71,7 @@ def test_gaussian_trajectory_is_second_order_accurate() -> None:
                 rel.append(abs(x.item() / math.sqrt(v[i] / v_T) - 1))
 
         x_T = torch.ones(1, 1, 1, 1, dtype=torch.float64)
-        sampler(gaussian_denoiser("squaredcos_cap_v2"), s, x_T, clip_denoised=False, callback=callback)
+        sampler(gaussian_denoiser("squaredcos_cap_v2"), s, x_T, clamp_x0=False, callback=callback)
         errors[name] = max(rel)
     assert errors["dpm"] < 0.016
     assert errors["ddim"] > 0.10
@@ -102,7 +102,7 @@ def test_gaussian_sample_std() -> None:
     """20 steps map N(0, I) to std sig (within 3%; 4096 samples, sampling error ~1.1%)."""
     s = make_schedule("squaredcos_cap_v2", 1000, "20")
     x_T = x_T_for((64, 1, 8, 8), seed=0)
-    x0 = sample_dpmpp_2m(gaussian_denoiser("squaredcos_cap_v2"), s, x_T, clip_denoised=False)
+    x0 = sample_dpmpp_2m(gaussian_denoiser("squaredcos_cap_v2"), s, x_T, clamp_x0=False)
     assert x0.std().item() == pytest.approx(SIG, rel=0.03)
     assert abs(x0.mean().item()) < 0.03
 
@@ -134,8 +134,8 @@ def test_first_order_steps_are_ddim(clip: bool) -> None:
     def x0_fn(x0, t):
         return 0.9 * x0
 
-    a = sample_dpmpp_2m(toy_model, s, x_T_for(), clip_denoised=clip, x0_fn=x0_fn)
-    b = sample_ddim(toy_model, s, x_T_for(), clip_denoised=clip, x0_fn=x0_fn)
+    a = sample_dpmpp_2m(toy_model, s, x_T_for(), clamp_x0=clip, x0_fn=x0_fn)
+    b = sample_ddim(toy_model, s, x_T_for(), clamp_x0=clip, x0_fn=x0_fn)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
@@ -153,7 +153,7 @@ def test_deterministic_never_draws_noise_and_ignores_variance() -> None:
 
     assert torch.equal(a, sample_dpmpp_2m(other_v, s, x_T_for()))
     assert not a.is_inference() and a.shape == (2, 3, 4, 4)
-    assert a.abs().max() <= 1  # clip_denoised: the result is the clipped x0
+    assert a.abs().max() <= 1  # clamp_x0: the result is the clipped x0
 
 
 def test_callback_and_timesteps() -> None:
@@ -341,11 +341,11 @@ def test_matches_diffusers_trajectory(noise_schedule: str, respacing: str, tol: 
         x = sch.step(den(x, t), k, x).prev_sample
         theirs.append(x)
     ours = []
-    sample_dpmpp_2m(den, s, x_T, clip_denoised=False, lower_order_final=False, callback=lambda i, x, x0: ours.append(x))
+    sample_dpmpp_2m(den, s, x_T, clamp_x0=False, lower_order_final=False, callback=lambda i, x, x0: ours.append(x))
     theirs, ours = torch.stack(theirs), torch.stack(ours)  # (N, B, C, H, W)
     scale = theirs.abs().max().item()
     assert (ours - theirs).abs().max().item() <= tol * scale
     # The check has teeth: DDIM (first order everywhere) is far from it.
     ddim = []
-    sample_ddim(den, s, x_T, clip_denoised=False, callback=lambda i, x, x0: ddim.append(x))
+    sample_ddim(den, s, x_T, clamp_x0=False, callback=lambda i, x, x0: ddim.append(x))
     assert (torch.stack(ddim) - theirs).abs().max().item() > 1e-2 * scale

@@ -56,7 +56,7 @@ def test_x_t_and_intermediates() -> None:
     mean, _, log_var = posterior_mean_variance(s, g["x_start"], g["x_t"], t)
     close(mean, g["posterior_true_mean"])
     close(log_var, g["posterior_true_log_variance_clipped"])
-    p = p_mean_variance(s, g["model_out"], g["x_t"], t, clip_denoised=False)
+    p = p_mean_variance(s, g["model_out"], g["x_t"], t, clamp_x0=False)
     close(p.mean, g["p_mean"])
     close(p.log_variance, g["p_log_variance"])
     # pred_x0 = sqrt(1/abar) x_t - ...: at t = 999 (abar ~ 2e-9) it is ~1e4, so compare relatively.

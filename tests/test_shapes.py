@@ -13,6 +13,8 @@ from glide_diffusion.data.shapes import (
     HELD_OUT_PAIRS,
     POSITIONS,
     RELATIONS,
+    SHAPES,
+    CaptionOdds,
     CaptionSpec,
     ObjectSpec,
     Scene,
@@ -181,6 +183,18 @@ def test_caption_frequencies_and_round_trip(train_scenes):
             assert sc.relation in caption and all(o.position is None for o in spec.objects)
     for k, target in {"colour": 0.9, "size": 0.5, "position": 0.5, "background": 0.5}.items():
         assert abs(np.mean(mentions[k]) - target) < 0.03, k
+
+
+def test_caption_odds_set_how_often_optional_attributes_are_named(train_scenes):
+    rng = np.random.default_rng(11)
+    every = CaptionOdds(size=1.0, optional_phrase=1.0)
+    for sc in train_scenes[:300]:
+        caption, spec = sample_caption_with_mentions(sc, rng, odds=every)
+        assert parse_caption(caption) == spec and all(o.size is not None for o in spec.objects)
+        if len(sc.objects) == 1 and spec.objects[0].position is None:  # only the "bare" template has no room
+            assert caption.split()[-1] in SHAPES
+    none = [sample_caption_with_mentions(sc, rng, odds=CaptionOdds(0.0, 0.0))[1] for sc in train_scenes[:300]]
+    assert all(o.size is None and o.position is None for spec in none for o in spec.objects)
 
 
 def test_every_template_occurs(train_scenes):

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from glide_diffusion.train.init import check_same_architecture
 from glide_diffusion.train.loop import Trainer, _Batches
 from glide_diffusion.train.metrics import read_metrics
 from glide_diffusion.train.state import list_checkpoints, load_state, read_checkpoint
+from tests.faults import FAULTS, nan_loss_at_step
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny-test.toml"
@@ -81,6 +83,17 @@ def test_config_file_overrides_and_round_trip(tmp_path):
     assert merged == {"model": {"preset": "tiny-upsample", "unet": {"dropout": 0.3}}}
     c2 = load_config(TINY, ["model=tiny-upsample", "model.unet.dropout=0.3"])
     assert c2.low_res_size == 16 and c2.model.unet.dropout == 0.3
+
+
+def test_configs_saved_with_the_old_debug_table_still_load(tmp_path):
+    """Checkpoints written before fault injection moved to tests/faults.py hold [debug] at its defaults."""
+    c = cfg(tmp_path)
+    saved = {**json.loads(c.to_json()), "debug": {"nan_at_step": -1, "step_sleep": 0.0, "ckpt_sleep": 0.0}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert config_from_dict(saved) == c
+    with pytest.warns(FutureWarning, match=r"\[debug\] config table is gone"):
+        assert cfg(tmp_path, "debug.step_sleep=0.5") == c
 
 
 @pytest.mark.parametrize(
@@ -177,13 +190,25 @@ def test_lr_warmup_then_constant_or_cosine():
     assert lr_factor(110, o, 110) == pytest.approx(0.1)
 
 
+def test_timesteps_stay_in_the_task_t_range(tmp_path):
+    from glide_diffusion.train.diffusion_task import DiffusionTask
+
+    t = Trainer(cfg(tmp_path), task=lambda context: DiffusionTask(context, t_range=(900, 950)))
+    batch = {"image": torch.zeros(64, 3, 8, 8), "caption": [""] * 64}
+    drawn = t.task.make_inputs(batch, step_generator(0, 0, 0)).t
+    assert 900 <= drawn.min() and drawn.max() < 950 and len(set(drawn.tolist())) > 20
+    with pytest.raises(ValueError, match="t_range"):
+        t.task.t_range = (0, 1001)
+        t.task.make_inputs(batch, step_generator(0, 0, 0))
+
+
 def test_step_inputs_are_a_function_of_seed_rank_step(tmp_path):
     c = cfg(tmp_path)
     t = Trainer(c)
     batch = {"image": torch.rand(3, 3, 8, 8) * 2 - 1, "caption": ["a", "b", "c"]}
-    a = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 0, 5), torch.device("cpu"))
-    b = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 0, 5), torch.device("cpu"))
-    other = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 1, 5), torch.device("cpu"))
+    a = t.task.make_inputs(batch, step_generator(0, 0, 5))
+    b = t.task.make_inputs(batch, step_generator(0, 0, 5))
+    other = t.task.make_inputs(batch, step_generator(0, 1, 5))
     assert torch.equal(a.x_t, b.x_t) and torch.equal(a.t, b.t)
     assert not torch.equal(a.noise, other.noise)
     assert a.tokens.shape == (3, 16) and a.t_model.dtype == torch.int64
@@ -197,8 +222,8 @@ def _fixed_eval_loss(trainer, batch):
     losses = []
     with torch.no_grad():
         for _ in range(4):
-            inputs = make_inputs(batch, trainer.config, trainer.schedule, trainer.tokenizer, gen, trainer.device)
-            losses.append(trainer._forward_loss(trainer.model, inputs)[0].item())
+            inputs = trainer.task.make_inputs(batch, gen)
+            losses.append(trainer.task.loss(trainer.model, inputs)[0].item())
     return sum(losses) / len(losses)
 
 
@@ -226,13 +251,13 @@ def test_min_snr_weighting_reaches_the_loss(tmp_path):
     c = cfg(tmp_path, "batch_size=4", "max_steps=1", "loss.min_snr_gamma=1.0")
     trainer = Trainer(c)
     batch = _Batches(lambda pos: trainer.factory(c, 0, 1, pos, None), 4, 0).next(0)
-    inputs = make_inputs(batch, c, trainer.schedule, trainer.tokenizer, step_generator(0, 0, 0), trainer.device)
-    loss, terms = trainer._forward_loss(trainer.model, inputs)
+    inputs = trainer.task.make_inputs(batch, step_generator(0, 0, 0))
+    loss, terms = trainer.task.loss(trainer.model, inputs)
     out = trainer.model(inputs.x_t, inputs.t_model, tokens=inputs.tokens, mask=inputs.mask)
     from glide_diffusion.diffusion import hybrid_loss
 
-    plain = hybrid_loss(trainer.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise)
-    w = min_snr_weights(trainer.schedule, inputs.t, 1.0)
+    plain = hybrid_loss(trainer.task.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise)
+    w = min_snr_weights(trainer.task.schedule, inputs.t, 1.0)
     assert torch.allclose(loss, (w * plain.mse + plain.vb).mean(), rtol=1e-5)
     assert torch.allclose(terms[1], plain.mse.mean(), rtol=1e-5)  # the logged mse stays unweighted
     with pytest.raises(ConfigError, match="min_snr_gamma"):
@@ -246,21 +271,21 @@ def test_v_prediction_trains_on_the_v_mse(tmp_path):
     c = cfg(tmp_path, "batch_size=4", "max_steps=2", 'model.unet.prediction="v"')
     trainer = Trainer(c)
     batch = _Batches(lambda pos: trainer.factory(c, 0, 1, pos, None), 4, 0).next(0)
-    inputs = make_inputs(batch, c, trainer.schedule, trainer.tokenizer, step_generator(0, 0, 0), trainer.device)
-    loss, _ = trainer._forward_loss(trainer.model, inputs)
+    inputs = trainer.task.make_inputs(batch, step_generator(0, 0, 0))
+    loss, _ = trainer.task.loss(trainer.model, inputs)
     out = trainer.model(inputs.x_t, inputs.t_model, tokens=inputs.tokens, mask=inputs.mask)
-    plain = hybrid_loss(trainer.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise)
-    assert torch.allclose(loss, (v_weights(trainer.schedule, inputs.t) * plain.mse + plain.vb).mean(), rtol=1e-4)
+    plain = hybrid_loss(trainer.task.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise)
+    assert torch.allclose(loss, (v_weights(trainer.task.schedule, inputs.t) * plain.mse + plain.vb).mean(), rtol=1e-4)
     result = train(c)
     model, config = load_model(result.checkpoint / "ema.safetensors")
     assert config.unet.prediction == "v" and result.step == 2
 
     capped = cfg(tmp_path, "batch_size=4", 'model.unet.prediction="v"', "loss.v_weight_max=20")
     trainer = Trainer(capped)
-    loss, _ = trainer._forward_loss(trainer.model, inputs)
+    loss, _ = trainer.task.loss(trainer.model, inputs)
     out = trainer.model(inputs.x_t, inputs.t_model, tokens=inputs.tokens, mask=inputs.mask)
-    plain = hybrid_loss(trainer.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise)
-    w = v_weights(trainer.schedule, inputs.t, 20.0)
+    plain = hybrid_loss(trainer.task.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise)
+    w = v_weights(trainer.task.schedule, inputs.t, 20.0)
     assert torch.allclose(loss, (w * plain.mse + plain.vb).mean(), rtol=1e-4)
     with pytest.raises(ConfigError, match="v_weight_max"):
         cfg(tmp_path, "loss.v_weight_max=0.5")
@@ -279,14 +304,20 @@ def _labelled_factory(config, rank, world_size, start, low_res):
     return Labelled(config.model.unet.image_size, rank=rank, world_size=world_size, start=start, low_res=low_res)
 
 
-def _per_sample_inputs(batch, config, schedule, tokenizer, generator, device):
+def _per_sample_inputs(batch, config, schedule, tokenizer, generator, device, t_range=None):
     """make_inputs row by row, each row's draws seeded by its data index: independent of batching."""
     rows = []
     for i, caption in enumerate(batch["caption"]):
         g = torch.Generator().manual_seed(int(caption.split()[-1]))
         rows.append(
             make_inputs(
-                {"image": batch["image"][i : i + 1], "caption": [caption]}, config, schedule, tokenizer, g, device
+                {"image": batch["image"][i : i + 1], "caption": [caption]},
+                config,
+                schedule,
+                tokenizer,
+                g,
+                device,
+                t_range,
             )
         )
 
@@ -300,9 +331,9 @@ def _per_sample_inputs(batch, config, schedule, tokenizer, generator, device):
 
 
 def test_grad_accumulation_matches_the_big_batch(tmp_path, monkeypatch):
-    import glide_diffusion.train.loop as loop
+    import glide_diffusion.train.diffusion_task as diffusion_task
 
-    monkeypatch.setattr(loop, "make_inputs", _per_sample_inputs)
+    monkeypatch.setattr(diffusion_task, "make_inputs", _per_sample_inputs)
     grads = []
     for batch_size, accum in ((4, 1), (2, 2)):
         c = cfg(
@@ -423,20 +454,22 @@ def test_exact_resume_matches_an_uninterrupted_run(tmp_path):
     assert la == lb and len(la) == 6
 
 
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    nan_loss_at_step(monkeypatch, 3)
     with pytest.raises(TrainingDivergedError, match=r"at step 3: loss is nan.*step_00000002"):
-        train(cfg(tmp_path, "max_steps=6", "ckpt.every=2", "debug.nan_at_step=3"))
+        train(cfg(tmp_path, "max_steps=6", "ckpt.every=2"))
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2]
     ck = read_checkpoint(list_checkpoints(tmp_path)[0][1])
     assert all(torch.isfinite(v).all() for v in ck["ema"].values())
-    assert glide_main(["train", str(TINY), "--out-dir", str(tmp_path / "cli"), "--set", "debug.nan_at_step=1"]) == 1
+    nan_loss_at_step(monkeypatch, 1)
+    assert glide_main(["train", str(TINY), "--out-dir", str(tmp_path / "cli")]) == 1
 
 
 def test_sigkill_then_resume_from_the_newest_complete_checkpoint(tmp_path):
     cmd = [
         sys.executable,
-        "-m",
-        "glide_diffusion.cli.main",
+        str(FAULTS),
+        "--step-sleep=0.02",
         "train",
         str(TINY),
         "--out-dir",
@@ -445,8 +478,6 @@ def test_sigkill_then_resume_from_the_newest_complete_checkpoint(tmp_path):
         "ckpt.every=2",
         "--set",
         "ckpt.keep_last=3",
-        "--set",
-        "debug.step_sleep=0.02",
     ]
     proc = subprocess.Popen(
         cmd + ["--max-steps", "100000"], env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -484,7 +515,7 @@ def test_upsample_task_gets_low_res_inputs(tmp_path):
     assert c.task == "upsample" and c.low_res_size == 4
     t = Trainer(c)
     batch = _Batches(lambda pos: t.factory(c, 0, 1, pos, c.low_res_size), 2, 0).next(0)
-    inputs = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 0, 0), t.device)
+    inputs = t.task.make_inputs(batch, step_generator(0, 0, 0))
     assert inputs.cond["low_res"].shape == (2, 3, 4, 4) and set(inputs.cond) == {"low_res"}
     assert train(c).step == 1
 
@@ -495,7 +526,7 @@ def test_upsample_trains_on_matching_random_crops(tmp_path):
     )
     t = Trainer(c)
     batch = _Batches(lambda pos: t.factory(c, 0, 1, pos, c.low_res_size), 3, 0).next(0)
-    inputs = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 0, 0), t.device)
+    inputs = t.task.make_inputs(batch, step_generator(0, 0, 0))
     assert inputs.x0.shape == inputs.noise.shape == (3, 3, 8, 8) and inputs.cond["low_res"].shape == (3, 3, 2, 2)
     for i in range(3):  # each crop is the same region of the high- and low-res image
         lo = batch["low_res"][i]
@@ -526,7 +557,7 @@ def test_upsample_inpaint_crops_then_masks_the_crop(tmp_path):
     )
     t = Trainer(c)
     batch = _Batches(lambda pos: t.factory(c, 0, 1, pos, c.low_res_size), 2, 0).next(0)
-    inputs = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 0, 0), t.device)
+    inputs = t.task.make_inputs(batch, step_generator(0, 0, 0))
     assert inputs.cond["inpaint_mask"].shape == (2, 1, 8, 8) and torch.equal(inputs.cond["inpaint_image"], inputs.x0)
     assert train(c).step == 1
 
@@ -542,7 +573,7 @@ def test_inpaint_task_gets_image_and_mask(tmp_path):
     c = cfg(tmp_path, "model=tiny-inpaint", "model.unet.image_size=16", "max_steps=1")
     t = Trainer(c)
     batch = {"image": torch.rand(2, 3, 16, 16) * 2 - 1, "caption": ["a", "b"]}
-    inputs = make_inputs(batch, c, t.schedule, t.tokenizer, step_generator(0, 0, 0), t.device)
+    inputs = t.task.make_inputs(batch, step_generator(0, 0, 0))
     assert inputs.cond["inpaint_mask"].shape == (2, 1, 16, 16)
     assert torch.equal(inputs.cond["inpaint_image"], inputs.x0)
     assert train(c).step == 1
@@ -701,16 +732,14 @@ def test_command_errors_start_with_its_name_and_use_its_option_names(tmp_path, c
 def test_a_second_run_on_the_same_folder_refuses_then_resume_works_after_a_kill(tmp_path, capsys):
     cmd = [
         sys.executable,
-        "-m",
-        "glide_diffusion.cli.main",
+        str(FAULTS),
+        "--step-sleep=0.05",
         "train",
         str(TINY),
         "--out-dir",
         str(tmp_path),
         "--set",
         "ckpt.every=2",
-        "--set",
-        "debug.step_sleep=0.05",
         "--max-steps",
         "100000",
     ]

@@ -26,6 +26,7 @@ from glide_diffusion.train.dcp import export_weights, is_dcp_checkpoint
 from glide_diffusion.train.loop import Trainer
 from glide_diffusion.train.metrics import read_metrics
 from glide_diffusion.train.state import list_checkpoints, load_state
+from tests.faults import FAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny-test.toml"
@@ -178,8 +179,7 @@ def test_export_gives_glide_sample_the_unsharded_models_outputs(runs, tmp_path):
 
 def test_sigkill_while_shards_are_written_keeps_the_previous_step(tmp_path):
     cmd = _torchrun(
-        "-m",
-        "glide_diffusion.cli.main",
+        str(FAULTS),
         "train",
         str(TINY),
         "--out-dir",
@@ -193,7 +193,7 @@ def test_sigkill_while_shards_are_written_keeps_the_previous_step(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     # Resumed, it trains step 2, writes its shards, then sleeps before the commit: killed there.
     proc = subprocess.Popen(
-        [*cmd, "--set", "debug.ckpt_sleep=60", "--max-steps", "100"],
+        [*cmd, "--commit-sleep=60", "--max-steps", "100"],
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

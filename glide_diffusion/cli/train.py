@@ -6,6 +6,10 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..train.task import DatasetFactory, TaskFactory
 
 # Imported only by training and its data loaders, installed by the [train] extra
 # (pyproject.toml); sampling and editing never import them.
@@ -78,10 +82,11 @@ def _say(message: str) -> None:
     print(f"glide train: {message}", file=sys.stderr, flush=True)
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str], *, dataset_factory: DatasetFactory | None = None, task: TaskFactory | None = None) -> int:
+    """``glide train ARGV``; ``dataset_factory`` and ``task`` go to :func:`~glide_diffusion.train.train` (probes)."""
     args = build_parser().parse_args(argv)
     try:
-        return _run(args)
+        return _run(args, dataset_factory=dataset_factory, task=task)
     except ModuleNotFoundError as e:
         if (e.name or "").partition(".")[0] not in TRAIN_PACKAGES:
             raise
@@ -93,7 +98,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, **hooks: Any) -> int:
     from ..checkpoints import CheckpointError
     from ..train.config import ConfigError, load_config, parse_override
     from ..train.loop import RunLockedError, TrainingDivergedError, train
@@ -118,7 +123,7 @@ def _run(args: argparse.Namespace) -> int:
         loader = {"folder": "folder", "manifest": "folder", "webdataset": "webdataset"}.get(config.data.kind)
         if loader is not None:
             importlib.import_module(f"glide_diffusion.data.{loader}")
-        result = train(config, messages=_say)
+        result = train(config, messages=_say, **hooks)
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
         print(f"glide train: error: {e}", file=sys.stderr)
         return 2

@@ -8,10 +8,13 @@ global sample position already consumed) resumes it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
+
+if TYPE_CHECKING:
+    from .shapes_captions import CaptionOdds
 
 KINDS = ("folder", "manifest", "webdataset", "shapes", "synthetic")
 
@@ -97,11 +100,15 @@ def build_dataset(
     world_size: int = 1,
     start: int = 0,
     low_res: int | None = None,
+    caption_odds: CaptionOdds | None = None,
 ) -> IterableDataset:
     """The dataset ``cfg`` describes, yielding ``{"image": (3, R, R), "caption": str, ...}``.
 
-    ``low_res`` adds a box-downsampled ``"low_res"`` copy (upsampler training).
+    ``low_res`` adds a box-downsampled ``"low_res"`` copy (upsampler training);
+    ``caption_odds`` (Shapes only) how often captions mention optional attributes (probes).
     """
+    if caption_odds is not None and cfg.kind != "shapes":
+        raise ValueError(f"caption_odds is for Shapes data, not {cfg.kind!r}")
     common: dict[str, Any] = dict(
         seed=cfg.seed, rank=rank, world_size=world_size, start=start, size=cfg.size, low_res=low_res
     )
@@ -111,6 +118,8 @@ def build_dataset(
         w = cfg.shapes_warmup
         if cfg.shapes_two_objects is not None:
             common["two_object_prob"] = cfg.shapes_two_objects
+        if caption_odds is not None:
+            common["caption_odds"] = caption_odds
         return ShapesDataset(
             split=cfg.split,
             resolution=resolution,

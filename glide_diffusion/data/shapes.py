@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from glide_diffusion.data.shapes_captions import (
+    SPEC_ODDS,
+    CaptionOdds,
     CaptionSpec,
     ObjectSpec,
     article,
@@ -53,6 +55,7 @@ from glide_diffusion.data.shapes_scene import (
 __all__ = [
     "ALL_PAIRS",
     "BACKGROUNDS",
+    "CaptionOdds",
     "COLOURS",
     "HELD_OUT_PAIRS",
     "POSITIONS",
@@ -89,13 +92,19 @@ def sample_rng(seed: int, split: str, n: int) -> np.random.Generator:
 
 
 def sample_with_caption(
-    seed: int, split: str, n: int, narrow: Mapping[str, str] | None = None, two_object_prob: float = TWO_OBJECT_PROB
+    seed: int,
+    split: str,
+    n: int,
+    narrow: Mapping[str, str] | None = None,
+    two_object_prob: float = TWO_OBJECT_PROB,
+    caption_odds: CaptionOdds = SPEC_ODDS,
 ) -> tuple[Scene, str, CaptionSpec]:
     """Scene, caption and caption spec of global sample ``n`` (no rendering).
 
     ``narrow`` (keys colour, size, background) draws a one-object scene with those attributes
     fixed instead (:func:`sample_narrowed_scene`); the caption is drawn as usual.
-    ``two_object_prob`` is the share of two-object scenes (the dataset's: 1/3).
+    ``two_object_prob`` is the share of two-object scenes (the dataset's: 1/3);
+    ``caption_odds`` how often captions mention optional attributes (the spec's).
     """
     rng = sample_rng(seed, split, n)
     scene = (
@@ -103,7 +112,7 @@ def sample_with_caption(
         if narrow is None
         else sample_narrowed_scene(rng, split, **narrow)
     )
-    caption, spec = sample_caption_with_mentions(scene, rng)
+    caption, spec = sample_caption_with_mentions(scene, rng, odds=caption_odds)
     return scene, caption, spec
 
 
@@ -136,6 +145,7 @@ class ShapesDataset(torch.utils.data.IterableDataset):
             in the last phase.
         two_object_prob: the share of two-object scenes among the split's (not narrowed)
             scenes; the dataset's is 1/3.
+        caption_odds: how often captions mention optional attributes (the spec's by default).
 
     Items: ``dict(image=(3, R, R) float32 in [-1, 1], caption=str, scene=json str,
     index=int[, low_res=(3, r, r)])``. DataLoader workers split the rank's indices.
@@ -156,6 +166,7 @@ class ShapesDataset(torch.utils.data.IterableDataset):
         warmup_replay: float = 0.0,
         warmup_then: Sequence[tuple[int, Mapping[str, str | None]]] = (),
         two_object_prob: float = TWO_OBJECT_PROB,
+        caption_odds: CaptionOdds = SPEC_ODDS,
     ) -> None:
         super().__init__()
         if split not in SPLITS:
@@ -169,7 +180,7 @@ class ShapesDataset(torch.utils.data.IterableDataset):
         self.warmup_replay = warmup_replay
         if not 0.0 <= two_object_prob <= 1.0:
             raise ValueError(f"two_object_prob must be in [0, 1], got {two_object_prob}")
-        self.two_object_prob = two_object_prob
+        self.two_object_prob, self.caption_odds = two_object_prob, caption_odds
         # (first index after the phase, its narrowing), in order
         self.phases: list[tuple[int, dict[str, str]]] = []
         end = 0
@@ -186,7 +197,7 @@ class ShapesDataset(torch.utils.data.IterableDataset):
 
     def item(self, n: int) -> dict:
         """The item of global index ``n``."""
-        scene, caption, _ = sample_with_caption(self.seed, self.split, n, self.narrowing(n), self.two_object_prob)
+        scene, caption = self.scene_and_caption(n)
         out = {
             "image": image_to_tensor(render_array(scene, self.resolution)),
             "caption": caption,
@@ -196,6 +207,13 @@ class ShapesDataset(torch.utils.data.IterableDataset):
         if self.low_res is not None:
             out["low_res"] = image_to_tensor(render_array(scene, self.low_res))
         return out
+
+    def scene_and_caption(self, n: int) -> tuple[Scene, str]:
+        """The scene and caption of global index ``n`` (probes override it to draw other scenes)."""
+        scene, caption, _ = sample_with_caption(
+            self.seed, self.split, n, self.narrowing(n), self.two_object_prob, self.caption_odds
+        )
+        return scene, caption
 
     def narrowing(self, n: int) -> dict[str, str] | None:
         """The fixed attributes of global index ``n``'s curriculum scene; None: a scene of the split."""

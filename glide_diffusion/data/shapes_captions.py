@@ -44,6 +44,17 @@ TWO_BACKGROUND_PROB = 0.5
 
 
 @dataclass(frozen=True)
+class CaptionOdds:
+    """How often a caption mentions what it may leave open; the defaults are the spec's."""
+
+    size: float = SIZE_PROB
+    optional_phrase: float = OPTIONAL_PHRASE_PROB  # position / background, in templates that allow them
+
+
+SPEC_ODDS = CaptionOdds()
+
+
+@dataclass(frozen=True)
 class ObjectSpec:
     """What a caption says about one object; None means "left open"."""
 
@@ -103,16 +114,18 @@ def _maybe(rng: np.random.Generator, p: float, value: str) -> str | None:
     return value if rng.uniform() < p else None
 
 
-def _single_caption(scene: Scene, rng: np.random.Generator, require_colour: bool) -> tuple[str, CaptionSpec]:
+def _single_caption(
+    scene: Scene, rng: np.random.Generator, require_colour: bool, odds: CaptionOdds
+) -> tuple[str, CaptionSpec]:
     (obj,) = scene.objects
     names, probs = zip(*SINGLE_TEMPLATES.items())
     if require_colour:
         probs = tuple(0.0 if n == "no_colour" else p for n, p in zip(names, probs))
     template = names[rng.choice(len(names), p=np.asarray(probs) / sum(probs))]
-    size = _maybe(rng, SIZE_PROB, obj.size)
+    size = _maybe(rng, odds.size, obj.size)
     has_extras = template != "bare"
-    position = _maybe(rng, OPTIONAL_PHRASE_PROB, object_position(obj)) if has_extras else None
-    background = _maybe(rng, OPTIONAL_PHRASE_PROB, scene.background) if has_extras else None
+    position = _maybe(rng, odds.optional_phrase, object_position(obj)) if has_extras else None
+    background = _maybe(rng, odds.optional_phrase, scene.background) if has_extras else None
     colour = None if template == "no_colour" else obj.colour
     bg_phrase = f"on a {background} background" if background else None
     if template == "that_is":
@@ -128,9 +141,9 @@ def _single_caption(scene: Scene, rng: np.random.Generator, require_colour: bool
     return caption, CaptionSpec((ObjectSpec(obj.shape, colour, size, position),), None, background)
 
 
-def _two_caption(scene: Scene, rng: np.random.Generator) -> tuple[str, CaptionSpec]:
+def _two_caption(scene: Scene, rng: np.random.Generator, odds: CaptionOdds) -> tuple[str, CaptionSpec]:
     photo = rng.uniform() < TWO_PHOTO_PROB
-    specs = tuple(ObjectSpec(o.shape, o.colour, _maybe(rng, SIZE_PROB, o.size)) for o in scene.objects)
+    specs = tuple(ObjectSpec(o.shape, o.colour, _maybe(rng, odds.size, o.size)) for o in scene.objects)
     background = _maybe(rng, TWO_BACKGROUND_PROB, scene.background)
     spec = CaptionSpec(specs, scene.relation, background)
     return two_object_caption(spec, photo), spec
@@ -176,16 +189,17 @@ def binding_swaps(caption: str) -> list[str]:
 
 
 def sample_caption_with_mentions(
-    scene: Scene, rng: np.random.Generator, require_colour: bool = False
+    scene: Scene, rng: np.random.Generator, require_colour: bool = False, odds: CaptionOdds = SPEC_ODDS
 ) -> tuple[str, CaptionSpec]:
     """A caption true of ``scene`` and the :class:`CaptionSpec` of what it mentions.
 
-    ``require_colour`` excludes the colour-less template (held-out composition prompts).
+    ``require_colour`` excludes the colour-less template (held-out composition prompts);
+    ``odds`` sets how often optional attributes are mentioned.
     """
     if len(scene.objects) == 1:
-        return _single_caption(scene, rng, require_colour)
+        return _single_caption(scene, rng, require_colour, odds)
     if len(scene.objects) == 2:
-        return _two_caption(scene, rng)
+        return _two_caption(scene, rng, odds)
     raise ValueError(f"a Shapes scene has one or two objects, got {len(scene.objects)}")
 
 

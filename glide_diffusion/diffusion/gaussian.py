@@ -153,14 +153,14 @@ def p_mean_variance(
     x_t: torch.Tensor,
     i: TimeIndex,
     *,
-    clip_denoised: bool = True,
+    clamp_x0: bool = True,
     x0_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> PMeanVar:
     """The reverse step p(x_{t-1} | x_t) from an [eps, var_interp] model output.
 
     pred_x0 = predict_x0_from_eps, then ``x0_fn(pred_x0, t_original)`` (the
     official ``denoised_fn``, e.g. an inpainting paste-in), then clamp to
-    [-1, 1] if ``clip_denoised``; mean = posterior mean at pred_x0 (DDPM eq. 7);
+    [-1, 1] if ``clamp_x0``; mean = posterior mean at pred_x0 (DDPM eq. 7);
     log-variance from the learned range (Improved DDPM eq. 15).
 
     model_out: (B, 2C, H, W); x_t: (B, C, H, W).
@@ -170,7 +170,7 @@ def p_mean_variance(
     pred_x0 = predict_x0_from_eps(s, x_t, i, eps)
     if x0_fn is not None:
         pred_x0 = x0_fn(pred_x0, original_timesteps(s, i, x_t.shape[0], x_t.device))
-    if clip_denoised:
+    if clamp_x0:
         pred_x0 = pred_x0.clamp(-1, 1)
     mean, _, _ = posterior_mean_variance(s, pred_x0, x_t, i)
     return PMeanVar(mean, torch.exp(log_variance), log_variance, pred_x0, eps)

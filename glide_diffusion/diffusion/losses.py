@@ -76,7 +76,7 @@ def _vb_bits_per_dim(
 ) -> torch.Tensor:
     """L_{t-1} (KL, t > 0) or L_0 (decoder NLL, t == 0) in bits/dim, (B,)."""
     true_mean, _, true_log_var = posterior_mean_variance(s, x0, x_t, t)
-    p = p_mean_variance(s, model_out, x_t, t, clip_denoised=False)
+    p = p_mean_variance(s, model_out, x_t, t, clamp_x0=False)
     kl = mean_flat(normal_kl(true_mean, true_log_var, p.mean, p.log_variance)) / _LOG2
     nll = -discretized_gaussian_log_likelihood(x0, means=p.mean, log_scales=0.5 * p.log_variance)
     nll = mean_flat(nll) / _LOG2
@@ -142,9 +142,13 @@ def sample_timesteps(
     num_steps: int,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    *,
+    low: int = 0,
 ) -> torch.Tensor:
-    """Uniform training timesteps: (batch,) int64 in [0, num_steps), drawn on
+    """Uniform training timesteps: (batch,) int64 in [low, num_steps), drawn on
     the generator's device and moved to ``device``."""
+    if not 0 <= low < num_steps:
+        raise ValueError(f"need 0 <= low < num_steps, got {low} and {num_steps}")
     draw_device = generator.device if generator is not None else device
-    t = torch.randint(0, num_steps, (batch,), generator=generator, device=draw_device)
+    t = torch.randint(low, num_steps, (batch,), generator=generator, device=draw_device)
     return t.to(device) if device is not None else t

@@ -43,7 +43,7 @@ class StageSettings:
     guidance_scale: float = 3.0  # classifier-free guidance; 1 = conditional only (one pass)
     temperature: float = 1.0  # scale of the initial noise (the notebook's upsampler: 0.997)
     eta: float = 0.0  # DDIM only
-    clip_denoised: bool = True
+    clip_denoised: bool = True  # clamp x0 to [-1, 1] (samplers' clamp_x0); name kept: eval request.json holds it
     # Guide only the steps with t in [lo*T, hi*T] (fractions of the T diffusion steps;
     # Kynkäänniemi et al. 2024); the others run the conditional model alone. None: every step.
     guidance_interval: tuple[float, float] | None = None

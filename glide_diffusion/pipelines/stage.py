@@ -229,7 +229,7 @@ def sample_stage(
         schedule if schedule is not None else stage.schedule(settings.steps),
         x_T,
         noise_fn=noise,
-        clip_denoised=settings.clip_denoised,
+        clamp_x0=settings.clip_denoised,
         x0_fn=x0_fn,
         cond_fn=cond_fn,
         progress=label,

@@ -35,7 +35,7 @@ Choices:
   first order, as here).
 - Denoised prediction: the eps channels only (the learned variance v is
   ignored: the ODE needs no variance), x0 from eps, then ``x0_fn``, then
-  clamp to [-1, 1] when ``clip_denoised`` (GLIDE's clipping: the static
+  clamp to [-1, 1] when ``clamp_x0`` (GLIDE's clipping: the static
   form of DPM-Solver++'s thresholding).
 - ``cond_fn`` in score form, ``eps -= sqrt(1 - abar) * grad``, applied
   BEFORE x0 is computed (so the guided x0 is also projected and clipped;
@@ -110,7 +110,7 @@ def sample_dpmpp_2m(
     x_T: torch.Tensor,
     *,
     noise_fn: NoiseFn | None = None,
-    clip_denoised: bool = True,
+    clamp_x0: bool = True,
     x0_fn: X0Fn | None = None,
     cond_fn: CondFn | None = None,
     progress: bool | str = False,
@@ -138,7 +138,7 @@ def sample_dpmpp_2m(
         x0 = predict_x0_from_eps(s, x, i, eps)
         if x0_fn is not None:
             x0 = x0_fn(x0, original_timesteps(s, i, x.shape[0], x.device))
-        if clip_denoised:
+        if clamp_x0:
             x0 = x0.clamp(-1, 1)
         c = coefs[i]
         d = x0 if c.w == 0.0 else (1 + c.w) * x0 - c.w * history[0]

@@ -118,7 +118,7 @@ def ddpm_step(
     i: TimeIndex,
     noise: torch.Tensor,
     *,
-    clip_denoised: bool = True,
+    clamp_x0: bool = True,
     x0_fn: X0Fn | None = None,
     cond_fn: CondFn | None = None,
 ) -> StepResult:
@@ -129,7 +129,7 @@ def ddpm_step(
     (B, C, H, W); i: respaced index (int, or (B,) int64 tensor per row).
     """
     _check_index(s, i)
-    out = p_mean_variance(s, model_out, x_t, i, clip_denoised=clip_denoised, x0_fn=x0_fn)
+    out = p_mean_variance(s, model_out, x_t, i, clamp_x0=clamp_x0, x0_fn=x0_fn)
     mean = out.mean
     if cond_fn is not None:
         mean = mean.float() + out.variance * _cond_grad(cond_fn, s, x_t, i)
@@ -145,7 +145,7 @@ def ddim_step(
     noise: torch.Tensor,
     *,
     eta: float = 0.0,
-    clip_denoised: bool = True,
+    clamp_x0: bool = True,
     x0_fn: X0Fn | None = None,
     cond_fn: CondFn | None = None,
 ) -> StepResult:
@@ -162,7 +162,7 @@ def ddim_step(
     if not (eta >= 0 and math.isfinite(eta)):
         raise ValueError(f"eta must be finite and >= 0, got {eta}")
     n = x_t.ndim
-    out = p_mean_variance(s, model_out, x_t, i, clip_denoised=clip_denoised, x0_fn=x0_fn)
+    out = p_mean_variance(s, model_out, x_t, i, clamp_x0=clamp_x0, x0_fn=x0_fn)
     pred_x0 = out.pred_x0
     alpha_bar = coef(s.alphas_cumprod, i, n)
     if cond_fn is not None:
@@ -189,7 +189,7 @@ def sample_ddpm(
     x_T: torch.Tensor,
     *,
     noise_fn: NoiseFn | None = None,
-    clip_denoised: bool = True,
+    clamp_x0: bool = True,
     x0_fn: X0Fn | None = None,
     cond_fn: CondFn | None = None,
     progress: bool | str = False,
@@ -203,7 +203,7 @@ def sample_ddpm(
     _validate(s, x_T, noise_fn, callback)
 
     def step(model_out: torch.Tensor, x: torch.Tensor, i: int, noise: torch.Tensor) -> StepResult:
-        return ddpm_step(s, model_out, x, i, noise, clip_denoised=clip_denoised, x0_fn=x0_fn, cond_fn=cond_fn)
+        return ddpm_step(s, model_out, x, i, noise, clamp_x0=clamp_x0, x0_fn=x0_fn, cond_fn=cond_fn)
 
     return _run(step, denoiser, s, x_T, noise_fn, cond_fn is not None, progress, callback)
 
@@ -215,7 +215,7 @@ def sample_ddim(
     *,
     eta: float = 0.0,
     noise_fn: NoiseFn | None = None,
-    clip_denoised: bool = True,
+    clamp_x0: bool = True,
     x0_fn: X0Fn | None = None,
     cond_fn: CondFn | None = None,
     progress: bool | str = False,
@@ -229,7 +229,7 @@ def sample_ddim(
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
 
     def step(model_out: torch.Tensor, x: torch.Tensor, i: int, noise: torch.Tensor) -> StepResult:
-        return ddim_step(s, model_out, x, i, noise, eta=eta, clip_denoised=clip_denoised, x0_fn=x0_fn, cond_fn=cond_fn)
+        return ddim_step(s, model_out, x, i, noise, eta=eta, clamp_x0=clamp_x0, x0_fn=x0_fn, cond_fn=cond_fn)
 
     return _run(step, denoiser, s, x_T, noise_fn, cond_fn is not None, progress, callback)
 
@@ -245,7 +245,7 @@ class Sampler(Protocol):
         x_T: torch.Tensor,
         *,
         noise_fn: NoiseFn | None = None,
-        clip_denoised: bool = True,
+        clamp_x0: bool = True,
         x0_fn: X0Fn | None = None,
         cond_fn: CondFn | None = None,
         progress: bool | str = False,

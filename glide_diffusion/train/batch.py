@@ -67,13 +67,18 @@ def make_inputs(
     tokenizer: Tokenizer,
     generator: torch.Generator,
     device: torch.device,
+    t_range: tuple[int, int] | None = None,
 ) -> ModelInputs:
-    """x_t = q_sample(x0, t, noise) with uniform t, the (dropped-out) caption tokens and task inputs."""
+    """x_t = q_sample(x0, t, noise) with uniform t (in ``t_range`` = [lo, hi) when given, else
+    every step of the schedule), the (dropped-out) caption tokens and task inputs."""
     x0 = batch["image"].float()
     n = x0.shape[0]
     captions = apply_cfg_dropout(batch["caption"], config.cond.cfg_dropout, generator)
     tokens, mask = tokenize_batch(tokenizer, captions, config.model.unet.text.context_length)
-    t = sample_timesteps(n, schedule.num_steps, generator)
+    lo, hi = t_range or (0, schedule.num_steps)
+    if hi > schedule.num_steps:
+        raise ValueError(f"t_range {t_range} reaches past the schedule's {schedule.num_steps} steps")
+    t = sample_timesteps(n, hi, generator, low=lo)
     cond: dict = {}
     unet = config.model.unet
     if unet.super_res:

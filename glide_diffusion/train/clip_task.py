@@ -32,19 +32,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..clip.model import NoisedClip
-from ..clip.tokenizer import clip_tokenize_batch
+from ..clip.tokenizer import clip_tokenize_batch, clip_tokenizer_for
 from ..data.shapes import SHAPES
 from ..data.shapes_captions import binding_swaps
-from ..diffusion import q_sample, sample_timesteps
+from ..diffusion import make_schedule, q_sample, sample_timesteps
 from ..diffusion.schedule import Schedule
+from ..precision import autocast as precision_autocast
+from .config import ConfigError
+from .task import RunContext
 
 __all__ = [
     "ClipInputs",
+    "ClipTask",
     "binding_negatives",
     "clip_loss",
     "hard_negatives",
@@ -230,3 +237,46 @@ def init_logit_scale(clip: NoisedClip) -> None:
 def clamp_logit_scale(clip: NoisedClip) -> None:
     """Keep ``exp(logit_scale)`` at most the config's ``logit_scale`` (100: CLIP's cap)."""
     clip.logit_scale.clamp_(max=math.log(clip.config.logit_scale))
+
+
+class ClipTask:
+    """The :class:`~glide_diffusion.train.task.Task` of ``config.clip``: no samples, the logit scale capped."""
+
+    terms = TERMS
+    low_res = None
+    memory_format = torch.preserve_format
+
+    def __init__(self, context: RunContext):
+        c = self.config = context.config
+        if c.clip is None:
+            raise ValueError("a ClipTask needs config.clip")
+        self.device = context.device
+        self.model_config = c.clip
+        self.schedule = make_schedule(c.clip.beta_schedule, c.clip.n_timesteps)
+        self.tokenizer = clip_tokenizer_for(c.clip)
+
+    def build_model(self, fresh: bool) -> nn.Module:
+        from ..clip.loading import build_clip, load_clip
+
+        c = self.config
+        if c.init_from and fresh:
+            try:
+                return load_clip(c.init_from, config=c.clip)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"init_from: {e}") from None
+        clip = build_clip(self.model_config)
+        init_logit_scale(clip)
+        return clip
+
+    def make_inputs(self, batch: dict, generator: torch.Generator) -> ClipInputs:
+        return make_clip_inputs(batch, self.config, self.schedule, self.tokenizer, generator, self.device)
+
+    def loss(self, model: nn.Module, inputs: ClipInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        with precision_autocast(self.device, self.config.precision):
+            return clip_loss(model, inputs)
+
+    def after_step(self, model: nn.Module) -> None:
+        clamp_logit_scale(cast(NoisedClip, model))
+
+    def write_samples(self, ema: nn.Module, step: int) -> Path | None:
+        return None  # a CLIP has no samples to show

@@ -24,6 +24,7 @@ import os
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,6 @@ __all__ = [
     "CheckpointSection",
     "CondConfig",
     "ConfigError",
-    "DebugConfig",
     "DistConfig",
     "LogConfig",
     "OptimConfig",
@@ -219,15 +219,6 @@ class DistConfig:
 
 
 @dataclass(frozen=True)
-class DebugConfig:
-    """Fault injection for tests."""
-
-    nan_at_step: int = -1  # make the loss of step N (1-based) NaN (-1 = never)
-    step_sleep: float = 0.0  # seconds slept per step (kill tests)
-    ckpt_sleep: float = 0.0  # dcp: seconds slept after writing the shards, before the commit (kill tests)
-
-
-@dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs; saved (resolved) with every checkpoint."""
 
@@ -258,7 +249,6 @@ class TrainConfig:
     log: LogConfig = field(default_factory=LogConfig)
     ckpt: CheckpointSection = field(default_factory=CheckpointSection)
     dist: DistConfig = field(default_factory=DistConfig)
-    debug: DebugConfig = field(default_factory=DebugConfig)
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, "max_steps must be >= 1")
@@ -438,9 +428,23 @@ def _preset_config(value: Any, current: Any, path: str, cls: type, presets: Call
         raise ConfigError(f"{path}: {e}") from None
 
 
+# The [debug] table of configs saved before fault injection moved to the tests (tests/faults.py).
+_LEGACY_DEBUG = {"nan_at_step": -1, "step_sleep": 0.0, "ckpt_sleep": 0.0}
+
+
+def _drop_legacy(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``values`` without the old ``debug`` table (saved checkpoints hold its defaults); warns if it set any."""
+    if "debug" not in values:
+        return values
+    debug = values["debug"]
+    if not isinstance(debug, Mapping) or any(_LEGACY_DEBUG.get(k, object()) != v for k, v in debug.items()):
+        warnings.warn("the [debug] config table is gone (fault injection for tests); ignoring it", FutureWarning)
+    return {k: v for k, v in values.items() if k != "debug"}
+
+
 def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
     """A :class:`TrainConfig` from a nested dict (a TOML file, or a saved ``config.json``)."""
-    return _apply(base or TrainConfig(), values)
+    return _apply(base or TrainConfig(), _drop_legacy(values))
 
 
 def parse_override(item: str, what: str = "override") -> dict[str, Any]:
@@ -499,7 +503,7 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
     """Apply ``--set`` items to a built config in order (a later one wins); each must leave a
     valid config (:func:`load_config` merges them first)."""
     for item in overrides:
-        update = parse_override(item)
+        update = _drop_legacy(parse_override(item))
         # Overriding a model field keeps the current model (not the library defaults).
         config = _apply(config, update)
     return config

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -95,7 +94,6 @@ class PendingSave:
     state: dict[str, Any] | None  # state.pt (rank 0 only)
     config_json: str
     future: Future | None  # async_save's; None when written synchronously
-    commit_sleep: float = 0.0
 
     def commit(self) -> Path:
         """Wait for every rank's shards, then (rank 0) add the state and rename into place."""
@@ -103,21 +101,27 @@ class PendingSave:
             self.future.result()
         tdist.barrier()  # every rank's shards (and rank 0's .metadata) are on disk
         if self.state is not None:  # rank 0
-            torch.save(self.state, self.tmp / "state.pt")
-            (self.tmp / "config.json").write_text(self.config_json, encoding="utf-8")
-            for name in ("state.pt", "config.json", f"{DCP_DIR}/.metadata"):
-                _fsync(self.tmp / name)
-            _fsync(self.tmp)
-            if self.commit_sleep:  # kill tests: shards written, step not yet committed
-                time.sleep(self.commit_sleep)
-            if self.final.exists():  # the same step written again (a rerun): swap it out whole
-                trash = self.final.parent / f".trash-{self.final.name}-{os.getpid()}"
-                os.replace(self.final, trash)
-                shutil.rmtree(trash)
-            os.replace(self.tmp, self.final)
-            _fsync(self.final.parent)
+            self._write_state(self.state)
+            self._publish()
         tdist.barrier()
         return self.final
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        """state.pt and config.json beside the shards, everything flushed to disk."""
+        torch.save(state, self.tmp / "state.pt")
+        (self.tmp / "config.json").write_text(self.config_json, encoding="utf-8")
+        for name in ("state.pt", "config.json", f"{DCP_DIR}/.metadata"):
+            _fsync(self.tmp / name)
+        _fsync(self.tmp)
+
+    def _publish(self) -> None:
+        """Rename the written folder into place: from here on the step is a checkpoint."""
+        if self.final.exists():  # the same step written again (a rerun): swap it out whole
+            trash = self.final.parent / f".trash-{self.final.name}-{os.getpid()}"
+            os.replace(self.final, trash)
+            shutil.rmtree(trash)
+        os.replace(self.tmp, self.final)
+        _fsync(self.final.parent)
 
 
 def save_dcp(
@@ -130,7 +134,6 @@ def save_dcp(
     *,
     async_group=None,
     use_async: bool = False,
-    commit_sleep: float = 0.0,
 ) -> PendingSave:
     """Start writing a checkpoint of ``model``, ``ema`` and ``optimizer`` for step folder ``final``.
 
@@ -155,14 +158,14 @@ def save_dcp(
         future = dcp.async_save(tensors, checkpoint_id=where, process_group=async_group)
         if not isinstance(future, Future):  # AsyncSaveResponse (a custom stager): the upload's
             future = future.upload_completion
-        return PendingSave(tmp, final, state, config_json, future, commit_sleep)
+        return PendingSave(tmp, final, state, config_json, future)
     if _distributed():
         dcp.save(tensors, checkpoint_id=where)
     else:
         with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
             warnings.simplefilter("ignore", UserWarning)
             dcp.save(tensors, checkpoint_id=where, no_dist=True)
-    return PendingSave(tmp, final, state, config_json, None, commit_sleep)
+    return PendingSave(tmp, final, state, config_json, None)
 
 
 def load_dcp(

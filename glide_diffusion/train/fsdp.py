@@ -18,7 +18,7 @@ all processes instead of keeping a full copy of each on every GPU (DDP):
   its shards, and checkpoints store it sharded (``train/dcp.py``);
 - gradient accumulation reduce-scatters every micro-batch's gradients into the float32
   gradient shards (sums, divided as DDP's are), and clipping uses the global norm over all
-  shards (:func:`clip_grad_norm`).
+  shards (:func:`limit_grad_norm`).
 
 Nothing here is home-made sharding: parameters become ``DTensor`` shards of FSDP2, which
 ``torch.distributed.checkpoint`` saves and reshards to any number of processes.
@@ -42,8 +42,8 @@ from ..unet.blocks import AttentionBlock, ResBlock
 __all__ = [
     "BLOCK_TYPES",
     "checkpoint_blocks",
-    "clip_grad_norm",
     "full_state_dict",
+    "limit_grad_norm",
     "local",
     "shard_for_training",
     "shard_model",
@@ -135,8 +135,8 @@ def local(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
 
 
-def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float) -> float:
-    """Clip gradients by their global L2 norm over all shards; returns the norm before clipping.
+def limit_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float) -> float:
+    """Scale the gradients down to global L2 norm ``max_norm`` over all shards (if above); returns the norm before.
 
     ``torch.nn.utils.get_total_norm`` of DTensor gradients is a DTensor whose
     ``full_tensor()`` sums the squares over every shard, so each process clips by the

@@ -1,19 +1,18 @@
 """The training loop: ``train(config) -> TrainResult``.
 
 One optimizer step: ``grad_accum`` micro-batches of ``batch_size`` images per
-process, each x_t = q_sample(x0, t, noise) with uniform t, model output
-[eps, v], loss = hybrid_loss (eps-MSE + VB with learned-range variance, as
-GLIDE) averaged over the batch; gradients averaged over processes by DDP,
-clipped by global norm, AdamW, then the EMA update. A run resumes from the
-newest complete checkpoint in ``out_dir`` and then continues exactly as if it
-had never stopped (same data positions, same random draws, same weights).
+process, each turned into inputs and a loss by the run's task (``train/task.py``:
+the diffusion loss of ``train/diffusion_task.py`` or the noised CLIP's of
+``train/clip_task.py``); gradients averaged over processes by DDP, clipped by
+global norm, AdamW, then the EMA update. A run resumes from the newest complete
+checkpoint in ``out_dir`` and then continues exactly as if it had never stopped
+(same data positions, same random draws, same weights).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import json
 import math
 import sys
@@ -28,17 +27,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import IterableDataset
 
-from ..checkpoints import CheckpointError, build_model
-from ..data.factory import build_dataset, collate, make_loader
-from ..diffusion import hybrid_loss, make_schedule
-from ..diffusion.losses import min_snr_weights, v_weights
-from ..diffusion.schedule import Schedule
-from ..pipelines.recipes import StageSettings
-from ..precision import autocast as precision_autocast
+from ..checkpoints import CheckpointError
+from ..data.factory import build_dataset, make_loader
 from ..precision import check_dtype
-from ..text.tokenizer import tokenizer_for
 from . import dist as tdist
-from .batch import ema_update, enable_activation_checkpointing, lr_factor, make_inputs, step_generator
+from .batch import ema_update, enable_activation_checkpointing, lr_factor, step_generator
 from .config import ConfigError, TrainConfig, config_from_dict
 from .lock import RunLockedError, lock_run_dir
 from .metrics import MetricsWriter, truncate_metrics
@@ -52,6 +45,7 @@ from .state import (
     save_checkpoint,
     set_rng_state,
 )
+from .task import DatasetFactory, RunContext, TaskFactory, make_task
 
 __all__ = [
     "DatasetFactory",
@@ -59,12 +53,8 @@ __all__ = [
     "TrainResult",
     "TrainingDivergedError",
     "build_train_dataset",
-    "mse_weights",
     "train",
 ]
-
-# (config, rank, world_size, start, low_res) -> an index-stream IterableDataset
-DatasetFactory = Callable[[TrainConfig, int, int, int, "int | None"], IterableDataset]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -92,20 +82,6 @@ def build_train_dataset(
         )
     except (ValueError, FileNotFoundError) as e:  # a source that cannot be used: a config error
         raise ConfigError(f"data: {e}") from None
-
-
-def mse_weights(config: TrainConfig, schedule: Schedule, t: torch.Tensor) -> torch.Tensor | None:
-    """Per-sample weights (B,) of the eps-MSE for the config's loss, or None (GLIDE's plain eps-MSE).
-
-    Min-SNR weights are the same in eps and v terms; a v-predicting model otherwise learns
-    the v-MSE (optionally with its 1/abar weight capped).
-    """
-    loss = config.loss
-    if loss.min_snr_gamma:
-        return min_snr_weights(schedule, t, loss.min_snr_gamma)
-    if config.model.unet.prediction == "v":
-        return v_weights(schedule, t, loss.v_weight_max or None)
-    return None
 
 
 class _Batches:
@@ -139,6 +115,7 @@ class Trainer:
         config: TrainConfig,
         dataset_factory: DatasetFactory | None = None,
         messages: Callable[[str], None] | None = None,
+        task: TaskFactory | None = None,
     ):
         self.config = config
         self._messages = messages or _print_message
@@ -150,21 +127,10 @@ class Trainer:
             raise ConfigError(str(e)) from None
         self.out_dir = Path(config.out_dir)
         self.factory = dataset_factory or build_train_dataset
-        mc = config.model
         try:
-            if config.clip is not None:
-                from ..clip.tokenizer import clip_tokenizer_for
-
-                self.schedule = make_schedule(config.clip.beta_schedule, config.clip.n_timesteps)
-                self.tokenizer = clip_tokenizer_for(config.clip)
-            else:
-                self.schedule = make_schedule(mc.diffusion.noise_schedule, mc.diffusion.steps)
-                self.tokenizer = tokenizer_for(mc.unet.text)
+            self.task = (task or make_task)(RunContext(config, self.device, self.info.is_main, self.factory))
         except ValueError as e:  # a tokenizer the model cannot embed
             raise ConfigError(str(e)) from None
-        from .clip_task import TERMS as CLIP_TERMS
-
-        self.terms = CLIP_TERMS if config.clip is not None else ("loss", "mse", "vb")
         self.global_batch = config.batch_size * config.grad_accum * self.info.world_size
         self.step, self.samples_seen = 0, 0
         self.resumed_from: Path | None = None
@@ -184,21 +150,9 @@ class Trainer:
     def _build_model(self) -> None:
         c = self.config
         torch.manual_seed(c.seed)  # the same initial weights on every process
-        if c.clip is not None:
-            model = self._build_clip()
-        elif c.init_from and not list_checkpoints(self.out_dir):  # a resumed run loads its checkpoint
-            try:
-                from .init import init_model
-            except ImportError as e:
-                raise ConfigError(f"init_from needs glide_diffusion.train.init, which is missing ({e})") from None
-            model = init_model(c.model, c.init_from)
-        else:
-            model = build_model(c.model)
-        # channels-last convolutions: faster training steps on CPU (docs/results.md, "Training
-        # throughput") and what tensor cores want; checkpoints are written contiguous. FSDP
-        # shards parameters as flat rows of their contiguous layout: it keeps theirs.
-        fmt = torch.channels_last if c.clip is None and not self.fsdp else torch.preserve_format
-        self.model = model.to(self.device, memory_format=fmt).train()
+        model = self.task.build_model(fresh=not list_checkpoints(self.out_dir))
+        # torch's stubs omit Module.to's memory_format, which it accepts
+        self.model = model.to(self.device, memory_format=self.task.memory_format).train()  # type: ignore[call-overload]
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         if self.fsdp:  # weights, EMA (and so the optimizer state) sharded; per-block checkpointing
             from .fsdp import shard_for_training
@@ -225,20 +179,6 @@ class Trainer:
             self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.precision == "fp16")
         # Per-process global RNGs (dropout inside the model uses torch's).
         self._seed_globals(self.step)
-
-    def _build_clip(self):
-        from ..clip.loading import build_clip, load_clip
-        from .clip_task import init_logit_scale
-
-        c = self.config
-        if c.init_from and not list_checkpoints(self.out_dir):
-            try:
-                return load_clip(c.init_from, config=c.clip)
-            except (OSError, ValueError) as e:
-                raise ConfigError(f"init_from: {e}") from None
-        clip = build_clip(c.clip)
-        init_logit_scale(clip)
-        return clip
 
     def _seed_globals(self, step: int) -> None:
         import random
@@ -309,34 +249,19 @@ class Trainer:
 
     # -- one step -------------------------------------------------------------
 
-    def _forward_loss(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.config.clip is not None:
-            from .clip_task import clip_loss
-
-            with precision_autocast(self.device, self.config.precision):
-                return clip_loss(model, inputs)
-        with precision_autocast(self.device, self.config.precision):
-            out = model(inputs.x_t, inputs.t_model, tokens=inputs.tokens, mask=inputs.mask, **inputs.cond)
-        weights = mse_weights(self.config, self.schedule, inputs.t)
-        terms = hybrid_loss(self.schedule, out.float(), inputs.x0, inputs.x_t, inputs.t, inputs.noise, weights)
-        return terms.loss.mean(), torch.stack([terms.loss.mean(), terms.mse.mean(), terms.vb.mean()]).detach()
-
     def train_step(self, model, batches: _Batches) -> dict:
         c = self.config
         gen = step_generator(c.seed, self.info.rank, self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        sums = torch.zeros(3, device=self.device)
+        sums = torch.zeros(len(self.task.terms), device=self.device)
         for micro in range(c.grad_accum):
             position = self.samples_seen + micro * c.batch_size * self.info.world_size
-            inputs = self._make_inputs(batches.next(position), gen)
+            inputs = self.task.make_inputs(batches.next(position), gen)
             last = micro == c.grad_accum - 1
             wrapped = getattr(model, "_orig_mod", model)  # under torch.compile
             sync = wrapped.no_sync() if (isinstance(wrapped, DDP) and not last) else contextlib.nullcontext()
             with sync:
-                loss, terms = self._forward_loss(model, inputs)
-                if self.step + 1 == c.debug.nan_at_step:
-                    loss = loss * float("nan")
-                    terms = terms * float("nan")
+                loss, terms = self.task.loss(model, inputs)
                 self.scaler.scale(loss / c.grad_accum).backward()
             sums += terms
         values = (tdist.reduce_mean(sums / c.grad_accum)).tolist()
@@ -344,13 +269,13 @@ class Trainer:
         if not math.isfinite(loss):
             raise TrainingDivergedError(self._diverged_message(f"loss is {loss}"))
         self.scaler.unscale_(self.optimizer)
-        clip = c.optim.grad_clip if c.optim.grad_clip > 0 else math.inf
+        max_norm = c.optim.grad_clip if c.optim.grad_clip > 0 else math.inf
         if self.fsdp:  # the global norm over every process's gradient shards
-            from .fsdp import clip_grad_norm
+            from .fsdp import limit_grad_norm
 
-            grad_norm = clip_grad_norm(self.model.parameters(), clip)
+            grad_norm = limit_grad_norm(self.model.parameters(), max_norm)
         else:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
             raise TrainingDivergedError(self._diverged_message(f"gradient norm is {grad_norm}"))
         lr = self.optimizer.param_groups[0]["lr"]
@@ -362,19 +287,9 @@ class Trainer:
         decay = c.ema_decay
         if c.ema_warmup:
             decay = min(decay, (1 + self.step) / (10 + self.step))
-        if c.clip is not None:
-            from .clip_task import clamp_logit_scale
-
-            clamp_logit_scale(self.model)
+        self.task.after_step(self.model)
         ema_update(self.ema, self.model, decay)
-        return {**dict(zip(self.terms, values)), "lr": lr, "grad_norm": grad_norm}
-
-    def _make_inputs(self, batch: dict, gen: torch.Generator):
-        if self.config.clip is not None:
-            from .clip_task import make_clip_inputs
-
-            return make_clip_inputs(batch, self.config, self.schedule, self.tokenizer, gen, self.device)
-        return make_inputs(batch, self.config, self.schedule, self.tokenizer, gen, self.device)
+        return {**dict(zip(self.task.terms, values)), "lr": lr, "grad_norm": grad_norm}
 
     def _diverged_message(self, what: str) -> str:
         last = list_checkpoints(self.out_dir)
@@ -406,7 +321,7 @@ class Trainer:
                 self.step,
                 self.model,
                 self.ema,
-                self.config.clip or self.config.model,
+                self.task.model_config,
                 self.config.to_json(),
                 state,
             )
@@ -445,7 +360,6 @@ class Trainer:
             c.to_json(),
             async_group=self._async_group,
             use_async=c.ckpt.async_save,
-            commit_sleep=c.debug.ckpt_sleep,
         )
         return None if c.ckpt.async_save else self.commit_pending()
 
@@ -460,45 +374,6 @@ class Trainer:
         tdist.barrier()
         self.last_checkpoint = path
         return path if self.info.is_main else None
-
-    def write_samples(self) -> Path | None:
-        from .samples import condition_row, sample_images, write_grid
-
-        ema = self.ema
-        if self.fsdp:  # gather the EMA once, to a plain model on rank 0 (every process takes part)
-            from .fsdp import full_state_dict
-
-            state = full_state_dict(self.ema)
-            if not self.info.is_main:
-                return None
-            ema = build_model(self.config.model)
-            ema.load_state_dict(state)
-            ema.eval()
-        s, mc = self.config.sample, self.config.model
-        settings = StageSettings(s.sampler, s.steps, s.guidance_scale, 1.0)
-        prompts, cond, rows = list(s.prompts), None, []
-        if mc.kind != "base":  # fixed conditioning: the first items of the data stream
-            n = len(prompts)
-            low = self.config.low_res_size if mc.unet.super_res else None
-            batch = collate([it for _, it in zip(range(n), self.factory(self.config, 0, 1, 0, low))])
-            prompts = batch["caption"]
-            # whole images (training may crop), clean low-res inputs, captions kept
-            inputs = make_inputs(
-                batch,
-                dataclasses.replace(
-                    self.config,
-                    cond=dataclasses.replace(self.config.cond, cfg_dropout=0.0, corrupt_low_res=False, crop_size=0),
-                ),
-                self.schedule,
-                self.tokenizer,
-                torch.Generator().manual_seed(0),
-                torch.device("cpu"),
-            )
-            cond = inputs.cond
-            rows.append(condition_row(cond, mc.unet.image_size))
-        for seed in s.seeds:
-            rows.append(sample_images(ema, mc, prompts, seed, settings, cond))
-        return write_grid(self.out_dir / "samples" / f"step_{self.step:08d}.png", rows)
 
     # -- the run --------------------------------------------------------------
 
@@ -547,7 +422,7 @@ class Trainer:
             # Where inductor cannot build its kernels (no C++ compiler, an unsupported
             # platform), dynamo logs the error and runs the model eagerly: slower, not stopped.
             fallback = torch._dynamo.config.patch(suppress_errors=True)
-        low = c.low_res_size if c.clip is None and c.model.unet.super_res else None
+        low = self.task.low_res
         batches = _Batches(
             lambda pos: self.factory(c, info.rank, info.world_size, pos, low), c.batch_size, c.data.num_workers
         )
@@ -572,8 +447,6 @@ class Trainer:
         try:
             with fallback:
                 while self.step < c.max_steps:
-                    if c.debug.step_sleep:
-                        time.sleep(c.debug.step_sleep)
                     last = self.train_step(model, batches)
                     bar.update(1)
                     if self.step % c.log.every == 0 or self.step == c.max_steps:
@@ -591,13 +464,8 @@ class Trainer:
                         bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{ips:.1f}")
                     if self.step % c.ckpt.every == 0 or self.step == c.max_steps:
                         self.save()
-                    if (
-                        c.sample.every
-                        and self.step % c.sample.every == 0
-                        and (info.is_main or self.fsdp)
-                        and c.clip is None
-                    ):
-                        self.write_samples()
+                    if c.sample.every and self.step % c.sample.every == 0:
+                        self.task.write_samples(self.ema, self.step)
             self.commit_pending()
         finally:
             bar.close()
@@ -616,7 +484,11 @@ class Trainer:
 
 
 def train(
-    config: TrainConfig, *, dataset_factory: DatasetFactory | None = None, messages: Callable[[str], None] | None = None
+    config: TrainConfig,
+    *,
+    dataset_factory: DatasetFactory | None = None,
+    messages: Callable[[str], None] | None = None,
+    task: TaskFactory | None = None,
 ) -> TrainResult:
     """Train (or resume) per ``config``; under torchrun, one call per process.
 
@@ -625,10 +497,11 @@ def train(
     running it (resuming from a checkpoint, compiling; rank 0 only; default: print
     to stderr). The process group, if this call created one, is destroyed before
     returning, also on errors. A second run on the same ``out_dir`` while this
-    one holds it raises :class:`RunLockedError`.
+    one holds it raises :class:`RunLockedError`. ``task(context)`` replaces the
+    task the config names (:func:`~glide_diffusion.train.task.make_task`; probes).
     """
     try:
-        result = Trainer(config, dataset_factory, messages).run()
+        result = Trainer(config, dataset_factory, messages, task).run()
     except BaseException:
         tdist.cleanup(wait=False)  # the other processes may be anywhere: no barrier
         raise
