@@ -84,6 +84,7 @@ class DataConfig:
     samples_per_shard: int | None = None  # webdataset resume arithmetic; default from size or 10000
     shapes_warmup: ShapesWarmup = field(default_factory=ShapesWarmup)  # "shapes" curriculum
     shapes_two_objects: float | None = None  # "shapes": share of two-object scenes (None: the dataset's 1/3)
+    shapes_partial_captions: float = 0.0  # "shapes": share of two-object scenes captioned by one object
 
 
 def _require_path(cfg: DataConfig) -> str:
@@ -120,6 +121,8 @@ def build_dataset(
             common["two_object_prob"] = cfg.shapes_two_objects
         if caption_odds is not None:
             common["caption_odds"] = caption_odds
+        if cfg.shapes_partial_captions:
+            common["partial_caption_prob"] = cfg.shapes_partial_captions
         return ShapesDataset(
             split=cfg.split,
             resolution=resolution,

@@ -26,6 +26,7 @@ from glide_diffusion.data.shapes_captions import (
     ObjectSpec,
     article,
     parse_caption,
+    partial_caption,
     sample_caption,
     sample_caption_with_mentions,
 )
@@ -98,13 +99,17 @@ def sample_with_caption(
     narrow: Mapping[str, str] | None = None,
     two_object_prob: float = TWO_OBJECT_PROB,
     caption_odds: CaptionOdds = SPEC_ODDS,
+    partial_caption_prob: float = 0.0,
 ) -> tuple[Scene, str, CaptionSpec]:
     """Scene, caption and caption spec of global sample ``n`` (no rendering).
 
     ``narrow`` (keys colour, size, background) draws a one-object scene with those attributes
     fixed instead (:func:`sample_narrowed_scene`); the caption is drawn as usual.
     ``two_object_prob`` is the share of two-object scenes (the dataset's: 1/3);
-    ``caption_odds`` how often captions mention optional attributes (the spec's).
+    ``caption_odds`` how often captions mention optional attributes (the spec's);
+    ``partial_caption_prob`` the share of two-object scenes captioned by one of their objects
+    (:func:`partial_caption`, drawn from a generator of its own so the scenes stay the same; the
+    spec is then the full caption's).
     """
     rng = sample_rng(seed, split, n)
     scene = (
@@ -113,6 +118,10 @@ def sample_with_caption(
         else sample_narrowed_scene(rng, split, **narrow)
     )
     caption, spec = sample_caption_with_mentions(scene, rng, odds=caption_odds)
+    if partial_caption_prob and len(scene.objects) == 2:
+        partial_rng = np.random.default_rng([seed, SPLITS[split], n, 2])
+        if partial_rng.uniform() < partial_caption_prob:
+            caption = partial_caption(scene, partial_rng, caption_odds)
     return scene, caption, spec
 
 
@@ -146,6 +155,9 @@ class ShapesDataset(torch.utils.data.IterableDataset):
         two_object_prob: the share of two-object scenes among the split's (not narrowed)
             scenes; the dataset's is 1/3.
         caption_odds: how often captions mention optional attributes (the spec's by default).
+        partial_caption_prob: the share of two-object scenes captioned by one of their
+            objects and its position (not a caption of the spec: a training option for
+            composing one-object terms; 0 by default).
 
     Items: ``dict(image=(3, R, R) float32 in [-1, 1], caption=str, scene=json str,
     index=int[, low_res=(3, r, r)])``. DataLoader workers split the rank's indices.
@@ -167,6 +179,7 @@ class ShapesDataset(torch.utils.data.IterableDataset):
         warmup_then: Sequence[tuple[int, Mapping[str, str | None]]] = (),
         two_object_prob: float = TWO_OBJECT_PROB,
         caption_odds: CaptionOdds = SPEC_ODDS,
+        partial_caption_prob: float = 0.0,
     ) -> None:
         super().__init__()
         if split not in SPLITS:
@@ -181,6 +194,9 @@ class ShapesDataset(torch.utils.data.IterableDataset):
         if not 0.0 <= two_object_prob <= 1.0:
             raise ValueError(f"two_object_prob must be in [0, 1], got {two_object_prob}")
         self.two_object_prob, self.caption_odds = two_object_prob, caption_odds
+        if not 0.0 <= partial_caption_prob <= 1.0:
+            raise ValueError(f"partial_caption_prob must be in [0, 1], got {partial_caption_prob}")
+        self.partial_caption_prob = partial_caption_prob
         # (first index after the phase, its narrowing), in order
         self.phases: list[tuple[int, dict[str, str]]] = []
         end = 0
@@ -211,7 +227,13 @@ class ShapesDataset(torch.utils.data.IterableDataset):
     def scene_and_caption(self, n: int) -> tuple[Scene, str]:
         """The scene and caption of global index ``n`` (probes override it to draw other scenes)."""
         scene, caption, _ = sample_with_caption(
-            self.seed, self.split, n, self.narrowing(n), self.two_object_prob, self.caption_odds
+            self.seed,
+            self.split,
+            n,
+            self.narrowing(n),
+            self.two_object_prob,
+            self.caption_odds,
+            self.partial_caption_prob,
         )
         return scene, caption
 

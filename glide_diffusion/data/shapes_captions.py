@@ -22,6 +22,7 @@ from glide_diffusion.data.shapes_scene import (
     SHAPES,
     SIZES,
     Scene,
+    ShapeObject,
     object_position,
 )
 
@@ -115,16 +116,28 @@ def _maybe(rng: np.random.Generator, p: float, value: str) -> str | None:
 
 
 def _single_caption(
-    scene: Scene, rng: np.random.Generator, require_colour: bool, odds: CaptionOdds
+    scene: Scene,
+    rng: np.random.Generator,
+    require_colour: bool,
+    odds: CaptionOdds,
+    obj: ShapeObject | None = None,
 ) -> tuple[str, CaptionSpec]:
-    (obj,) = scene.objects
+    """A one-object caption; ``obj`` (one of a two-object scene's) makes it a partial caption,
+    which always names the object's position, so it says which of the two it describes."""
+    partial = obj is not None
+    if obj is None:
+        (obj,) = scene.objects
     names, probs = zip(*SINGLE_TEMPLATES.items())
-    if require_colour:
-        probs = tuple(0.0 if n == "no_colour" else p for n, p in zip(names, probs))
+    if require_colour or partial:
+        excluded = {"no_colour"} if require_colour else set()
+        if partial:
+            excluded.add("bare")  # the bare template has no position phrase
+        probs = tuple(0.0 if n in excluded else p for n, p in zip(names, probs))
     template = names[rng.choice(len(names), p=np.asarray(probs) / sum(probs))]
     size = _maybe(rng, odds.size, obj.size)
     has_extras = template != "bare"
-    position = _maybe(rng, odds.optional_phrase, object_position(obj)) if has_extras else None
+    position_prob = 1.0 if partial else odds.optional_phrase
+    position = _maybe(rng, position_prob, object_position(obj)) if has_extras else None
     background = _maybe(rng, odds.optional_phrase, scene.background) if has_extras else None
     colour = None if template == "no_colour" else obj.colour
     bg_phrase = f"on a {background} background" if background else None
@@ -201,6 +214,20 @@ def sample_caption_with_mentions(
     if len(scene.objects) == 2:
         return _two_caption(scene, rng, odds)
     raise ValueError(f"a Shapes scene has one or two objects, got {len(scene.objects)}")
+
+
+def partial_caption(scene: Scene, rng: np.random.Generator, odds: CaptionOdds = SPEC_ODDS) -> str:
+    """A one-object caption of one of a two-object scene's objects (drawn at random), naming its
+    position: "a red circle on the left" for a red circle left of a blue star.
+
+    Not one of the dataset's captions: a training option (``data.shapes_partial_captions``) that
+    teaches one-object captions to mean "this object, and maybe another", which composing
+    one-object terms ("A on the left AND B on the right") needs.
+    """
+    if len(scene.objects) != 2:
+        raise ValueError(f"a partial caption describes one of two objects; the scene has {len(scene.objects)}")
+    obj = scene.objects[int(rng.integers(2))]
+    return _single_caption(scene, rng, False, odds, obj=obj)[0]
 
 
 def sample_caption(scene: Scene, rng: np.random.Generator) -> str:
