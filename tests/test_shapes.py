@@ -364,3 +364,34 @@ def test_two_object_share_of_a_shapes_stream():
     assert 0.42 < share(build_dataset(config.data, 8)) < 0.58
     with pytest.raises(ValueError, match="two_object_prob"):
         ShapesDataset(two_object_prob=1.5)
+
+
+def test_partial_captions_name_one_of_two_objects_where_it_is():
+    from glide_diffusion.data.factory import build_dataset
+    from glide_diffusion.data.shapes_captions import partial_caption
+    from glide_diffusion.data.shapes_scene import object_position
+    from glide_diffusion.train.config import load_config
+
+    plain = ShapesDataset("train", resolution=8, seed=3, two_object_prob=1.0)
+    ds = ShapesDataset("train", resolution=8, seed=3, two_object_prob=1.0, partial_caption_prob=0.25)
+    partial = 0
+    for n in range(400):
+        (scene, caption), (same_scene, full) = ds.scene_and_caption(n), plain.scene_and_caption(n)
+        assert scene == same_scene  # the option changes captions only
+        if caption == full:
+            continue
+        partial += 1
+        (obj,) = parse_caption(caption).objects
+        described = [o for o in scene.objects if o.shape == obj.shape and obj.colour in (None, o.colour)]
+        assert obj.position in {object_position(o) for o in described}  # always placed, and true of one
+    assert 0.19 < partial / 400 < 0.31
+    one_object = ShapesDataset("train", resolution=8, seed=3, two_object_prob=0.0, partial_caption_prob=1.0)
+    assert all(len(parse_caption(one_object.scene_and_caption(n)[1]).objects) == 1 for n in range(20))
+    config = load_config(None, ["data.shapes_partial_captions=1.0", "data.shapes_two_objects=1.0"])
+    assert all(
+        len(parse_caption(it["caption"]).objects) == 1 for _, it in zip(range(10), build_dataset(config.data, 8))
+    )
+    with pytest.raises(ValueError, match="partial_caption_prob"):
+        ShapesDataset(partial_caption_prob=-0.1)
+    with pytest.raises(ValueError, match="one of two objects"):
+        partial_caption(one_object.scene_and_caption(0)[0], np.random.default_rng(0))

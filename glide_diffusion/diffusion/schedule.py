@@ -91,7 +91,10 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
     ``round()`` (half-to-even) -- this matters: "21" keeps 499, not 500.
 
     Strings: ``""`` keeps every step; ``"ddimN"`` uses the smallest integer
-    stride with exactly N steps (ddim50 = 0, 20, ..., 980); ``"fast27"`` is
+    stride with exactly N steps (ddim50 = 0, 20, ..., 980); ``"trailingN"`` keeps
+    ``round(k T / N) - 1`` for k = 1 .. N (trailing4 = 249, 499, 749, 999; diffusers'
+    "trailing" spacing): the last step is T - 1 and the grid of N is part of the grid of 2N,
+    as guided distillation halves it (``train/distill_task.py``); ``"fast27"`` is
     ``"10,10,3,2,2"`` with the last step (T-1) replaced by T-3; otherwise an
     integer or comma list such as ``"10,20,30,40"``. A sequence of ints is a
     list of section counts. Unlike GLIDE (which silently drops a section of
@@ -111,6 +114,14 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
             if count < 1:
                 raise ValueError(f"bad timestep respacing {section_counts!r}: N must be >= 1")
             return _ddim_steps(num_timesteps, count)
+        if spec.startswith("trailing"):
+            try:
+                count = int(spec[len("trailing") :])
+            except ValueError:
+                raise ValueError(f"bad timestep respacing {section_counts!r}: expected 'trailingN'") from None
+            if not 1 <= count <= num_timesteps:
+                raise ValueError(f"bad timestep respacing {section_counts!r}: N must be in 1..{num_timesteps}")
+            return [round(k * num_timesteps / count) - 1 for k in range(1, count + 1)]
         if spec.startswith("fast"):
             if spec != "fast27":
                 raise ValueError(f"bad timestep respacing {section_counts!r}: only 'fast27' is defined")

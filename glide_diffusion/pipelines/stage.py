@@ -188,6 +188,12 @@ def sample_stage(
     comps = [r if isinstance(r, Composition) else Composition.plain(r) for r in rows]
     plain = not any(c.composed for c in comps)
     guided = settings.guidance_scale != 1.0 or not plain
+    # A distilled model (guidance_embed) gives a plain caption's guided output in one pass; a
+    # composition, a negative prompt or a guidance interval combines its conditional outputs (w = 1).
+    scale = torch.tensor(1.0)
+    if cfg.guidance_embed and plain and not negative and settings.guidance_interval is None:
+        scale, guided = torch.tensor(float(settings.guidance_scale)), False
+    extra = {"guidance": scale.to(stage.device)} if cfg.guidance_embed else {}
     # The caption is encoded once per run, so in float32 whatever the step's dtype; the
     # attention keys/values are then rounded once to the dtype attention runs in.
     text = stage.encode([term.text for c in comps for term in c.terms])  # image-major term rows
@@ -200,7 +206,7 @@ def sample_stage(
 
     def model_rows(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # every row: [terms; negative] when guided
         with amp():
-            return stage.step(x, t, text=text, **cond).float()
+            return stage.step(x, t, text=text, **cond, **extra).float()
 
     denoiser: Denoiser = model_rows
     if guided:
@@ -212,7 +218,7 @@ def sample_stage(
 
             def caption_rows(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 with amp():
-                    return stage.step(x, t, text=text_c, **cond_c).float()
+                    return stage.step(x, t, text=text_c, **cond_c, **extra).float()
 
             conditional = caption_rows
         elif interval is not None:  # the composition at scale 1, on all rows

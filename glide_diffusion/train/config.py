@@ -219,6 +219,24 @@ class DistConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Guided distillation (Meng et al. 2023, "On Distillation of Guided Diffusion Models"):
+    ``model`` (with ``model.unet.guidance_embed``) learns in one pass what ``teacher`` gives at a
+    guidance scale drawn uniformly from [guidance_min, guidance_max].
+
+    ``steps = 0``, stage one: the teacher's classifier-free guided output (two passes, or one
+    for a distilled teacher) at every timestep. ``steps = N``, stage two (progressive
+    distillation, Salimans & Ho 2022): one DDIM step of the student on the "trailingN" grid
+    matches two of the teacher on "trailing2N"; halve N each round (16 -> 8 -> 4).
+    """
+
+    teacher: str = ""  # a checkpoint path or bundled name
+    steps: int = 0
+    guidance_min: float = 1.0
+    guidance_max: float = 8.0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs; saved (resolved) with every checkpoint."""
 
@@ -226,6 +244,7 @@ class TrainConfig:
     # A noised CLIP instead of a diffusion model (GLIDE §2.4): a preset name ("shapes") or a
     # table with an optional ``preset`` and ClipConfig fields. None: train ``model``.
     clip: ClipConfig | None = None
+    distill: DistillConfig | None = None  # guided distillation of a teacher into ``model``
     init_from: str | None = None  # None: random init; a checkpoint path or released name ("base", ...)
     out_dir: str = "runs/default"
     seed: int = 0
@@ -278,6 +297,21 @@ class TrainConfig:
             _check(not self.loss.clip_shape_negatives, "loss.clip_shape_negatives is for noised CLIP training")
             _check(not self.loss.clip_binding_negatives, "loss.clip_binding_negatives is for noised CLIP training")
         crop, unet = self.cond.crop_size, self.model.unet
+        if self.distill is not None:
+            dc = self.distill
+            _check(self.clip is None, "[distill] trains a diffusion model; remove [clip]")
+            _check(bool(dc.teacher), "distill.teacher must name the teacher's checkpoint")
+            _check(unet.guidance_embed, "distill: the student needs model.unet.guidance_embed = true")
+            _check(self.model.kind == "base", f"distill: base models only, not {self.model.kind}")
+            _check(dc.steps >= 0, f"distill.steps must be >= 0 (0: stage one), got {dc.steps}")
+            _check(
+                2 * dc.steps <= self.model.diffusion.steps,
+                f"distill.steps: 2 x {dc.steps} teacher steps exceed the process's {self.model.diffusion.steps}",
+            )
+            _check(
+                0 <= dc.guidance_min <= dc.guidance_max <= 10,
+                f"distill: need 0 <= guidance_min <= guidance_max <= 10, got {dc.guidance_min}, {dc.guidance_max}",
+            )
         if self.loss.v_weight_max:
             _check(
                 unet.prediction == "v" and not self.loss.min_snr_gamma,
@@ -295,7 +329,9 @@ class TrainConfig:
 
     @property
     def task(self) -> str:
-        """base | upsample | inpaint | upsample-inpaint (from the model's config), or clip."""
+        """base | upsample | inpaint | upsample-inpaint (from the model's config), clip or distill."""
+        if self.distill is not None:
+            return "distill"
         return "clip" if self.clip is not None else self.model.kind
 
     @property

@@ -24,7 +24,7 @@ __all__ = ["init_model", "expand_input_conv", "check_same_architecture", "INPUT_
 INPUT_CONV = "input_blocks.0.0.weight"  # the first convolution, (out, first_conv_channels, 3, 3)
 
 # Fields that may differ between the source and the fine-tuned model.
-_FREE_FIELDS = ("inpaint", "dropout", "text.clause_words")
+_FREE_FIELDS = ("inpaint", "dropout", "text.clause_words", "guidance_embed")
 
 
 def init_model(
@@ -65,10 +65,14 @@ def init_model(
     model = build_model(config)
     if model.clause_bag_of_words is not None and CLAUSE_BAG not in state:  # grown from a plain bag: zeros
         state[CLAUSE_BAG] = torch.zeros_like(model.clause_bag_of_words.weight)
+    if model.guidance_embed is not None and not any(k.startswith(GUIDANCE_EMBED) for k in state):
+        # a distilled student from its teacher: the new embedding as built (its output zero)
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith(GUIDANCE_EMBED)})
     return load_weights(model, state, str(path)).train()
 
 
 CLAUSE_BAG = "clause_bag_of_words.weight"
+GUIDANCE_EMBED = "guidance_embed."
 
 
 def expand_input_conv(state: Mapping[str, torch.Tensor], config: UNetConfig) -> dict[str, torch.Tensor]:

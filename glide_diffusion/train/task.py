@@ -3,10 +3,11 @@
 The loop (``train/loop.py``) owns what every run shares: processes, optimizer, gradient
 accumulation, clipping, EMA, checkpoints, resume, metrics. A task owns the rest: the model
 it trains, how a data batch becomes inputs, the loss and its logged terms, and what it
-writes at sampling steps. Two tasks exist, the diffusion models
-(:class:`~glide_diffusion.train.diffusion_task.DiffusionTask`) and the noised CLIP
-(:class:`~glide_diffusion.train.clip_task.ClipTask`); another (e.g. guided distillation)
-implements :class:`Task` and is chosen in :func:`make_task`, with no change to the loop.
+writes at sampling steps. Three tasks exist, the diffusion models
+(:class:`~glide_diffusion.train.diffusion_task.DiffusionTask`), the noised CLIP
+(:class:`~glide_diffusion.train.clip_task.ClipTask`) and guided distillation
+(:class:`~glide_diffusion.train.distill_task.DistillTask`); another implements :class:`Task`
+and is chosen in :func:`make_task`, with no change to the loop.
 """
 
 from __future__ import annotations
@@ -89,7 +90,12 @@ TaskFactory = Callable[[RunContext], Task]
 
 
 def make_task(context: RunContext) -> Task:
-    """The task ``context.config`` names: a noised CLIP when ``clip`` is set, else a diffusion model."""
+    """The task ``context.config`` names: a noised CLIP when ``clip`` is set, guided distillation
+    when ``distill`` is, else a diffusion model."""
+    if context.config.distill is not None:
+        from .distill_task import DistillTask
+
+        return DistillTask(context)
     if context.config.clip is not None:
         from .clip_task import ClipTask
 

@@ -102,6 +102,10 @@ class UNetConfig:
     # model_channels (ADM/GLIDE). Lets a UNet with a narrow full-resolution level keep a wide
     # embedding. Not in GLIDE (None keeps its architecture).
     embed_channels: int | None = None
+    # A guided-distilled student (Meng et al. 2023): the classifier-free guidance scale is an
+    # input, embedded as the timestep is and added to its embedding, so one pass gives the
+    # guided output. Not in GLIDE (False keeps its architecture).
+    guidance_embed: bool = False
     text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self) -> None:

@@ -91,7 +91,9 @@ def coordinate_channels(x: torch.Tensor) -> torch.Tensor:
 # Weights the forward pass reads in full precision whatever the rest is held in: the time
 # embedding and output layer (run with autocast off), the embeddings added to the caption's
 # tokens, and every 1-D tensor (norm weights, whose dtype sets each residual sum's, and biases).
-FULL_PRECISION_PREFIXES = ("time_embed.", "out.", "positional_embedding", "padding_embedding")
+GUIDANCE_TIME = 100.0  # scales 0..10 embedded like timesteps 0..1000
+
+FULL_PRECISION_PREFIXES = ("time_embed.", "guidance_embed.", "out.", "positional_embedding", "padding_embedding")
 
 
 def keeps_full_precision(name: str, tensor: torch.Tensor) -> bool:
@@ -130,6 +132,15 @@ class GlideUNet(nn.Module):
 
         self.time_embed = nn.Sequential(
             nn.Linear(ch, config.time_embed_dim), nn.SiLU(), nn.Linear(config.time_embed_dim, config.time_embed_dim)
+        )
+        # The guidance scale's embedding (a distilled student; zero output at init, so a student
+        # starts as its teacher's conditional model). Scales are embedded as GUIDANCE_TIME * s.
+        self.guidance_embed = (
+            nn.Sequential(
+                nn.Linear(ch, config.time_embed_dim), nn.SiLU(), nn.Linear(config.time_embed_dim, config.time_embed_dim)
+            )
+            if config.guidance_embed
+            else None
         )
         self.input_blocks, skip_channels, ch = self._build_input_blocks()
         self.middle_block = ConditionedSequential(self._res(ch, ch), self._attention(ch), self._res(ch, ch))
@@ -227,6 +238,8 @@ class GlideUNet(nn.Module):
             elif isinstance(m, AttentionBlock):
                 _zero_parameters(m.proj_out)
         _zero_parameters(self.out[-1])
+        if self.guidance_embed is not None:
+            _zero_parameters(self.guidance_embed[-1])
         nn.init.normal_(self.positional_embedding, std=0.01)
         if self.clause_bag_of_words is not None:
             nn.init.zeros_(self.clause_bag_of_words.weight)
@@ -283,6 +296,7 @@ class GlideUNet(nn.Module):
         low_res: torch.Tensor | None = None,
         inpaint_image: torch.Tensor | None = None,
         inpaint_mask: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, C, H, W), t (B,) original timesteps -> (B, 2C, H, W) [eps, var_interp].
 
@@ -290,6 +304,8 @@ class GlideUNet(nn.Module):
         or as ``tokens`` and ``mask``. Upsamplers need ``low_res`` (B, C, h, w),
         bilinearly resized to H x W. Inpainting models take ``inpaint_image``
         and ``inpaint_mask`` (1 = known pixel); missing, they default to zeros.
+        A ``guidance_embed`` model needs ``guidance`` (B,), the classifier-free
+        guidance scale whose output it returns (1: the conditional model).
         """
         if text is None:
             if tokens is None or mask is None:
@@ -299,6 +315,8 @@ class GlideUNet(nn.Module):
         dtype = cast(nn.Conv2d, self.out[-1]).weight.dtype
         with full_precision(x):  # tiny layers whose rounding every block (emb) or eps (out) would carry
             emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(dtype))
+            if self.guidance_embed is not None or guidance is not None:
+                emb = emb + self._guidance_embedding(guidance, x.shape[0], dtype)
         emb = emb + text.xf_proj.to(emb.dtype)
         if self.config.patch_size > 1:  # channel c * p**2 + i * p + j <- pixel (p*y + i, p*x + j) of channel c
             x_in = F.pixel_unshuffle(x_in, self.config.patch_size)
@@ -316,6 +334,14 @@ class GlideUNet(nn.Module):
         if self.config.prediction == "v":
             out = self._eps_from_v(out, x, t)
         return out
+
+    def _guidance_embedding(self, guidance: torch.Tensor | None, n: int, dtype: torch.dtype) -> torch.Tensor:
+        if self.guidance_embed is None:
+            raise ValueError("guidance= is for guidance_embed (distilled) models; guide this one with two passes")
+        if guidance is None:
+            raise ValueError("a guidance_embed (distilled) model needs guidance=, the (B,) guidance scales")
+        w = torch.as_tensor(guidance, dtype=torch.float32, device=self.positional_embedding.device).expand(n)
+        return self.guidance_embed(timestep_embedding(GUIDANCE_TIME * w, self.config.model_channels).to(dtype))
 
     def _eps_from_v(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """[v, var] -> [eps, var], in float32: eps = sqrt(1 - abar) x_t + sqrt(abar) v."""
