@@ -177,3 +177,15 @@ def test_guidance_embed_is_built_zero(teacher):
     _, config = load_model(teacher)
     student = build_model(dataclasses.replace(config, unet=dataclasses.replace(config.unet, guidance_embed=True)))
     assert student.guidance_embed is not None and student.guidance_embed[-1].weight.abs().sum() == 0
+
+
+def test_glide_distill_needs_a_distill_table(tmp_path, teacher, capsys):
+    from glide_diffusion.cli.main import main
+    from tests.test_train import TINY
+
+    assert main(["distill", str(TINY), "--out-dir", str(tmp_path)]) == 2
+    assert "has no [distill] table" in capsys.readouterr().err
+    args = ["distill", str(TINY), "--out-dir", str(tmp_path), "--max-steps", "1", "--no-progress"]
+    sets = [*STUDENT, f'distill.teacher="{teacher}"', f'init_from="{teacher}"']
+    assert main([*args, *(x for s in sets for x in ("--set", s))]) == 0
+    assert (tmp_path / "checkpoints" / "step_00000001").is_dir()

@@ -18,6 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": ("A web app and HTTP API: text -> image, inpainting, image -> image (docs/serve.md).", _serve),
         "download": ("Fetch the released GLIDE (filtered) files into the cache.", _download),
         "train": ("Train or fine-tune a model from a TOML config (torchrun for several processes).", _train),
+        "distill": ("Distil a guided model into a few-step one (Meng et al. 2023) from a TOML config.", _distill),
         "export": ("Write a training checkpoint's EMA weights (sharded or not) as one .safetensors file.", _export),
         "eval": ("Evaluate: sample for a caption file, reference statistics, scores (torchrun to shard).", _eval),
     }
@@ -53,6 +54,12 @@ def _train(argv: Sequence[str]) -> int:
     from . import train
 
     return train.main(list(argv))
+
+
+def _distill(argv: Sequence[str]) -> int:
+    from . import train
+
+    return train.main(list(argv), command="distill")
 
 
 def _export(argv: Sequence[str]) -> int:

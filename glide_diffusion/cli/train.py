@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 from collections.abc import Sequence
@@ -17,12 +18,18 @@ TRAIN_PACKAGES = ("fsspec", "webdataset", "braceexpand", "tomli")
 TRAIN_INSTALL = "pip install 'glide-diffusion[train]'"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="glide train",
-        description="Train a GLIDE model from a TOML config; resumes from the newest checkpoint in out_dir. "
-        "Several processes: torchrun --nproc_per_node N -m glide_diffusion.cli.main train CONFIG",
-    )
+DESCRIPTIONS = {
+    "train": "Train a GLIDE model from a TOML config; resumes from the newest checkpoint in out_dir. "
+    "Several processes: torchrun --nproc_per_node N -m glide_diffusion.cli.main train CONFIG",
+    "distill": "Distil a guided model (Meng et al. 2023) from a TOML config with a [distill] table "
+    "(configs/distill-shapes-*.toml); resumes as glide train does. "
+    "Several processes: torchrun --nproc_per_node N -m glide_diffusion.cli.main distill CONFIG",
+}
+
+
+def build_parser(command: str = "train") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"glide {command}", description=DESCRIPTIONS[command])
+    p.set_defaults(command=command)
     p.add_argument("config", help="TOML config file (see configs/)")
     p.add_argument(
         "--set",
@@ -78,20 +85,27 @@ def _non_empty(text: str) -> str:
     return text
 
 
-def _say(message: str) -> None:
-    print(f"glide train: {message}", file=sys.stderr, flush=True)
+def _say(command: str, message: str) -> None:
+    print(f"glide {command}: {message}", file=sys.stderr, flush=True)
 
 
-def main(argv: Sequence[str], *, dataset_factory: DatasetFactory | None = None, task: TaskFactory | None = None) -> int:
-    """``glide train ARGV``; ``dataset_factory`` and ``task`` go to :func:`~glide_diffusion.train.train` (probes)."""
-    args = build_parser().parse_args(argv)
+def main(
+    argv: Sequence[str],
+    *,
+    dataset_factory: DatasetFactory | None = None,
+    task: TaskFactory | None = None,
+    command: str = "train",
+) -> int:
+    """``glide train ARGV`` (or ``glide distill``); ``dataset_factory`` and ``task`` go to
+    :func:`~glide_diffusion.train.train` (probes)."""
+    args = build_parser(command).parse_args(argv)
     try:
         return _run(args, dataset_factory=dataset_factory, task=task)
     except ModuleNotFoundError as e:
         if (e.name or "").partition(".")[0] not in TRAIN_PACKAGES:
             raise
         print(
-            f"glide train: error: training needs {e.name!r}, which is not installed; "
+            f"glide {command}: error: training needs {e.name!r}, which is not installed; "
             f"install the training extras: {TRAIN_INSTALL}",
             file=sys.stderr,
         )
@@ -114,6 +128,8 @@ def _run(args: argparse.Namespace, **hooks: Any) -> int:
         if args.no_progress:
             extra.append("log.progress=false")
         config = load_config(args.config, [*args.overrides, *extra])
+        if args.command == "distill" and config.distill is None:
+            raise ConfigError(f"{args.config} has no [distill] table (teacher, steps): train it with glide train")
         if args.print_config:
             print(config.to_json())
             return 0
@@ -123,12 +139,12 @@ def _run(args: argparse.Namespace, **hooks: Any) -> int:
         loader = {"folder": "folder", "manifest": "folder", "webdataset": "webdataset"}.get(config.data.kind)
         if loader is not None:
             importlib.import_module(f"glide_diffusion.data.{loader}")
-        result = train(config, messages=_say, **hooks)
+        result = train(config, messages=functools.partial(_say, args.command), **hooks)
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"glide train: error: {e}", file=sys.stderr)
+        print(f"glide {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (TrainingDivergedError, RunLockedError) as e:
-        print(f"glide train: error: {e}", file=sys.stderr)
+        print(f"glide {args.command}: error: {e}", file=sys.stderr)
         return 1
     if result.checkpoint is not None and _is_main():
         print(f"step {result.step}, {result.samples_seen} samples; checkpoint: {result.checkpoint}")
