@@ -189,3 +189,12 @@ def test_glide_distill_needs_a_distill_table(tmp_path, teacher, capsys):
     sets = [*STUDENT, f'distill.teacher="{teacher}"', f'init_from="{teacher}"']
     assert main([*args, *(x for s in sets for x in ("--set", s))]) == 0
     assert (tmp_path / "checkpoints" / "step_00000001").is_dir()
+
+
+def test_the_plan_counts_the_teacher(teacher):
+    from glide_diffusion.train.plan import make_plan
+
+    plain = make_plan(cfg("/tmp/x"), 1, device_type="cpu")
+    distill = make_plan(cfg("/tmp/x", *STUDENT, f'distill.teacher="{teacher}"'), 1, device_type="cpu")
+    assert distill.teacher_forwards == 2 and distill.steps_per_s(False) < plain.steps_per_s(False)
+    assert distill.rows[0].weights > plain.rows[0].weights

@@ -159,13 +159,14 @@ def _plan(args: argparse.Namespace, config) -> int:
     try:
         memory = parse_bytes(args.gpu_memory) if args.gpu_memory else None
     except ValueError:
-        print(f"glide train: error: --gpu-memory {args.gpu_memory!r} is not a size such as 80GB", file=sys.stderr)
+        problem = f"--gpu-memory {args.gpu_memory!r} is not a size such as 80GB"
+        print(f"glide {args.command}: error: {problem}", file=sys.stderr)
         return 2
     world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
     try:
         plan = make_plan(config, world, memory, peak_tflops=args.peak_tflops, utilisation=args.utilisation)
     except ValueError as e:
-        print(f"glide train: error: {e}", file=sys.stderr)
+        print(f"glide {args.command}: error: {e}", file=sys.stderr)
         return 2
     print(format_plan(plan, config))
     return 0

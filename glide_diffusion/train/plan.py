@@ -67,9 +67,10 @@ class Plan:
     gpu_memory: float | None
     peak_flops: float  # per GPU, the stated rate
     utilisation: float
+    teacher_forwards: int = 0  # guided distillation: the teacher's passes per sample (no backward)
 
     def steps_per_s(self, checkpointing: bool) -> float:
-        per_step = self.flops_per_sample * (4 if checkpointing else 3) * self.global_batch
+        per_step = self.flops_per_sample * ((4 if checkpointing else 3) + self.teacher_forwards) * self.global_batch
         return self.world_size * self.peak_flops * self.utilisation / per_step
 
 
@@ -97,6 +98,8 @@ def _dummy_inputs(config, batch: int, device: str | torch.device, dtype=torch.fl
     if unet.inpaint:
         kw["inpaint_image"] = torch.zeros_like(x)
         kw["inpaint_mask"] = torch.zeros_like(x[:, :1])
+    if unet.guidance_embed:
+        kw["guidance"] = torch.ones(batch, device=device)
     return (x, t), kw
 
 
@@ -220,6 +223,9 @@ def make_plan(
     act_full, act_ckpt = activation_bytes(model, config, config.batch_size, device_type, compute)
     cbytes = torch.finfo(compute).bits // 8
     gathered = root * 4 + 2 * max(units, default=0) * cbytes + max(units, default=0) * 4
+    # A distilling run also holds its teacher (float32, every process) and runs it twice per sample:
+    # on the caption and the empty caption (stage one), or two DDIM steps (stage two).
+    teacher = 4 * n if config.distill is not None else 0
     rows = []
     for strategy in ("ddp", "fsdp"):
         shard = world_size if strategy == "fsdp" else 1
@@ -228,7 +234,7 @@ def make_plan(
                 MemoryRow(
                     strategy,
                     ckpt,
-                    4 * n / shard,
+                    4 * n / shard + teacher,
                     4 * n / shard,
                     ADAM_BYTES * n / shard,
                     4 * n / shard,
@@ -249,6 +255,7 @@ def make_plan(
         gpu_memory,
         peak_tflops * 1e12,
         utilisation,
+        2 if config.distill is not None else 0,
     )
 
 
@@ -261,6 +268,7 @@ def format_plan(plan: Plan, config) -> str:
         f"{plan.world_size} processes = {plan.global_batch}; precision {config.precision}",
         "",
         f"per-GPU memory, {unit}      weights  grads  AdamW    EMA  gathered  activations   total"
+        + (" (weights: student and teacher)" if plan.teacher_forwards else "")
         + ("  fits" if plan.gpu_memory else ""),
     ]
     for r in plan.rows:
@@ -278,7 +286,7 @@ def format_plan(plan: Plan, config) -> str:
     lines += [
         "",
         f"compute: {plan.flops_per_sample / 1e9:,.1f} GFLOP per sample forward; x3 forward+backward, x4 with "
-        f"checkpointing",
+        f"checkpointing" + (f", + {plan.teacher_forwards} teacher passes" if plan.teacher_forwards else ""),
         f"speed at {plan.peak_flops / 1e12:.0f} TFLOP/s per GPU and {plan.utilisation:.0%} utilisation (assumed): "
         f"{plan.steps_per_s(False):.3f} steps/s ({plan.steps_per_s(False) * plan.global_batch:,.0f} samples/s), "
         f"with checkpointing {plan.steps_per_s(True):.3f} steps/s",
