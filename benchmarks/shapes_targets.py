@@ -85,6 +85,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--base", default="shapes-base", help="text-to-image base model")
     p.add_argument("--inpaint", default="shapes-inpaint", help="inpainting base model")
+    p.add_argument("--recipe", default="shapes", choices=sorted(RECIPES), help="the text-to-image recipe")
     p.add_argument("--json", help="also write every score here")
     args = p.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))  # a sibling script, not a package
@@ -109,7 +110,7 @@ def main() -> None:
         print(f"inpaint: {args.n_inpaint} images in {time.perf_counter() - start:.0f} s", flush=True)
 
     pipe = Text2ImPipeline.from_pretrained(args.base, "shapes-upsample", rerank_clip="shapes-clip-rerank")
-    base, up = RECIPES["shapes"]
+    base, up = RECIPES[args.recipe]
     one = test_captions(args.n_one, args.seed, "single")
     two = test_captions(args.n_two, args.seed + 1, "two")
     held = test_captions(args.n_held_out, args.seed + 2, "held_out")

@@ -27,6 +27,7 @@ __all__ = [
     "RECIPES",
     "RERANK_CLIPS",
     "SHAPES_BASE",
+    "SHAPES_DISTILLED",
     "SHAPES_INPAINT",
     "SettingError",
     "StageSettings",
@@ -106,11 +107,15 @@ FAST_UPSAMPLE = StageSettings("dpm++2m", "3", 1.0, 0.997)
 # The bundled Shapes base: DPM-Solver++(2M) 25 steps guided at every step, at scale 5, best of 4
 # by shapes-clip-rerank: what scored best on it (docs/results.md, "Sampling the Shapes base").
 SHAPES_BASE = StageSettings("dpm++2m", "25", 5.0, 1.0, candidates=4)
+# Its guided-distilled student (configs/distill-shapes-*.toml): 4 deterministic steps on the grid it
+# was distilled on, one pass each, at the same scale and best of 4.
+SHAPES_DISTILLED = StageSettings("ddim", "trailing4", 5.0, 1.0, candidates=4)
 # Named (base, upsampler) settings: what ``glide sample --recipe`` picks from.
 RECIPES = {
     "fast": (FAST_BASE, FAST_UPSAMPLE),
     "official": (OFFICIAL_BASE, OFFICIAL_UPSAMPLE),
     "shapes": (SHAPES_BASE, FAST_UPSAMPLE),
+    "shapes-distilled": (SHAPES_DISTILLED, FAST_UPSAMPLE),
 }
 # The recipe ``glide sample`` uses for a base model unless --recipe says otherwise.
 MODEL_RECIPES = {"shapes-base": "shapes"}
