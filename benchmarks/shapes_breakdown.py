@@ -17,17 +17,7 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
-from paired_diff import load
-from shapes_quality import caption_set
-
-
-def rebuild_captions(run_args: dict) -> list[tuple[str, object]]:
-    """(caption, spec) of each scored case, in the run's order."""
-    if "inpaint" in run_args:  # a shapes_inpaint.py run: its cases' specs do not depend on the resolution
-        from shapes_inpaint import cases
-
-        return [(caption, spec) for _, _, caption, spec in cases(run_args["n"], run_args["seed"], 32)]
-    return caption_set(run_args["n"], run_args["seed"], run_args["n_two"], run_args["n_held_out"])
+from glide_diffusion.eval.shapes_benchmark import load_run, rebuild_captions
 
 
 def group_key(spec, attribute: str) -> str:
@@ -46,7 +36,7 @@ def main() -> None:
     )
     p.add_argument("--scores", nargs="+", default=["shape", "colour", "size", "exact"])
     args = p.parse_args()
-    run_args, report = load(args.run)
+    run_args, report = load_run(args.run)
     captions = rebuild_captions(run_args)
     scores = report["scores"]
     if len(captions) != len(scores):

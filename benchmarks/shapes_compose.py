@@ -24,30 +24,10 @@ import time
 
 from glide_diffusion.checkpoints import atomic_write_text
 from glide_diffusion.data.shapes import test_captions
-from glide_diffusion.data.shapes_captions import CaptionSpec, ObjectSpec, article
+from glide_diffusion.eval.shapes_benchmark import composition
 from glide_diffusion.eval.shapes_eval import score
 from glide_diffusion.pipelines.recipes import RECIPES
 from glide_diffusion.pipelines.text2im import Text2ImPipeline
-
-# Where each object of "A <relation> B" goes when the scene is written as two one-object terms.
-PLACES = {
-    "to the left of": ("on the left", "on the right"),
-    "to the right of": ("on the right", "on the left"),
-    "above": ("at the top", "at the bottom"),
-    "below": ("at the bottom", "at the top"),
-}
-
-
-def term(obj: ObjectSpec, place: str, background: str | None) -> str:
-    words = " ".join(w for w in (obj.size, obj.colour, obj.shape) if w)
-    tail = f" on a {background} background" if background else ""
-    return f"{article(words)} {words} {place}{tail}"
-
-
-def composition(spec: CaptionSpec) -> str:
-    """ "A on the left AND B on the right" for the two-object ``spec``."""
-    (a, b), (pa, pb) = spec.objects, PLACES[spec.relation]
-    return f"{term(a, pa, spec.background)} AND {term(b, pb, spec.background)}"
 
 
 def main() -> None:

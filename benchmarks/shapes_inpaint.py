@@ -33,34 +33,10 @@ import numpy as np
 from PIL import Image
 
 from glide_diffusion.checkpoints import atomic_write_text
-from glide_diffusion.data.shapes import BACKGROUNDS, CaptionSpec, ObjectSpec, Scene, object_position, render
-from glide_diffusion.data.shapes_captions import article
-from glide_diffusion.data.shapes_scene import ALL_PAIRS, sample_single_object
+from glide_diffusion.eval.shapes_benchmark import inpaint_cases
 from glide_diffusion.eval.shapes_eval import evaluate
 from glide_diffusion.pipelines.inpaint import InpaintPipeline
 from glide_diffusion.pipelines.recipes import INPAINT_UPSAMPLE_DEFAULTS, OFFICIAL_BASE, StageSettings
-
-MASK_MARGIN = 1.3  # the mask's side, in units of the object's box side
-
-
-def cases(n: int, seed: int, resolution: int) -> list[tuple[Image.Image, np.ndarray, str, CaptionSpec]]:
-    """(blank canvas, fill mask (bool H x W), caption, spec) for n cases."""
-    out = []
-    for i in range(n):
-        rng = np.random.default_rng([seed, 7, i])
-        pair = ALL_PAIRS[rng.integers(len(ALL_PAIRS))]
-        obj = sample_single_object(rng, pair)
-        background = tuple(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
-        canvas = render(Scene(background, (), None), resolution)
-        half = MASK_MARGIN * obj.s / 2
-        ys, xs = (np.arange(resolution) + 0.5) / resolution, (np.arange(resolution) + 0.5) / resolution
-        fill = (np.abs(ys[:, None] - obj.cy) <= half) & (np.abs(xs[None, :] - obj.cx) <= half)
-        position = object_position(obj)
-        phrase = f"{obj.size} {obj.colour} {obj.shape}"
-        caption = f"{article(phrase)} {phrase} {position} on {article(background)} {background} background"
-        spec = CaptionSpec((ObjectSpec(obj.shape, obj.colour, obj.size, position),), None, background)
-        out.append((canvas, fill, caption, spec))
-    return out
 
 
 def run(pipe: InpaintPipeline, items, args) -> dict:
@@ -125,7 +101,7 @@ def main() -> None:
             *pipes[method], download=False, rerank_clip=args.rerank_clip if args.candidates > 1 else None
         )
         size = pipe.output_size
-        r = run(pipe, cases(args.n, args.seed, size), args)
+        r = run(pipe, inpaint_cases(args.n, args.seed, size), args)
         reports[method] = r
         a = r["all"]
         print(

@@ -27,26 +27,10 @@ import json
 import time
 
 from glide_diffusion.checkpoints import atomic_write_text
-from glide_diffusion.data.shapes import test_captions
+from glide_diffusion.eval.shapes_benchmark import caption_counts, caption_set
 from glide_diffusion.eval.shapes_eval import evaluate
 from glide_diffusion.pipelines.recipes import StageSettings
 from glide_diffusion.pipelines.text2im import Text2ImPipeline
-
-
-def caption_counts(n: int, n_two: int | None, n_held_out: int | None) -> tuple[int, int]:
-    """The two-object and held-out-pair caption counts, n // 2 each where not given."""
-    return (n // 2 if n_two is None else n_two), (n // 2 if n_held_out is None else n_held_out)
-
-
-def caption_set(n: int, seed: int, n_two: int | None = None, n_held_out: int | None = None) -> list[tuple[str, object]]:
-    """n single-object test captions, then n_two two-object and n_held_out held-out-pair captions
-    (n//2 each by default)."""
-    n_two, n_held_out = caption_counts(n, n_two, n_held_out)
-    return (
-        test_captions(n, seed, kind="single")
-        + test_captions(n_two, seed + 1, kind="two")
-        + test_captions(n_held_out, seed + 2, kind="held_out")
-    )
 
 
 def sample_and_score(pipe, captions, scale, args, clip_scale: float = 0.0) -> dict:

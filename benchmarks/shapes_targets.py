@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -39,6 +37,7 @@ from glide_diffusion.checkpoints import atomic_write_text
 from glide_diffusion.data.shapes import SPLITS, render, test_captions
 from glide_diffusion.data.shapes_captions import sample_caption_with_mentions
 from glide_diffusion.data.shapes_scene import Scene, sample_scene
+from glide_diffusion.eval.shapes_benchmark import composition
 from glide_diffusion.eval.shapes_eval import analyze, score
 from glide_diffusion.eval.shapes_fidelity import fidelity
 from glide_diffusion.pipelines.inpaint import InpaintPipeline
@@ -88,9 +87,6 @@ def main() -> None:
     p.add_argument("--recipe", default="shapes", choices=sorted(RECIPES), help="the text-to-image recipe")
     p.add_argument("--json", help="also write every score here")
     args = p.parse_args()
-    sys.path.insert(0, str(Path(__file__).parent))  # a sibling script, not a package
-    from shapes_compose import composition
-
     scores: dict[str, list[dict]] = {}
     if args.n_inpaint:
         # glide inpaint's shapes recipe: best of 4 by the bundled reranking CLIP

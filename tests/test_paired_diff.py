@@ -1,16 +1,10 @@
-"""benchmarks/paired_diff.py: which captions two Shapes quality runs share."""
-
-import importlib.util
-from pathlib import Path
+"""benchmarks/paired_diff.py (glide_diffusion.eval.shapes_benchmark): which captions two Shapes
+quality runs share."""
 
 import pytest
 
 from glide_diffusion.data.shapes import test_captions as shapes_test_captions
-
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "paired_diff.py"
-_spec = importlib.util.spec_from_file_location("paired_diff", _PATH)
-paired_diff = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(paired_diff)
+from glide_diffusion.eval.shapes_benchmark import noise_note, shared_captions
 
 
 def run_args(n, n_two=0, n_held_out=0, seed=0):
@@ -18,17 +12,17 @@ def run_args(n, n_two=0, n_held_out=0, seed=0):
 
 
 def test_same_caption_set_compares_everything():
-    assert paired_diff.shared_captions(run_args(5, 2, 1), run_args(5, 2, 1), 8, 8) == (8, "8 captions")
+    assert shared_captions(run_args(5, 2, 1), run_args(5, 2, 1), 8, 8) == (8, "8 captions")
 
 
 def test_defaulted_counts_are_read_as_half_of_n():
     # older files store n_two and n_held_out as null when they were left at n // 2
     defaulted = {"n": 6, "n_two": None, "n_held_out": None, "seed": 0}
-    assert paired_diff.shared_captions(defaulted, run_args(6, 3, 3), 12, 12) == (12, "12 captions")
+    assert shared_captions(defaulted, run_args(6, 3, 3), 12, 12) == (12, "12 captions")
 
 
 def test_different_counts_compare_the_one_object_prefix():
-    n, which = paired_diff.shared_captions(run_args(500, 100, 100), run_args(200), 700, 200)
+    n, which = shared_captions(run_args(500, 100, 100), run_args(200), 700, 200)
     assert n == 200 and "first 200 one-object" in which
 
 
@@ -39,9 +33,9 @@ def test_the_prefix_is_really_shared():
 
 def test_reranked_runs_are_flagged_as_unpaired_noise():
     plain, reranked = run_args(5), {**run_args(5), "rerank": 4}
-    assert paired_diff.noise_note(plain, {**run_args(5), "rerank": None}) is None
-    assert paired_diff.noise_note(reranked, dict(reranked)) is None
-    assert "1 and B 4" in paired_diff.noise_note(plain, reranked)
+    assert noise_note(plain, {**run_args(5), "rerank": None}) is None
+    assert noise_note(reranked, dict(reranked)) is None
+    assert "1 and B 4" in noise_note(plain, reranked)
 
 
 @pytest.mark.parametrize(
@@ -54,4 +48,4 @@ def test_reranked_runs_are_flagged_as_unpaired_noise():
 )
 def test_runs_that_share_no_captions_are_refused(a, b, la, lb, message):
     with pytest.raises(SystemExit, match=message):
-        paired_diff.shared_captions(a, b, la, lb)
+        shared_captions(a, b, la, lb)

@@ -1,22 +1,16 @@
-"""benchmarks/shapes_breakdown.py: rebuilding the captions a scored run used."""
+"""benchmarks/shapes_breakdown.py: rebuilding the captions a scored run used
+(glide_diffusion.eval.shapes_benchmark)."""
 
-import importlib
-from pathlib import Path
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from glide_diffusion.eval.shapes_benchmark import caption_set, inpaint_cases, rebuild_captions
 
 
-def test_inpaint_runs_rebuild_their_cases_at_any_resolution(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    breakdown, inpaint = importlib.import_module("shapes_breakdown"), importlib.import_module("shapes_inpaint")
-    rebuilt = breakdown.rebuild_captions({"inpaint": "shapes-inpaint", "n": 6, "seed": 3})
+def test_inpaint_runs_rebuild_their_cases_at_any_resolution():
+    rebuilt = rebuild_captions({"inpaint": "shapes-inpaint", "n": 6, "seed": 3})
     # the benchmark renders its cases at the model's resolution; the specs must not depend on it
-    assert rebuilt == [(caption, spec) for _, _, caption, spec in inpaint.cases(6, 3, 64)]
+    assert rebuilt == [(caption, spec) for _, _, caption, spec in inpaint_cases(6, 3, 64)]
     assert all(len(spec.objects) == 1 for _, spec in rebuilt)
 
 
-def test_quality_runs_rebuild_their_caption_set(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    breakdown, quality = importlib.import_module("shapes_breakdown"), importlib.import_module("shapes_quality")
+def test_quality_runs_rebuild_their_caption_set():
     args = {"n": 4, "seed": 0, "n_two": 2, "n_held_out": 1}
-    assert breakdown.rebuild_captions(args) == quality.caption_set(4, 0, 2, 1)
+    assert rebuild_captions(args) == caption_set(4, 0, 2, 1)

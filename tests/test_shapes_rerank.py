@@ -1,21 +1,13 @@
-"""benchmarks/shapes_rerank.py: best-of-N choosers on one set of candidates, cached."""
-
-import importlib
-from pathlib import Path
+"""benchmarks/shapes_rerank.py (glide_diffusion.eval.shapes_rerank): best-of-N choosers on one set
+of candidates, cached."""
 
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from glide_diffusion.eval import shapes_rerank as rerank
 
 
-@pytest.fixture
-def rerank(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    return importlib.import_module("shapes_rerank")
-
-
-def test_choosers_score_the_same_cached_candidates(rerank, tmp_path, monkeypatch, capsys):
+def test_choosers_score_the_same_cached_candidates(tmp_path, monkeypatch, capsys):
     cache = tmp_path / "candidates.pt"
     argv = ["--n", "3", "--n-two", "1", "--n-held-out", "1", "--k", "2", "--steps", "3", "--cache", str(cache)]
     first = rerank.main(argv + ["--clip", "shapes-clip", "--self-timesteps", "2", "--json", str(tmp_path / "r.json")])
