@@ -30,29 +30,14 @@ from pathlib import Path
 
 import torch
 
-from glide_diffusion.checkpoints import atomic_write, atomic_write_text, build_model
+from glide_diffusion.checkpoints import atomic_write_text, build_model
 from glide_diffusion.diffusion import make_schedule
-from glide_diffusion.hub.cache import released_path
 from glide_diffusion.pipelines.recipes import OFFICIAL_BASE, OFFICIAL_UPSAMPLE
 from glide_diffusion.precision import native_bf16_cpu
 from glide_diffusion.presets import get_preset
-
-sys.path.insert(0, str(Path(__file__).parent))
-from step_time import inputs, matmul_gflops, plain_path, randomize_, timed
+from glide_diffusion.speed import inputs, matmul_gflops, plain_path, randomize_, timed, write_released
 
 CAPTION = "an oil painting of a corgi wearing a party hat"
-
-
-def write_released(cache: Path) -> None:
-    """Random-weight base.pt and upsample.pt where the cache keeps the released files."""
-    for name, preset in (("base", "base-64"), ("upsample", "upsample-256")):
-        path = released_path(name, cache)
-        if path.is_file():
-            continue
-        torch.manual_seed(0)
-        model = build_model(preset)
-        randomize_(model)
-        atomic_write(path, lambda tmp, model=model: torch.save(model.state_dict(), tmp))
 
 
 def official_seconds(repeats: int) -> dict:

@@ -29,8 +29,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 CASES = {  # name: (load by, weights dtype, sampling dtype)
     "pt-fp32": ("pt", "fp32", "fp32"),
     "pt-bf16": ("pt", "fp32", "bf16"),
@@ -97,7 +95,7 @@ def main() -> None:
     if args.case:
         print(json.dumps(run_case(args.case, Path(args.cache_dir), args.base_steps, args.up_steps)))
         return
-    from default_speed import write_released
+    from glide_diffusion.speed import write_released
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

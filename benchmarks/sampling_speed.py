@@ -33,7 +33,6 @@ import resource
 import time
 
 import torch
-from step_time import inputs, matmul_gflops, plain_path, randomize_, step_gflop, timed
 
 from glide_diffusion.checkpoints import atomic_write_text, build_model
 from glide_diffusion.diffusion import make_schedule
@@ -43,6 +42,7 @@ from glide_diffusion.pipelines.stage import compile_step
 from glide_diffusion.precision import autocast, native_bf16_cpu
 from glide_diffusion.presets import get_preset
 from glide_diffusion.sampling import get_sampler
+from glide_diffusion.speed import inputs, matmul_gflops, plain_path, randomize_, step_gflop, timed
 
 
 def peak_memory_mb(device: torch.device) -> float:
