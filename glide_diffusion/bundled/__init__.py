@@ -5,7 +5,7 @@ with the model's config in the metadata, loaded back as float32) beside a model
 card ``<name>.md`` saying how it was trained and how well it does. They load by
 name anywhere a checkpoint is accepted: ``load_model("shapes-base")``,
 ``glide sample --base shapes-base``. ``scripts/bundle_model.py`` writes them
-from a training run.
+from a training run, the card with :mod:`.card`.
 """
 
 from __future__ import annotations
