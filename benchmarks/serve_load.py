@@ -19,14 +19,11 @@ import concurrent.futures as cf
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.serve_process import ServeProcess  # the repository root, inserted above
+from glide_diffusion.serve.process import ServeProcess
 
 
 def page_latency(url: str, clicks: int) -> list[float]:

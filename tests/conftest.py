@@ -36,7 +36,7 @@ def serve(tmp_path_factory):
     by the API and browser tests; its results land in ``serve.output``."""
     pytest.importorskip("gradio", reason="glide serve needs the [serve] extra (gradio)")
     from glide_diffusion import bundled
-    from tests.serve_process import ServeProcess
+    from glide_diffusion.serve.process import ServeProcess
 
     if not {"shapes-base", "shapes-upsample", "shapes-inpaint", "shapes-upsample-inpaint"} <= set(bundled.available()):
         pytest.skip("the Shapes models are not bundled in this installation")

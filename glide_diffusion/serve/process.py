@@ -1,7 +1,9 @@
-"""A real ``glide serve`` process for the tests: started on 127.0.0.1 with a free port, stopped after.
+"""A real ``glide serve`` process, for the tests and ``benchmarks/serve_load.py``: started on
+127.0.0.1 with a free port, stopped after, and called over HTTP as curl would.
 
 The server runs in its own process (``python -m glide_diffusion.cli.main serve``), exactly as a
-user starts it, so the tests see its HTTP answers, its memory and its files.
+user starts it, so the caller sees its HTTP answers, its memory and its files. It imports this
+same copy of glide_diffusion (the folder above the package goes first on its PYTHONPATH).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the folder holding glide_diffusion/ (a checkout's root)
 
 
 def free_port() -> int:
