@@ -56,9 +56,12 @@ def negative_problem(negative: str, tokenizer: str, what: str = "the negative pr
     )
 
 
-def warn_captions(prompts: Iterable[str | Composition], tokenizer: str, negative: str | None = None) -> None:
+def warn_captions(
+    prompts: Iterable[str | Composition], tokenizer: str, negative: str | None = None, *, stacklevel: int = 3
+) -> None:
     """One :class:`CaptionWarning` per distinct caption the model will not follow: a
-    composition's terms one by one (a negated term, like the negative prompt, by its words only)."""
+    composition's terms one by one (a negated term, like the negative prompt, by its words only).
+    ``stacklevel``: :func:`warnings.warn`'s (3: the caller of the function that calls this one)."""
     terms = [t for p in prompts for t in (p if isinstance(p, Composition) else Composition.plain(p)).terms]
     problems = [
         caption_problem(t.text, tokenizer) if t.weight >= 0 else negative_problem(t.text, tokenizer, "the negated term")
@@ -68,4 +71,4 @@ def warn_captions(prompts: Iterable[str | Composition], tokenizer: str, negative
         problems.append(negative_problem(negative, tokenizer))
     for problem in dict.fromkeys(problems):
         if problem:
-            warnings.warn(problem, CaptionWarning, stacklevel=3)
+            warnings.warn(problem, CaptionWarning, stacklevel=stacklevel)

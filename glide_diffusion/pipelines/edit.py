@@ -19,14 +19,13 @@ from PIL import Image
 
 from ..diffusion.gaussian import q_sample
 from ..diffusion.schedule import Schedule
-from ..precision import resolve_dtype
 from ..sampling.noise import PerSampleNoise, seeds_for
-from .captions import warn_captions
 from .images import quantize, resized, split_alpha, to_pil
-from .prompts import parse_prompt, prompt_settings, warn_unused_negative
+from .prompts import prompt_settings
 from .recipes import OFFICIAL_BASE, OFFICIAL_UPSAMPLE, SettingError, StageSettings
+from .request import prepare_request
 from .stage import Stage, load_stages, sample_stage
-from .text2im import Text2ImResult, validate_request
+from .text2im import Text2ImResult
 
 
 def truncate(s: Schedule, k: int) -> Schedule:
@@ -92,22 +91,9 @@ class EditPipeline:
         image, _ = split_alpha(image)
         if image.size[0] != image.size[1]:
             raise ValueError(f"the image must be square, got {image.size[0]}x{image.size[1]}")
-        validate_request(
-            [prompt],
-            num_images,
-            seed,
-            base,
-            upsample,
-            dtype,
-            self.base.device,
-            self.base.config.diffusion.steps,
-            self.upsampler.config.diffusion.steps if self.upsampler else None,
-            negative=negative,
+        (comp,), dtype = prepare_request(
+            self.base, self.upsampler, [prompt], num_images, seed, base, upsample, dtype, negative
         )
-        comp = parse_prompt(prompt)
-        dtype = resolve_dtype(dtype, self.base.device)
-        warn_captions([comp], self.base.config.unet.text.tokenizer, negative)
-        warn_unused_negative(negative, [comp], base, upsample if self.upsampler else None)
         rows, seeds = [prompt] * num_images, seeds_for(seed, num_images)
         noise = PerSampleNoise(seeds, self.base.device)
         run: dict[str, Any] = dict(dtype=dtype, progress=progress, negative=negative or "", callback=callback)

@@ -24,15 +24,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..precision import resolve_dtype
 from ..presets import ModelConfig
 from ..sampling.noise import PerSampleNoise, seeds_for
-from .captions import warn_captions
 from .images import extend_canvas, known_at, mask_from_image, mask_from_rects, quantize, resized, split_alpha, to_uint8
-from .prompts import Composition, clip_target, parse_prompt, prompt_settings, warn_unused_negative
+from .prompts import Composition, clip_target, prompt_settings
 from .recipes import INPAINT_UPSAMPLE_DEFAULTS, OFFICIAL_BASE, StageSettings
+from .request import prepare_request
 from .stage import Stage, load_stages, sample_stage
-from .text2im import validate_request
 
 
 @dataclass
@@ -179,23 +177,9 @@ class InpaintPipeline:
                 f"the mask is {fill.shape[1]}x{fill.shape[0]} but the image is {image.size[0]}x{image.size[1]}"
             )
         check_fill(fill)
-        validate_request(
-            [prompt],
-            num_images,
-            seed,
-            base,
-            upsample,
-            dtype,
-            self.base.device,
-            self.base.config.diffusion.steps,
-            self.upsampler.config.diffusion.steps if self.upsampler else None,
-            reranks=True,
-            negative=negative,
+        (comp,), dtype = prepare_request(
+            self.base, self.upsampler, [prompt], num_images, seed, base, upsample, dtype, negative, reranks=True
         )
-        comp = parse_prompt(prompt)
-        dtype = resolve_dtype(dtype, self.base.device)
-        warn_captions([comp], self.base.config.unet.text.tokenizer, negative)
-        warn_unused_negative(negative, [comp], base, upsample if self.upsampler else None)
         if base.candidates > 1 and self.rerank_clip is None:
             raise ValueError(
                 f"base.candidates={base.candidates} keeps the best of each {base.candidates} by a "

@@ -207,16 +207,17 @@ def prompt_settings(prompts: Sequence[str], comps: Sequence[Composition], negati
     return out
 
 
-def warn_unused_negative(negative: str | None, comps: Sequence[Composition], *scales_of) -> None:
+def warn_unused_negative(negative: str | None, comps: Sequence[Composition], *scales_of, stacklevel: int = 3) -> None:
     """Warn where a negative prompt changes nothing: plain captions and every stage's settings
-    (``scales_of``: StageSettings, or None for a stage not run) at guidance scale 1."""
+    (``scales_of``: StageSettings, or None for a stage not run) at guidance scale 1.
+    ``stacklevel``: :func:`warnings.warn`'s (3: the caller of the function that calls this one)."""
     if negative and not any(c.composed for c in comps) and all(s is None or s.guidance_scale == 1.0 for s in scales_of):
         warnings.warn(
             f"the negative prompt {negative!r} has no effect: at guidance scale 1 a caption runs the "
             "conditional model alone (the negative prompt replaces the empty caption of "
             "classifier-free guidance, -g/guidance_scale)",
             CompositionWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
 
 

@@ -19,9 +19,8 @@ from PIL import Image
 from ..precision import check_dtype, resolve_dtype
 from ..presets import ModelConfig
 from ..sampling.noise import PerSampleNoise, seeds_for
-from .captions import warn_captions
 from .images import from_pil, quantize, to_pil
-from .prompts import Composition, clip_target, parse_prompts, prompt_settings, warn_unused_negative
+from .prompts import Composition, clip_target, parse_prompts, prompt_settings
 from .recipes import (
     BASE_DEFAULTS,
     FAST_BASE,
@@ -36,6 +35,7 @@ from .recipes import (
     SettingError,
     StageSettings,
 )
+from .request import prepare_request, validate_request
 from .stage import Stage, load_stages, sample_stage
 
 # The recipes and StageSettings live in .recipes; re-exported here, where the Python API has imported them.
@@ -56,8 +56,6 @@ __all__ = [
     "Text2ImResult",
     "validate_request",
 ]
-
-MAX_SEED = 2**63 - 1
 
 
 @dataclass
@@ -179,23 +177,9 @@ class Text2ImPipeline:
         ``rerank`` then orders those.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        validate_request(
-            prompts,
-            num_images,
-            seed,
-            base,
-            upsample,
-            dtype,
-            self.base.device,
-            self.base.config.diffusion.steps,
-            self.upsampler.config.diffusion.steps if self.upsampler else None,
-            reranks=True,
-            negative=negative,
+        comps, dtype = prepare_request(
+            self.base, self.upsampler, prompts, num_images, seed, base, upsample, dtype, negative, reranks=True
         )
-        comps = parse_prompts(prompts)
-        dtype = resolve_dtype(dtype, self.base.device)
-        warn_captions(comps, self.base.config.unet.text.tokenizer, negative)
-        warn_unused_negative(negative, comps, base, upsample if self.upsampler else None)
         if clip_guidance_scale and self.clip is None:
             raise ValueError("CLIP guidance needs a noised CLIP: pass clip= (glide_diffusion.clip.load_clip())")
         if not math.isfinite(clip_guidance_scale) or clip_guidance_scale < 0:
@@ -359,45 +343,3 @@ class Text2ImPipeline:
         return clip_cond_fn(
             self.clip, clip_target(self.clip, rows, self.clip_tokenizer), scale, tokenizer=self.clip_tokenizer
         )
-
-
-def validate_request(
-    prompts: Sequence[str],
-    num_images: int,
-    seed: int,
-    base: StageSettings,
-    upsample: StageSettings,
-    dtype: str,
-    device: torch.device,
-    base_steps: int = 1000,
-    upsample_steps: int | None = 1000,
-    *,
-    reranks: bool = False,
-    negative: str | None = None,
-) -> None:
-    """Raise a clear error for a request that cannot run, before any work is done. ``reranks``:
-    the pipeline keeps the best of ``base.candidates`` (text-to-image, inpainting); elsewhere it must be 1.
-    Composed prompts must parse (:class:`~.prompts.CompositionError` points at the character)."""
-    if not prompts:
-        raise ValueError("give at least one prompt")
-    if not all(isinstance(p, str) for p in prompts):
-        raise TypeError("prompts must be strings")
-    parse_prompts(prompts, warn=False)
-    if negative is not None and not isinstance(negative, str):
-        raise TypeError(f"the negative prompt must be a string, got {type(negative).__name__}")
-    if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= 1024:
-        raise SettingError("num_images", f"must be an integer in [1, 1024], got {num_images!r}")
-    base.validate("base", base_steps)
-    if base.candidates != 1 and not reranks:
-        raise ValueError(
-            f"base: candidates (best of N by a noised CLIP) is for text-to-image and inpainting; "
-            f"got {base.candidates}, expected 1"
-        )
-    if upsample.candidates != 1:
-        raise ValueError(f"upsample: candidates applies to the base stage only; got {upsample.candidates}")
-    batch = len(prompts) * num_images * base.candidates
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - batch:
-        raise SettingError("seed", f"must be an integer in [0, 2**63 - 1 - number of images], got {seed!r}")
-    check_dtype(dtype, device)
-    if upsample_steps is not None:
-        upsample.validate("upsample", upsample_steps)
