@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -23,7 +22,7 @@ from ..sampling.noise import PerSampleNoise, seeds_for
 from .images import quantize, resized, split_alpha, to_pil
 from .prompts import prompt_settings
 from .recipes import OFFICIAL_BASE, OFFICIAL_UPSAMPLE, SettingError, StageSettings
-from .request import prepare_request
+from .request import prepare_request, run_settings
 from .stage import Stage, load_stages, sample_stage
 from .text2im import Text2ImResult
 
@@ -109,13 +108,7 @@ class EditPipeline:
                 self.upsampler, [comp.caption] * num_images, noise, upsample, low_res=quantize(low), **run
             )
         settings = {
-            "base_model": self.base.name,
-            "upsample_model": self.upsampler.name if self.upsampler else None,
-            "base": asdict(base),
-            "upsample": asdict(upsample) if self.upsampler else None,
-            "dtype": dtype,
-            "seed": seed,
-            "num_images": num_images,
+            **run_settings(self.base, self.upsampler, base, upsample, dtype, seed, num_images),
             "task": "edit",
             "strength": strength,
             "start_step": k,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,7 @@ from ..sampling.noise import PerSampleNoise, seeds_for
 from .images import extend_canvas, known_at, mask_from_image, mask_from_rects, quantize, resized, split_alpha, to_uint8
 from .prompts import Composition, clip_target, prompt_settings
 from .recipes import INPAINT_UPSAMPLE_DEFAULTS, OFFICIAL_BASE, StageSettings
-from .request import prepare_request
+from .request import prepare_request, run_settings
 from .stage import Stage, load_stages, sample_stage
 
 
@@ -213,13 +213,7 @@ class InpaintPipeline:
         keep = known_at(fill, size)[0, 0].bool().numpy()[..., None]
         composited = [Image.fromarray(np.where(keep, source, out)) for out in to_uint8(final)]
         settings = {
-            "base_model": self.base.name,
-            "upsample_model": self.upsampler.name if self.upsampler else None,
-            "base": asdict(base),
-            "upsample": asdict(upsample) if self.upsampler else None,
-            "dtype": dtype,
-            "seed": seed,
-            "num_images": num_images,
+            **run_settings(self.base, self.upsampler, base, upsample, dtype, seed, num_images),
             "task": "inpaint",
             **prompt_settings([prompt], [comp], negative),
         }

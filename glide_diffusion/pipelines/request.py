@@ -1,10 +1,12 @@
 """What every pipeline does with a request before any work: check it
 (:func:`validate_request`), then parse its prompts, resolve its dtype and warn about captions the
-model will not follow and a negative prompt that changes nothing (:func:`prepare_request`)."""
+model will not follow and a negative prompt that changes nothing (:func:`prepare_request`); and
+the settings every result records first (:func:`run_settings`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 
 import torch
 
@@ -95,3 +97,25 @@ def prepare_request(
     warn_captions(comps, base_stage.config.unet.text.tokenizer, negative, stacklevel=4)
     warn_unused_negative(negative, comps, base, upsample if upsampler else None, stacklevel=4)
     return comps, resolved
+
+
+def run_settings(
+    base_stage: Stage,
+    upsampler: Stage | None,
+    base: StageSettings,
+    upsample: StageSettings,
+    dtype: str,
+    seed: int,
+    num_images: int,
+) -> dict:
+    """The first entries of a result's settings (and so of every PNG's metadata), in this order:
+    the models, each stage's settings (the upsampler's None without one), dtype, seed, num_images."""
+    return {
+        "base_model": base_stage.name,
+        "upsample_model": upsampler.name if upsampler else None,
+        "base": asdict(base),
+        "upsample": asdict(upsample) if upsampler else None,
+        "dtype": dtype,
+        "seed": seed,
+        "num_images": num_images,
+    }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,7 +35,7 @@ from .recipes import (
     SettingError,
     StageSettings,
 )
-from .request import prepare_request, validate_request
+from .request import prepare_request, run_settings, validate_request
 from .stage import Stage, load_stages, sample_stage
 
 # The recipes and StageSettings live in .recipes; re-exported here, where the Python API has imported them.
@@ -244,13 +244,7 @@ class Text2ImPipeline:
                 )
             final = torch.cat(finals)
         settings = {
-            "base_model": self.base.name,
-            "upsample_model": self.upsampler.name if self.upsampler else None,
-            "base": asdict(base),
-            "upsample": asdict(upsample) if self.upsampler else None,
-            "dtype": dtype,
-            "seed": seed,
-            "num_images": num_images,
+            **run_settings(self.base, self.upsampler, base, upsample, dtype, seed, num_images),
             "batch_size": step,
             "clip_guidance_scale": clip_guidance_scale,
             "clip_model": self.clip_name if clip_guidance_scale else None,
