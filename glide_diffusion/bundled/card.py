@@ -56,10 +56,10 @@ def committed_config(run: Path, given: Path | None) -> tuple[Path, Path]:
     return path, Path(tomllib.loads(path.read_text())["out_dir"])
 
 
-def train_command(config: Path, world_size: int) -> str:
+def train_command(config: Path, world_size: int, command: str = "train") -> str:
     if world_size > 1:
-        return f"torchrun --standalone --nproc_per_node {world_size} -m glide_diffusion.cli.main train {config}"
-    return f"glide train {config}"
+        return f"torchrun --standalone --nproc_per_node {world_size} -m glide_diffusion.cli.main {command} {config}"
+    return f"glide {command} {config}"
 
 
 def card(
@@ -120,7 +120,21 @@ def card(
                 else "[eps, variance] (GLIDE's)",
             )
         )
-        if config.get("loss", {}).get("min_snr_gamma"):
+        if config.get("distill"):
+            d = config["distill"]
+            what = (
+                "its teacher's classifier-free guided output, in one pass"
+                if not d["steps"]
+                else f"two of its teacher's DDIM steps in one (trailing{d['steps']} grid)"
+            )
+            rows.append(
+                (
+                    "distillation",
+                    f"guided distillation of {d['teacher']} (Meng et al. 2023): {what}, guidance scales "
+                    f"{d['guidance_min']:g} to {d['guidance_max']:g}; x0-MSE weighted max(SNR, 1)",
+                )
+            )
+        elif config.get("loss", {}).get("min_snr_gamma"):
             rows.append(("loss", f"eps-MSE (Min-SNR weighted, gamma {config['loss']['min_snr_gamma']}) + VB"))
         else:
             cap = config.get("loss", {}).get("v_weight_max") if v else None
@@ -148,6 +162,7 @@ def card(
         ("wall time", f"{summary['wall_hours']:.2f} h (sum of the logged intervals)"),
         ("hardware", f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"),
     ]
+    command = "distill" if config.get("distill") else "train"
     lines = [
         f"# {name}",
         "",
@@ -158,7 +173,7 @@ def card(
         "|---|---|",
         *[f"| {k} | {v} |" for k, v in rows],
         "",
-        f"Reproduce: `{train_command(reproduce[0], summary['world_size'])}` then",
+        f"Reproduce: `{train_command(reproduce[0], summary['world_size'], command)}` then",
         f"`python scripts/bundle_model.py {reproduce[1]} {name}` (checkpoint `{ckpt.name}`).",
         "Weights are stored in float16 and loaded as float32.",
     ]
