@@ -155,8 +155,9 @@ def test_stage_two_target_is_where_two_teacher_steps_land(tmp_path, teacher):
     w = torch.tensor([2.0, 5.0])
     target = task._two_teacher_steps(z, k, text, w)
 
-    teacher_grid = make_schedule("linear", config.model.diffusion.steps, "trailing4")
-    student_grid = make_schedule("linear", config.model.diffusion.steps, "trailing2")
+    d = config.model.diffusion
+    teacher_grid = make_schedule(d.noise_schedule, d.steps, "trailing4")
+    student_grid = make_schedule(d.noise_schedule, d.steps, "trailing2")
     steps, x = torch.as_tensor(teacher_grid.timestep_map), z
     with torch.no_grad():
         for i in (2 * k + 1, 2 * k):
@@ -165,7 +166,7 @@ def test_stage_two_target_is_where_two_teacher_steps_land(tmp_path, teacher):
     eps = (z - abar.sqrt() * target) / (1 - abar).sqrt()
     out = torch.cat([eps, torch.zeros_like(eps)], dim=1)
     landed = ddim_step(student_grid, out, z, k, torch.zeros_like(z), clamp_x0=False).sample
-    torch.testing.assert_close(landed, x, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(landed, x, rtol=0, atol=1e-2)  # float32, sqrt(abar) ~ 1e-3 at the last step
 
 
 def test_a_teacher_needs_the_students_process(tmp_path, teacher):

@@ -100,7 +100,7 @@ def test_configs_saved_with_the_old_debug_table_still_load(tmp_path):
     "override, message",
     [
         ("optim.lrr=1", "valid keys: lr, weight_decay"),
-        ("nope=1", "valid keys: model, clip, init_from"),
+        ("nope=1", "valid keys: model, clip, distill, init_from"),
         ("optim.lr=abc", "optim.lr: expected float, got str"),
         ("batch_size=1.5", "batch_size: expected int"),
         ("data.shuffle=1", "data.shuffle: expected bool"),
@@ -134,7 +134,7 @@ def test_cli_reports_bad_config_without_traceback(tmp_path, capsys):
 def test_shipped_configs_parse():
     for path in sorted((ROOT / "configs").glob("*.toml")):
         c = load_config(path)
-        assert c.task in ("base", "upsample", "inpaint", "upsample-inpaint", "clip"), path
+        assert c.task in ("base", "upsample", "inpaint", "upsample-inpaint", "clip", "distill"), path
 
 
 def test_shipped_finetune_configs_match_their_source_config():
