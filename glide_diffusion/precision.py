@@ -1,5 +1,5 @@
 """Model precision: fp32 everywhere, bf16 on CPUs with native support, fp16 on CUDA;
-"auto" (the default) picks the fastest of these the device runs well.
+"auto" (the default) picks the fastest of these the device runs well (``resolve_dtype``).
 
 Mixed precision is applied by autocast around the model call only: the
 sampler's arithmetic, the schedule and the normalisation statistics stay in
@@ -9,6 +9,8 @@ float32.
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 
 import torch
 
@@ -24,8 +26,47 @@ def native_bf16_cpu() -> bool:
         return False
 
 
-def resolve_dtype(dtype: str, device: torch.device | str) -> str:
-    """``dtype`` itself, or for "auto": fp16 on CUDA, bf16 on a CPU with native bf16, else fp32.
+def cpu_bf16_kind() -> str | None:
+    """"amx" (bf16 tile units), "avx512" (AVX-512 BF16 vector instructions only), or None."""
+    if not native_bf16_cpu():
+        return None
+    try:
+        return "amx" if torch.cpu._is_amx_tile_supported() else "avx512"
+    except AttributeError:
+        return "avx512"
+
+
+# Below this size a step on an AVX-512 BF16 CPU without AMX is casts and memory traffic, which
+# bf16 autocast makes slower (benchmarks/dtype_choice.py; docs/results.md, "Precision").
+BF16_MIN_PARAMS_AVX512 = 20_000_000
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_matmul_faster(margin: float = 1.25) -> bool:
+    """Whether this CPU's bf16 matrix products run ``margin`` times faster than fp32's.
+
+    Measured once per process (about 0.1 s): AVX-512 BF16 CPUs without AMX range from twice
+    as fast to half as fast in bf16, so their flags cannot tell.
+    """
+    n = 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+
+    def best(x, y):
+        x @ y  # warm-up
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            x @ y
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return best(a, b) > margin * best(a.bfloat16(), b.bfloat16())
+
+
+def resolve_dtype(dtype: str, device: torch.device | str, params: int | None = None) -> str:
+    """``dtype`` itself, or for "auto" the faster precision on ``device``: fp16 on CUDA; on a
+    CPU bf16 with AMX; with AVX-512 BF16 only, bf16 for models of ``params`` >= 20M (or of
+    unknown size) where this CPU's bf16 matrix products are measured faster; else fp32.
 
     bf16 keeps Shapes quality within noise of fp32 (docs/results.md, "Precision: bf16 against fp32").
     """
@@ -34,7 +75,12 @@ def resolve_dtype(dtype: str, device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return "fp16"
-    return "bf16" if device.type == "cpu" and native_bf16_cpu() else "fp32"
+    kind = cpu_bf16_kind() if device.type == "cpu" else None
+    if kind == "amx":
+        return "bf16"
+    if kind == "avx512" and (params is None or params >= BF16_MIN_PARAMS_AVX512) and cpu_bf16_matmul_faster():
+        return "bf16"
+    return "fp32"
 
 
 def check_dtype(dtype: str, device: torch.device | str) -> None:
@@ -45,7 +91,7 @@ def check_dtype(dtype: str, device: torch.device | str) -> None:
     dtype = resolve_dtype(dtype, device)
     if dtype == "fp16" and device.type != "cuda":
         raise ValueError("fp16 needs a CUDA device; on a CPU use bf16 (where supported) or fp32")
-    if dtype == "bf16" and device.type == "cpu" and not native_bf16_cpu():
+    if dtype == "bf16" and device.type == "cpu" and cpu_bf16_kind() is None:
         raise ValueError(
             "this CPU has no native bf16 support (AVX-512 BF16 or AMX), where bf16 runs "
             "far slower than fp32; use --dtype fp32"

@@ -232,12 +232,22 @@ def test_errors_name_the_cli_options(tiny, tmp_path, capsys):
 def test_the_default_dtype_is_the_fastest_the_device_runs_well(tiny, tmp_path, monkeypatch):
     from glide_diffusion import precision
 
-    for native, expected in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(precision, "native_bf16_cpu", lambda native=native: native)
+    for kind, expected in (("amx", "bf16"), (None, "fp32")):
+        monkeypatch.setattr(precision, "cpu_bf16_kind", lambda kind=kind: kind)
         assert precision.resolve_dtype("auto", "cpu") == expected
         out = tmp_path / expected
         assert sample(tiny, out, "a red circle") == 0
         (png,) = out.glob("*.png")
         assert json.loads(Image.open(png).text["settings"])["dtype"] == expected  # what ran, not "auto"
+    # AVX-512 BF16 without AMX: bf16 only for a large model, where bf16 products measure faster.
+    monkeypatch.setattr(precision, "cpu_bf16_kind", lambda: "avx512")
+    for faster, params, expected in ((True, 400e6, "bf16"), (True, 3e6, "fp32"), (False, 400e6, "fp32")):
+        monkeypatch.setattr(precision, "cpu_bf16_matmul_faster", lambda faster=faster: faster)
+        assert precision.resolve_dtype("auto", "cpu", int(params)) == expected
+    out = tmp_path / "tiny-avx512"
+    monkeypatch.setattr(precision, "cpu_bf16_matmul_faster", lambda: True)
+    assert sample(tiny, out, "a red circle") == 0  # the tiny model is far below the size where bf16 pays
+    (png,) = out.glob("*.png")
+    assert json.loads(Image.open(png).text["settings"])["dtype"] == "fp32"
     assert precision.resolve_dtype("auto", "cuda") == "fp16"
     assert precision.resolve_dtype("fp32", "cuda") == "fp32"

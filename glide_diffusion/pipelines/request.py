@@ -93,7 +93,8 @@ def prepare_request(
         negative=negative,
     )
     comps = parse_prompts(prompts)
-    resolved = resolve_dtype(dtype, base_stage.device)
+    params = sum(p.numel() for stage in (base_stage, upsampler) if stage for p in stage.model.parameters())
+    resolved = resolve_dtype(dtype, base_stage.device, params)
     warn_captions(comps, base_stage.config.unet.text.tokenizer, negative, stacklevel=4)
     warn_unused_negative(negative, comps, base, upsample if upsampler else None, stacklevel=4)
     return comps, resolved
