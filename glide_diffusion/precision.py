@@ -27,7 +27,7 @@ def native_bf16_cpu() -> bool:
 
 
 def cpu_bf16_kind() -> str | None:
-    """"amx" (bf16 tile units), "avx512" (AVX-512 BF16 vector instructions only), or None."""
+    """ "amx" (bf16 tile units), "avx512" (AVX-512 BF16 vector instructions only), or None."""
     if not native_bf16_cpu():
         return None
     try:
@@ -41,7 +41,7 @@ def cpu_bf16_kind() -> str | None:
 BF16_MIN_PARAMS_AVX512 = 20_000_000
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_bf16_matmul_faster(margin: float = 1.25) -> bool:
     """Whether this CPU's bf16 matrix products run ``margin`` times faster than fp32's.
 

@@ -15,6 +15,15 @@ def small_cpu_work(monkeypatch):
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is faster than two on a shared 2-core machine; restored after the module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # Limits of the test server: small, so each limit is reached by a small request.
 SERVE_FLAGS = (
     "--queue-size",

@@ -25,12 +25,7 @@ from tests.test_train import cfg
 STUDENT = ["model.unet.guidance_embed=true", "sample.every=0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -57,12 +57,7 @@ def runs(tmp_path_factory):
     return out
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_fsdp_trains_the_same_losses_and_weights_as_ddp(runs, tmp_path):
