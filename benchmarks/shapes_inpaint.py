@@ -38,6 +38,8 @@ from glide_diffusion.eval.shapes_eval import evaluate
 from glide_diffusion.pipelines.inpaint import InpaintPipeline
 from glide_diffusion.pipelines.recipes import INPAINT_UPSAMPLE_DEFAULTS, OFFICIAL_BASE, StageSettings
 
+EXAMPLES = 8  # cases shown in --figure
+
 
 def run(pipe: InpaintPipeline, items, args) -> dict:
     base = StageSettings(args.base_sampler, args.base_steps, args.guidance_scale, candidates=args.candidates)
@@ -58,6 +60,7 @@ def run(pipe: InpaintPipeline, items, args) -> dict:
     report = evaluate([spec for *_, spec in items], images)
     report["unmasked_identical"] = kept
     report["seconds"] = time.perf_counter() - start
+    report["images"] = images[:EXAMPLES]
     return report
 
 
@@ -80,6 +83,11 @@ def main() -> None:
     p.add_argument("--candidates", type=int, default=1, help="best of N by --rerank-clip (1: off)")
     p.add_argument("--rerank-clip", default="shapes-clip-rerank", help="noised CLIP for --candidates")
     p.add_argument("--json", help="also write the reports here")
+    p.add_argument(
+        "--figure",
+        help="also write a PNG: exact match with its standard error by object size for each method, "
+        f"and the first {EXAMPLES} cases (masked input, then each method's painting)",
+    )
     args = p.parse_args()
 
     def none(s):
@@ -101,7 +109,8 @@ def main() -> None:
             *pipes[method], download=False, rerank_clip=args.rerank_clip if args.candidates > 1 else None
         )
         size = pipe.output_size
-        r = run(pipe, inpaint_cases(args.n, args.seed, size), args)
+        cases = inpaint_cases(args.n, args.seed, size)
+        r = run(pipe, cases, args)
         reports[method] = r
         a = r["all"]
         print(
@@ -110,8 +119,69 @@ def main() -> None:
             f"{r['seconds']:>6.0f}",
             flush=True,
         )
+    images = {method: r.pop("images") for method, r in reports.items()}
     if args.json:
         atomic_write_text(args.json, json.dumps({"args": vars(args), "reports": reports}, indent=1))
+    if args.figure:
+        write_figure(args.figure, reports, images, cases, args)
+
+
+def write_figure(path: str, reports: dict, images: dict, cases: list, args) -> None:
+    """Bars of exact match (± one standard error) by object size, and example paintings below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = ("all", "small", "large")
+    methods = list(reports)
+    examples = cases[:EXAMPLES]
+    rows = [("masked input", [masked(canvas, fill) for canvas, fill, *_ in examples])]
+    rows += [(LABELS.get(m, m), images[m]) for m in methods]
+    fig = plt.figure(figsize=(9, 3.2 + 1.1 * len(rows)))
+    grid = fig.add_gridspec(1 + len(rows), len(examples), height_ratios=[3.2] + [1] * len(rows), hspace=0.35)
+    ax = fig.add_subplot(grid[0, :])
+    width = 0.8 / len(methods)
+    for m, method in enumerate(methods):
+        marks: dict[str, list[bool]] = {g: [] for g in groups}
+        for (*_, spec), score in zip(cases, reports[method]["scores"]):
+            marks["all"].append(score["exact"])
+            marks[spec.objects[0].size].append(score["exact"])
+        means = [100 * np.mean(marks[g]) for g in groups]
+        ses = [100 * np.std(marks[g], ddof=1) / np.sqrt(len(marks[g])) for g in groups]
+        xs = np.arange(len(groups)) + (m - (len(methods) - 1) / 2) * width
+        ax.bar(xs, means, width, yerr=ses, capsize=3, label=LABELS.get(method, method))
+        for x, v in zip(xs, means):
+            ax.text(x, 4, f"{v:.1f}", ha="center", fontsize=8, color="white")
+    ax.set_xticks(np.arange(len(groups)), [f"{g} (n {len(marks[g])})" for g in groups])
+    ax.set_ylabel("exact match, %")
+    ax.set_ylim(0, 125)
+    ax.legend(loc="upper center", ncol=len(methods), fontsize=8)
+    ax.set_title(f"Painting one captioned object into a masked area: {args.n} Shapes cases, ± 1 SE", fontsize=10)
+    for r, (label, row) in enumerate(rows):
+        for c, image in enumerate(row):
+            cell = fig.add_subplot(grid[1 + r, c])
+            cell.imshow(np.asarray(image.resize((64, 64), Image.NEAREST)))
+            cell.set_xticks([])
+            cell.set_yticks([])
+            if c == 0:
+                cell.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print(f"figure: {path}")
+
+
+LABELS = {"finetuned": "fine-tuned inpainting model", "replace": "plain base, replacement only"}
+
+
+def masked(canvas: Image.Image, fill: np.ndarray) -> Image.Image:
+    """The canvas with the area to paint shown as a black-and-white checkerboard."""
+    a = np.asarray(canvas).copy()
+    if fill.shape[0] != a.shape[0]:
+        fill = np.asarray(Image.fromarray(fill).resize(a.shape[:2][::-1], Image.NEAREST))
+    ys, xs = np.indices(fill.shape)
+    checker = ((ys // 2 + xs // 2) % 2 * 255).astype(np.uint8)
+    a[fill] = checker[fill][:, None]
+    return Image.fromarray(a)
 
 
 if __name__ == "__main__":
