@@ -580,6 +580,35 @@ def test_cli_model_families(monkeypatch):
     )
 
 
+def test_glide_sample_runs_the_distilled_shapes_base_where_it_ships(monkeypatch):
+    from glide_diffusion import bundled
+    from glide_diffusion.cli import edit as edit_cli
+    from glide_diffusion.cli import sample as sample_cli
+    from glide_diffusion.cli.common import resolve_models, stage_settings
+    from glide_diffusion.pipelines.recipes import SHAPES_BASE, SHAPES_DISTILLED
+
+    def settings(parser, argv, distilled):
+        args = parser.parse_args(argv)
+        resolve_models(args, distilled=distilled)
+        return args.base, stage_settings(args)[0]
+
+    for ships in (True, False):
+        names = [n for n in bundled.NAMES if ships or n != "shapes-base-distilled"]
+        monkeypatch.setattr(bundled, "available", lambda names=names: names)
+        want = ("shapes-base-distilled", SHAPES_DISTILLED) if ships else ("shapes-base", SHAPES_BASE)
+        assert settings(sample_cli.build_parser(), ["x"], True) == want
+        # Asked for by name, or from another command, the base it was distilled from.
+        assert settings(sample_cli.build_parser(), ["x", "--base", "shapes-base"], True) == ("shapes-base", SHAPES_BASE)
+        assert settings(edit_cli.edit_parser(), ["i", "x"], False)[0] == "shapes-base"
+
+    def spy(args, **kw):
+        raise RuntimeError(kw)
+
+    monkeypatch.setattr(sample_cli, "resolve_models", spy)
+    with pytest.raises(RuntimeError, match="'distilled': True"):  # glide sample asks for it
+        sample_cli.main(["x"])
+
+
 def test_bundled_shapes_models_sample_by_default(tmp_path):
     """The README's main-job command: the bundled Shapes models, nothing downloaded."""
     from glide_diffusion import bundled
@@ -605,7 +634,8 @@ def test_bundled_shapes_models_sample_by_default(tmp_path):
     (png,) = out.glob("*.png")
     im = Image.open(png)
     settings = json.loads(im.text["settings"])
-    assert im.size == (128, 128) and settings["base_model"] == "shapes-base"
+    distilled = "shapes-base-distilled" in bundled.available()  # glide sample's Shapes base where it ships
+    assert im.size == (128, 128) and settings["base_model"] == ("shapes-base-distilled" if distilled else "shapes-base")
     assert settings["upsample_model"] == "shapes-upsample"
     if "shapes-clip-rerank" in bundled.available():  # the shapes recipe: best of 4 by the reranking CLIP
         assert settings["clip_rerank"]["of"] == 4 and settings["clip_rerank"]["clip_model"] == "shapes-clip-rerank"

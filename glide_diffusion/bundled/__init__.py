@@ -15,6 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 NAMES = (
     "shapes-base",
+    "shapes-base-distilled",
     "shapes-upsample",
     "shapes-inpaint",
     "shapes-upsample-inpaint",

@@ -23,6 +23,11 @@ FAMILIES = {
 }
 
 
+# Text to image from the Shapes family runs the guided-distilled base (one pass per step, 4 steps)
+# where this installation ships it; editing and evaluation keep the base it was distilled from.
+DISTILLED = {"shapes-base": "shapes-base-distilled"}
+
+
 def default_family(task: str) -> str:
     """ "shapes" where this installation ships both of the task's Shapes models, else "glide"."""
     return "shapes" if set(FAMILIES[task]["shapes"]) <= set(bundled.available()) else "glide"
@@ -63,9 +68,12 @@ def add_model_args(p: argparse.ArgumentParser, task: str) -> None:
     p.set_defaults(model_task=task)
 
 
-def resolve_models(args: argparse.Namespace) -> None:
-    """Fill --base and --upsampler from the --models family where not given."""
+def resolve_models(args: argparse.Namespace, *, distilled: bool = False) -> None:
+    """Fill --base and --upsampler from the --models family where not given; ``distilled``: the
+    family's distilled base where one ships (``DISTILLED``)."""
     base, upsampler = FAMILIES[args.model_task][args.models]
+    if distilled and DISTILLED.get(base) in bundled.available():
+        base = DISTILLED[base]
     args.base = args.base or base
     args.upsampler = args.upsampler or upsampler
 

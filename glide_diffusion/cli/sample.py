@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
-    resolve_models(args)
+    resolve_models(args, distilled=True)
     base, up = stage_settings(args)
     upsampler = upsampler_arg(args)
 

@@ -118,10 +118,14 @@ RECIPES = {
     "shapes-distilled": (SHAPES_DISTILLED, FAST_UPSAMPLE),
 }
 # The recipe ``glide sample`` uses for a base model unless --recipe says otherwise.
-MODEL_RECIPES = {"shapes-base": "shapes"}
+MODEL_RECIPES = {"shapes-base": "shapes", "shapes-base-distilled": "shapes-distilled"}
 # The noised CLIP ``glide sample`` and ``glide inpaint`` choose a model's candidates with unless --clip
 # says otherwise.
-RERANK_CLIPS = {"shapes-base": "shapes-clip-rerank", "shapes-inpaint": "shapes-clip-rerank"}
+RERANK_CLIPS = {
+    "shapes-base": "shapes-clip-rerank",
+    "shapes-base-distilled": "shapes-clip-rerank",
+    "shapes-inpaint": "shapes-clip-rerank",
+}
 # Text-to-image defaults: the fast path. Editing keeps the official recipe, and so does inpainting
 # with the released models (pipelines/edit.py, pipelines/inpaint.py): fewer steps were not measured there.
 BASE_DEFAULTS, UPSAMPLE_DEFAULTS = RECIPES["fast"]
