@@ -9,6 +9,7 @@ where they disagree (McNemar), and is smaller than that of two independent sampl
     python benchmarks/shapes_quality.py ... --sampler dpm++2m --steps 12 --json fast.json
     python benchmarks/paired_diff.py slow.json fast.json          # guidance 3 in both
     python benchmarks/paired_diff.py sweep.json:1.0 sweep.json:3.0  # two rows of one run
+    python benchmarks/paired_diff.py teacher.json:one student.json:one  # shapes_targets.py rows
 
 Runs with the same --seed but different caption counts share their first one-object
 captions and seeds (image k has seed + k, one-object captions come first, and the first

@@ -49,3 +49,26 @@ def test_reranked_runs_are_flagged_as_unpaired_noise():
 def test_runs_that_share_no_captions_are_refused(a, b, la, lb, message):
     with pytest.raises(SystemExit, match=message):
         shared_captions(a, b, la, lb)
+
+
+def test_a_targets_row_pairs_with_the_same_row_of_another_targets_run(tmp_path):
+    import json
+
+    from glide_diffusion.eval.shapes_benchmark import load_run
+
+    def targets(name, n_one, marks):
+        path = tmp_path / name
+        args = {"n_one": n_one, "n_two": 1, "n_held_out": 1, "n_inpaint": 0, "seed": 0}
+        scores = {"one": [{"exact": m} for m in marks], "held_out": [{"exact": True}], "two": [], "composed": []}
+        path.write_text(json.dumps({"args": args, "table": [], "scores": scores}))
+        return str(path)
+
+    a = load_run(targets("a.json", 4, [True, True, False, True]) + ":one")
+    b = load_run(targets("b.json", 3, [True, False, False]) + ":one")
+    assert a[1]["scores"][2] == {"exact": False}
+    assert shared_captions(a[0], b[0], 4, 3) == (
+        3,
+        "the first 3 one-object captions (the runs' shared prefix; their caption counts differ)",
+    )
+    with pytest.raises(SystemExit, match="pick a row"):
+        load_run(str(tmp_path / "a.json"))

@@ -110,6 +110,8 @@ def load_run(spec: str) -> tuple[dict, dict]:
     path, _, key = spec.partition(":") if ":" in spec and not spec.endswith(".json") else (spec, "", "")
     with open(path) as f:
         run = json.load(f)
+    if "reports" not in run and "scores" in run:  # a shapes_targets.py file: a row per caption set
+        return _targets_row(path, run, key)
     reports = run["reports"]
     if not key:
         if len(reports) != 1:
@@ -120,6 +122,18 @@ def load_run(spec: str) -> tuple[dict, dict]:
     if "scores" not in reports[key]:
         raise SystemExit(f"{path} has no per-caption scores: rerun it with this version of shapes_quality.py")
     return run["args"], reports[key]
+
+
+TARGET_COUNTS = {"one": "n_one", "held_out": "n_held_out", "two": "n_two", "composed": "n_two"}
+
+
+def _targets_row(path: str, run: dict, key: str) -> tuple[dict, dict]:
+    """A shapes_targets.py row (one, held_out, two, composed) as the caption args and report of a
+    one-row run: the same row of two files with the same seed shares its leading captions."""
+    if key not in TARGET_COUNTS or key not in run["scores"]:
+        raise SystemExit(f"{path}: pick a row as {path}:ROW, one of {', '.join(run['scores'])}")
+    args = {"n": run["args"][TARGET_COUNTS[key]], "n_two": 0, "n_held_out": 0, "seed": run["args"]["seed"]}
+    return args, {"scores": run["scores"][key]}
 
 
 def caption_args(args: dict) -> dict:
