@@ -13,6 +13,8 @@ import pytest
 import requests
 from PIL import Image
 
+from glide_diffusion.cli import sample as sample_cli
+from glide_diffusion.cli.common import resolve_models, stage_settings
 from glide_diffusion.cli.main import main
 
 pytest.importorskip("gradio", reason="glide serve needs the [serve] extra (gradio)")
@@ -54,8 +56,11 @@ def test_text2im_over_http_defaults_equal_glide_sample(serve, tmp_path):
     (image,) = [fetch_png(serve, f) for f in files]
     assert image.size == (128, 128)
     settings = json.loads(image.text["settings"])
-    assert image.text["prompt"] == "a small green square" and settings["base_model"] == "shapes-base"
-    assert settings["base"]["candidates"] == 4 and settings["base"]["steps"] == "25"  # the CLI's shapes recipe
+    args = sample_cli.build_parser().parse_args(["x"])
+    resolve_models(args, distilled=True)  # glide sample's base: the distilled one where it ships
+    base = stage_settings(args)[0]
+    assert image.text["prompt"] == "a small green square" and settings["base_model"] == args.base
+    assert settings["base"]["candidates"] == 4 and settings["base"]["steps"] == base.steps  # the CLI's recipe
     assert summary["images"][0]["seed"] == int(image.text["seed"])
     assert summary["command"].startswith("glide sample 'a small green square' --models shapes")
     # glide sample with no options makes the same image.
@@ -120,6 +125,7 @@ def test_img2img_over_http(serve):
     out = fetch_png(serve, data[0][0])
     settings = json.loads(out.text["settings"])
     assert out.size == (128, 128) and settings["task"] == "edit" and settings["strength"] == 0.5
+    assert settings["base_model"] == "shapes-base"  # as glide edit: the full base, never a distilled one
     assert "glide edit" in data[1]["command"] and "--strength 0.5" in data[1]["command"]
 
 

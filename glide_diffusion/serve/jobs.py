@@ -247,13 +247,14 @@ class Server:
             args = edit.edit_parser().parse_args(["input.png", prompt, *self.model_argv])
         else:
             args = edit.inpaint_parser().parse_args(["input.png", prompt, *self.inpaint_argv])
-        resolve_models(args)
+        resolve_models(args, distilled=command == "sample")  # as each command resolves them
         return args
 
     def _load(self) -> None:
         from ..cli.common import upsampler_arg
         from ..pipelines.edit import EditPipeline
         from ..pipelines.inpaint import InpaintPipeline
+        from ..pipelines.stage import load_stage
         from ..pipelines.text2im import Text2ImPipeline
 
         a, i = self.text_args, self.inpaint_args
@@ -261,7 +262,9 @@ class Server:
         self.text2im = Text2ImPipeline.from_pretrained(
             a.base, upsampler_arg(a), base_config=a.config, upsampler_config=a.up_config, **kw
         )
-        self.edit = EditPipeline(self.text2im.base, self.text2im.upsampler)
+        e = self._args("edit")  # glide edit keeps the full base where glide sample runs a distilled one
+        edit_base = self.text2im.base if e.base == a.base else load_stage(e.base, config=e.config, **kw)
+        self.edit = EditPipeline(edit_base, self.text2im.upsampler)
         self.inpaint = InpaintPipeline.from_pretrained(
             i.base, upsampler_arg(i), base_config=i.config, upsampler_config=i.up_config, **kw
         )
