@@ -1,7 +1,7 @@
 """Which precision is faster on this CPU, by model size: one denoising step in fp32 and in bf16.
 
-`--dtype auto` must pick the faster one. On a CPU with AVX-512 BF16 and no AMX, bf16's
-matrix products are about twice as fast as fp32's, but a small model's step is mostly
+`--dtype auto` must pick the faster one. CPUs with AVX-512 BF16 and no AMX range from bf16
+matrix products twice as fast as fp32's to half as fast, and a small model's step is mostly
 normalisation, casts and memory traffic, where bf16 autocast only adds conversions. This
 times one step of the released base architecture (random weights, the caption encoded once,
 channels-last, inference mode, as the pipelines run it) at several widths, and of the bundled
