@@ -32,7 +32,10 @@ def browser():
     if path is None:
         pytest.skip("no Chromium on PATH (Debian: apt-get install chromium; .ci/run installs it)")
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, args=["--no-sandbox"])
+        # Software WebGL, which the image editor's canvas needs, on machines without a GPU.
+        b = p.chromium.launch(
+            executable_path=path, args=["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
+        )
         yield b
         b.close()
 
@@ -41,6 +44,10 @@ def browser():
 def page(browser, serve):
     context = browser.new_context(viewport={"width": 1280, "height": 1000}, device_scale_factor=1)
     page = context.new_page()
+    console: list[str] = []  # written beside the screenshots when a test fails to find its image
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    page.console_lines = console
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(serve.url)
     page.wait_for_selector("#t2i-prompt textarea")
@@ -110,6 +117,7 @@ def _image_on_screen(page, tmp_path, looks: int = 60) -> tuple[float, float, flo
             last = now
         page.wait_for_timeout(500)
     shot(page, "inpaint-no-image")
+    (ARTIFACTS / "serve-inpaint-no-image.console.txt").write_text("\n".join(page.console_lines))
     raise AssertionError(f"the uploaded image is not on the page after {looks / 2:.0f} s (last seen: {last})")
 
 
